@@ -1,0 +1,1 @@
+//! The virtual-env controller (see issue 4).

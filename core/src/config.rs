@@ -1,0 +1,383 @@
+//! The plugin config: the JSON the controller writes into the WasmPlugin's `pluginConfig`
+//! and the filter reads in every sidecar.
+//!
+//! This is a published interface: deployed sidecars and other tools read it. Fields may be
+//! added (with a default that keeps old behaviour); none may be renamed or change meaning.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::env::{validate_env_name, EnvNameError, SPLITTER_CHOICES};
+use crate::service::service_key_of_fqdn;
+
+pub const DEFAULT_ENV_HEADER: &str = "x-virtual-env";
+pub const DEFAULT_ROUTE_HEADER: &str = "x-virtual-env-route";
+pub const DEFAULT_ENV_LABEL: &str = "virtual-env";
+pub const DEFAULT_SPLITTER: &str = ".";
+pub const DEFAULT_BAGGAGE_KEY: &str = "virtual-env";
+pub const DEFAULT_TRACE_HEADERS: [&str; 3] = ["traceparent", "x-b3-traceid", "x-request-id"];
+pub const DEFAULT_CORRELATION_SLOTS: u32 = 4096;
+pub const DEFAULT_CORRELATION_TTL_SECONDS: u32 = 60;
+
+/// Bounds that keep per-request work and shared memory small whatever the config says.
+pub const MAX_HEADER_ALIASES: usize = 8;
+pub const MAX_TRACE_HEADERS: usize = 8;
+pub const MAX_CORRELATION_SLOTS: u32 = 1 << 20;
+pub const MAX_CORRELATION_TTL_SECONDS: u32 = 3600;
+
+/// The plugin config, exactly as serialized. Absent fields take the seed CRD's defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PluginConfig {
+    /// Header that carries the request's env from hop to hop.
+    pub env_header: String,
+    /// Header the filter sets to the chosen env; the VirtualService routes match it exactly.
+    pub route_header: String,
+    /// Pod label that names a pod's env (read from the sidecar's node metadata).
+    pub env_label: String,
+    /// One symbol separating env levels.
+    pub splitter: String,
+    /// Env to route to when the request's env and its ancestors have no pods.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_subset: Option<String>,
+    /// Whether a request without env takes the calling pod's own env.
+    pub auto_inject: bool,
+    /// Other headers that carry the env, consulted after `envHeader`.
+    pub header_aliases: Vec<String>,
+    /// W3C baggage member that carries the env; empty disables baggage.
+    pub baggage_key: String,
+    /// Headers whose value identifies a trace, in the order they are tried.
+    pub trace_headers: Vec<String>,
+    /// Slots of the trace id -> env table in each Envoy's shared data; 0 disables it.
+    pub correlation_slots: u32,
+    /// How long a recorded trace id keeps its env.
+    pub correlation_ttl_seconds: u32,
+    /// Service FQDN -> envs in which the service has ready pods.
+    pub services: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        Self {
+            env_header: DEFAULT_ENV_HEADER.into(),
+            route_header: DEFAULT_ROUTE_HEADER.into(),
+            env_label: DEFAULT_ENV_LABEL.into(),
+            splitter: DEFAULT_SPLITTER.into(),
+            default_subset: None,
+            auto_inject: false,
+            header_aliases: Vec::new(),
+            baggage_key: DEFAULT_BAGGAGE_KEY.into(),
+            trace_headers: DEFAULT_TRACE_HEADERS.map(String::from).to_vec(),
+            correlation_slots: DEFAULT_CORRELATION_SLOTS,
+            correlation_ttl_seconds: DEFAULT_CORRELATION_TTL_SECONDS,
+            services: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    #[error("config is not valid JSON for the plugin config: {0}")]
+    Json(String),
+    #[error("{field}: {value:?} is not a header name (non-empty, letters, digits and !#$%&'*+-.^_`|~)")]
+    HeaderName { field: &'static str, value: String },
+    #[error("{field}: header {value:?} is also used as {other}")]
+    HeaderReused {
+        field: &'static str,
+        value: String,
+        other: &'static str,
+    },
+    #[error("envLabel: {0:?} is not a label key")]
+    LabelKey(String),
+    #[error("splitter: {0:?} must be exactly one of '.', '-', '_'")]
+    Splitter(String),
+    #[error("{field}: env {value:?}: {source}")]
+    EnvName {
+        field: String,
+        value: String,
+        source: EnvNameError,
+    },
+    #[error("services: {0:?} is not a service name of the form svc.ns.svc.<cluster domain>")]
+    ServiceName(String),
+    #[error("services: {first:?} and {second:?} name the same service")]
+    ServiceTwice { first: String, second: String },
+    #[error("{field}: at most {max} entries, got {got}")]
+    TooMany {
+        field: &'static str,
+        max: usize,
+        got: usize,
+    },
+    #[error("{field}: {value} is out of range 0..={max}")]
+    OutOfRange {
+        field: &'static str,
+        value: u32,
+        max: u32,
+    },
+}
+
+impl PluginConfig {
+    /// Parses and validates, so that a config either is entirely usable or is rejected.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let config: Self =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serializing plain strings, bools and maps with string keys cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The splitter as a char; only meaningful on a validated config.
+    pub fn splitter_char(&self) -> char {
+        self.splitter.chars().next().unwrap_or('.')
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut splitter = self.splitter.chars();
+        let splitter = match (splitter.next(), splitter.next()) {
+            (Some(c), None) if SPLITTER_CHOICES.contains(&c) => c,
+            _ => return Err(ConfigError::Splitter(self.splitter.clone())),
+        };
+        check_header("envHeader", &self.env_header)?;
+        check_header("routeHeader", &self.route_header)?;
+        if self.env_header.eq_ignore_ascii_case(&self.route_header) {
+            return Err(ConfigError::HeaderReused {
+                field: "routeHeader",
+                value: self.route_header.clone(),
+                other: "envHeader",
+            });
+        }
+        if !is_label_key(&self.env_label) {
+            return Err(ConfigError::LabelKey(self.env_label.clone()));
+        }
+        check_count("headerAliases", self.header_aliases.len(), MAX_HEADER_ALIASES)?;
+        for alias in &self.header_aliases {
+            check_header("headerAliases", alias)?;
+            if alias.eq_ignore_ascii_case(&self.route_header) {
+                return Err(ConfigError::HeaderReused {
+                    field: "headerAliases",
+                    value: alias.clone(),
+                    other: "routeHeader",
+                });
+            }
+        }
+        check_count("traceHeaders", self.trace_headers.len(), MAX_TRACE_HEADERS)?;
+        for header in &self.trace_headers {
+            check_header("traceHeaders", header)?;
+        }
+        if !self.baggage_key.is_empty() && !is_token(&self.baggage_key) {
+            return Err(ConfigError::HeaderName {
+                field: "baggageKey",
+                value: self.baggage_key.clone(),
+            });
+        }
+        check_range(
+            "correlationSlots",
+            self.correlation_slots,
+            MAX_CORRELATION_SLOTS,
+        )?;
+        check_range(
+            "correlationTtlSeconds",
+            self.correlation_ttl_seconds,
+            MAX_CORRELATION_TTL_SECONDS,
+        )?;
+        if let Some(env) = &self.default_subset {
+            check_env("defaultSubset".into(), env, splitter)?;
+        }
+        let mut keys = BTreeMap::new();
+        for (fqdn, envs) in &self.services {
+            let key = service_key_of_fqdn(fqdn)
+                .ok_or_else(|| ConfigError::ServiceName(fqdn.clone()))?;
+            if let Some(first) = keys.insert(key, fqdn) {
+                return Err(ConfigError::ServiceTwice {
+                    first: first.clone(),
+                    second: fqdn.clone(),
+                });
+            }
+            for env in envs {
+                check_env(format!("services.{fqdn}"), env, splitter)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_env(field: String, env: &str, splitter: char) -> Result<(), ConfigError> {
+    validate_env_name(env, splitter).map_err(|source| ConfigError::EnvName {
+        field,
+        value: env.to_owned(),
+        source,
+    })
+}
+
+fn check_header(field: &'static str, value: &str) -> Result<(), ConfigError> {
+    if is_token(value) {
+        Ok(())
+    } else {
+        Err(ConfigError::HeaderName {
+            field,
+            value: value.to_owned(),
+        })
+    }
+}
+
+fn check_count(field: &'static str, got: usize, max: usize) -> Result<(), ConfigError> {
+    if got > max {
+        return Err(ConfigError::TooMany { field, max, got });
+    }
+    Ok(())
+}
+
+fn check_range(field: &'static str, value: u32, max: u32) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(ConfigError::OutOfRange { field, value, max });
+    }
+    Ok(())
+}
+
+/// An HTTP field name (RFC 9110 token).
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A Kubernetes label key: optional DNS prefix and `/`, then a name of at most 63 characters.
+pub fn is_label_key(s: &str) -> bool {
+    let (prefix, name) = match s.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, s),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            })
+    });
+    name_ok && prefix_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DESIGN_EXAMPLE: &str = r#"{
+      "envHeader": "x-virtual-env",
+      "routeHeader": "x-virtual-env-route",
+      "envLabel": "virtual-env",
+      "splitter": ".",
+      "defaultSubset": "dev",
+      "autoInject": true,
+      "baggageKey": "virtual-env",
+      "traceHeaders": ["traceparent", "x-b3-traceid", "x-request-id"],
+      "services": {
+        "app-a.default.svc.cluster.local": ["dev", "dev.proj1"],
+        "app-b.default.svc.cluster.local": ["dev"]
+      }
+    }"#;
+
+    fn err(json: &str) -> String {
+        PluginConfig::from_json(json.as_bytes())
+            .expect_err("config should be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn the_design_example_parses() {
+        let config = PluginConfig::from_json(DESIGN_EXAMPLE.as_bytes()).unwrap();
+        assert_eq!(config.default_subset.as_deref(), Some("dev"));
+        assert!(config.auto_inject);
+        assert_eq!(config.services.len(), 2);
+        assert_eq!(
+            config.services["app-a.default.svc.cluster.local"],
+            ["dev", "dev.proj1"]
+        );
+    }
+
+    #[test]
+    fn absent_fields_take_the_seed_defaults() {
+        let config = PluginConfig::from_json(b"{}").unwrap();
+        assert_eq!(config, PluginConfig::default());
+        assert_eq!(config.env_header, "x-virtual-env");
+        assert_eq!(config.route_header, "x-virtual-env-route");
+        assert_eq!(config.env_label, "virtual-env");
+        assert_eq!(config.splitter, ".");
+        assert!(!config.auto_inject);
+        assert_eq!(config.default_subset, None);
+    }
+
+    #[test]
+    fn round_trips_in_camel_case() {
+        let config = PluginConfig::from_json(DESIGN_EXAMPLE.as_bytes()).unwrap();
+        let json = config.to_json();
+        assert!(json.contains("\"envHeader\""), "{json}");
+        assert!(json.contains("\"correlationTtlSeconds\""), "{json}");
+        assert_eq!(PluginConfig::from_json(json.as_bytes()).unwrap(), config);
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let msg = err(r#"{"envHeadr": "x"}"#);
+        assert!(msg.contains("envHeadr"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_values_say_what_is_wrong() {
+        assert!(err(r#"{"envHeader": ""}"#).starts_with("envHeader: \"\" is not a header name"));
+        assert!(err(r#"{"routeHeader": "a b"}"#).starts_with("routeHeader:"));
+        assert!(err(r#"{"splitter": "::"}"#).starts_with("splitter:"));
+        assert!(err(r#"{"splitter": "/"}"#).starts_with("splitter:"));
+        assert!(err(r#"{"splitter": ""}"#).starts_with("splitter:"));
+        assert!(err(r#"{"envLabel": "bad label!"}"#).starts_with("envLabel:"));
+        assert!(err(r#"{"defaultSubset": "dev..x"}"#).starts_with("defaultSubset: env \"dev..x\""));
+        let msg = err(r#"{"services": {"a.default.svc.cluster.local": ["dev", "dev/x"]}}"#);
+        assert!(
+            msg.starts_with("services.a.default.svc.cluster.local: env \"dev/x\""),
+            "{msg}"
+        );
+        assert!(err(r#"{"services": {"10.0.0.1": ["dev"]}}"#).starts_with("services:"));
+        assert!(err(r#"{"envHeader": "x-a", "routeHeader": "X-A"}"#).contains("also used"));
+        assert!(err(r#"{"correlationSlots": 99999999}"#).starts_with("correlationSlots:"));
+        assert!(err(r#"{"traceHeaders": ["a","b","c","d","e","f","g","h","i"]}"#)
+            .starts_with("traceHeaders: at most 8"));
+        assert!(err(r#"{"autoInject": "yes"}"#).contains("invalid type"));
+        let msg = err(r#"{"services": {"a.ns": ["dev"], "a.ns.svc.cluster.local": ["dev"]}}"#);
+        assert!(msg.contains("name the same service"), "{msg}");
+    }
+
+    #[test]
+    fn the_splitter_decides_what_an_empty_level_is() {
+        let ok = r#"{"splitter": "-", "services": {"a.ns.svc.cluster.local": ["dev-p1", "dev.x"]}}"#;
+        assert!(PluginConfig::from_json(ok.as_bytes()).is_ok());
+        assert!(err(r#"{"splitter": "-", "defaultSubset": "dev--x"}"#).contains("empty level"));
+    }
+
+    #[test]
+    fn seed_style_mixed_case_headers_are_valid() {
+        let config = PluginConfig::from_json(br#"{"envHeader": "X-Virtual-Env"}"#).unwrap();
+        assert_eq!(config.env_header, "X-Virtual-Env");
+    }
+
+    #[test]
+    fn label_keys() {
+        assert!(is_label_key("virtual-env"));
+        assert!(is_label_key("example.com/virtual-env"));
+        assert!(!is_label_key(""));
+        assert!(!is_label_key("/env"));
+        assert!(!is_label_key("Example.com/env"));
+        assert!(!is_label_key("-env"));
+    }
+}

@@ -1,0 +1,14 @@
+//! What the virtual-env filter and controller must agree on: the plugin config contract,
+//! env names and their hierarchy, service names, and the fallback rule.
+//!
+//! Nothing here touches proxy-wasm or Kubernetes, so it builds natively and for wasm32.
+
+pub mod config;
+pub mod env;
+pub mod routing;
+pub mod service;
+
+pub use config::{ConfigError, PluginConfig};
+pub use env::{lineage, validate_env_name, EnvNameError};
+pub use routing::{Choice, RouteTable, ServiceEnvs};
+pub use service::{service_fqdn, service_key, service_key_of_fqdn};

@@ -81,7 +81,9 @@ impl Default for PluginConfig {
 pub enum ConfigError {
     #[error("config is not valid JSON for the plugin config: {0}")]
     Json(String),
-    #[error("{field}: {value:?} is not a header name (non-empty, letters, digits and !#$%&'*+-.^_`|~)")]
+    #[error(
+        "{field}: {value:?} is not a header name (non-empty, letters, digits and !#$%&'*+-.^_`|~)"
+    )]
     HeaderName { field: &'static str, value: String },
     #[error("{field}: header {value:?} is also used as {other}")]
     HeaderReused {
@@ -154,7 +156,11 @@ impl PluginConfig {
         if !is_label_key(&self.env_label) {
             return Err(ConfigError::LabelKey(self.env_label.clone()));
         }
-        check_count("headerAliases", self.header_aliases.len(), MAX_HEADER_ALIASES)?;
+        check_count(
+            "headerAliases",
+            self.header_aliases.len(),
+            MAX_HEADER_ALIASES,
+        )?;
         for alias in &self.header_aliases {
             check_header("headerAliases", alias)?;
             if alias.eq_ignore_ascii_case(&self.route_header) {
@@ -190,8 +196,8 @@ impl PluginConfig {
         }
         let mut keys = BTreeMap::new();
         for (fqdn, envs) in &self.services {
-            let key = service_key_of_fqdn(fqdn)
-                .ok_or_else(|| ConfigError::ServiceName(fqdn.clone()))?;
+            let key =
+                service_key_of_fqdn(fqdn).ok_or_else(|| ConfigError::ServiceName(fqdn.clone()))?;
             if let Some(first) = keys.insert(key, fqdn) {
                 return Err(ConfigError::ServiceTwice {
                     first: first.clone(),
@@ -254,7 +260,9 @@ pub fn is_label_key(s: &str) -> bool {
     };
     let name_ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         && name.as_bytes()[0].is_ascii_alphanumeric()
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
     let prefix_ok = prefix.is_none_or(|p| {
@@ -262,7 +270,8 @@ pub fn is_label_key(s: &str) -> bool {
             && p.len() <= 253
             && p.split('.').all(|l| {
                 !l.is_empty()
-                    && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                     && !l.starts_with('-')
                     && !l.ends_with('-')
             })
@@ -351,8 +360,10 @@ mod tests {
         assert!(err(r#"{"services": {"10.0.0.1": ["dev"]}}"#).starts_with("services:"));
         assert!(err(r#"{"envHeader": "x-a", "routeHeader": "X-A"}"#).contains("also used"));
         assert!(err(r#"{"correlationSlots": 99999999}"#).starts_with("correlationSlots:"));
-        assert!(err(r#"{"traceHeaders": ["a","b","c","d","e","f","g","h","i"]}"#)
-            .starts_with("traceHeaders: at most 8"));
+        assert!(
+            err(r#"{"traceHeaders": ["a","b","c","d","e","f","g","h","i"]}"#)
+                .starts_with("traceHeaders: at most 8")
+        );
         assert!(err(r#"{"autoInject": "yes"}"#).contains("invalid type"));
         let msg = err(r#"{"services": {"a.ns": ["dev"], "a.ns.svc.cluster.local": ["dev"]}}"#);
         assert!(msg.contains("name the same service"), "{msg}");
@@ -360,7 +371,8 @@ mod tests {
 
     #[test]
     fn the_splitter_decides_what_an_empty_level_is() {
-        let ok = r#"{"splitter": "-", "services": {"a.ns.svc.cluster.local": ["dev-p1", "dev.x"]}}"#;
+        let ok =
+            r#"{"splitter": "-", "services": {"a.ns.svc.cluster.local": ["dev-p1", "dev.x"]}}"#;
         assert!(PluginConfig::from_json(ok.as_bytes()).is_ok());
         assert!(err(r#"{"splitter": "-", "defaultSubset": "dev--x"}"#).contains("empty level"));
     }

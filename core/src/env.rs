@@ -74,7 +74,14 @@ mod tests {
 
     #[test]
     fn accepts_label_values_with_levels() {
-        for ok in ["dev", "dev.proj1", "dev.proj1.user1", "a-b_c.d", "x", "D3v.P-1"] {
+        for ok in [
+            "dev",
+            "dev.proj1",
+            "dev.proj1.user1",
+            "a-b_c.d",
+            "x",
+            "D3v.P-1",
+        ] {
             assert_eq!(validate_env_name(ok, '.'), Ok(()), "{ok}");
         }
         assert_eq!(validate_env_name(&"a".repeat(63), '.'), Ok(()));

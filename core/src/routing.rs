@@ -192,7 +192,11 @@ mod tests {
         let (steps, choice) = t.explain(service, Some("dev.proj1.user1"));
         assert_eq!(
             steps,
-            [("dev.proj1.user1", false), ("dev.proj1", false), ("dev", true)]
+            [
+                ("dev.proj1.user1", false),
+                ("dev.proj1", false),
+                ("dev", true)
+            ]
         );
         assert_eq!(choice, Choice::Fallback("dev"));
         assert_eq!(choice.env(), Some("dev"));

@@ -13,9 +13,7 @@ fn host_of(authority: &str) -> Option<&str> {
         return None;
     }
     let host = match authority.rsplit_once(':') {
-        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
-            host
-        }
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
         Some(_) => return None,
         None => authority,
     };
@@ -43,7 +41,10 @@ pub fn service_key<'a>(authority: &'a str, own_namespace: &str) -> Option<Cow<'a
         (Some(ns), Some("svc")) => Some(Cow::Borrowed(&host[..name.len() + 1 + ns.len()])),
         (Some(_), Some(_)) => None,
     }
-    .filter(|key| key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+    .filter(|key| {
+        key.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    })
 }
 
 /// The service key of a fully qualified service name as the plugin config spells it
@@ -92,7 +93,10 @@ mod tests {
             service_key("app-b", "team1").as_deref(),
             Some("app-b.team1")
         );
-        assert_eq!(service_key("app-b.other", "team1").as_deref(), Some("app-b.other"));
+        assert_eq!(
+            service_key("app-b.other", "team1").as_deref(),
+            Some("app-b.other")
+        );
         // Without a known namespace a short name cannot be resolved.
         assert_eq!(service_key("app-b", ""), None);
     }

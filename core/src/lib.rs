@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod env;
+pub mod hash;
 pub mod routing;
 pub mod service;
 

@@ -10,6 +10,8 @@
 
 use std::fmt::Write;
 
+use virtual_env_core::hash::fnv1a;
+
 use crate::trace::MAX_OPAQUE_ID_LEN;
 
 /// Prefix of every slot's shared-data key.
@@ -71,13 +73,6 @@ impl TraceKey {
     pub fn new(header: &str, id: &str) -> Self {
         Self(format!("{header}={id}"))
     }
-}
-
-/// FNV-1a: stable across VMs and restarts, which a per-process random hasher is not.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]

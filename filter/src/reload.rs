@@ -6,9 +6,9 @@
 //! config falls back to it. When no good config was ever seen, the filter passes requests
 //! untouched rather than taking traffic down.
 
+use virtual_env_core::hash::fnv1a;
 use virtual_env_core::{ConfigError, PluginConfig};
 
-use crate::correlation::fnv1a;
 use crate::host::Host;
 use crate::metrics::Metric;
 

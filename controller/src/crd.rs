@@ -1,0 +1,269 @@
+//! The `VirtualEnvironment` resource (group `env.alibaba.com`, the seed's API).
+//!
+//! The seed's fields and defaults are kept as they were, so the seed's sample CR applies
+//! unchanged; what the filter needs beyond them is optional, with defaults.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use virtual_env_core::config::{
+    PluginConfig, DEFAULT_BAGGAGE_KEY, DEFAULT_CORRELATION_SLOTS, DEFAULT_CORRELATION_TTL_SECONDS,
+    DEFAULT_ENV_LABEL, DEFAULT_ROUTE_HEADER, DEFAULT_SPLITTER, DEFAULT_TRACE_HEADERS,
+};
+
+/// The seed's default env header spelling.
+pub const SEED_ENV_HEADER: &str = "X-Virtual-Env";
+
+#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "env.alibaba.com",
+    version = "v1alpha1",
+    kind = "VirtualEnvironment",
+    plural = "virtualenvironments",
+    shortname = "venv",
+    namespaced,
+    derive = "PartialEq",
+    status = "VirtualEnvironmentStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Services","type":"integer","jsonPath":".status.services"}"#,
+    printcolumn = r#"{"name":"Envs","type":"integer","jsonPath":".status.envs"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualEnvironmentSpec {
+    /// The header that carries the env name along the call chain.
+    #[serde(default)]
+    pub env_header: EnvHeader,
+    /// The pod label that names a pod's env.
+    #[serde(default)]
+    pub env_label: EnvLabel,
+    /// The header the sidecar sets to the chosen env, matched by the VirtualServices.
+    #[serde(default)]
+    pub route_header: RouteHeader,
+    /// Recovering the env from tracing headers when an application drops the env header.
+    #[serde(default)]
+    pub trace_correlation: TraceCorrelation,
+    /// Where sidecars fetch the filter from. Default: the controller serves the module it
+    /// was built with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm_module: Option<WasmModule>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvHeader {
+    /// Name of header to keep env name in trace.
+    #[serde(default = "seed_env_header")]
+    pub name: String,
+    /// Whether the sidecar injects the pod's own env when a request has none.
+    #[serde(default)]
+    pub auto_inject: bool,
+    /// Other headers that carry the env, tried after `name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// W3C baggage member that carries the env; empty disables baggage.
+    #[serde(default = "default_baggage_key")]
+    pub baggage_key: String,
+}
+
+impl Default for EnvHeader {
+    fn default() -> Self {
+        Self {
+            name: seed_env_header(),
+            auto_inject: false,
+            aliases: Vec::new(),
+            baggage_key: default_baggage_key(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvLabel {
+    /// Name of pod label to mark virtual environment name.
+    #[serde(default = "default_env_label")]
+    pub name: String,
+    /// Symbol to split virtual environment levels (one of `.`, `-`, `_`).
+    #[serde(default = "default_splitter")]
+    pub splitter: String,
+    /// Env to route to when the request's env matches nothing (empty: the whole service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_subset: Option<String>,
+}
+
+impl Default for EnvLabel {
+    fn default() -> Self {
+        Self {
+            name: default_env_label(),
+            splitter: default_splitter(),
+            default_subset: None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteHeader {
+    #[serde(default = "default_route_header")]
+    pub name: String,
+}
+
+impl Default for RouteHeader {
+    fn default() -> Self {
+        Self {
+            name: default_route_header(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceCorrelation {
+    /// Headers whose value identifies a trace, in the order they are tried.
+    #[serde(default = "default_trace_headers")]
+    pub headers: Vec<String>,
+    /// Slots of the trace id -> env table in each sidecar; 0 disables correlation.
+    #[serde(default = "default_slots")]
+    pub slots: u32,
+    /// How long a recorded trace id keeps its env.
+    #[serde(default = "default_ttl")]
+    pub ttl_seconds: u32,
+}
+
+impl Default for TraceCorrelation {
+    fn default() -> Self {
+        Self {
+            headers: default_trace_headers(),
+            slots: default_slots(),
+            ttl_seconds: default_ttl(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WasmModule {
+    /// `http(s)://`, `oci://` or `file://` URL of the filter module.
+    pub url: String,
+    /// SHA-256 of the module (hex), checked by the sidecar when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualEnvironmentStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`: the routing for the namespace is applied; when False, the reason says why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Services routed by env.
+    #[serde(default)]
+    pub services: u32,
+    /// Envs with ready pods in the namespace.
+    #[serde(default)]
+    pub envs: u32,
+    /// Services left alone, with the reason (e.g. a VirtualService someone else manages).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
+}
+
+impl VirtualEnvironmentSpec {
+    /// The filter's settings; the `services` table is filled in by planning.
+    pub fn plugin_config(&self) -> PluginConfig {
+        PluginConfig {
+            env_header: self.env_header.name.clone(),
+            route_header: self.route_header.name.clone(),
+            env_label: self.env_label.name.clone(),
+            splitter: self.env_label.splitter.clone(),
+            default_subset: self
+                .env_label
+                .default_subset
+                .clone()
+                .filter(|s| !s.is_empty()),
+            auto_inject: self.env_header.auto_inject,
+            header_aliases: self.env_header.aliases.clone(),
+            baggage_key: self.env_header.baggage_key.clone(),
+            trace_headers: self.trace_correlation.headers.clone(),
+            correlation_slots: self.trace_correlation.slots,
+            correlation_ttl_seconds: self.trace_correlation.ttl_seconds,
+            services: Default::default(),
+        }
+    }
+}
+
+fn seed_env_header() -> String {
+    SEED_ENV_HEADER.into()
+}
+fn default_baggage_key() -> String {
+    DEFAULT_BAGGAGE_KEY.into()
+}
+fn default_env_label() -> String {
+    DEFAULT_ENV_LABEL.into()
+}
+fn default_splitter() -> String {
+    DEFAULT_SPLITTER.into()
+}
+fn default_route_header() -> String {
+    DEFAULT_ROUTE_HEADER.into()
+}
+fn default_trace_headers() -> Vec<String> {
+    DEFAULT_TRACE_HEADERS.map(String::from).to_vec()
+}
+fn default_slots() -> u32 {
+    DEFAULT_CORRELATION_SLOTS
+}
+fn default_ttl() -> u32 {
+    DEFAULT_CORRELATION_TTL_SECONDS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seed's sample CR, verbatim.
+    pub const SEED_SAMPLE: &str = r#"
+apiVersion: env.alibaba.com/v1alpha1
+kind: VirtualEnvironment
+metadata:
+  name: example-virtualenv
+spec:
+  envHeader:
+    name: X-Virtual-Env
+    autoInject: true
+  envLabel:
+    name: virtual-env
+    splitter: .
+    defaultSubset: dev
+"#;
+
+    #[test]
+    fn the_seed_sample_parses_with_its_meaning() {
+        let ve: VirtualEnvironment = serde_yaml::from_str(SEED_SAMPLE).unwrap();
+        let config = ve.spec.plugin_config();
+        config.validate().unwrap();
+        assert_eq!(config.env_header, "X-Virtual-Env");
+        assert!(config.auto_inject);
+        assert_eq!(config.env_label, "virtual-env");
+        assert_eq!(config.splitter, ".");
+        assert_eq!(config.default_subset.as_deref(), Some("dev"));
+    }
+
+    #[test]
+    fn an_empty_spec_takes_the_seed_table_defaults() {
+        let ve: VirtualEnvironment = serde_yaml::from_str(
+            "apiVersion: env.alibaba.com/v1alpha1\nkind: VirtualEnvironment\nmetadata: {name: x}\nspec: {}\n",
+        )
+        .unwrap();
+        let config = ve.spec.plugin_config();
+        assert_eq!(config.env_header, "X-Virtual-Env");
+        assert!(!config.auto_inject);
+        assert_eq!(config.env_label, "virtual-env");
+        assert_eq!(config.splitter, ".");
+        assert_eq!(config.default_subset, None);
+        assert_eq!(config.route_header, "x-virtual-env-route");
+    }
+}

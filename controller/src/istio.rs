@@ -1,0 +1,96 @@
+//! The Istio resources the controller writes, typed with only the fields it sets.
+//!
+//! These types are for reading and writing the objects through the API; the CRDs
+//! themselves are Istio's.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `networking.istio.io/v1` VirtualService.
+#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[kube(
+    group = "networking.istio.io",
+    version = "v1",
+    kind = "VirtualService",
+    namespaced,
+    derive = "PartialEq"
+)]
+pub struct VirtualServiceSpec {
+    pub hosts: Vec<String>,
+    pub http: Vec<HttpRoute>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+pub struct HttpRoute {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "match")]
+    pub matches: Vec<HttpMatchRequest>,
+    pub route: Vec<HttpRouteDestination>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+pub struct HttpMatchRequest {
+    pub headers: BTreeMap<String, StringMatch>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+pub struct StringMatch {
+    pub exact: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+pub struct HttpRouteDestination {
+    pub destination: Destination,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+pub struct Destination {
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
+}
+
+/// `networking.istio.io/v1` DestinationRule.
+#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[kube(
+    group = "networking.istio.io",
+    version = "v1",
+    kind = "DestinationRule",
+    namespaced,
+    derive = "PartialEq"
+)]
+pub struct DestinationRuleSpec {
+    pub host: String,
+    pub subsets: Vec<Subset>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+pub struct Subset {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `extensions.istio.io/v1alpha1` WasmPlugin.
+#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[kube(
+    group = "extensions.istio.io",
+    version = "v1alpha1",
+    kind = "WasmPlugin",
+    namespaced,
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WasmPluginSpec {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// `FAIL_OPEN`: if the module cannot be fetched, traffic flows unrouted rather than
+    /// failing.
+    pub fail_strategy: String,
+    /// The filter's plugin config (`virtual_env_core::PluginConfig` as JSON).
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
+    pub plugin_config: serde_json::Value,
+}

@@ -1,0 +1,662 @@
+//! Planning: what Istio objects a namespace needs, as a pure function of the
+//! `VirtualEnvironment`, the services and the pods. No API calls happen here, so the
+//! reconciler, `virtual-env render` and the tests all run the same code.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use thiserror::Error;
+use virtual_env_core::{service_fqdn, validate_env_name, ConfigError, PluginConfig};
+
+use crate::crd::VirtualEnvironment;
+use crate::istio::{
+    Destination, DestinationRule, DestinationRuleSpec, HttpMatchRequest, HttpRoute,
+    HttpRouteDestination, StringMatch, Subset, VirtualService, VirtualServiceSpec, WasmPlugin,
+    WasmPluginSpec,
+};
+use crate::subset::SubsetNames;
+
+/// The label that marks the objects virtual-env manages (and may prune).
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "virtual-env";
+/// The namespace's WasmPlugin.
+pub const WASM_PLUGIN_NAME: &str = "virtual-env";
+
+/// Where the sidecars fetch the filter module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WasmSource {
+    pub url: String,
+    pub sha256: Option<String>,
+}
+
+/// Cluster-wide settings of the controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub cluster_domain: String,
+    pub wasm: WasmSource,
+}
+
+/// What is in the namespace now.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub services: Vec<Service>,
+    pub pods: Vec<Pod>,
+    /// Names of VirtualServices and DestinationRules in the namespace that virtual-env does
+    /// not manage: a service whose objects would take such a name is left alone.
+    pub foreign: BTreeSet<String>,
+}
+
+/// The desired state of a namespace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub virtual_services: Vec<VirtualService>,
+    pub destination_rules: Vec<DestinationRule>,
+    pub wasm_plugin: WasmPlugin,
+    pub plugin_config: PluginConfig,
+    /// Envs with ready pods in the namespace.
+    pub envs: BTreeSet<String>,
+    /// Services left alone, as `name: reason`.
+    pub skipped: Vec<String>,
+    /// Pods whose env label is not a valid env name, as `name: reason`.
+    pub ignored_pods: Vec<String>,
+}
+
+#[derive(Debug, Error)]
+pub enum PlanError {
+    #[error("invalid spec: {0}")]
+    InvalidSpec(#[from] ConfigError),
+    #[error("the VirtualEnvironment has no namespace")]
+    NoNamespace,
+}
+
+/// Plans the routing of `ve`'s namespace from `snapshot`. Output is sorted by name, so the
+/// same input always gives the same objects and applying twice changes nothing.
+pub fn plan_namespace(
+    ve: &VirtualEnvironment,
+    snapshot: &Snapshot,
+    settings: &Settings,
+) -> Result<Plan, PlanError> {
+    let namespace = ve.namespace().ok_or(PlanError::NoNamespace)?;
+    let plugin_config = ve.spec.plugin_config();
+    plugin_config.validate()?;
+    let splitter = plugin_config.splitter_char();
+    let env_label = plugin_config.env_label.clone();
+    let route_header = plugin_config.route_header.to_ascii_lowercase();
+    let default_subset = plugin_config.default_subset.clone();
+
+    let mut ignored_pods = Vec::new();
+    let ready_envs: Vec<(&Pod, &str)> = snapshot
+        .pods
+        .iter()
+        .filter(|pod| is_ready(pod))
+        .filter_map(|pod| {
+            let env = pod.labels().get(&env_label)?;
+            match validate_env_name(env, splitter) {
+                Ok(()) => Some((pod, env.as_str())),
+                Err(e) => {
+                    ignored_pods.push(format!("{}: env label {env:?}: {e}", pod.name_any()));
+                    None
+                }
+            }
+        })
+        .collect();
+
+    let mut services: Vec<&Service> = snapshot.services.iter().collect();
+    services.sort_by_key(|s| s.name_any());
+
+    let mut plan = Plan {
+        virtual_services: Vec::new(),
+        destination_rules: Vec::new(),
+        wasm_plugin: wasm_plugin(ve, &namespace, settings, &plugin_config),
+        plugin_config: plugin_config.clone(),
+        envs: ready_envs.iter().map(|(_, env)| env.to_string()).collect(),
+        skipped: Vec::new(),
+        ignored_pods,
+    };
+    for service in services {
+        let name = service.name_any();
+        let Some(selector) = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .filter(|s| !s.is_empty())
+        else {
+            continue;
+        };
+        let envs: BTreeSet<&str> = ready_envs
+            .iter()
+            .filter(|(pod, _)| selects(selector, pod))
+            .map(|(_, env)| *env)
+            .collect();
+        let has_default = default_subset.as_deref().is_some_and(|d| envs.contains(d));
+        if envs.len() < 2 && !has_default {
+            continue;
+        }
+        if snapshot.foreign.contains(&name) {
+            plan.skipped.push(format!(
+                "{name}: a VirtualService or DestinationRule named {name} exists and is not managed by virtual-env"
+            ));
+            continue;
+        }
+        let host = service_fqdn(&name, &namespace, &settings.cluster_domain);
+        let subsets = SubsetNames::new(envs.iter().copied());
+        let subset_of = |env: &str| subsets.get(env).unwrap_or(env).to_owned();
+        let meta = managed_meta(ve, &name, &namespace);
+
+        let mut http: Vec<HttpRoute> = envs
+            .iter()
+            .map(|env| HttpRoute {
+                name: format!("env-{}", subset_of(env)),
+                matches: vec![HttpMatchRequest {
+                    headers: BTreeMap::from([(
+                        route_header.clone(),
+                        StringMatch {
+                            exact: env.to_string(),
+                        },
+                    )]),
+                }],
+                route: vec![to(&host, Some(subset_of(env)))],
+            })
+            .collect();
+        let default_route = default_subset
+            .as_deref()
+            .filter(|_| has_default)
+            .map(subset_of);
+        http.push(HttpRoute {
+            name: "default".into(),
+            matches: Vec::new(),
+            route: vec![to(&host, default_route)],
+        });
+        plan.virtual_services.push(VirtualService {
+            metadata: meta.clone(),
+            spec: VirtualServiceSpec {
+                hosts: vec![host.clone()],
+                http,
+            },
+        });
+        plan.destination_rules.push(DestinationRule {
+            metadata: meta,
+            spec: DestinationRuleSpec {
+                host: host.clone(),
+                subsets: envs
+                    .iter()
+                    .map(|env| Subset {
+                        name: subset_of(env),
+                        labels: BTreeMap::from([(env_label.clone(), env.to_string())]),
+                    })
+                    .collect(),
+            },
+        });
+        plan.plugin_config
+            .services
+            .insert(host, envs.iter().map(|e| e.to_string()).collect());
+    }
+    plan.wasm_plugin.spec.plugin_config =
+        serde_json::to_value(&plan.plugin_config).unwrap_or_default();
+    Ok(plan)
+}
+
+fn to(host: &str, subset: Option<String>) -> HttpRouteDestination {
+    HttpRouteDestination {
+        destination: Destination {
+            host: host.to_owned(),
+            subset,
+        },
+    }
+}
+
+/// Ready, and not on its way out.
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn selects(selector: &BTreeMap<String, String>, pod: &Pod) -> bool {
+    let labels = pod.labels();
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn managed_meta(ve: &VirtualEnvironment, name: &str, namespace: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        labels: Some(BTreeMap::from([(
+            MANAGED_BY_LABEL.to_owned(),
+            MANAGED_BY.to_owned(),
+        )])),
+        // Only an object read from the API has a uid; offline renders carry no owner.
+        owner_references: ve.controller_owner_ref(&()).map(|r| vec![r]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn wasm_plugin(
+    ve: &VirtualEnvironment,
+    namespace: &str,
+    settings: &Settings,
+    config: &PluginConfig,
+) -> WasmPlugin {
+    let source = ve.spec.wasm_module.as_ref().map_or_else(
+        || settings.wasm.clone(),
+        |m| WasmSource {
+            url: m.url.clone(),
+            sha256: m.sha256.clone(),
+        },
+    );
+    WasmPlugin {
+        metadata: managed_meta(ve, WASM_PLUGIN_NAME, namespace),
+        spec: WasmPluginSpec {
+            url: source.url,
+            sha256: source.sha256,
+            fail_strategy: "FAIL_OPEN".into(),
+            plugin_config: serde_json::to_value(config).unwrap_or_default(),
+        },
+    }
+}
+
+#[cfg(test)]
+pub mod fixtures {
+    //! Services, pods and VirtualEnvironments for tests.
+
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus, ServiceSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+    use crate::crd::VirtualEnvironmentSpec;
+
+    pub const NS: &str = "default";
+
+    pub fn ve(spec_yaml: &str) -> VirtualEnvironment {
+        let spec: VirtualEnvironmentSpec = serde_yaml::from_str(spec_yaml).unwrap();
+        let mut ve = VirtualEnvironment::new("example-virtualenv", spec);
+        ve.metadata.namespace = Some(NS.into());
+        ve
+    }
+
+    /// The seed's sample: auto-inject on, default subset `dev`.
+    pub fn seed_ve() -> VirtualEnvironment {
+        ve("envHeader: {name: X-Virtual-Env, autoInject: true}\nenvLabel: {name: virtual-env, splitter: ., defaultSubset: dev}")
+    }
+
+    pub fn service(name: &str) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(NS.into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(ServiceSpec {
+                selector: Some(BTreeMap::from([("app".into(), name.into())])),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        }
+    }
+
+    pub fn pod(name: &str, app: &str, env: Option<&str>, ready: bool) -> Pod {
+        let mut labels = BTreeMap::from([("app".to_owned(), app.to_owned())]);
+        if let Some(env) = env {
+            labels.insert("virtual-env".into(), env.into());
+        }
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(NS.into()),
+                labels: Some(labels),
+                ..ObjectMeta::default()
+            },
+            status: Some(PodStatus {
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..PodCondition::default()
+                }]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    pub fn terminating(mut pod: Pod) -> Pod {
+        pod.metadata.deletion_timestamp = Some(Time(Default::default()));
+        pod
+    }
+
+    /// The seed's example: A, B, C in `dev`; A' and C' in `dev.proj1`.
+    pub fn seed_snapshot() -> Snapshot {
+        Snapshot {
+            services: ["app-a", "app-b", "app-c"].map(service).to_vec(),
+            pods: vec![
+                pod("app-a-dev", "app-a", Some("dev"), true),
+                pod("app-b-dev", "app-b", Some("dev"), true),
+                pod("app-c-dev", "app-c", Some("dev"), true),
+                pod("app-a-proj1", "app-a", Some("dev.proj1"), true),
+                pod("app-c-proj1", "app-c", Some("dev.proj1"), true),
+            ],
+            foreign: BTreeSet::new(),
+        }
+    }
+
+    pub fn settings() -> Settings {
+        Settings {
+            cluster_domain: "cluster.local".into(),
+            wasm: WasmSource {
+                url: "http://virtual-env.virtual-env-system.svc:8080/filter.wasm".into(),
+                sha256: Some("ab".repeat(32)),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+    use proptest::prelude::*;
+    use virtual_env_core::{Choice, RouteTable};
+
+    fn plan_of(ve: &VirtualEnvironment, snapshot: &Snapshot) -> Plan {
+        plan_namespace(ve, snapshot, &settings()).unwrap()
+    }
+
+    fn vs<'a>(plan: &'a Plan, name: &str) -> &'a VirtualService {
+        plan.virtual_services
+            .iter()
+            .find(|v| v.name_any() == name)
+            .unwrap_or_else(|| panic!("no VirtualService {name}"))
+    }
+
+    fn dr<'a>(plan: &'a Plan, name: &str) -> &'a DestinationRule {
+        plan.destination_rules
+            .iter()
+            .find(|v| v.name_any() == name)
+            .unwrap_or_else(|| panic!("no DestinationRule {name}"))
+    }
+
+    /// (match value or "*", subset or "-") per route.
+    fn routes(vs: &VirtualService) -> Vec<(String, String)> {
+        vs.spec
+            .http
+            .iter()
+            .map(|r| {
+                let m = r.matches.first().map_or("*".to_owned(), |m| {
+                    m.headers["x-virtual-env-route"].exact.clone()
+                });
+                let s = r.route[0].destination.subset.clone().unwrap_or("-".into());
+                (m, s)
+            })
+            .collect()
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_seed_example() {
+        let plan = plan_of(&seed_ve(), &seed_snapshot());
+        let proj1 = SubsetNames::new(["dev.proj1"])
+            .get("dev.proj1")
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            routes(vs(&plan, "app-a")),
+            pairs(&[("dev", "dev"), ("dev.proj1", &proj1), ("*", "dev")])
+        );
+        assert_eq!(
+            routes(vs(&plan, "app-b")),
+            pairs(&[("dev", "dev"), ("*", "dev")])
+        );
+        assert_eq!(
+            vs(&plan, "app-a").spec.hosts,
+            ["app-a.default.svc.cluster.local"]
+        );
+        let subsets = &dr(&plan, "app-c").spec.subsets;
+        assert_eq!(subsets.len(), 2);
+        assert_eq!(subsets[1].name, proj1);
+        assert_eq!(subsets[1].labels["virtual-env"], "dev.proj1");
+        assert_eq!(
+            plan.plugin_config.services["app-b.default.svc.cluster.local"],
+            ["dev"]
+        );
+        assert_eq!(
+            plan.plugin_config.services["app-a.default.svc.cluster.local"],
+            ["dev", "dev.proj1"]
+        );
+        assert_eq!(
+            plan.envs,
+            BTreeSet::from(["dev".into(), "dev.proj1".into()])
+        );
+        // The WasmPlugin carries the same plugin config, which the filter accepts.
+        let config =
+            PluginConfig::from_json(plan.wasm_plugin.spec.plugin_config.to_string().as_bytes())
+                .unwrap();
+        assert_eq!(config, plan.plugin_config);
+        assert!(config.auto_inject);
+        assert_eq!(plan.wasm_plugin.spec.fail_strategy, "FAIL_OPEN");
+        assert!(plan.wasm_plugin.labels().contains_key(MANAGED_BY_LABEL));
+    }
+
+    #[test]
+    fn three_levels_walk_to_the_nearest_ancestor() {
+        let mut snapshot = seed_snapshot();
+        snapshot
+            .pods
+            .push(pod("app-c-user1", "app-c", Some("dev.proj1.user1"), true));
+        let plan = plan_of(&seed_ve(), &snapshot);
+        let table = RouteTable::new(&plan.plugin_config);
+        let env = Some("dev.proj1.user1");
+        for (svc, want) in [
+            ("app-a", Choice::Fallback("dev.proj1")),
+            ("app-b", Choice::Fallback("dev")),
+            ("app-c", Choice::Exact("dev.proj1.user1")),
+        ] {
+            let service = table.service(&format!("{svc}.default")).unwrap();
+            assert_eq!(table.choose(service, env), want, "{svc}");
+        }
+        assert_eq!(dr(&plan, "app-c").spec.subsets.len(), 3);
+    }
+
+    #[test]
+    fn a_pod_no_service_selects_adds_an_env_but_no_route() {
+        let mut snapshot = seed_snapshot();
+        snapshot
+            .pods
+            .push(pod("job", "batch", Some("dev.proj2"), true));
+        let plan = plan_of(&seed_ve(), &snapshot);
+        assert!(plan.envs.contains("dev.proj2"));
+        assert_eq!(plan.virtual_services.len(), 3);
+        assert!(plan
+            .plugin_config
+            .services
+            .values()
+            .all(|envs| !envs.contains(&"dev.proj2".to_owned())));
+    }
+
+    #[test]
+    fn a_service_with_one_env_needs_routing_only_when_it_is_the_default() {
+        let without_default = ve("envLabel: {name: virtual-env}");
+        let plan = plan_of(&without_default, &seed_snapshot());
+        // B has only dev and there is no default subset: nothing to route.
+        let names: Vec<_> = plan.virtual_services.iter().map(|v| v.name_any()).collect();
+        assert_eq!(names, ["app-a", "app-c"]);
+        // Without a default subset the default route goes to the whole service.
+        assert_eq!(routes(vs(&plan, "app-a")).last().unwrap().1, "-");
+
+        let mut snapshot = seed_snapshot();
+        snapshot.pods.retain(|p| p.name_any() != "app-a-dev");
+        let plan = plan_of(&seed_ve(), &snapshot);
+        // A now has only dev.proj1 pods, which is not the default: nothing to route.
+        assert!(plan
+            .virtual_services
+            .iter()
+            .all(|v| v.name_any() != "app-a"));
+        // B has only dev, the default: routed, so that unlabelled pods get nothing.
+        assert_eq!(
+            routes(vs(&plan, "app-b")),
+            pairs(&[("dev", "dev"), ("*", "dev")])
+        );
+    }
+
+    #[test]
+    fn only_ready_pods_count() {
+        let mut snapshot = seed_snapshot();
+        snapshot
+            .pods
+            .push(pod("app-b-proj1", "app-b", Some("dev.proj1"), false));
+        snapshot.pods.push(terminating(pod(
+            "app-b-proj2",
+            "app-b",
+            Some("dev.proj2"),
+            true,
+        )));
+        let plan = plan_of(&seed_ve(), &snapshot);
+        assert_eq!(dr(&plan, "app-b").spec.subsets.len(), 1);
+        assert_eq!(
+            plan.plugin_config.services["app-b.default.svc.cluster.local"],
+            ["dev"]
+        );
+        assert!(!plan.envs.contains("dev.proj2"));
+    }
+
+    #[test]
+    fn colliding_env_spellings_get_distinct_subsets() {
+        let snapshot = Snapshot {
+            services: vec![service("app")],
+            pods: ["dev", "dev.x", "dev-x", "dev_x"]
+                .iter()
+                .map(|env| pod(&format!("app-{env}"), "app", Some(env), true))
+                .collect(),
+            foreign: BTreeSet::new(),
+        };
+        let plan = plan_of(&seed_ve(), &snapshot);
+        let subsets: BTreeSet<_> = dr(&plan, "app")
+            .spec
+            .subsets
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        assert_eq!(subsets.len(), 4, "{subsets:?}");
+        assert!(subsets.contains("dev-x"));
+    }
+
+    #[test]
+    fn invalid_env_labels_are_ignored_and_reported() {
+        let mut snapshot = seed_snapshot();
+        snapshot
+            .pods
+            .push(pod("app-b-bad", "app-b", Some("dev..x"), true));
+        let plan = plan_of(&seed_ve(), &snapshot);
+        assert_eq!(dr(&plan, "app-b").spec.subsets.len(), 1);
+        assert_eq!(plan.ignored_pods.len(), 1);
+        assert!(
+            plan.ignored_pods[0].starts_with("app-b-bad:"),
+            "{:?}",
+            plan.ignored_pods
+        );
+    }
+
+    #[test]
+    fn a_user_owned_virtual_service_is_left_alone_and_reported() {
+        let mut snapshot = seed_snapshot();
+        snapshot.foreign.insert("app-a".into());
+        let plan = plan_of(&seed_ve(), &snapshot);
+        assert!(plan
+            .virtual_services
+            .iter()
+            .all(|v| v.name_any() != "app-a"));
+        assert!(plan
+            .destination_rules
+            .iter()
+            .all(|v| v.name_any() != "app-a"));
+        assert!(!plan
+            .plugin_config
+            .services
+            .contains_key("app-a.default.svc.cluster.local"));
+        assert_eq!(plan.skipped.len(), 1);
+        assert!(plan.skipped[0].starts_with("app-a: "), "{:?}", plan.skipped);
+    }
+
+    #[test]
+    fn an_invalid_spec_is_an_error_that_says_why() {
+        let bad = ve("envLabel: {splitter: '::'}");
+        let err = plan_namespace(&bad, &seed_snapshot(), &settings()).unwrap_err();
+        assert!(err.to_string().contains("splitter"), "{err}");
+    }
+
+    #[test]
+    fn output_is_deterministic_whatever_the_input_order() {
+        let a = plan_of(&seed_ve(), &seed_snapshot());
+        let mut shuffled = seed_snapshot();
+        shuffled.services.reverse();
+        shuffled.pods.reverse();
+        let b = plan_of(&seed_ve(), &shuffled);
+        assert_eq!(a, b);
+        assert_eq!(
+            serde_json::to_string(&a.virtual_services).unwrap(),
+            serde_json::to_string(&b.virtual_services).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_wasm_module_in_the_spec_overrides_the_served_one() {
+        let ve = ve("wasmModule: {url: 'oci://registry.example/virtual-env:0.1.0'}");
+        let plan = plan_of(&ve, &seed_snapshot());
+        assert_eq!(
+            plan.wasm_plugin.spec.url,
+            "oci://registry.example/virtual-env:0.1.0"
+        );
+        assert_eq!(plan.wasm_plugin.spec.sha256, None);
+    }
+
+    proptest! {
+        /// Every env with ready pods behind a routed service gets exactly one subset, and
+        /// every route points at a subset of that service's DestinationRule.
+        #[test]
+        fn every_env_has_one_subset_and_every_route_a_target(
+            pods in proptest::collection::vec(
+                (0..4usize, proptest::sample::select(vec![
+                    "dev", "dev.p1", "dev.p1.u1", "dev-p1", "dev_p1", "qa", "Dev.P1", "dev.p2",
+                ]), any::<bool>()),
+                0..40,
+            )
+        ) {
+            let snapshot = Snapshot {
+                services: (0..4).map(|i| service(&format!("svc{i}"))).collect(),
+                pods: pods
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (svc, env, ready))| pod(&format!("p{i}"), &format!("svc{svc}"), Some(env), *ready))
+                    .collect(),
+                foreign: BTreeSet::new(),
+            };
+            let plan = plan_of(&seed_ve(), &snapshot);
+            for (vs, dr) in plan.virtual_services.iter().zip(&plan.destination_rules) {
+                prop_assert_eq!(vs.name_any(), dr.name_any());
+                let subsets: BTreeSet<&str> = dr.spec.subsets.iter().map(|s| s.name.as_str()).collect();
+                prop_assert_eq!(subsets.len(), dr.spec.subsets.len(), "subset names collide");
+                let svc = vs.name_any();
+                let want: BTreeSet<&str> = pods
+                    .iter()
+                    .filter(|(s, _, ready)| *ready && format!("svc{s}") == svc)
+                    .map(|(_, env, _)| *env)
+                    .collect();
+                let envs: BTreeSet<&str> = dr.spec.subsets.iter().map(|s| s.labels["virtual-env"].as_str()).collect();
+                prop_assert_eq!(envs, want);
+                for route in &vs.spec.http {
+                    if let Some(subset) = &route.route[0].destination.subset {
+                        prop_assert!(subsets.contains(subset.as_str()), "route to missing subset {}", subset);
+                    }
+                }
+            }
+        }
+    }
+}

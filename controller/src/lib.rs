@@ -1,9 +1,17 @@
 //! The virtual-env controller: watches `VirtualEnvironment`s, pods and services, and writes
 //! the VirtualServices, DestinationRules and WasmPlugin that route each namespace by env.
 //!
-//! `plan` is pure (no API calls); `reconcile` applies its output to the cluster.
+//! `plan` is pure (no API calls) and shared by the reconciler and the offline commands;
+//! `reconcile` applies its output to the cluster.
 
 pub mod crd;
 pub mod istio;
+pub mod leader;
+pub mod metrics;
+pub mod module;
+pub mod offline;
 pub mod plan;
+pub mod reconcile;
+pub mod server;
+pub mod snapshot;
 pub mod subset;

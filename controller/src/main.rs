@@ -1,1 +1,315 @@
-fn main() {}
+//! `virtual-env`: the controller and its offline tools.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, ListParams};
+use kube::{Client, CustomResourceExt};
+use tracing::{error, info};
+use virtual_env_controller::crd::VirtualEnvironment;
+use virtual_env_controller::leader::Elector;
+use virtual_env_controller::metrics::Metrics;
+use virtual_env_controller::module::FilterModule;
+use virtual_env_controller::offline;
+use virtual_env_controller::plan::{Settings, WasmSource};
+use virtual_env_controller::reconcile::{self, Context};
+use virtual_env_controller::server::{self, State};
+use virtual_env_controller::snapshot::Reader;
+
+/// Where the CRD lives in this repository; the hint a missing CRD prints.
+const CRD_INSTALL: &str =
+    "kubectl apply -f deploy/crds/env.alibaba.com_virtualenvironments_crd.yaml";
+
+/// Isolate pod communication into virtual environments by a pod label, with route
+/// fallback, on Istio.
+///
+/// Pods labelled `virtual-env: dev.proj1` form env `dev.proj1`, a child of `dev`. A request
+/// carrying `x-virtual-env: dev.proj1` reaches `dev.proj1` pods where a service has them and
+/// falls back to `dev` pods where it has not.
+#[derive(Parser)]
+#[command(name = "virtual-env", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller in a cluster (or against the current kubeconfig context).
+    Run(RunArgs),
+    /// Print the VirtualEnvironment CustomResourceDefinition as YAML.
+    Crd,
+    /// Print the Istio objects the controller would apply for a namespace snapshot.
+    ///
+    /// Reads the VirtualEnvironment, services and pods from YAML files or stdin, e.g.
+    /// `kubectl get virtualenvironments,services,pods -n team -o yaml | virtual-env render`.
+    Render(OfflineArgs),
+    /// Show how a request with an env is routed to a service in a namespace snapshot.
+    ///
+    /// Prints the fallback walk up the env's hierarchy and the subset the sidecar chooses.
+    Explain {
+        #[command(flatten)]
+        input: OfflineArgs,
+        /// The request's env (omit for a request without env).
+        #[arg(long)]
+        env: Option<String>,
+        /// The target service: `name` (in the snapshot's namespace) or its FQDN.
+        #[arg(long)]
+        service: String,
+    },
+}
+
+#[derive(Args)]
+struct ModuleArgs {
+    /// Where sidecars fetch the filter (http(s)://, oci://, file://). Default: this
+    /// controller serves the module it was built with, under --public-url.
+    #[arg(long, env = "VIRTUAL_ENV_WASM_URL")]
+    wasm_url: Option<String>,
+    /// SHA-256 of the module at --wasm-url (hex); checked by the sidecars when given.
+    #[arg(long, env = "VIRTUAL_ENV_WASM_SHA256")]
+    wasm_sha256: Option<String>,
+    /// The URL at which sidecars reach this controller's Service.
+    #[arg(
+        long,
+        env = "VIRTUAL_ENV_PUBLIC_URL",
+        default_value = "http://virtual-env.virtual-env-system.svc.cluster.local:8080"
+    )]
+    public_url: String,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+}
+
+impl ModuleArgs {
+    fn settings(&self, module: Option<&FilterModule>) -> Result<Settings> {
+        let wasm = match (&self.wasm_url, module) {
+            (Some(url), _) => WasmSource {
+                url: url.clone(),
+                sha256: self.wasm_sha256.clone(),
+            },
+            (None, Some(module)) => WasmSource {
+                url: format!("{}{}", self.public_url.trim_end_matches('/'), module.path()),
+                sha256: Some(module.sha256.clone()),
+            },
+            (None, None) => bail!(
+                "this binary was built without the filter module (run `make build` before building it), so pass --wasm-url"
+            ),
+        };
+        Ok(Settings {
+            cluster_domain: self.cluster_domain.clone(),
+            wasm,
+        })
+    }
+}
+
+#[derive(Args)]
+struct OfflineArgs {
+    /// YAML files to read (`-` for stdin); stdin when none is given.
+    #[arg(short = 'f', long = "filename")]
+    files: Vec<PathBuf>,
+    /// Namespace of objects that have none.
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    #[command(flatten)]
+    module: ModuleArgs,
+}
+
+impl OfflineArgs {
+    fn read(&self) -> Result<virtual_env_controller::snapshot::NamespaceSnapshot> {
+        let mut reader = Reader::default();
+        let stdin = [PathBuf::from("-")];
+        let files = if self.files.is_empty() {
+            &stdin[..]
+        } else {
+            &self.files[..]
+        };
+        for file in files {
+            let (name, text) = if file.as_os_str() == "-" {
+                let mut text = String::new();
+                std::io::stdin().read_to_string(&mut text)?;
+                ("stdin".to_owned(), text)
+            } else {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                (file.display().to_string(), text)
+            };
+            reader.read(&name, &text)?;
+        }
+        Ok(reader.finish(&self.namespace)?)
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Address of the HTTP endpoints: /metrics, /healthz, /readyz and the filter module.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    module: ModuleArgs,
+    /// Namespace of the leader election Lease (the controller's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "virtual-env-system")]
+    lease_namespace: String,
+    /// This replica's name in the Lease.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Run without leader election (a single replica only).
+    #[arg(long)]
+    no_leader_election: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Crd => serde_yaml::to_string(&VirtualEnvironment::crd())
+            .map(|yaml| print!("{yaml}"))
+            .map_err(Into::into),
+        Command::Render(input) => render(&input),
+        Command::Explain {
+            input,
+            env,
+            service,
+        } => explain(&input, env.as_deref(), &service),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("virtual-env: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn render(input: &OfflineArgs) -> Result<()> {
+    let ns = input.read()?;
+    let settings = input.module.settings(FilterModule::embedded().as_ref())?;
+    print!("{}", offline::render(&ns, &settings)?);
+    Ok(())
+}
+
+fn explain(input: &OfflineArgs, env: Option<&str>, service: &str) -> Result<()> {
+    let ns = input.read()?;
+    let settings = input.module.settings(FilterModule::embedded().as_ref())?;
+    print!("{}", offline::explain(&ns, &settings, env, service)?);
+    Ok(())
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let subscriber = tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "info,kube=warn".into()),
+    );
+    match args.log_format {
+        LogFormat::Json => subscriber.json().init(),
+        LogFormat::Text => subscriber.init(),
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run_async(args))
+}
+
+async fn run_async(args: RunArgs) -> Result<()> {
+    let module = FilterModule::embedded();
+    let settings = args.module.settings(module.as_ref())?;
+    info!(url = settings.wasm.url, "filter module");
+    let metrics = Arc::new(Metrics::default());
+    let state = Arc::new(State {
+        metrics: Arc::clone(&metrics),
+        module,
+        ready: Default::default(),
+    });
+    let server = tokio::spawn(server::serve(args.listen, Arc::clone(&state)));
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+
+    wait_for_crd(&client).await;
+    state.ready.store(true, Ordering::Relaxed);
+
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "virtual-env".into());
+    let elector = Elector::new(
+        Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+        "virtual-env-controller",
+        &identity,
+        Duration::from_secs(15),
+    );
+    if !args.no_leader_election {
+        info!(identity, "waiting for the leader lease");
+        elector.acquire(Duration::from_secs(5)).await;
+    }
+    metrics.set_leader(true);
+
+    let ctx = Arc::new(Context::new(client, settings, metrics));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(reconcile::run(ctx, async move {
+        let _ = stopped.await;
+    }));
+    let lost_lease = async {
+        if args.no_leader_election {
+            std::future::pending::<()>().await;
+        } else {
+            elector.keep(Duration::from_secs(5)).await;
+        }
+    };
+    let outcome = tokio::select! {
+        _ = shutdown_signal() => { info!("shutting down"); Ok(()) }
+        _ = lost_lease => Err(anyhow::anyhow!("lost the leader lease; exiting so a restart starts clean")),
+        result = server => Err(anyhow::anyhow!("http server stopped: {result:?}")),
+    };
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+    outcome
+}
+
+/// Retries until the VirtualEnvironment CRD is served, saying how to install it.
+async fn wait_for_crd(client: &Client) {
+    let api = Api::<VirtualEnvironment>::all(client.clone());
+    loop {
+        match api.list(&ListParams::default().limit(1)).await {
+            Ok(_) => return,
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                error!(
+                    "the VirtualEnvironment CRD is not installed; install it with: {CRD_INSTALL}"
+                )
+            }
+            Err(e) => error!("cannot list VirtualEnvironments: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

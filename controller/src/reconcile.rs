@@ -1,0 +1,741 @@
+//! Reconciling: read the namespace, plan, apply, prune, report.
+//!
+//! Writes use server-side apply under one field manager with full objects. Subsets are
+//! applied before the routes that use them and routes are pruned before their subsets
+//! (make before break), and the WasmPlugin, which makes sidecars set route headers, goes
+//! last.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
+use thiserror::Error;
+use tracing::{info, instrument, warn};
+
+use crate::crd::{VirtualEnvironment, VirtualEnvironmentStatus};
+use crate::istio::{DestinationRule, VirtualService, WasmPlugin};
+use crate::metrics::Metrics;
+use crate::plan::{plan_namespace, Plan, Settings, Snapshot, MANAGED_BY, MANAGED_BY_LABEL};
+
+pub const FIELD_MANAGER: &str = "virtual-env-controller";
+const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=virtual-env";
+/// Re-plan now and then even without events, to repair drift.
+const RESYNC: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the {kind} resource is not served by this cluster: {hint}")]
+    MissingCrd {
+        kind: &'static str,
+        hint: &'static str,
+    },
+    #[error("the VirtualEnvironment has no namespace")]
+    NoNamespace,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures per VirtualEnvironment, for backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Self {
+        Self {
+            client,
+            settings,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn failures(&self, key: &str, failed: bool) -> u32 {
+        let Ok(mut failures) = self.failures.lock() else {
+            return 0;
+        };
+        if failed {
+            let n = failures.entry(key.to_owned()).or_default();
+            *n = n.saturating_add(1);
+            *n
+        } else {
+            failures.remove(key);
+            0
+        }
+    }
+}
+
+fn key(ve: &VirtualEnvironment) -> String {
+    format!("{}/{}", ve.namespace().unwrap_or_default(), ve.name_any())
+}
+
+/// One reconcile of one `VirtualEnvironment`.
+#[instrument(skip_all, fields(namespace = ve.namespace().unwrap_or_default(), name = ve.name_any()))]
+pub async fn reconcile(ve: Arc<VirtualEnvironment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let ns = ve.namespace().ok_or(Error::NoNamespace)?;
+    let client = ctx.client.clone();
+    let ves: Api<VirtualEnvironment> = Api::namespaced(client.clone(), &ns);
+
+    // One VirtualEnvironment per namespace: the oldest one rules, the others say so.
+    let siblings = ves.list(&ListParams::default()).await?;
+    if let Some(ruler) = ruling(&siblings.items).filter(|r| r.name_any() != ve.name_any()) {
+        let message = format!(
+            "VirtualEnvironment {} already manages namespace {ns}; only one is used per namespace",
+            ruler.name_any()
+        );
+        patch_status(&ves, &ve, not_ready(&ve, "Conflict", &message)).await?;
+        return Ok(Action::await_change());
+    }
+
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let vss: Api<VirtualService> = Api::namespaced(client.clone(), &ns);
+    let drs: Api<DestinationRule> = Api::namespaced(client.clone(), &ns);
+    let wasm_plugins: Api<WasmPlugin> = Api::namespaced(client, &ns);
+
+    let services = services.list(&ListParams::default()).await?.items;
+    let pods = pods.list(&ListParams::default()).await?.items;
+    let existing_vss = list_istio(&vss, "VirtualService").await?;
+    let existing_drs = list_istio(&drs, "DestinationRule").await?;
+    let managed = |meta: &kube::api::ObjectMeta| {
+        meta.labels
+            .as_ref()
+            .and_then(|l| l.get(MANAGED_BY_LABEL))
+            .is_some_and(|v| v == MANAGED_BY)
+    };
+    let foreign: BTreeSet<String> = existing_vss
+        .iter()
+        .map(|o| &o.metadata)
+        .chain(existing_drs.iter().map(|o| &o.metadata))
+        .filter(|meta| !managed(meta))
+        .filter_map(|meta| meta.name.clone())
+        .collect();
+    let snapshot = Snapshot {
+        services,
+        pods,
+        foreign,
+    };
+
+    let plan = match plan_namespace(&ve, &snapshot, &ctx.settings) {
+        Ok(plan) => plan,
+        Err(e) => {
+            warn!("not applying anything: {e}");
+            patch_status(&ves, &ve, not_ready(&ve, "InvalidSpec", &e.to_string())).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    for dr in &plan.destination_rules {
+        apply(&drs, dr, "DestinationRule").await?;
+        ctx.metrics.applied("DestinationRule");
+    }
+    for vs in &plan.virtual_services {
+        apply(&vss, vs, "VirtualService").await?;
+        ctx.metrics.applied("VirtualService");
+    }
+    apply(&wasm_plugins, &plan.wasm_plugin, "WasmPlugin").await?;
+    ctx.metrics.applied("WasmPlugin");
+
+    let wanted_vss: BTreeSet<String> = plan.virtual_services.iter().map(|o| o.name_any()).collect();
+    let wanted_drs: BTreeSet<String> = plan
+        .destination_rules
+        .iter()
+        .map(|o| o.name_any())
+        .collect();
+    for vs in existing_vss.iter().filter(|o| managed(&o.metadata)) {
+        if !wanted_vss.contains(&vs.name_any()) {
+            prune(&vss, &vs.name_any()).await?;
+            ctx.metrics.pruned("VirtualService");
+        }
+    }
+    for dr in existing_drs.iter().filter(|o| managed(&o.metadata)) {
+        if !wanted_drs.contains(&dr.name_any()) {
+            prune(&drs, &dr.name_any()).await?;
+            ctx.metrics.pruned("DestinationRule");
+        }
+    }
+
+    patch_status(&ves, &ve, ready(&ve, &plan)).await?;
+    ctx.failures(&key(&ve), false);
+    ctx.metrics.reconciled(started.elapsed());
+    info!(
+        services = plan.virtual_services.len(),
+        envs = plan.envs.len(),
+        skipped = plan.skipped.len(),
+        "reconciled"
+    );
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Retries with exponential backoff (5 s doubling to 5 min), and says why in the status.
+pub fn error_policy(ve: Arc<VirtualEnvironment>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failed();
+    let delay = backoff(ctx.failures(&key(&ve), true));
+    warn!(namespace = ve.namespace(), name = ve.name_any(), %error, ?delay, "reconcile failed, retrying");
+    let client = ctx.client.clone();
+    let message = error.to_string();
+    tokio::spawn(async move {
+        if let Some(ns) = ve.namespace() {
+            let ves: Api<VirtualEnvironment> = Api::namespaced(client, &ns);
+            let _ = patch_status(&ves, &ve, not_ready(&ve, "ReconcileError", &message)).await;
+        }
+    });
+    Action::requeue(delay)
+}
+
+/// The delay before retry number `failures`: 5 s, doubling, at most 5 min.
+fn backoff(failures: u32) -> Duration {
+    let doublings = failures.clamp(1, 7) - 1;
+    Duration::from_secs(5 << doublings).min(Duration::from_secs(300))
+}
+
+/// The VirtualEnvironment that manages a namespace: the oldest, then by name.
+fn ruling(ves: &[VirtualEnvironment]) -> Option<&VirtualEnvironment> {
+    ves.iter()
+        .min_by_key(|ve| (ve.metadata.creation_timestamp.clone(), ve.name_any()))
+}
+
+async fn list_istio<K>(api: &Api<K>, kind: &'static str) -> Result<Vec<K>, Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.list(&ListParams::default()).await {
+        Ok(list) => Ok(list.items),
+        Err(kube::Error::Api(e)) if e.code == 404 => Err(Error::MissingCrd {
+            kind,
+            hint: "install Istio (its CRDs) before virtual-env",
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn apply<K>(api: &Api<K>, object: &K, kind: &'static str) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match api
+        .patch(&object.name_any(), &params, &Patch::Apply(object))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Err(Error::MissingCrd {
+            kind,
+            hint: "install Istio (its CRDs) before virtual-env",
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn prune<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn patch_status(
+    api: &Api<VirtualEnvironment>,
+    ve: &VirtualEnvironment,
+    status: VirtualEnvironmentStatus,
+) -> Result<(), Error> {
+    let patch = json!({
+        "apiVersion": "env.alibaba.com/v1alpha1",
+        "kind": "VirtualEnvironment",
+        "status": status,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(&ve.name_any(), &params, &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
+fn condition(ve: &VirtualEnvironment, ready: bool, reason: &str, message: &str) -> Condition {
+    // Keep the transition time when the condition's status did not change.
+    let previous = ve
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    let status = if ready { "True" } else { "False" };
+    let last_transition_time = previous
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(now()));
+    Condition {
+        type_: "Ready".into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: ve.metadata.generation,
+        last_transition_time,
+    }
+}
+
+fn now() -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::now()
+}
+
+fn not_ready(ve: &VirtualEnvironment, reason: &str, message: &str) -> VirtualEnvironmentStatus {
+    let previous = ve.status.clone().unwrap_or_default();
+    VirtualEnvironmentStatus {
+        observed_generation: ve.metadata.generation,
+        conditions: vec![condition(ve, false, reason, message)],
+        ..previous
+    }
+}
+
+fn ready(ve: &VirtualEnvironment, plan: &Plan) -> VirtualEnvironmentStatus {
+    let (reason, message) = if plan.skipped.is_empty() {
+        (
+            "Applied",
+            format!("{} services routed by env", plan.virtual_services.len()),
+        )
+    } else {
+        (
+            "AppliedWithSkips",
+            format!(
+                "{} services routed by env; skipped: {}",
+                plan.virtual_services.len(),
+                plan.skipped.join("; ")
+            ),
+        )
+    };
+    VirtualEnvironmentStatus {
+        observed_generation: ve.metadata.generation,
+        conditions: vec![condition(ve, true, reason, &message)],
+        services: u32::try_from(plan.virtual_services.len()).unwrap_or(u32::MAX),
+        envs: u32::try_from(plan.envs.len()).unwrap_or(u32::MAX),
+        skipped: plan.skipped.clone(),
+    }
+}
+
+/// The `VirtualEnvironment`s of the namespace an object is in.
+fn in_same_namespace<K: Resource>(
+    store: Store<VirtualEnvironment>,
+) -> impl Fn(K) -> Vec<ObjectRef<VirtualEnvironment>> + Send + Sync + Clone + 'static {
+    move |obj: K| {
+        let ns = obj.meta().namespace.clone();
+        store
+            .state()
+            .iter()
+            .filter(|ve| ve.namespace() == ns)
+            .map(|ve| ObjectRef::from_obj(&**ve))
+            .collect()
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
+    let controller = Controller::new(
+        Api::<VirtualEnvironment>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    // Coalesce bursts (a rollout's pod events) into one reconcile.
+    .with_config(ControllerConfig::default().debounce(Duration::from_secs(1)));
+    let store = controller.store();
+    controller
+        .owns(Api::<VirtualService>::all(client.clone()), managed.clone())
+        .owns(Api::<DestinationRule>::all(client.clone()), managed.clone())
+        .owns(Api::<WasmPlugin>::all(client.clone()), managed)
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default(),
+            in_same_namespace(store.clone()),
+        )
+        .watches(
+            Api::<Service>::all(client),
+            watcher::Config::default(),
+            in_same_namespace(store),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!("controller: {e}");
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    //! API interaction tests against kube-rs's tower-test mock API server: no cluster
+    //! runs here, so each test scripts the API server's side and asserts the method, path
+    //! and body of every call one reconcile makes, in order.
+
+    use http::{Method, Request, Response};
+    use kube::client::Body;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::plan::fixtures::*;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn mock_context() -> (Arc<Context>, Handle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, NS);
+        let ctx = Context::new(client, settings(), Arc::new(Metrics::default()));
+        (Arc::new(ctx), handle)
+    }
+
+    fn seed_ve_from_api() -> VirtualEnvironment {
+        let mut ve = seed_ve();
+        ve.metadata.uid = Some("uid-1".into());
+        ve.metadata.generation = Some(3);
+        ve
+    }
+
+    fn list(kind: &str, items: Vec<Value>) -> Value {
+        json!({"apiVersion": "v1", "kind": format!("{kind}List"), "metadata": {}, "items": items})
+    }
+
+    fn managed_object(name: &str) -> Value {
+        json!({"metadata": {"name": name, "namespace": NS, "labels": {MANAGED_BY_LABEL: MANAGED_BY}}, "spec": {"hosts": [], "http": [], "host": "", "subsets": []}})
+    }
+
+    fn foreign_object(name: &str) -> Value {
+        json!({"metadata": {"name": name, "namespace": NS}, "spec": {"hosts": [], "http": [], "host": "", "subsets": []}})
+    }
+
+    /// The API server's side: answers each expected call in turn and records it.
+    struct ApiServerVerifier {
+        handle: Handle,
+        calls: Vec<(Method, String, Value)>,
+    }
+
+    impl ApiServerVerifier {
+        async fn expect(&mut self, method: Method, path: &str, reply: Value) -> Value {
+            self.answer(method, path, Some(reply)).await
+        }
+
+        /// Answers with `reply`, or with the request's own body (what an apply returns).
+        async fn answer(&mut self, method: Method, path: &str, reply: Option<Value>) -> Value {
+            let (request, send) = self.handle.next_request().await.expect("a request");
+            let uri = request.uri().to_string();
+            assert_eq!(request.method(), method, "{uri}");
+            assert!(uri.starts_with(path), "expected {method} {path}, got {uri}");
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            self.calls.push((method, uri, body.clone()));
+            let reply = reply.unwrap_or_else(|| body.clone());
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                    .unwrap(),
+            );
+            body
+        }
+
+        async fn expect_status(&mut self, method: Method, path: &str, code: u16) {
+            let (request, send) = self.handle.next_request().await.expect("a request");
+            let uri = request.uri().to_string();
+            assert_eq!(request.method(), method, "{uri}");
+            assert!(uri.starts_with(path), "expected {method} {path}, got {uri}");
+            let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": "NotFound", "message": "not found"});
+            send.send_response(
+                Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                    .unwrap(),
+            );
+        }
+
+        /// The reads every reconcile starts with.
+        async fn reads(&mut self, ve: &VirtualEnvironment, vss: Vec<Value>, drs: Vec<Value>) {
+            let ve_json = serde_json::to_value(ve).unwrap();
+            self.expect(
+                Method::GET,
+                "/apis/env.alibaba.com/v1alpha1/namespaces/default/virtualenvironments",
+                list("VirtualEnvironment", vec![ve_json]),
+            )
+            .await;
+            let snap = seed_snapshot();
+            let services = snap
+                .services
+                .iter()
+                .map(|s| serde_json::to_value(s).unwrap())
+                .collect();
+            let pods = snap
+                .pods
+                .iter()
+                .map(|p| serde_json::to_value(p).unwrap())
+                .collect();
+            self.expect(
+                Method::GET,
+                "/api/v1/namespaces/default/services",
+                list("Service", services),
+            )
+            .await;
+            self.expect(
+                Method::GET,
+                "/api/v1/namespaces/default/pods",
+                list("Pod", pods),
+            )
+            .await;
+            self.expect(
+                Method::GET,
+                "/apis/networking.istio.io/v1/namespaces/default/virtualservices",
+                list("VirtualService", vss),
+            )
+            .await;
+            self.expect(
+                Method::GET,
+                "/apis/networking.istio.io/v1/namespaces/default/destinationrules",
+                list("DestinationRule", drs),
+            )
+            .await;
+        }
+
+        async fn apply(&mut self, path: &str, name: &str) -> Value {
+            let body = self
+                .answer(
+                    Method::PATCH,
+                    &format!("{path}/{name}?&force=true&fieldManager=virtual-env-controller"),
+                    None,
+                )
+                .await;
+            // Server-side apply needs full objects.
+            assert!(
+                body["apiVersion"].is_string() && body["kind"].is_string(),
+                "{body}"
+            );
+            assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+            assert_eq!(body["metadata"]["ownerReferences"][0]["controller"], true);
+            body
+        }
+    }
+
+    const VS: &str = "/apis/networking.istio.io/v1/namespaces/default/virtualservices";
+    const DR: &str = "/apis/networking.istio.io/v1/namespaces/default/destinationrules";
+    const WP: &str = "/apis/extensions.istio.io/v1alpha1/namespaces/default/wasmplugins";
+    const STATUS: &str = "/apis/env.alibaba.com/v1alpha1/namespaces/default/virtualenvironments/example-virtualenv/status";
+
+    #[tokio::test]
+    async fn one_reconcile_applies_prunes_and_reports_in_order() {
+        let (ctx, handle) = mock_context();
+        let ve = seed_ve_from_api();
+        let server = tokio::spawn(async move {
+            let mut api = ApiServerVerifier {
+                handle,
+                calls: Vec::new(),
+            };
+            // app-old is ours and no longer wanted; app-b's VirtualService is a user's.
+            api.reads(
+                &seed_ve_from_api(),
+                vec![managed_object("app-old"), foreign_object("app-b")],
+                vec![managed_object("app-old")],
+            )
+            .await;
+            for name in ["app-a", "app-c"] {
+                let body = api.apply(DR, name).await;
+                assert_eq!(body["kind"], "DestinationRule");
+            }
+            for name in ["app-a", "app-c"] {
+                let body = api.apply(VS, name).await;
+                assert_eq!(body["kind"], "VirtualService");
+                assert_eq!(body["metadata"]["labels"][MANAGED_BY_LABEL], MANAGED_BY);
+            }
+            let wp = api.apply(WP, "virtual-env").await;
+            let services = &wp["spec"]["pluginConfig"]["services"];
+            assert!(
+                services.get("app-b.default.svc.cluster.local").is_none(),
+                "{services}"
+            );
+            assert_eq!(
+                services["app-a.default.svc.cluster.local"],
+                json!(["dev", "dev.proj1"])
+            );
+            // Routes go before the subsets they use.
+            api.expect(
+                Method::DELETE,
+                &format!("{VS}/app-old"),
+                json!({"kind": "Status", "status": "Success"}),
+            )
+            .await;
+            api.expect(
+                Method::DELETE,
+                &format!("{DR}/app-old"),
+                json!({"kind": "Status", "status": "Success"}),
+            )
+            .await;
+            let status = api
+                .expect(
+                    Method::PATCH,
+                    STATUS,
+                    serde_json::to_value(seed_ve_from_api()).unwrap(),
+                )
+                .await;
+            let status = &status["status"];
+            assert_eq!(status["observedGeneration"], 3);
+            assert_eq!(status["conditions"][0]["type"], "Ready");
+            assert_eq!(status["conditions"][0]["status"], "True");
+            assert_eq!(status["conditions"][0]["reason"], "AppliedWithSkips");
+            assert_eq!(status["services"], 2);
+            assert_eq!(status["envs"], 2);
+            assert!(
+                status["skipped"][0]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("app-b: "),
+                "{status}"
+            );
+            api.calls.len()
+        });
+        let action = reconcile(Arc::new(ve), ctx.clone()).await.unwrap();
+        assert_eq!(action, Action::requeue(RESYNC));
+        // 5 reads, 2 DestinationRules, 2 VirtualServices, the WasmPlugin, 2 prunes, the status.
+        assert_eq!(server.await.unwrap(), 13);
+        let metrics = ctx.metrics.render();
+        assert!(
+            metrics
+                .contains("virtual_env_objects_total{kind=\"VirtualService\",action=\"pruned\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("virtual_env_reconciles_total 1"),
+            "{metrics}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_spec_writes_nothing_but_the_status() {
+        let (ctx, handle) = mock_context();
+        let mut ve = ve("envLabel: {splitter: '::'}");
+        ve.metadata.uid = Some("uid-1".into());
+        let listed = ve.clone();
+        let server = tokio::spawn(async move {
+            let mut api = ApiServerVerifier {
+                handle,
+                calls: Vec::new(),
+            };
+            api.reads(&listed, vec![], vec![]).await;
+            let body = api
+                .expect(
+                    Method::PATCH,
+                    STATUS,
+                    serde_json::to_value(&listed).unwrap(),
+                )
+                .await;
+            assert_eq!(body["status"]["conditions"][0]["status"], "False");
+            assert_eq!(body["status"]["conditions"][0]["reason"], "InvalidSpec");
+            assert!(body["status"]["conditions"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("splitter"));
+        });
+        let action = reconcile(Arc::new(ve), ctx).await.unwrap();
+        assert_eq!(action, Action::await_change());
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn missing_istio_crds_are_an_error_that_says_what_to_install() {
+        let (ctx, handle) = mock_context();
+        let ve = seed_ve_from_api();
+        let listed = ve.clone();
+        let server = tokio::spawn(async move {
+            let mut api = ApiServerVerifier {
+                handle,
+                calls: Vec::new(),
+            };
+            api.expect(
+                Method::GET,
+                "/apis/env.alibaba.com/v1alpha1/namespaces/default/virtualenvironments",
+                list(
+                    "VirtualEnvironment",
+                    vec![serde_json::to_value(&listed).unwrap()],
+                ),
+            )
+            .await;
+            api.expect(
+                Method::GET,
+                "/api/v1/namespaces/default/services",
+                list("Service", vec![]),
+            )
+            .await;
+            api.expect(
+                Method::GET,
+                "/api/v1/namespaces/default/pods",
+                list("Pod", vec![]),
+            )
+            .await;
+            api.expect_status(Method::GET, VS, 404).await;
+        });
+        let err = reconcile(Arc::new(ve), ctx).await.unwrap_err();
+        assert!(err.to_string().contains("install Istio"), "{err}");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_second_virtual_environment_in_a_namespace_stands_aside() {
+        let (ctx, handle) = mock_context();
+        let mut older = seed_ve_from_api();
+        older.metadata.creation_timestamp = Some(Time("2026-01-01T00:00:00Z".parse().unwrap()));
+        let mut newer = seed_ve_from_api();
+        newer.metadata.name = Some("newer".into());
+        newer.metadata.creation_timestamp = Some(Time("2026-06-01T00:00:00Z".parse().unwrap()));
+        let both = vec![
+            serde_json::to_value(&older).unwrap(),
+            serde_json::to_value(&newer).unwrap(),
+        ];
+        let reply = serde_json::to_value(&newer).unwrap();
+        let server = tokio::spawn(async move {
+            let mut api = ApiServerVerifier {
+                handle,
+                calls: Vec::new(),
+            };
+            api.expect(
+                Method::GET,
+                "/apis/env.alibaba.com/v1alpha1/namespaces/default/virtualenvironments",
+                list("VirtualEnvironment", both),
+            )
+            .await;
+            let body = api.expect(Method::PATCH, "/apis/env.alibaba.com/v1alpha1/namespaces/default/virtualenvironments/newer/status", reply).await;
+            assert_eq!(body["status"]["conditions"][0]["reason"], "Conflict");
+        });
+        let action = reconcile(Arc::new(newer), ctx).await.unwrap();
+        assert_eq!(action, Action::await_change());
+        server.await.unwrap();
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let delays: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
+
+    #[tokio::test]
+    async fn failures_are_counted_per_object_until_a_success() {
+        let (ctx, _handle) = mock_context();
+        let counts: Vec<u32> = (0..3).map(|_| ctx.failures("ns/ve", true)).collect();
+        assert_eq!(counts, [1, 2, 3]);
+        assert_eq!(ctx.failures("other/ve", true), 1);
+        assert_eq!(ctx.failures("ns/ve", false), 0);
+        assert_eq!(ctx.failures("ns/ve", true), 1);
+    }
+}

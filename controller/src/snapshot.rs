@@ -1,0 +1,201 @@
+//! Reading a namespace snapshot from YAML, for `virtual-env render` and `explain`.
+//!
+//! Accepts what `kubectl get -o yaml` prints (a `List`), multi-document YAML and single
+//! objects, in any mix: the `VirtualEnvironment`, services, pods, and optionally the
+//! VirtualServices and DestinationRules already in the namespace (those not managed by
+//! virtual-env are then left alone, as the controller would).
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::ResourceExt;
+use serde::Deserialize;
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::crd::VirtualEnvironment;
+use crate::plan::{Snapshot, MANAGED_BY, MANAGED_BY_LABEL};
+
+#[derive(Debug, Error)]
+pub enum SnapshotError {
+    #[error("{source_name}: not YAML: {error}")]
+    Yaml {
+        source_name: String,
+        error: serde_yaml::Error,
+    },
+    #[error("{source_name}: {kind} {name}: {error}")]
+    Object {
+        source_name: String,
+        kind: String,
+        name: String,
+        error: serde_json::Error,
+    },
+    #[error("no VirtualEnvironment in the input: pass its YAML too")]
+    NoVirtualEnvironment,
+    #[error("{0} VirtualEnvironments in the input; pass one (or one namespace)")]
+    SeveralVirtualEnvironments(usize),
+}
+
+/// A `VirtualEnvironment` and what is in its namespace.
+#[derive(Debug, Clone)]
+pub struct NamespaceSnapshot {
+    pub virtual_environment: VirtualEnvironment,
+    pub snapshot: Snapshot,
+}
+
+/// Objects read so far, before they are tied to a namespace.
+#[derive(Default)]
+pub struct Reader {
+    ves: Vec<VirtualEnvironment>,
+    services: Vec<Service>,
+    pods: Vec<Pod>,
+    /// (namespace, name) of VirtualServices / DestinationRules not managed by virtual-env.
+    foreign: Vec<(Option<String>, String)>,
+}
+
+impl Reader {
+    /// Reads every document of `text` (named `source_name` in errors).
+    pub fn read(&mut self, source_name: &str, text: &str) -> Result<(), SnapshotError> {
+        for doc in serde_yaml::Deserializer::from_str(text) {
+            let value = Value::deserialize(doc).map_err(|error| SnapshotError::Yaml {
+                source_name: source_name.to_owned(),
+                error,
+            })?;
+            self.add(source_name, value)?;
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, source_name: &str, value: Value) -> Result<(), SnapshotError> {
+        let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+        if kind == "List" || kind.ends_with("List") {
+            if let Some(items) = value["items"].as_array() {
+                for item in items {
+                    self.add(source_name, item.clone())?;
+                }
+            }
+            return Ok(());
+        }
+        let name = value["metadata"]["name"].as_str().unwrap_or("?").to_owned();
+        let error = |error| SnapshotError::Object {
+            source_name: source_name.to_owned(),
+            kind: kind.clone(),
+            name: name.clone(),
+            error,
+        };
+        match kind.as_str() {
+            "VirtualEnvironment" => self.ves.push(serde_json::from_value(value).map_err(error)?),
+            "Service" => self
+                .services
+                .push(serde_json::from_value(value).map_err(error)?),
+            "Pod" => self
+                .pods
+                .push(serde_json::from_value(value).map_err(error)?),
+            "VirtualService" | "DestinationRule" => {
+                let managed = value["metadata"]["labels"][MANAGED_BY_LABEL] == MANAGED_BY;
+                if !managed {
+                    let ns = value["metadata"]["namespace"].as_str().map(String::from);
+                    self.foreign.push((ns, name));
+                }
+            }
+            // Anything else (deployments, the WasmPlugin, ...) plays no part in planning.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Ties the objects to the one `VirtualEnvironment`'s namespace. Objects without a
+    /// namespace are taken to be in `default_namespace`.
+    pub fn finish(self, default_namespace: &str) -> Result<NamespaceSnapshot, SnapshotError> {
+        let mut ves = self.ves;
+        let mut ve = match ves.len() {
+            0 => return Err(SnapshotError::NoVirtualEnvironment),
+            1 => ves.remove(0),
+            n => return Err(SnapshotError::SeveralVirtualEnvironments(n)),
+        };
+        let ns = ve
+            .namespace()
+            .unwrap_or_else(|| default_namespace.to_owned());
+        ve.metadata.namespace = Some(ns.clone());
+        let in_ns = |obj_ns: Option<String>| obj_ns.as_deref().unwrap_or(default_namespace) == ns;
+        Ok(NamespaceSnapshot {
+            virtual_environment: ve,
+            snapshot: Snapshot {
+                services: self
+                    .services
+                    .into_iter()
+                    .filter(|s| in_ns(s.namespace()))
+                    .collect(),
+                pods: self
+                    .pods
+                    .into_iter()
+                    .filter(|p| in_ns(p.namespace()))
+                    .collect(),
+                foreign: self
+                    .foreign
+                    .into_iter()
+                    .filter(|(obj_ns, _)| in_ns(obj_ns.clone()))
+                    .map(|(_, name)| name)
+                    .collect::<BTreeSet<_>>(),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KUBECTL_LIST: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: app-a, namespace: team}
+  spec: {selector: {app: app-a}, ports: [{port: 80}]}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: app-a-1, namespace: team, labels: {app: app-a, virtual-env: dev}}
+  status: {conditions: [{type: Ready, status: "True"}]}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: elsewhere, namespace: other, labels: {app: app-a, virtual-env: dev}}
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata: {name: ignored, namespace: team}
+"#;
+
+    #[test]
+    fn reads_lists_and_documents_and_keeps_one_namespace() {
+        let mut reader = Reader::default();
+        reader.read("pods.yaml", KUBECTL_LIST).unwrap();
+        reader
+            .read(
+                "ve.yaml",
+                "apiVersion: env.alibaba.com/v1alpha1\nkind: VirtualEnvironment\nmetadata: {name: ve, namespace: team}\nspec: {}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: app-a, namespace: team}\nspec: {}\n",
+            )
+            .unwrap();
+        let ns = reader.finish("default").unwrap();
+        assert_eq!(ns.snapshot.services.len(), 1);
+        assert_eq!(ns.snapshot.pods.len(), 1);
+        assert_eq!(ns.snapshot.foreign, BTreeSet::from(["app-a".to_owned()]));
+    }
+
+    #[test]
+    fn errors_name_the_source_and_object() {
+        let mut reader = Reader::default();
+        let err = reader
+            .read(
+                "bad.yaml",
+                "kind: Pod\nmetadata: {name: p}\nspec: {containers: 3}\n",
+            )
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("bad.yaml: Pod p:"), "{msg}");
+        assert!(matches!(
+            Reader::default().finish("default"),
+            Err(SnapshotError::NoVirtualEnvironment)
+        ));
+    }
+}

@@ -19,7 +19,7 @@ export ENVOY
 WASM := target/wasm32-wasip1/release/virtual_env_filter.wasm
 export VIRTUAL_ENV_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: all setup rust-target envoy envoys build test test-native test-envoy-versions lint fmt clean
+.PHONY: all setup rust-target envoy envoys build test test-native test-envoy-versions lint fmt crd clean
 
 all: build
 
@@ -65,6 +65,10 @@ lint:
 
 fmt:
 	cargo fmt --all
+
+# Regenerates the committed CRD from the Rust types (a test checks they agree).
+crd:
+	cargo run -q -p virtual-env-controller -- crd > deploy/crds/env.alibaba.com_virtualenvironments_crd.yaml
 
 clean:
 	cargo clean

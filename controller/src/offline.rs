@@ -86,12 +86,24 @@ pub fn explain(
             let _ = writeln!(out, "request without env");
         }
     }
+    let walked = matches!(choice, Choice::Exact(_) | Choice::Fallback(_));
     for (step, has_pods) in steps {
-        let mark = if has_pods { "pods" } else { "no pods" };
+        let mark = match (has_pods, walked && choice.env() == Some(step)) {
+            (true, true) => "pods  <- chosen",
+            (true, false) => "pods",
+            _ => "no pods",
+        };
         let _ = writeln!(out, "  {step:<40} {mark}");
+        if has_pods && walked {
+            break;
+        }
     }
-    if let Some(default) = &config.default_subset {
-        let mark = if envs.has(default) { "pods" } else { "no pods" };
+    if let (false, Some(default)) = (walked, &config.default_subset) {
+        let mark = match (envs.has(default), choice) {
+            (true, Choice::Default(_)) => "pods  <- chosen",
+            (true, _) => "pods",
+            (false, _) => "no pods",
+        };
         let _ = writeln!(
             out,
             "  {:<40} {mark}",

@@ -1,0 +1,144 @@
+//! The `virtual-env` binary on the snapshots under `tests/snapshots/`: golden output of
+//! `render` and `explain`, and the committed CRD being what `virtual-env crd` prints.
+//!
+//! `UPDATE_GOLDEN=1 cargo test -p virtual-env-controller --test cli` rewrites the goldens;
+//! review the diff before committing it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn virtual_env(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_virtual-env"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "virtual-env {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn check_golden(path: &str, actual: &str) {
+    let path = repo().join(path);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
+    assert!(
+        expected == actual,
+        "{} differs from the output:\n{actual}",
+        path.display()
+    );
+}
+
+const SEED: [&str; 4] = [
+    "-f",
+    "tests/snapshots/seed/virtualenvironment.yaml",
+    "-f",
+    "tests/snapshots/seed/cluster.yaml",
+];
+/// A fixed module URL, so the goldens do not change with every filter build.
+const MODULE: [&str; 2] = [
+    "--wasm-url",
+    "oci://registry.example/virtual-env-filter:0.1.0",
+];
+
+#[test]
+fn render_the_seed_namespace() {
+    let out = virtual_env(&[&["render"][..], &SEED, &MODULE].concat());
+    check_golden("tests/snapshots/seed/render.golden.yaml", &out);
+}
+
+#[test]
+fn render_reads_stdin_as_kubectl_pipes_it() {
+    let snapshot = [
+        std::fs::read_to_string(repo().join(SEED[1])).unwrap(),
+        std::fs::read_to_string(repo().join(SEED[3])).unwrap(),
+    ]
+    .join("---\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_virtual-env"))
+        .args([&["render"][..], &MODULE].concat())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(snapshot.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let from_files = virtual_env(&[&["render"][..], &SEED, &MODULE].concat());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), from_files);
+}
+
+#[test]
+fn explain_the_seed_chain() {
+    let mut out = String::new();
+    for (env, service) in [
+        ("dev.proj1", "app-a"),
+        ("dev.proj1", "app-b"),
+        ("dev.proj1.user1", "app-c"),
+        ("dev.proj1.user1", "app-a"),
+        ("dev.proj9", "app-b"),
+    ] {
+        out.push_str(&format!(
+            "$ virtual-env explain --env {env} --service {service}\n"
+        ));
+        out.push_str(&virtual_env(
+            &[
+                &["explain", "--env", env, "--service", service][..],
+                &SEED,
+                &MODULE,
+            ]
+            .concat(),
+        ));
+    }
+    check_golden("tests/snapshots/seed/explain.golden.txt", &out);
+}
+
+#[test]
+fn the_committed_crd_is_what_the_code_generates() {
+    let generated = virtual_env(&["crd"]);
+    let committed = std::fs::read_to_string(
+        repo().join("deploy/crds/env.alibaba.com_virtualenvironments_crd.yaml"),
+    )
+    .unwrap();
+    assert!(
+        generated == committed,
+        "deploy/crds/env.alibaba.com_virtualenvironments_crd.yaml is stale: run `make crd`"
+    );
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_virtual-env"))
+        .args(
+            [
+                &["render", "-f", "tests/snapshots/seed/cluster.yaml"][..],
+                &MODULE,
+            ]
+            .concat(),
+        )
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no VirtualEnvironment in the input"),
+        "{stderr}"
+    );
+}

@@ -4,6 +4,8 @@
 //! `UPDATE_GOLDEN=1 cargo test -p virtual-env-controller --test cli` rewrites the goldens;
 //! review the diff before committing it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -52,24 +52,54 @@ pub fn filter_wasm() -> Result<PathBuf> {
 pub fn envoy_version(binary: &Path) -> Result<String> {
     let out = Command::new(binary).arg("--version").output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    text.split('/')
+    // "<path>  version: <sha>/1.36.4/Clean/RELEASE/BoringSSL"
+    text.split("version: ")
         .nth(1)
+        .and_then(|v| v.split('/').nth(1))
         .map(str::to_owned)
         .context("unexpected `envoy --version` output")
+}
+
+/// A child process that is killed when this is dropped, and by the kernel if the test
+/// process dies without unwinding, so no test leaves a process behind.
+pub struct Guarded(Child);
+
+impl Guarded {
+    pub fn spawn(command: &mut Command) -> Result<Self> {
+        // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        Ok(Self(command.spawn()?))
+    }
+
+    pub fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.0.try_wait()?)
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A running Envoy, killed when dropped.
 pub struct Envoy {
     name: String,
-    child: Child,
+    child: Guarded,
     admin: SocketAddr,
     log: PathBuf,
 }
 
 impl Envoy {
     /// Starts Envoy with `config` (a bootstrap; its admin address is replaced with a free
-    /// loopback port) and waits until it reports ready.
-    pub async fn start(name: &str, dir: &Path, mut config: Value) -> Result<Self> {
+    /// loopback port) and `workers` worker threads, and waits until it reports ready.
+    pub async fn start(name: &str, dir: &Path, mut config: Value, workers: u32) -> Result<Self> {
         config["admin"] = serde_json::json!({
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}
         });
@@ -84,18 +114,12 @@ impl Envoy {
             .arg(&config_path)
             .arg("--admin-address-path")
             .arg(&admin_path)
-            .args(["--disable-hot-restart", "--concurrency", "2", "-l", "info"])
+            .args(["--disable-hot-restart", "-l", "info", "--concurrency"])
+            .arg(workers.to_string())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
-        // If the test process dies without unwinding, the kernel ends Envoy too.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = command.spawn().context("starting envoy")?;
+        let child = Guarded::spawn(&mut command).context("starting envoy")?;
         let mut envoy = Self {
             name: name.to_owned(),
             child,
@@ -192,13 +216,6 @@ impl Envoy {
     /// One stat's value, 0 when absent.
     pub async fn stat(&self, name: &str) -> Result<u64> {
         Ok(self.stats(name).await?.get(name).copied().unwrap_or(0))
-    }
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

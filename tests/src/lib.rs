@@ -1,6 +1,16 @@
 //! The end-to-end harness of virtual-env: real Envoy processes on loopback, driven by real
 //! HTTP clients. The test suites live in `tests/tests/`.
+//!
+//! - [`envoy`]: start, await and stop Envoy processes; read their stats.
+//! - [`sidecar`]: one Envoy with the filter, to test the filter alone.
+//! - [`topology`], [`mesh`], [`app`]: a local mesh of pods (application + sidecar) routed
+//!   by the controller's plan; `make demo` and the mesh suite run on it.
+//! - [`demo`]: the demo's requests and its call-chain table.
 
+pub mod app;
+pub mod demo;
 pub mod envoy;
 pub mod http;
+pub mod mesh;
 pub mod sidecar;
+pub mod topology;

@@ -141,7 +141,7 @@ impl Sidecar {
                 listener("inbound", "INBOUND", json!([answer(None, "app")]), &filters),
             ]}
         });
-        let envoy = Envoy::start("sidecar", dir.path(), config).await?;
+        let envoy = Envoy::start("sidecar", dir.path(), config, 2).await?;
         envoy.check_wasm_runtime().await?;
         let outbound = envoy.listener("outbound").await?;
         let inbound = envoy.listener("inbound").await?;

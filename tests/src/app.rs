@@ -1,0 +1,154 @@
+//! The mesh's test application. For each request it answers who it is (service, pod, env
+//! label, the env header it received) and, when configured, calls the next services through
+//! its own sidecar's outbound listener and includes their answers, so the whole call chain
+//! comes back in one response.
+//!
+//! It forwards the tracing headers it received, as an instrumented application does;
+//! whether it also forwards the env header is a switch, so that propagation without it
+//! (baggage, trace correlation) is tested.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Result;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use crate::http::{self, Protocol};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppConfig {
+    pub listen: SocketAddr,
+    pub service: String,
+    pub pod: String,
+    pub env: Option<String>,
+    /// The pod's sidecar outbound listener.
+    pub outbound: SocketAddr,
+    /// `host:port` of each service to call per request.
+    pub calls: Vec<String>,
+    /// The env header's name (lower case).
+    pub env_header: String,
+    pub forward_env_header: bool,
+    /// Other headers forwarded from the incoming request to every call.
+    pub forward: Vec<String>,
+}
+
+/// One hop's answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Hop {
+    pub service: String,
+    pub pod: String,
+    /// The pod's env label.
+    pub env: Option<String>,
+    /// The env header the application received.
+    pub received_env: Option<String>,
+    /// HTTP version of the request as the application received it.
+    pub protocol: String,
+    /// Answers of the services called, or the error of a failed call.
+    #[serde(default)]
+    pub calls: Vec<Result<Hop, String>>,
+}
+
+impl Hop {
+    /// The chain of hops along the first call at each level.
+    pub fn chain(&self) -> Vec<&Hop> {
+        let mut chain = vec![self];
+        while let Some(Ok(next)) = chain[chain.len() - 1].calls.first() {
+            chain.push(next);
+        }
+        chain
+    }
+
+    /// The pods along the chain, e.g. `["app-a-proj1", "app-b-dev", "app-c-proj1"]`.
+    pub fn pods(&self) -> Vec<&str> {
+        self.chain().iter().map(|h| h.pod.as_str()).collect()
+    }
+
+    /// The first failed call anywhere in the tree.
+    pub fn first_error(&self) -> Option<&str> {
+        self.calls.iter().find_map(|c| match c {
+            Ok(hop) => hop.first_error(),
+            Err(e) => Some(e.as_str()),
+        })
+    }
+}
+
+async fn handle(config: Arc<AppConfig>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let received_env = header(&config.env_header);
+    let mut forwarded: Vec<(String, String)> = config
+        .forward
+        .iter()
+        .filter_map(|name| Some((name.clone(), header(name)?)))
+        .collect();
+    if config.forward_env_header {
+        if let Some(env) = &received_env {
+            forwarded.push((config.env_header.clone(), env.clone()));
+        }
+    }
+    let headers: Vec<(&str, &str)> = forwarded
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut calls = Vec::new();
+    for target in &config.calls {
+        let mut with_host = vec![("host", target.as_str())];
+        with_host.extend_from_slice(&headers);
+        let answer = match http::request(Protocol::Http1, config.outbound, "/", &with_host).await {
+            Ok(r) if r.status == 200 => {
+                serde_json::from_slice::<Hop>(&r.body).map_err(|e| format!("{target}: {e}"))
+            }
+            Ok(r) => Err(format!("{target}: HTTP {} {}", r.status, r.text())),
+            Err(e) => Err(format!("{target}: {e:#}")),
+        };
+        calls.push(answer);
+    }
+    let hop = Hop {
+        service: config.service.clone(),
+        pod: config.pod.clone(),
+        env: config.env.clone(),
+        received_env,
+        protocol: format!("{:?}", req.version()),
+        calls,
+    };
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            serde_json::to_vec(&hop).unwrap_or_default(),
+        )))
+        .unwrap_or_default()
+}
+
+/// Serves until the process ends. HTTP/1.1 and HTTP/2 (h2c) on the same port.
+pub async fn serve(config: AppConfig) -> Result<()> {
+    let listener = TcpListener::bind(config.listen).await?;
+    let config = Arc::new(config);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let config = Arc::clone(&config);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let config = Arc::clone(&config);
+                async move { Ok::<_, Infallible>(handle(config, req).await) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,84 @@
+//! `virtual-env-mesh`: the local mesh of real Envoy sidecars.
+//!
+//! - `virtual-env-mesh demo [--topology FILE] [--keep]`: start the mesh, send a request from
+//!   every env, print the call chains, stop (or, with `--keep`, wait for Ctrl-C).
+//! - `virtual-env-mesh app CONFIG_JSON`: the test application of one pod (the mesh starts it).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use virtual_env_e2e::app::{self, AppConfig};
+use virtual_env_e2e::envoy::{envoy_binary, envoy_version, repo_root};
+use virtual_env_e2e::mesh::{Mesh, MeshOptions};
+use virtual_env_e2e::topology::Topology;
+
+const USAGE: &str = "usage: virtual-env-mesh demo [--topology FILE] [--keep]
+       virtual-env-mesh app CONFIG_JSON";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("virtual-env-mesh: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match args.first().map(String::as_str) {
+            Some("app") => {
+                let config: AppConfig = serde_json::from_str(args.get(1).context(USAGE)?)?;
+                app::serve(config).await
+            }
+            Some("demo") => demo(&args[1..]).await,
+            _ => bail!(USAGE),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("virtual-env-mesh: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn demo(args: &[String]) -> Result<()> {
+    let mut topology_path = repo_root().join("tests/topologies/seed.yaml");
+    let mut keep = false;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--topology" => topology_path = PathBuf::from(args.next().context(USAGE)?),
+            "--keep" => keep = true,
+            other => bail!("unknown argument {other}\n{USAGE}"),
+        }
+    }
+    let topology = Topology::load(&topology_path)?;
+    let envoy = envoy_binary()?;
+    println!(
+        "Starting {} pods (application + Envoy {} sidecar each) and a gateway on loopback, topology {}",
+        topology.pods.len(),
+        envoy_version(&envoy)?,
+        topology_path.display()
+    );
+    let options = MeshOptions::new(std::env::current_exe()?);
+    let mesh = Mesh::start(topology, options).await?;
+    println!("Requests through the gateway to {}:\n", mesh.topology.services[0].name);
+    print!("{}", virtual_env_e2e::demo::run(&mesh).await?);
+    if keep {
+        let gw = mesh.gateway();
+        let entry = &mesh.topology.services[0];
+        println!("\nThe mesh keeps running (files and logs in {}). Try:", mesh.root().display());
+        println!("  curl -s -H 'host: {}:{}' -H 'x-virtual-env: dev.proj1' http://{gw}/ | python3 -m json.tool", entry.name, entry.port);
+        println!("  curl -s -H 'host: {}:{}' -H 'baggage: virtual-env=dev.proj1' http://{gw}/ | python3 -m json.tool", entry.name, entry.port);
+        if let Some(envoy) = mesh.envoy("gateway") {
+            println!("  curl -s http://{}/stats | grep virtual_env", envoy.admin());
+        }
+        println!("Ctrl-C stops it.");
+        tokio::signal::ctrl_c().await?;
+    }
+    println!("\nStopping the mesh.");
+    Ok(())
+}

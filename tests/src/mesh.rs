@@ -1,0 +1,548 @@
+//! A local mesh of real Envoy sidecars on loopback.
+//!
+//! Each pod of a [`Topology`] is an application process ([`crate::app`]) plus its own
+//! sidecar Envoy, on its own loopback address (127.a.b.c, a and b random per mesh, so that
+//! meshes do not collide), with Istio's ports: the sidecar's inbound listener on 15006, its
+//! outbound listener on 15001 (which the application calls, as iptables would redirect it),
+//! the application on 8080. A gateway Envoy (no listener direction) is the way in.
+//!
+//! The routing is what the controller writes for Istio, translated as istiod would: the
+//! topology becomes Kubernetes objects, the controller's own `plan_namespace` turns them into
+//! VirtualServices, DestinationRules and the plugin config, and those become one Envoy
+//! cluster per subset (endpoints: the ready pods with that label), routes that match the
+//! route header exactly, and the Wasm filter's config. All three reach every Envoy through
+//! watched files (CDS, RDS, ECDS), as istiod's pushes do, so changes apply without restarts.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use virtual_env_controller::istio::{DestinationRule, VirtualService};
+use virtual_env_controller::plan::{plan_namespace, Plan, Settings, Snapshot, WasmSource};
+use virtual_env_core::service_fqdn;
+
+use crate::app::{AppConfig, Hop};
+use crate::envoy::{filter_wasm, write_atomically, Envoy, Guarded};
+use crate::http::{self, Protocol};
+use crate::sidecar::{ecds_resource, http_filters};
+use crate::topology::{selects, Topology, TopologyPod};
+
+pub const APP_PORT: u16 = 8080;
+pub const INBOUND_PORT: u16 = 15006;
+pub const OUTBOUND_PORT: u16 = 15001;
+const CLUSTER_DOMAIN: &str = "cluster.local";
+
+#[derive(Debug, Clone)]
+pub struct MeshOptions {
+    /// The `virtual-env-mesh` binary, whose `app` command is the test application.
+    pub app_binary: PathBuf,
+    /// How sidecars talk to each other.
+    pub sidecar_protocol: Protocol,
+    /// Whether applications forward the env header they received.
+    pub forward_env_header: bool,
+    /// Other headers applications forward (their tracing headers).
+    pub forward: Vec<String>,
+    /// Where the mesh's files go; a temporary directory when `None`.
+    pub dir: Option<PathBuf>,
+}
+
+impl MeshOptions {
+    pub fn new(app_binary: PathBuf) -> Self {
+        Self {
+            app_binary,
+            sidecar_protocol: Protocol::Http1,
+            forward_env_header: true,
+            forward: vec!["traceparent".into(), "x-request-id".into(), "baggage".into()],
+            dir: None,
+        }
+    }
+}
+
+/// The routing files every Envoy of the mesh watches.
+struct RoutingFiles {
+    cds: PathBuf,
+    rds: PathBuf,
+    ecds: PathBuf,
+}
+
+impl RoutingFiles {
+    fn new(root: &Path) -> Result<Self> {
+        let file = |kind: &str| -> Result<PathBuf> {
+            let dir = root.join(kind);
+            std::fs::create_dir_all(&dir)?;
+            Ok(dir.join(format!("{kind}.json")))
+        };
+        Ok(Self {
+            cds: file("cds")?,
+            rds: file("rds")?,
+            ecds: file("ecds")?,
+        })
+    }
+}
+
+fn watched(path: &Path) -> Value {
+    let dir = path.parent().unwrap_or(path);
+    json!({
+        "path_config_source": {"path": path, "watched_directory": {"path": dir}},
+        "resource_api_version": "V3"
+    })
+}
+
+pub struct Mesh {
+    pub topology: Topology,
+    pub options: MeshOptions,
+    files: RoutingFiles,
+    wasm: String,
+    net: [u8; 2],
+    gateway: SocketAddr,
+    envoys: BTreeMap<String, Envoy>,
+    _apps: Vec<Guarded>,
+    _tmp: Option<TempDir>,
+    root: PathBuf,
+}
+
+impl Mesh {
+    /// Starts every pod's application and sidecar and the gateway, and waits until all are
+    /// ready (Envoy's `/ready`, the applications' ports).
+    pub async fn start(topology: Topology, options: MeshOptions) -> Result<Self> {
+        let (tmp, root) = match &options.dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                (None, dir.clone())
+            }
+            None => {
+                let tmp = tempfile::tempdir()?;
+                let root = tmp.path().to_path_buf();
+                (Some(tmp), root)
+            }
+        };
+        let files = RoutingFiles::new(&root)?;
+        let wasm = filter_wasm()?.display().to_string();
+        let net = random_net();
+        let gateway = SocketAddr::new(ip(net, 2), OUTBOUND_PORT);
+        let mut mesh = Self {
+            topology,
+            options,
+            files,
+            wasm,
+            net,
+            gateway,
+            envoys: BTreeMap::new(),
+            _apps: Vec::new(),
+            _tmp: tmp,
+            root,
+        };
+        mesh.write_routing()?;
+
+        let mut apps = Vec::new();
+        for (i, pod) in mesh.topology.pods.iter().enumerate() {
+            apps.push(mesh.spawn_app(i, pod)?);
+        }
+        mesh._apps = apps;
+
+        let mut starts = Vec::new();
+        for (i, pod) in mesh.topology.pods.iter().enumerate() {
+            let config = mesh.sidecar_bootstrap(i, pod);
+            starts.push(Envoy::start(&pod.name, &mesh.root, config, 1));
+        }
+        starts.push(Envoy::start("gateway", &mesh.root, mesh.gateway_bootstrap(), 1));
+        let started = futures::future::try_join_all(starts).await?;
+        let names = mesh
+            .topology
+            .pods
+            .iter()
+            .map(|p| p.name.clone())
+            .chain(["gateway".to_owned()]);
+        mesh.envoys = names.zip(started).collect();
+        for envoy in mesh.envoys.values() {
+            envoy.check_wasm_runtime().await?;
+        }
+        for i in 0..mesh.topology.pods.len() {
+            wait_for_port(SocketAddr::new(mesh.pod_ip(i), APP_PORT)).await?;
+        }
+        Ok(mesh)
+    }
+
+    fn pod_ip(&self, index: usize) -> IpAddr {
+        ip(self.net, 10 + index)
+    }
+
+    fn pod_index(&self, name: &str) -> Result<usize> {
+        self.topology
+            .pods
+            .iter()
+            .position(|p| p.name == name)
+            .with_context(|| format!("no pod {name}"))
+    }
+
+    /// The address of a pod's sidecar inbound listener.
+    pub fn pod_inbound(&self, name: &str) -> Result<SocketAddr> {
+        Ok(SocketAddr::new(self.pod_ip(self.pod_index(name)?), INBOUND_PORT))
+    }
+
+    pub fn gateway(&self) -> SocketAddr {
+        self.gateway
+    }
+
+    pub fn envoy(&self, name: &str) -> Option<&Envoy> {
+        self.envoys.get(name)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn spawn_app(&self, index: usize, pod: &TopologyPod) -> Result<Guarded> {
+        let service = self
+            .topology
+            .services_of(pod)
+            .next()
+            .map_or_else(|| pod.name.clone(), |s| s.name.clone());
+        let calls = pod
+            .calls
+            .iter()
+            .filter_map(|name| self.topology.service(name))
+            .map(|s| format!("{}:{}", s.name, s.port))
+            .collect();
+        let config = AppConfig {
+            listen: SocketAddr::new(self.pod_ip(index), APP_PORT),
+            service,
+            pod: pod.name.clone(),
+            env: self.topology.env_of(pod),
+            outbound: SocketAddr::new(self.pod_ip(index), OUTBOUND_PORT),
+            calls,
+            env_header: self
+                .topology
+                .virtual_environment
+                .env_header
+                .name
+                .to_ascii_lowercase(),
+            forward_env_header: self.options.forward_env_header,
+            forward: self.options.forward.clone(),
+        };
+        let log = std::fs::File::create(self.root.join(format!("{}.app.log", pod.name)))?;
+        Guarded::spawn(
+            Command::new(&self.options.app_binary)
+                .arg("app")
+                .arg(serde_json::to_string(&config)?)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log),
+        )
+        .with_context(|| format!("starting {}", self.options.app_binary.display()))
+    }
+
+    /// The controller's plan for the topology as it is now.
+    pub fn plan(&self) -> Result<Plan> {
+        let (ve, services, pods) = self.topology.to_kubernetes();
+        let snapshot = Snapshot {
+            services,
+            pods,
+            foreign: Default::default(),
+        };
+        let settings = Settings {
+            cluster_domain: CLUSTER_DOMAIN.into(),
+            wasm: WasmSource {
+                url: format!("file://{}", self.wasm),
+                sha256: None,
+            },
+        };
+        Ok(plan_namespace(&ve, &snapshot, &settings)?)
+    }
+
+    /// Writes clusters, then routes, then the plugin config: subsets exist before routes use
+    /// them, and routes before the filter sends traffic to them (as the controller orders
+    /// its writes).
+    pub fn write_routing(&self) -> Result<()> {
+        let plan = self.plan()?;
+        write_atomically(&self.files.cds, &serde_json::to_vec(&self.clusters(&plan))?)?;
+        write_atomically(&self.files.rds, &serde_json::to_vec(&self.routes(&plan))?)?;
+        self.push_plugin_config(&plan.plugin_config.to_json())
+    }
+
+    /// Replaces the plugin config (ECDS) with `json`, valid or not.
+    pub fn push_plugin_config(&self, json: &str) -> Result<()> {
+        write_atomically(
+            &self.files.ecds,
+            &serde_json::to_vec(&ecds_resource(&self.wasm, json))?,
+        )
+    }
+
+    /// Marks a pod ready or not (its processes keep running) and pushes the new routing.
+    pub fn set_ready(&mut self, pod: &str, ready: bool) -> Result<()> {
+        self.topology
+            .pod_mut(pod)
+            .with_context(|| format!("no pod {pod}"))?
+            .ready = ready;
+        self.write_routing()
+    }
+
+    /// A request into the mesh through the gateway, to `service`.
+    pub async fn request(&self, service: &str, headers: &[(&str, &str)]) -> Result<Hop> {
+        self.request_with(Protocol::Http1, service, headers).await
+    }
+
+    pub async fn request_with(
+        &self,
+        protocol: Protocol,
+        service: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Hop> {
+        let port = self.topology.service(service).map_or(APP_PORT, |s| s.port);
+        let host = format!("{service}:{port}");
+        let mut all = vec![("host", host.as_str())];
+        all.extend_from_slice(headers);
+        decode(http::request(protocol, self.gateway, "/", &all).await?)
+    }
+
+    /// A request straight into a pod (its sidecar's inbound listener), as from another pod.
+    pub async fn request_pod(&self, pod: &str, headers: &[(&str, &str)]) -> Result<Hop> {
+        let mut all = vec![("host", pod)];
+        all.extend_from_slice(headers);
+        decode(http::get(self.pod_inbound(pod)?, "/", &all).await?)
+    }
+
+    /// Repeats `request` until the chain's pods are `want` (routing updates reach each
+    /// Envoy on its own schedule), failing after 10 s.
+    pub async fn wait_for_chain(&self, service: &str, headers: &[(&str, &str)], want: &[&str]) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let hop = self.request(service, headers).await?;
+            if hop.pods() == want {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("chain is still {:?}, expected {want:?}", hop.pods());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn host(&self, service: &str) -> String {
+        service_fqdn(service, &self.topology.namespace, CLUSTER_DOMAIN)
+    }
+
+    fn cluster_name(&self, service: &str, subset: Option<&str>) -> String {
+        let port = self.topology.service(service).map_or(APP_PORT, |s| s.port);
+        format!("outbound|{port}|{}|{}", subset.unwrap_or(""), self.host(service))
+    }
+
+    /// One cluster per service and per DestinationRule subset; endpoints are the sidecars
+    /// of the ready pods the service (and the subset's labels) select.
+    fn clusters(&self, plan: &Plan) -> Value {
+        let mut clusters = Vec::new();
+        for service in &self.topology.services {
+            let dr: Option<&DestinationRule> = plan
+                .destination_rules
+                .iter()
+                .find(|d| d.metadata.name.as_deref() == Some(&service.name));
+            let mut subsets = vec![(None, BTreeMap::new())];
+            if let Some(dr) = dr {
+                subsets.extend(dr.spec.subsets.iter().map(|s| (Some(s.name.as_str()), s.labels.clone())));
+            }
+            for (subset, labels) in subsets {
+                let endpoints: Vec<Value> = self
+                    .topology
+                    .pods
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.ready && selects(&service.selector, &p.labels) && selects(&labels, &p.labels))
+                    .map(|(i, _)| json!({"endpoint": {"address": {"socket_address": {
+                        "address": self.pod_ip(i).to_string(), "port_value": INBOUND_PORT}}}}))
+                    .collect();
+                let mut cluster = json!({
+                    "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+                    "name": self.cluster_name(&service.name, subset),
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "load_assignment": {
+                        "cluster_name": self.cluster_name(&service.name, subset),
+                        "endpoints": [{"lb_endpoints": endpoints}]
+                    }
+                });
+                if self.options.sidecar_protocol == Protocol::H2c {
+                    cluster["typed_extension_protocol_options"] = json!({
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {"http2_protocol_options": {}}
+                        }
+                    });
+                }
+                clusters.push(cluster);
+            }
+        }
+        json!({"resources": clusters})
+    }
+
+    /// A virtual host per service, answering every DNS spelling of it; its routes are the
+    /// VirtualService's (exact route-header matches, then the default), or one default
+    /// route for a service the controller does not route.
+    fn routes(&self, plan: &Plan) -> Value {
+        let mut hosts = Vec::new();
+        for service in &self.topology.services {
+            let ns = &self.topology.namespace;
+            let fqdn = self.host(&service.name);
+            let names = [
+                service.name.clone(),
+                format!("{}.{ns}", service.name),
+                format!("{}.{ns}.svc", service.name),
+                fqdn.clone(),
+            ];
+            let domains: Vec<String> = names
+                .iter()
+                .flat_map(|n| [n.clone(), format!("{n}:{}", service.port)])
+                .collect();
+            let vs: Option<&VirtualService> = plan
+                .virtual_services
+                .iter()
+                .find(|v| v.metadata.name.as_deref() == Some(&service.name));
+            let routes: Vec<Value> = match vs {
+                Some(vs) => vs
+                    .spec
+                    .http
+                    .iter()
+                    .map(|route| {
+                        let headers: Vec<Value> = route
+                            .matches
+                            .iter()
+                            .flat_map(|m| &m.headers)
+                            .map(|(name, m)| json!({"name": name, "string_match": {"exact": m.exact}}))
+                            .collect();
+                        let subset = route.route.first().and_then(|d| d.destination.subset.as_deref());
+                        json!({
+                            "name": route.name,
+                            "match": {"prefix": "/", "headers": headers},
+                            "route": {"cluster": self.cluster_name(&service.name, subset)}
+                        })
+                    })
+                    .collect(),
+                None => vec![json!({
+                    "name": "default",
+                    "match": {"prefix": "/"},
+                    "route": {"cluster": self.cluster_name(&service.name, None)}
+                })],
+            };
+            hosts.push(json!({"name": fqdn, "domains": domains, "routes": routes}));
+        }
+        json!({"resources": [{
+            "@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            "name": "outbound",
+            "virtual_hosts": hosts
+        }]})
+    }
+
+    fn filters(&self) -> Value {
+        let dir = self.files.ecds.parent().unwrap_or(&self.files.ecds);
+        http_filters(&self.files.ecds.display().to_string(), &dir.display().to_string())
+    }
+
+    fn outbound_listener(&self, name: &str, address: IpAddr, direction: Option<&str>) -> Value {
+        let mut listener = json!({
+            "name": name,
+            "address": {"socket_address": {"address": address.to_string(), "port_value": OUTBOUND_PORT}},
+            "filter_chains": [{"filters": [hcm(name, json!({
+                "rds": {"route_config_name": "outbound", "config_source": watched(&self.files.rds)}
+            }), self.filters())]}]
+        });
+        if let Some(direction) = direction {
+            listener["traffic_direction"] = json!(direction);
+        }
+        listener
+    }
+
+    fn sidecar_bootstrap(&self, index: usize, pod: &TopologyPod) -> Value {
+        let ip = self.pod_ip(index);
+        let ns = &self.topology.namespace;
+        let app = json!({
+            "name": "inbound|app",
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": "inbound|app", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": ip.to_string(), "port_value": APP_PORT}}}}
+            ]}]}
+        });
+        let inbound = json!({
+            "name": "inbound",
+            "traffic_direction": "INBOUND",
+            "address": {"socket_address": {"address": ip.to_string(), "port_value": INBOUND_PORT}},
+            "filter_chains": [{"filters": [hcm("inbound", json!({"route_config": {"virtual_hosts": [{
+                "name": "inbound", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "inbound|app"}}]
+            }]}}), self.filters())]}]
+        });
+        json!({
+            "node": {
+                "id": format!("sidecar~{ip}~{}.{ns}~{ns}.svc.{CLUSTER_DOMAIN}", pod.name),
+                "cluster": pod.name,
+                "metadata": {"NAMESPACE": ns, "LABELS": pod.labels}
+            },
+            "static_resources": {
+                "listeners": [inbound, self.outbound_listener("outbound", ip, Some("OUTBOUND"))],
+                "clusters": [app]
+            },
+            "dynamic_resources": {"cds_config": watched(&self.files.cds)}
+        })
+    }
+
+    /// The gateway: an outbound-style listener with no direction, no pod labels.
+    fn gateway_bootstrap(&self) -> Value {
+        json!({
+            "node": {
+                "id": format!("router~{}~gateway.{ns}~{ns}.svc.{CLUSTER_DOMAIN}", self.gateway.ip(), ns = self.topology.namespace),
+                "cluster": "gateway",
+                "metadata": {"NAMESPACE": self.topology.namespace}
+            },
+            "static_resources": {"listeners": [self.outbound_listener("gateway", self.gateway.ip(), None)]},
+            "dynamic_resources": {"cds_config": watched(&self.files.cds)}
+        })
+    }
+}
+
+fn hcm(name: &str, routes: Value, filters: Value) -> Value {
+    let mut config = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": name,
+        "codec_type": "AUTO",
+        "http_filters": filters
+    });
+    if let (Some(config), Some(routes)) = (config.as_object_mut(), routes.as_object()) {
+        config.extend(routes.clone());
+    }
+    json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": config})
+}
+
+fn decode(response: http::Response) -> Result<Hop> {
+    if response.status != 200 {
+        bail!("HTTP {}: {}", response.status, response.text());
+    }
+    serde_json::from_slice(&response.body).with_context(|| response.text())
+}
+
+fn ip(net: [u8; 2], host: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, net[0], net[1], u8::try_from(host).unwrap_or(255)))
+}
+
+/// A random 127.a.b.0/24, so that meshes started at the same time do not share addresses.
+fn random_net() -> [u8; 2] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let r = hasher.finish();
+    [100 + (r % 150) as u8, (r >> 8) as u8]
+}
+
+async fn wait_for_port(addr: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("nothing listens on {addr} after 20s")
+}

@@ -1,0 +1,200 @@
+//! The local mesh's topology file: a namespace's services and pods, which services each
+//! pod's application calls next, and the `VirtualEnvironment` spec.
+//!
+//! ```yaml
+//! namespace: default
+//! virtualEnvironment:            # the spec of the VirtualEnvironment, as in the CR
+//!   envHeader: {name: X-Virtual-Env, autoInject: true}
+//!   envLabel: {name: virtual-env, splitter: ., defaultSubset: dev}
+//! services:
+//!   - name: app-a                # selector defaults to {app: <name>}, port to 8080
+//! pods:
+//!   - name: app-a-dev
+//!     labels: {app: app-a, virtual-env: dev}
+//!     calls: [app-b]             # services its application calls for each request
+//!     ready: true                # default; a pod that is not ready gets no traffic
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus, Service, ServicePort, ServiceSpec};
+use kube::api::ObjectMeta;
+use serde::{Deserialize, Serialize};
+use virtual_env_controller::crd::{VirtualEnvironment, VirtualEnvironmentSpec};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Topology {
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(default)]
+    pub virtual_environment: VirtualEnvironmentSpec,
+    pub services: Vec<TopologyService>,
+    pub pods: Vec<TopologyPod>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TopologyService {
+    pub name: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Pod labels the service selects; `{app: <name>}` when absent.
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TopologyPod {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Services (names) the pod's application calls for each request it serves.
+    #[serde(default)]
+    pub calls: Vec<String>,
+    #[serde(default = "yes")]
+    pub ready: bool,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+fn default_port() -> u16 {
+    8080
+}
+fn yes() -> bool {
+    true
+}
+
+impl Topology {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut topology: Self = serde_yaml::from_str(text)?;
+        for service in &mut topology.services {
+            if service.selector.is_empty() {
+                service
+                    .selector
+                    .insert("app".into(), service.name.clone());
+            }
+        }
+        topology.check()?;
+        Ok(topology)
+    }
+
+    fn check(&self) -> Result<()> {
+        for pod in &self.pods {
+            for call in &pod.calls {
+                if self.service(call).is_none() {
+                    bail!("pod {} calls {call}, which is not a service", pod.name);
+                }
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for pod in &self.pods {
+            if !names.insert(&pod.name) {
+                bail!("pod {} appears twice", pod.name);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn service(&self, name: &str) -> Option<&TopologyService> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    pub fn pod(&self, name: &str) -> Option<&TopologyPod> {
+        self.pods.iter().find(|p| p.name == name)
+    }
+
+    pub fn pod_mut(&mut self, name: &str) -> Option<&mut TopologyPod> {
+        self.pods.iter_mut().find(|p| p.name == name)
+    }
+
+    /// The pod's env, by the VirtualEnvironment's env label.
+    pub fn env_of(&self, pod: &TopologyPod) -> Option<String> {
+        pod.labels.get(&self.virtual_environment.env_label.name).cloned()
+    }
+
+    /// The services whose selector matches the pod.
+    pub fn services_of<'a>(&'a self, pod: &'a TopologyPod) -> impl Iterator<Item = &'a TopologyService> {
+        self.services.iter().filter(move |s| selects(&s.selector, &pod.labels))
+    }
+
+    /// The Kubernetes objects this topology stands for, as the controller would read them.
+    pub fn to_kubernetes(&self) -> (VirtualEnvironment, Vec<Service>, Vec<Pod>) {
+        let meta = |name: &str, labels: Option<BTreeMap<String, String>>| ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(self.namespace.clone()),
+            labels,
+            ..ObjectMeta::default()
+        };
+        let mut ve = VirtualEnvironment::new("virtual-env", self.virtual_environment.clone());
+        ve.metadata.namespace = Some(self.namespace.clone());
+        let services = self
+            .services
+            .iter()
+            .map(|s| Service {
+                metadata: meta(&s.name, None),
+                spec: Some(ServiceSpec {
+                    selector: Some(s.selector.clone()),
+                    ports: Some(vec![ServicePort {
+                        port: i32::from(s.port),
+                        ..ServicePort::default()
+                    }]),
+                    ..ServiceSpec::default()
+                }),
+                ..Service::default()
+            })
+            .collect();
+        let pods = self
+            .pods
+            .iter()
+            .map(|p| Pod {
+                metadata: meta(&p.name, Some(p.labels.clone())),
+                status: Some(PodStatus {
+                    conditions: Some(vec![PodCondition {
+                        type_: "Ready".into(),
+                        status: if p.ready { "True" } else { "False" }.into(),
+                        ..PodCondition::default()
+                    }]),
+                    ..PodStatus::default()
+                }),
+                ..Pod::default()
+            })
+            .collect();
+        (ve, services, pods)
+    }
+}
+
+pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_topologies_parse() {
+        let dir = crate::envoy::repo_root().join("tests/topologies");
+        for name in ["seed.yaml", "deep.yaml"] {
+            let t = Topology::load(&dir.join(name)).unwrap();
+            assert!(!t.pods.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let err = Topology::parse("services: [{name: a}]\npods: [{name: p, labels: {app: a}, calls: [b]}]\n").unwrap_err();
+        assert!(err.to_string().contains("calls b"), "{err}");
+        let err = Topology::parse("services: []\npods: []\nextra: 1\n").unwrap_err();
+        assert!(err.to_string().contains("extra"), "{err}");
+    }
+}

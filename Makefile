@@ -19,7 +19,7 @@ export ENVOY
 WASM := target/wasm32-wasip1/release/virtual_env_filter.wasm
 export VIRTUAL_ENV_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: all setup rust-target envoy envoys build test test-native test-envoy-versions lint fmt crd clean
+.PHONY: all setup rust-target envoy envoys build demo test test-native test-envoy-versions lint fmt crd clean
 
 all: build
 
@@ -44,6 +44,13 @@ envoys: $(foreach v,$(ENVOY_VERSIONS),$(call envoy_bin,$(v)))
 build: rust-target
 	cargo build -p virtual-env-filter --target wasm32-wasip1 --release
 	@echo "filter: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
+
+# The seed's example on a local mesh of real Envoy sidecars: prints the call chains.
+# KEEP=1 keeps the mesh running for manual curl; TOPOLOGY=tests/topologies/deep.yaml for three levels.
+TOPOLOGY ?= tests/topologies/seed.yaml
+demo: setup build
+	cargo build -q -p virtual-env-e2e --bin virtual-env-mesh
+	./target/debug/virtual-env-mesh demo --topology $(TOPOLOGY) $(if $(KEEP),--keep)
 
 test: setup build lint test-native test-envoy-versions
 

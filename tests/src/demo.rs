@@ -12,7 +12,12 @@ use crate::app::Hop;
 use crate::mesh::Mesh;
 
 /// How a hop's pod relates to the request's env.
-pub fn outcome(request_env: Option<&str>, pod_env: Option<&str>, splitter: char, default: Option<&str>) -> &'static str {
+pub fn outcome(
+    request_env: Option<&str>,
+    pod_env: Option<&str>,
+    splitter: char,
+    default: Option<&str>,
+) -> &'static str {
     match (request_env, pod_env) {
         (Some(r), Some(p)) if r == p => "exact",
         (Some(r), Some(p)) if lineage(r, splitter).any(|e| e == p) => "fallback",
@@ -51,7 +56,10 @@ pub async fn run(mesh: &Mesh) -> Result<String> {
     let env_header = mesh.topology.virtual_environment.env_header.name.clone();
     let mut rows = Vec::new();
     for env in request_envs(mesh) {
-        let headers: Vec<(&str, &str)> = env.iter().map(|e| (env_header.as_str(), e.as_str())).collect();
+        let headers: Vec<(&str, &str)> = env
+            .iter()
+            .map(|e| (env_header.as_str(), e.as_str()))
+            .collect();
         let hop = mesh.request(&entry, &headers).await?;
         rows.push((env, hop));
     }
@@ -65,8 +73,8 @@ pub fn table(mesh: &Mesh, rows: &[(Option<String>, Hop)]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<18} {:>3}  {:<8} {:<14} {:<18} {}",
-        "request env", "hop", "service", "served by", "pod env", "outcome"
+        "{:<18} {:>3}  {:<8} {:<14} {:<18} outcome",
+        "request env", "hop", "service", "served by", "pod env"
     );
     for (env, hop) in rows {
         let label = env.clone().unwrap_or_else(|| "(none)".into());

@@ -57,7 +57,11 @@ impl MeshOptions {
             app_binary,
             sidecar_protocol: Protocol::Http1,
             forward_env_header: true,
-            forward: vec!["traceparent".into(), "x-request-id".into(), "baggage".into()],
+            forward: vec![
+                "traceparent".into(),
+                "x-request-id".into(),
+                "baggage".into(),
+            ],
             dir: None,
         }
     }
@@ -150,7 +154,12 @@ impl Mesh {
             let config = mesh.sidecar_bootstrap(i, pod);
             starts.push(Envoy::start(&pod.name, &mesh.root, config, 1));
         }
-        starts.push(Envoy::start("gateway", &mesh.root, mesh.gateway_bootstrap(), 1));
+        starts.push(Envoy::start(
+            "gateway",
+            &mesh.root,
+            mesh.gateway_bootstrap(),
+            1,
+        ));
         let started = futures::future::try_join_all(starts).await?;
         let names = mesh
             .topology
@@ -182,7 +191,10 @@ impl Mesh {
 
     /// The address of a pod's sidecar inbound listener.
     pub fn pod_inbound(&self, name: &str) -> Result<SocketAddr> {
-        Ok(SocketAddr::new(self.pod_ip(self.pod_index(name)?), INBOUND_PORT))
+        Ok(SocketAddr::new(
+            self.pod_ip(self.pod_index(name)?),
+            INBOUND_PORT,
+        ))
     }
 
     pub fn gateway(&self) -> SocketAddr {
@@ -309,7 +321,12 @@ impl Mesh {
 
     /// Repeats `request` until the chain's pods are `want` (routing updates reach each
     /// Envoy on its own schedule), failing after 10 s.
-    pub async fn wait_for_chain(&self, service: &str, headers: &[(&str, &str)], want: &[&str]) -> Result<()> {
+    pub async fn wait_for_chain(
+        &self,
+        service: &str,
+        headers: &[(&str, &str)],
+        want: &[&str],
+    ) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let hop = self.request(service, headers).await?;
@@ -329,7 +346,11 @@ impl Mesh {
 
     fn cluster_name(&self, service: &str, subset: Option<&str>) -> String {
         let port = self.topology.service(service).map_or(APP_PORT, |s| s.port);
-        format!("outbound|{port}|{}|{}", subset.unwrap_or(""), self.host(service))
+        format!(
+            "outbound|{port}|{}|{}",
+            subset.unwrap_or(""),
+            self.host(service)
+        )
     }
 
     /// One cluster per service and per DestinationRule subset; endpoints are the sidecars
@@ -343,7 +364,12 @@ impl Mesh {
                 .find(|d| d.metadata.name.as_deref() == Some(&service.name));
             let mut subsets = vec![(None, BTreeMap::new())];
             if let Some(dr) = dr {
-                subsets.extend(dr.spec.subsets.iter().map(|s| (Some(s.name.as_str()), s.labels.clone())));
+                subsets.extend(
+                    dr.spec
+                        .subsets
+                        .iter()
+                        .map(|s| (Some(s.name.as_str()), s.labels.clone())),
+                );
             }
             for (subset, labels) in subsets {
                 let endpoints: Vec<Value> = self
@@ -351,9 +377,15 @@ impl Mesh {
                     .pods
                     .iter()
                     .enumerate()
-                    .filter(|(_, p)| p.ready && selects(&service.selector, &p.labels) && selects(&labels, &p.labels))
-                    .map(|(i, _)| json!({"endpoint": {"address": {"socket_address": {
-                        "address": self.pod_ip(i).to_string(), "port_value": INBOUND_PORT}}}}))
+                    .filter(|(_, p)| {
+                        p.ready
+                            && selects(&service.selector, &p.labels)
+                            && selects(&labels, &p.labels)
+                    })
+                    .map(|(i, _)| {
+                        json!({"endpoint": {"address": {"socket_address": {
+                        "address": self.pod_ip(i).to_string(), "port_value": INBOUND_PORT}}}})
+                    })
                     .collect();
                 let mut cluster = json!({
                     "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
@@ -438,7 +470,10 @@ impl Mesh {
 
     fn filters(&self) -> Value {
         let dir = self.files.ecds.parent().unwrap_or(&self.files.ecds);
-        http_filters(&self.files.ecds.display().to_string(), &dir.display().to_string())
+        http_filters(
+            &self.files.ecds.display().to_string(),
+            &dir.display().to_string(),
+        )
     }
 
     fn outbound_listener(&self, name: &str, address: IpAddr, direction: Option<&str>) -> Value {
@@ -524,7 +559,12 @@ fn decode(response: http::Response) -> Result<Hop> {
 }
 
 fn ip(net: [u8; 2], host: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, net[0], net[1], u8::try_from(host).unwrap_or(255)))
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        net[0],
+        net[1],
+        u8::try_from(host).unwrap_or(255),
+    ))
 }
 
 /// A random 127.a.b.0/24, so that meshes started at the same time do not share addresses.

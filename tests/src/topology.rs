@@ -79,9 +79,7 @@ impl Topology {
         let mut topology: Self = serde_yaml::from_str(text)?;
         for service in &mut topology.services {
             if service.selector.is_empty() {
-                service
-                    .selector
-                    .insert("app".into(), service.name.clone());
+                service.selector.insert("app".into(), service.name.clone());
             }
         }
         topology.check()?;
@@ -119,12 +117,19 @@ impl Topology {
 
     /// The pod's env, by the VirtualEnvironment's env label.
     pub fn env_of(&self, pod: &TopologyPod) -> Option<String> {
-        pod.labels.get(&self.virtual_environment.env_label.name).cloned()
+        pod.labels
+            .get(&self.virtual_environment.env_label.name)
+            .cloned()
     }
 
     /// The services whose selector matches the pod.
-    pub fn services_of<'a>(&'a self, pod: &'a TopologyPod) -> impl Iterator<Item = &'a TopologyService> {
-        self.services.iter().filter(move |s| selects(&s.selector, &pod.labels))
+    pub fn services_of<'a>(
+        &'a self,
+        pod: &'a TopologyPod,
+    ) -> impl Iterator<Item = &'a TopologyService> {
+        self.services
+            .iter()
+            .filter(move |s| selects(&s.selector, &pod.labels))
     }
 
     /// The Kubernetes objects this topology stands for, as the controller would read them.
@@ -192,7 +197,10 @@ mod tests {
 
     #[test]
     fn mistakes_are_named() {
-        let err = Topology::parse("services: [{name: a}]\npods: [{name: p, labels: {app: a}, calls: [b]}]\n").unwrap_err();
+        let err = Topology::parse(
+            "services: [{name: a}]\npods: [{name: p, labels: {app: a}, calls: [b]}]\n",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("calls b"), "{err}");
         let err = Topology::parse("services: []\npods: []\nextra: 1\n").unwrap_err();
         assert!(err.to_string().contains("extra"), "{err}");

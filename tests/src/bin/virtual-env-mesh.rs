@@ -18,7 +18,11 @@ const USAGE: &str = "usage: virtual-env-mesh demo [--topology FILE] [--keep]
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("virtual-env-mesh: {e}");
@@ -65,16 +69,25 @@ async fn demo(args: &[String]) -> Result<()> {
     );
     let options = MeshOptions::new(std::env::current_exe()?);
     let mesh = Mesh::start(topology, options).await?;
-    println!("Requests through the gateway to {}:\n", mesh.topology.services[0].name);
+    println!(
+        "Requests through the gateway to {}:\n",
+        mesh.topology.services[0].name
+    );
     print!("{}", virtual_env_e2e::demo::run(&mesh).await?);
     if keep {
         let gw = mesh.gateway();
         let entry = &mesh.topology.services[0];
-        println!("\nThe mesh keeps running (files and logs in {}). Try:", mesh.root().display());
+        println!(
+            "\nThe mesh keeps running (files and logs in {}). Try:",
+            mesh.root().display()
+        );
         println!("  curl -s -H 'host: {}:{}' -H 'x-virtual-env: dev.proj1' http://{gw}/ | python3 -m json.tool", entry.name, entry.port);
         println!("  curl -s -H 'host: {}:{}' -H 'baggage: virtual-env=dev.proj1' http://{gw}/ | python3 -m json.tool", entry.name, entry.port);
         if let Some(envoy) = mesh.envoy("gateway") {
-            println!("  curl -s http://{}/stats | grep virtual_env", envoy.admin());
+            println!(
+                "  curl -s http://{}/stats | grep virtual_env",
+                envoy.admin()
+            );
         }
         println!("Ctrl-C stops it.");
         tokio::signal::ctrl_c().await?;

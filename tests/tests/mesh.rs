@@ -1,0 +1,311 @@
+//! End-to-end: call chains through a local mesh of real Envoy sidecars (`$ENVOY`), each
+//! pod an application process plus its sidecar, routed by the controller's plan.
+//!
+//! Meshes run one at a time (each is several Envoys; the machines have 2 cores).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::{Mutex, MutexGuard};
+
+use anyhow::Result;
+use virtual_env_e2e::envoy::repo_root;
+use virtual_env_e2e::http::Protocol;
+use virtual_env_e2e::mesh::{Mesh, MeshOptions};
+use virtual_env_e2e::topology::{Topology, TopologyPod};
+
+static ONE_MESH_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    ONE_MESH_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn topology(name: &str) -> Topology {
+    Topology::load(&repo_root().join("tests/topologies").join(name)).unwrap()
+}
+
+fn options() -> MeshOptions {
+    MeshOptions::new(env!("CARGO_BIN_EXE_virtual-env-mesh").into())
+}
+
+const ENV: &str = "x-virtual-env";
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+#[tokio::test]
+async fn the_seed_chain_falls_back_for_b_and_returns_to_c_prime() -> Result<()> {
+    let _serial = serial();
+    let mesh = Mesh::start(topology("seed.yaml"), options()).await?;
+    let hop = mesh.request("app-a", &[(ENV, "dev.proj1")]).await?;
+    assert_eq!(hop.pods(), ["app-a-proj1", "app-b-dev", "app-c-proj1"]);
+    // Every application saw the env it was called with.
+    assert!(hop
+        .chain()
+        .iter()
+        .all(|h| h.received_env.as_deref() == Some("dev.proj1")));
+    let hop = mesh.request("app-a", &[(ENV, "dev")]).await?;
+    assert_eq!(hop.pods(), ["app-a-dev", "app-b-dev", "app-c-dev"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn three_levels_take_the_nearest_env_at_every_hop() -> Result<()> {
+    let _serial = serial();
+    let mesh = Mesh::start(topology("deep.yaml"), options()).await?;
+    let hop = mesh.request("app-a", &[(ENV, "dev.proj1.user1")]).await?;
+    assert_eq!(
+        hop.pods(),
+        ["app-a-user1", "app-b-proj1", "app-c-dev", "app-d-user1"]
+    );
+    let hop = mesh.request("app-a", &[(ENV, "dev.proj1")]).await?;
+    assert_eq!(
+        hop.pods(),
+        ["app-a-proj1", "app-b-proj1", "app-c-dev", "app-d-proj1"]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_env_nobody_deploys_falls_back_to_dev_at_every_hop() -> Result<()> {
+    let _serial = serial();
+    let mesh = Mesh::start(topology("seed.yaml"), options()).await?;
+    let hop = mesh.request("app-a", &[(ENV, "dev.proj9")]).await?;
+    assert_eq!(hop.pods(), ["app-a-dev", "app-b-dev", "app-c-dev"]);
+    let gateway = mesh.envoy("gateway").unwrap();
+    assert_eq!(
+        gateway
+            .stat("wasmcustom.virtual_env.route.fallback")
+            .await?,
+        1
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_a_header_auto_inject_takes_the_callers_env() -> Result<()> {
+    let _serial = serial();
+    let mesh = Mesh::start(topology("seed.yaml"), options()).await?;
+    // A request arrives at A' without any env: A' calls on in its own env.
+    let hop = mesh.request_pod("app-a-proj1", &[]).await?;
+    assert_eq!(hop.pods(), ["app-a-proj1", "app-b-dev", "app-c-proj1"]);
+    assert_eq!(hop.chain()[1].received_env.as_deref(), Some("dev.proj1"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_a_header_and_without_auto_inject_the_default_subset_serves() -> Result<()> {
+    let _serial = serial();
+    let mut topology = topology("seed.yaml");
+    topology.virtual_environment.env_header.auto_inject = false;
+    let mesh = Mesh::start(topology, options()).await?;
+    let hop = mesh.request_pod("app-a-proj1", &[]).await?;
+    assert_eq!(hop.pods(), ["app-a-proj1", "app-b-dev", "app-c-dev"]);
+    assert_eq!(hop.chain()[1].received_env, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_env_travels_in_baggage_alone() -> Result<()> {
+    let _serial = serial();
+    let mut topology = topology("seed.yaml");
+    // No trace correlation, and applications forward only baggage.
+    topology.virtual_environment.trace_correlation.slots = 0;
+    topology.virtual_environment.env_header.auto_inject = false;
+    let mut options = options();
+    options.forward_env_header = false;
+    options.forward = vec!["baggage".into()];
+    let mesh = Mesh::start(topology, options).await?;
+    let hop = mesh
+        .request(
+            "app-a",
+            &[("baggage", "userId=alice,virtual-env=dev.proj1")],
+        )
+        .await?;
+    assert_eq!(hop.pods(), ["app-a-proj1", "app-b-dev", "app-c-proj1"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_env_survives_an_application_that_forwards_only_trace_headers() -> Result<()> {
+    let _serial = serial();
+    let mut topology = topology("seed.yaml");
+    topology.virtual_environment.env_header.auto_inject = false;
+    let mut options = options();
+    options.forward_env_header = false;
+    options.forward = vec!["traceparent".into(), "x-request-id".into()];
+    let mesh = Mesh::start(topology, options).await?;
+    let hop = mesh
+        .request("app-a", &[(ENV, "dev.proj1"), ("traceparent", TRACEPARENT)])
+        .await?;
+    assert_eq!(hop.pods(), ["app-a-proj1", "app-b-dev", "app-c-proj1"]);
+    // x-request-id alone works too (Envoy generates one when the client sends none).
+    let hop = mesh
+        .request(
+            "app-a",
+            &[(ENV, "dev.proj1"), ("x-request-id", "demo-req-42")],
+        )
+        .await?;
+    assert_eq!(hop.pods(), ["app-a-proj1", "app-b-dev", "app-c-proj1"]);
+    let a_prime = mesh.envoy("app-a-proj1").unwrap();
+    assert!(
+        a_prime
+            .stat("wasmcustom.virtual_env.env_source.trace")
+            .await?
+            >= 2
+    );
+    // Without any way to carry it, the env is lost: the default subset serves.
+    let mut stripped = MeshOptions::new(env!("CARGO_BIN_EXE_virtual-env-mesh").into());
+    stripped.forward_env_header = false;
+    stripped.forward = vec![];
+    drop(mesh);
+    let mut topology = Topology::load(&repo_root().join("tests/topologies/seed.yaml"))?;
+    topology.virtual_environment.env_header.auto_inject = false;
+    let mesh = Mesh::start(topology, stripped).await?;
+    let hop = mesh.request("app-a", &[(ENV, "dev.proj1")]).await?;
+    assert_eq!(hop.pods(), ["app-a-proj1", "app-b-dev", "app-c-dev"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sidecars_talk_http2_to_each_other_and_clients_may_too() -> Result<()> {
+    let _serial = serial();
+    let mut options = options();
+    options.sidecar_protocol = Protocol::H2c;
+    let mesh = Mesh::start(topology("seed.yaml"), options).await?;
+    let hop = mesh
+        .request_with(Protocol::H2c, "app-a", &[(ENV, "dev.proj1")])
+        .await?;
+    assert_eq!(hop.pods(), ["app-a-proj1", "app-b-dev", "app-c-proj1"]);
+    let a_prime = mesh.envoy("app-a-proj1").unwrap();
+    let h2 = a_prime
+        .stat("cluster.outbound|8080|dev|app-b.default.svc.cluster.local.upstream_cx_http2_total")
+        .await?;
+    assert_eq!(h2, 1, "A' should reach B over HTTP/2");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_route_header_forged_by_the_client_is_overwritten() -> Result<()> {
+    let _serial = serial();
+    let mesh = Mesh::start(topology("seed.yaml"), options()).await?;
+    let hop = mesh
+        .request(
+            "app-a",
+            &[(ENV, "dev"), ("x-virtual-env-route", "dev.proj1")],
+        )
+        .await?;
+    assert_eq!(hop.pods(), ["app-a-dev", "app-b-dev", "app-c-dev"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_invalid_env_header_is_ignored() -> Result<()> {
+    let _serial = serial();
+    let mesh = Mesh::start(topology("seed.yaml"), options()).await?;
+    let hop = mesh.request("app-a", &[(ENV, "dev..proj1")]).await?;
+    assert_eq!(hop.pods(), ["app-a-dev", "app-b-dev", "app-c-dev"]);
+    let gateway = mesh.envoy("gateway").unwrap();
+    assert_eq!(
+        gateway
+            .stat("wasmcustom.virtual_env.header_rejected")
+            .await?,
+        1
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn routing_follows_pods_becoming_ready_and_leaving_without_restarts() -> Result<()> {
+    let _serial = serial();
+    let mut topology = topology("seed.yaml");
+    topology.pods.push(TopologyPod {
+        name: "app-b-proj1".into(),
+        labels: [("app", "app-b"), ("virtual-env", "dev.proj1")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into(),
+        calls: vec!["app-c".into()],
+        ready: false,
+    });
+    let mut mesh = Mesh::start(topology, options()).await?;
+    let env = [(ENV, "dev.proj1")];
+    assert_eq!(
+        mesh.request("app-a", &env).await?.pods(),
+        ["app-a-proj1", "app-b-dev", "app-c-proj1"]
+    );
+    // B' becomes ready: traffic of dev.proj1 moves to it.
+    mesh.set_ready("app-b-proj1", true)?;
+    mesh.wait_for_chain(
+        "app-a",
+        &env,
+        &["app-a-proj1", "app-b-proj1", "app-c-proj1"],
+    )
+    .await?;
+    // C' goes away: dev.proj1 falls back to C in dev.
+    mesh.set_ready("app-c-proj1", false)?;
+    mesh.wait_for_chain("app-a", &env, &["app-a-proj1", "app-b-proj1", "app-c-dev"])
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bad_config_update_keeps_the_previous_routing() -> Result<()> {
+    let _serial = serial();
+    let mesh = Mesh::start(topology("seed.yaml"), options()).await?;
+    let env = [(ENV, "dev.proj1")];
+    let before = ["app-a-proj1", "app-b-dev", "app-c-proj1"];
+    assert_eq!(mesh.request("app-a", &env).await?.pods(), before);
+    mesh.push_plugin_config(r#"{"splitter": "::", "services": {}}"#)?;
+    let gateway = mesh.envoy("gateway").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gateway
+        .stat("wasmcustom.virtual_env.config.rejected")
+        .await?
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bad config never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for _ in 0..10 {
+        assert_eq!(mesh.request("app-a", &env).await?.pods(), before);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_demo_table_shows_the_seed_chain() -> Result<()> {
+    let _serial = serial();
+    let mesh = Mesh::start(topology("seed.yaml"), options()).await?;
+    let table = virtual_env_e2e::demo::run(&mesh).await?;
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let proj1 = rows
+        .iter()
+        .position(|r| r.first() == Some(&"dev.proj1"))
+        .expect(&table);
+    assert_eq!(
+        rows[proj1],
+        [
+            "dev.proj1",
+            "1",
+            "app-a",
+            "app-a-proj1",
+            "dev.proj1",
+            "exact"
+        ]
+    );
+    assert_eq!(
+        rows[proj1 + 1],
+        ["2", "app-b", "app-b-dev", "dev", "fallback"]
+    );
+    assert_eq!(
+        rows[proj1 + 2],
+        ["3", "app-c", "app-c-proj1", "dev.proj1", "exact"]
+    );
+    assert!(!table.contains("error"), "{table}");
+    Ok(())
+}

@@ -5,20 +5,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::{Mutex, MutexGuard};
-
 use anyhow::Result;
 use virtual_env_e2e::envoy::repo_root;
 use virtual_env_e2e::http::Protocol;
 use virtual_env_e2e::mesh::{Mesh, MeshOptions};
 use virtual_env_e2e::topology::{Topology, TopologyPod};
 
-static ONE_MESH_AT_A_TIME: Mutex<()> = Mutex::new(());
+/// Async-aware, so it can be held across awaits by tests on separate runtimes; it does not
+/// poison, so one failed test does not fail the others.
+static ONE_MESH_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn serial() -> MutexGuard<'static, ()> {
-    ONE_MESH_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    ONE_MESH_AT_A_TIME.lock().await
 }
 
 fn topology(name: &str) -> Topology {
@@ -34,7 +32,7 @@ const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-
 
 #[tokio::test]
 async fn the_seed_chain_falls_back_for_b_and_returns_to_c_prime() -> Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let mesh = Mesh::start(topology("seed.yaml"), options()).await?;
     let hop = mesh.request("app-a", &[(ENV, "dev.proj1")]).await?;
     assert_eq!(hop.pods(), ["app-a-proj1", "app-b-dev", "app-c-proj1"]);
@@ -50,7 +48,7 @@ async fn the_seed_chain_falls_back_for_b_and_returns_to_c_prime() -> Result<()> 
 
 #[tokio::test]
 async fn three_levels_take_the_nearest_env_at_every_hop() -> Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let mesh = Mesh::start(topology("deep.yaml"), options()).await?;
     let hop = mesh.request("app-a", &[(ENV, "dev.proj1.user1")]).await?;
     assert_eq!(
@@ -67,7 +65,7 @@ async fn three_levels_take_the_nearest_env_at_every_hop() -> Result<()> {
 
 #[tokio::test]
 async fn an_env_nobody_deploys_falls_back_to_dev_at_every_hop() -> Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let mesh = Mesh::start(topology("seed.yaml"), options()).await?;
     let hop = mesh.request("app-a", &[(ENV, "dev.proj9")]).await?;
     assert_eq!(hop.pods(), ["app-a-dev", "app-b-dev", "app-c-dev"]);
@@ -83,7 +81,7 @@ async fn an_env_nobody_deploys_falls_back_to_dev_at_every_hop() -> Result<()> {
 
 #[tokio::test]
 async fn without_a_header_auto_inject_takes_the_callers_env() -> Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let mesh = Mesh::start(topology("seed.yaml"), options()).await?;
     // A request arrives at A' without any env: A' calls on in its own env.
     let hop = mesh.request_pod("app-a-proj1", &[]).await?;
@@ -94,7 +92,7 @@ async fn without_a_header_auto_inject_takes_the_callers_env() -> Result<()> {
 
 #[tokio::test]
 async fn without_a_header_and_without_auto_inject_the_default_subset_serves() -> Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut topology = topology("seed.yaml");
     topology.virtual_environment.env_header.auto_inject = false;
     let mesh = Mesh::start(topology, options()).await?;
@@ -106,7 +104,7 @@ async fn without_a_header_and_without_auto_inject_the_default_subset_serves() ->
 
 #[tokio::test]
 async fn the_env_travels_in_baggage_alone() -> Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut topology = topology("seed.yaml");
     // No trace correlation, and applications forward only baggage.
     topology.virtual_environment.trace_correlation.slots = 0;
@@ -127,7 +125,7 @@ async fn the_env_travels_in_baggage_alone() -> Result<()> {
 
 #[tokio::test]
 async fn the_env_survives_an_application_that_forwards_only_trace_headers() -> Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut topology = topology("seed.yaml");
     topology.virtual_environment.env_header.auto_inject = false;
     let mut options = options();
@@ -168,7 +166,7 @@ async fn the_env_survives_an_application_that_forwards_only_trace_headers() -> R
 
 #[tokio::test]
 async fn sidecars_talk_http2_to_each_other_and_clients_may_too() -> Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut options = options();
     options.sidecar_protocol = Protocol::H2c;
     let mesh = Mesh::start(topology("seed.yaml"), options).await?;
@@ -186,7 +184,7 @@ async fn sidecars_talk_http2_to_each_other_and_clients_may_too() -> Result<()> {
 
 #[tokio::test]
 async fn a_route_header_forged_by_the_client_is_overwritten() -> Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let mesh = Mesh::start(topology("seed.yaml"), options()).await?;
     let hop = mesh
         .request(
@@ -200,7 +198,7 @@ async fn a_route_header_forged_by_the_client_is_overwritten() -> Result<()> {
 
 #[tokio::test]
 async fn an_invalid_env_header_is_ignored() -> Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let mesh = Mesh::start(topology("seed.yaml"), options()).await?;
     let hop = mesh.request("app-a", &[(ENV, "dev..proj1")]).await?;
     assert_eq!(hop.pods(), ["app-a-dev", "app-b-dev", "app-c-dev"]);
@@ -216,7 +214,7 @@ async fn an_invalid_env_header_is_ignored() -> Result<()> {
 
 #[tokio::test]
 async fn routing_follows_pods_becoming_ready_and_leaving_without_restarts() -> Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut topology = topology("seed.yaml");
     topology.pods.push(TopologyPod {
         name: "app-b-proj1".into(),
@@ -249,7 +247,7 @@ async fn routing_follows_pods_becoming_ready_and_leaving_without_restarts() -> R
 
 #[tokio::test]
 async fn a_bad_config_update_keeps_the_previous_routing() -> Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let mesh = Mesh::start(topology("seed.yaml"), options()).await?;
     let env = [(ENV, "dev.proj1")];
     let before = ["app-a-proj1", "app-b-dev", "app-c-proj1"];
@@ -276,7 +274,7 @@ async fn a_bad_config_update_keeps_the_previous_routing() -> Result<()> {
 
 #[tokio::test]
 async fn the_demo_table_shows_the_seed_chain() -> Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let mesh = Mesh::start(topology("seed.yaml"), options()).await?;
     let table = virtual_env_e2e::demo::run(&mesh).await?;
     let rows: Vec<Vec<&str>> = table

@@ -181,6 +181,115 @@ mod tests {
         }
     }
 
+    mod api {
+        //! The Lease calls against kube-rs's tower-test mock API server (no cluster here).
+
+        use http::{Method, Request, Response};
+        use kube::client::Body;
+        use kube::Client;
+        use serde_json::{json, Value};
+
+        use super::*;
+
+        const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/virtual-env-system/leases";
+
+        fn elector() -> (
+            Elector,
+            tower_test::mock::Handle<Request<Body>, Response<Body>>,
+        ) {
+            let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let api = Api::namespaced(
+                Client::new(service, "virtual-env-system"),
+                "virtual-env-system",
+            );
+            (
+                Elector::new(api, "virtual-env-controller", "pod-a", LEASE),
+                handle,
+            )
+        }
+
+        fn reply(code: u16, body: &Value) -> Response<Body> {
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(body).unwrap()))
+                .unwrap()
+        }
+
+        fn not_found() -> Value {
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": "not found"})
+        }
+
+        fn lease(holder: &str, renewed: Timestamp) -> Value {
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": "virtual-env-controller", "resourceVersion": "7"},
+                "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                         "renewTime": MicroTime(renewed), "leaseTransitions": 2}})
+        }
+
+        async fn body(req: Request<Body>) -> Value {
+            serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap()
+        }
+
+        #[tokio::test]
+        async fn creates_the_lease_when_there_is_none() {
+            let (elector, mut handle) = elector();
+            let server = tokio::spawn(async move {
+                let (req, send) = handle.next_request().await.unwrap();
+                assert_eq!(req.method(), Method::GET);
+                assert_eq!(req.uri().path(), format!("{LEASES}/virtual-env-controller"));
+                send.send_response(reply(404, &not_found()));
+                let (req, send) = handle.next_request().await.unwrap();
+                assert_eq!(req.method(), Method::POST);
+                assert_eq!(req.uri().path(), LEASES);
+                let created = body(req).await;
+                assert_eq!(created["spec"]["holderIdentity"], "pod-a");
+                assert_eq!(created["spec"]["leaseTransitions"], 1);
+                send.send_response(reply(201, &created));
+            });
+            assert!(elector.try_hold().await.unwrap());
+            server.await.unwrap();
+        }
+
+        #[tokio::test]
+        async fn takes_over_an_expired_lease_with_its_resource_version() {
+            let (elector, mut handle) = elector();
+            let server = tokio::spawn(async move {
+                let (_, send) = handle.next_request().await.unwrap();
+                let stale = Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(60);
+                send.send_response(reply(200, &lease("pod-b", stale)));
+                let (req, send) = handle.next_request().await.unwrap();
+                assert_eq!(req.method(), Method::PUT);
+                let replaced = body(req).await;
+                assert_eq!(replaced["metadata"]["resourceVersion"], "7");
+                assert_eq!(replaced["spec"]["holderIdentity"], "pod-a");
+                assert_eq!(replaced["spec"]["leaseTransitions"], 3);
+                send.send_response(reply(200, &replaced));
+            });
+            assert!(elector.try_hold().await.unwrap());
+            server.await.unwrap();
+        }
+
+        #[tokio::test]
+        async fn waits_while_another_replica_holds_it_and_loses_a_race_gracefully() {
+            let (elector, mut handle) = elector();
+            let server = tokio::spawn(async move {
+                // Held and fresh: no write at all.
+                let (_, send) = handle.next_request().await.unwrap();
+                send.send_response(reply(200, &lease("pod-b", Timestamp::now())));
+                // Expired, but another replica writes first: 409 on our replace.
+                let (_, send) = handle.next_request().await.unwrap();
+                let stale = Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(60);
+                send.send_response(reply(200, &lease("pod-b", stale)));
+                let (req, send) = handle.next_request().await.unwrap();
+                assert_eq!(req.method(), Method::PUT);
+                send.send_response(reply(409, &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 409, "reason": "Conflict", "message": "conflict"})));
+            });
+            assert!(!elector.try_hold().await.unwrap());
+            assert!(!elector.try_hold().await.unwrap());
+            server.await.unwrap();
+        }
+    }
+
     #[test]
     fn a_missing_or_unheld_lease_is_taken() {
         let now = Timestamp::now();

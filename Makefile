@@ -19,7 +19,7 @@ export ENVOY
 WASM := target/wasm32-wasip1/release/virtual_env_filter.wasm
 export VIRTUAL_ENV_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: all setup rust-target envoy envoys build demo test test-native test-envoy-versions lint fmt crd clean
+.PHONY: all setup rust-target envoy envoys build demo test test-native test-envoy-versions lint fmt crd demo-manifests image demo-app-image wasm-image clean
 
 all: build
 
@@ -77,6 +77,20 @@ fmt:
 # Regenerates the committed CRD from the Rust types (a test checks they agree).
 crd:
 	cargo run -q -p virtual-env-controller -- crd > deploy/crds/env.alibaba.com_virtualenvironments_crd.yaml
+
+# The demo for a real cluster, generated from the local mesh's seed topology.
+demo-manifests:
+	cargo run -q -p virtual-env-e2e --bin virtual-env-mesh -- manifests > deploy/demo/demo.yaml
+
+# Images (need a Docker engine; not available on the machines this project is developed on).
+IMAGE_REPO ?= ghcr.io/virtual-env
+VERSION ?= 0.1.0
+image:
+	docker build --target controller -t $(IMAGE_REPO)/controller:$(VERSION) .
+demo-app-image:
+	docker build --target demo-app -t $(IMAGE_REPO)/demo-app:$(VERSION) .
+wasm-image: build
+	docker build -f Dockerfile.wasm -t $(IMAGE_REPO)/filter:$(VERSION) target/wasm32-wasip1/release
 
 clean:
 	cargo clean

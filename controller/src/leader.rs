@@ -227,6 +227,12 @@ mod tests {
         }
 
         async fn body(req: Request<Body>) -> Value {
+            let uri = req.uri().to_string();
+            assert!(
+                crate::rbac::permits(crate::rbac::OWN_NAMESPACE, req.method().as_str(), &uri),
+                "{} {uri} is not in rbac::OWN_NAMESPACE",
+                req.method()
+            );
             serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap()
         }
 

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod module;
 pub mod offline;
 pub mod plan;
+pub mod rbac;
 pub mod reconcile;
 pub mod server;
 pub mod snapshot;

@@ -439,6 +439,10 @@ mod tests {
             let uri = request.uri().to_string();
             assert_eq!(request.method(), method, "{uri}");
             assert!(uri.starts_with(path), "expected {method} {path}, got {uri}");
+            assert!(
+                crate::rbac::permits(crate::rbac::CLUSTER, method.as_str(), &uri),
+                "{method} {uri} is not in rbac::CLUSTER, so deploy/rbac.yaml does not grant it"
+            );
             let bytes = request.into_body().collect_bytes().await.unwrap();
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             self.calls.push((method, uri, body.clone()));
@@ -456,6 +460,10 @@ mod tests {
             let uri = request.uri().to_string();
             assert_eq!(request.method(), method, "{uri}");
             assert!(uri.starts_with(path), "expected {method} {path}, got {uri}");
+            assert!(
+                crate::rbac::permits(crate::rbac::CLUSTER, method.as_str(), &uri),
+                "{method} {uri} is not in rbac::CLUSTER, so deploy/rbac.yaml does not grant it"
+            );
             let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": "NotFound", "message": "not found"});
             send.send_response(
                 Response::builder()

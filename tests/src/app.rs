@@ -31,8 +31,10 @@ pub struct AppConfig {
     pub service: String,
     pub pod: String,
     pub env: Option<String>,
-    /// The pod's sidecar outbound listener.
-    pub outbound: SocketAddr,
+    /// The pod's sidecar outbound listener; `None` in a cluster, where the sidecar
+    /// intercepts calls to the service's own address.
+    #[serde(default)]
+    pub outbound: Option<SocketAddr>,
     /// `host:port` of each service to call per request.
     pub calls: Vec<String>,
     /// The env header's name (lower case).
@@ -109,7 +111,7 @@ async fn handle(config: Arc<AppConfig>, req: Request<Incoming>) -> Response<Full
     for target in &config.calls {
         let mut with_host = vec![("host", target.as_str())];
         with_host.extend_from_slice(&headers);
-        let answer = match http::request(Protocol::Http1, config.outbound, "/", &with_host).await {
+        let answer = match call(config.outbound, target, &with_host).await {
             Ok(r) if r.status == 200 => {
                 serde_json::from_slice::<Hop>(&r.body).map_err(|e| format!("{target}: {e}"))
             }
@@ -132,6 +134,21 @@ async fn handle(config: Arc<AppConfig>, req: Request<Incoming>) -> Response<Full
             serde_json::to_vec(&hop).unwrap_or_default(),
         )))
         .unwrap_or_default()
+}
+
+async fn call(
+    outbound: Option<SocketAddr>,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Result<http::Response> {
+    let addr = match outbound {
+        Some(addr) => addr,
+        None => tokio::net::lookup_host(target)
+            .await?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{target} does not resolve"))?,
+    };
+    http::request(Protocol::Http1, addr, "/", headers).await
 }
 
 /// Serves until the process ends. HTTP/1.1 and HTTP/2 (h2c) on the same port.

@@ -11,6 +11,7 @@ pub mod app;
 pub mod demo;
 pub mod envoy;
 pub mod http;
+pub mod manifests;
 pub mod mesh;
 pub mod sidecar;
 pub mod topology;

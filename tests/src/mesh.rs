@@ -226,7 +226,7 @@ impl Mesh {
             service,
             pod: pod.name.clone(),
             env: self.topology.env_of(pod),
-            outbound: SocketAddr::new(self.pod_ip(index), OUTBOUND_PORT),
+            outbound: Some(SocketAddr::new(self.pod_ip(index), OUTBOUND_PORT)),
             calls,
             env_header: self
                 .topology

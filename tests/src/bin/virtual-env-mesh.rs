@@ -10,10 +10,12 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use virtual_env_e2e::app::{self, AppConfig};
 use virtual_env_e2e::envoy::{envoy_binary, envoy_version, repo_root};
+use virtual_env_e2e::manifests;
 use virtual_env_e2e::mesh::{Mesh, MeshOptions};
 use virtual_env_e2e::topology::Topology;
 
 const USAGE: &str = "usage: virtual-env-mesh demo [--topology FILE] [--keep]
+       virtual-env-mesh manifests [--topology FILE]   (the demo for a real cluster)
        virtual-env-mesh app CONFIG_JSON";
 
 fn main() -> ExitCode {
@@ -36,6 +38,23 @@ fn main() -> ExitCode {
                 app::serve(config).await
             }
             Some("demo") => demo(&args[1..]).await,
+            Some("manifests") => {
+                let topology = match args.get(1).map(String::as_str) {
+                    Some("--topology") => PathBuf::from(args.get(2).context(USAGE)?),
+                    Some(other) => bail!("unknown argument {other}\n{USAGE}"),
+                    None => repo_root().join("tests/topologies/seed.yaml"),
+                };
+                let topology = Topology::load(&topology)?;
+                print!(
+                    "{}",
+                    manifests::demo_manifests(
+                        &topology,
+                        manifests::DEMO_NAMESPACE,
+                        manifests::DEMO_IMAGE
+                    )
+                );
+                Ok(())
+            }
             _ => bail!(USAGE),
         }
     });

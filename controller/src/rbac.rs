@@ -1,0 +1,184 @@
+//! Every Kubernetes API call the controller makes, as RBAC rules: the one list that the
+//! reconciler's API tests check each call against, and that `deploy/rbac.yaml` must grant
+//! exactly (checked by the manifest tests). Least privilege, by construction.
+
+/// What the controller does to one resource, cluster-wide or in its own namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiUse {
+    pub group: &'static str,
+    pub resource: &'static str,
+    pub verbs: &'static [&'static str],
+}
+
+const fn uses(
+    group: &'static str,
+    resource: &'static str,
+    verbs: &'static [&'static str],
+) -> ApiUse {
+    ApiUse {
+        group,
+        resource,
+        verbs,
+    }
+}
+
+/// Granted by the ClusterRole. `list`/`watch` come from the controller's watches and the
+/// reconciler's reads; server-side apply is authorized as `patch`, and as `create` when it
+/// creates the object.
+pub const CLUSTER: &[ApiUse] = &[
+    uses("", "pods", &["list", "watch"]),
+    uses("", "services", &["list", "watch"]),
+    uses("env.alibaba.com", "virtualenvironments", &["list", "watch"]),
+    uses("env.alibaba.com", "virtualenvironments/status", &["patch"]),
+    uses(
+        "networking.istio.io",
+        "virtualservices",
+        &["list", "watch", "create", "patch", "delete"],
+    ),
+    uses(
+        "networking.istio.io",
+        "destinationrules",
+        &["list", "watch", "create", "patch", "delete"],
+    ),
+    uses(
+        "extensions.istio.io",
+        "wasmplugins",
+        &["list", "watch", "create", "patch"],
+    ),
+];
+
+/// Granted by the Role in the controller's own namespace: leader election.
+pub const OWN_NAMESPACE: &[ApiUse] = &[uses(
+    "coordination.k8s.io",
+    "leases",
+    &["get", "create", "update"],
+)];
+
+/// The (group, resource, verbs) an API request needs: what RBAC checks it against.
+pub fn required(method: &str, path_and_query: &str) -> Option<(String, String, Vec<&'static str>)> {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return None,
+    };
+    let rest = match rest {
+        ["namespaces", _ns, rest @ ..] => rest,
+        rest => rest,
+    };
+    let (resource, named) = match rest {
+        [resource] => (resource.to_string(), false),
+        [resource, _name] => (resource.to_string(), true),
+        [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+        _ => return None,
+    };
+    let watch = query.split('&').any(|kv| kv == "watch=true");
+    let verbs = match (method, named) {
+        ("GET", false) if watch => vec!["watch"],
+        ("GET", false) => vec!["list"],
+        ("GET", true) => vec!["get"],
+        ("POST", _) => vec!["create"],
+        ("PUT", _) => vec!["update"],
+        ("DELETE", _) => vec!["delete"],
+        // Apply may create the object; plain patches are not used.
+        ("PATCH", _) => vec!["patch", "create"],
+        _ => return None,
+    };
+    Some((group.to_owned(), resource, verbs))
+}
+
+/// Whether `rules` grant a request.
+pub fn permits(rules: &[ApiUse], method: &str, path_and_query: &str) -> bool {
+    let Some((group, resource, verbs)) = required(method, path_and_query) else {
+        return false;
+    };
+    let rule = rules
+        .iter()
+        .find(|r| r.group == group && r.resource == resource);
+    // Status applies never create: the object exists, only `patch` is checked.
+    let verbs: Vec<&str> = if resource.ends_with("/status") {
+        verbs.into_iter().filter(|v| *v != "create").collect()
+    } else {
+        verbs
+    };
+    rule.is_some_and(|r| verbs.iter().all(|v| r.verbs.contains(v)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_map_to_rbac_verbs() {
+        assert_eq!(
+            required("GET", "/api/v1/namespaces/default/pods?"),
+            Some(("".into(), "pods".into(), vec!["list"]))
+        );
+        assert_eq!(
+            required(
+                "GET",
+                "/apis/env.alibaba.com/v1alpha1/virtualenvironments?watch=true&timeoutSeconds=290"
+            ),
+            Some((
+                "env.alibaba.com".into(),
+                "virtualenvironments".into(),
+                vec!["watch"]
+            ))
+        );
+        assert_eq!(
+            required(
+                "PATCH",
+                "/apis/networking.istio.io/v1/namespaces/default/virtualservices/app-a?&force=true"
+            ),
+            Some((
+                "networking.istio.io".into(),
+                "virtualservices".into(),
+                vec!["patch", "create"]
+            ))
+        );
+        assert_eq!(
+            required(
+                "PATCH",
+                "/apis/env.alibaba.com/v1alpha1/namespaces/default/virtualenvironments/x/status"
+            ),
+            Some((
+                "env.alibaba.com".into(),
+                "virtualenvironments/status".into(),
+                vec!["patch", "create"]
+            ))
+        );
+    }
+
+    #[test]
+    fn the_rules_permit_what_is_listed_and_nothing_else() {
+        assert!(permits(
+            CLUSTER,
+            "DELETE",
+            "/apis/networking.istio.io/v1/namespaces/d/destinationrules/a"
+        ));
+        assert!(permits(
+            CLUSTER,
+            "PATCH",
+            "/apis/env.alibaba.com/v1alpha1/namespaces/d/virtualenvironments/x/status"
+        ));
+        assert!(!permits(
+            CLUSTER,
+            "DELETE",
+            "/apis/extensions.istio.io/v1alpha1/namespaces/d/wasmplugins/a"
+        ));
+        assert!(!permits(
+            CLUSTER,
+            "PATCH",
+            "/apis/env.alibaba.com/v1alpha1/namespaces/d/virtualenvironments/x"
+        ));
+        assert!(!permits(CLUSTER, "GET", "/api/v1/namespaces/d/secrets"));
+        assert!(permits(
+            OWN_NAMESPACE,
+            "PUT",
+            "/apis/coordination.k8s.io/v1/namespaces/v/leases/l"
+        ));
+    }
+}

@@ -1,0 +1,374 @@
+//! Keeps `deploy/` honest without a cluster: every document parses into its typed
+//! Kubernetes object with no field the type does not know, the kustomization lists files
+//! that exist, the RBAC grants exactly what the controller's code uses, the sample
+//! VirtualEnvironments pass the CRD's schema, and the Deployment's probes and hardening
+//! are what the controller serves and expects.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use virtual_env_controller::crd::VirtualEnvironment;
+use virtual_env_controller::rbac::{ApiUse, CLUSTER, OWN_NAMESPACE};
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// Every YAML document under `deploy/` but the kustomization, with its file.
+fn documents() -> Vec<(String, Value)> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "yaml")
+                && path.file_name().is_some_and(|n| n != "kustomization.yaml")
+            {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&deploy(), &mut files);
+    files.sort();
+    let mut docs = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value: Value = serde::Deserialize::deserialize(doc).unwrap();
+            if !value.is_null() {
+                docs.push((file.display().to_string(), value));
+            }
+        }
+    }
+    docs
+}
+
+/// Paths of fields in `original` that did not survive the round trip through a type.
+fn lost_fields(original: &Value, typed: &Value, path: &str, out: &mut Vec<String>) {
+    match (original, typed) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in a {
+                match b.get(key) {
+                    Some(v) => lost_fields(value, v, &format!("{path}.{key}"), out),
+                    None => out.push(format!("{path}.{key}")),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                lost_fields(x, y, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn typed<K: DeserializeOwned + Serialize>(file: &str, value: &Value) -> K {
+    let object: K = serde_json::from_value(value.clone())
+        .unwrap_or_else(|e| panic!("{file}: {} does not parse: {e}", value["kind"]));
+    let mut lost = Vec::new();
+    lost_fields(
+        value,
+        &serde_json::to_value(&object).unwrap(),
+        "",
+        &mut lost,
+    );
+    assert!(
+        lost.is_empty(),
+        "{file}: {} has unknown fields {lost:?}",
+        value["kind"]
+    );
+    object
+}
+
+#[test]
+fn every_document_is_a_typed_kubernetes_object_without_unknown_fields() {
+    let docs = documents();
+    assert!(docs.len() >= 10, "{} documents", docs.len());
+    for (file, doc) in &docs {
+        match doc["kind"].as_str().unwrap_or_default() {
+            "Namespace" => drop(typed::<Namespace>(file, doc)),
+            "ServiceAccount" => drop(typed::<ServiceAccount>(file, doc)),
+            "ClusterRole" => drop(typed::<ClusterRole>(file, doc)),
+            "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(file, doc)),
+            "Role" => drop(typed::<Role>(file, doc)),
+            "RoleBinding" => drop(typed::<RoleBinding>(file, doc)),
+            "Deployment" => drop(typed::<Deployment>(file, doc)),
+            "Service" => drop(typed::<Service>(file, doc)),
+            "CustomResourceDefinition" => drop(typed::<CustomResourceDefinition>(file, doc)),
+            "VirtualEnvironment" => drop(typed::<VirtualEnvironment>(file, doc)),
+            other => panic!("{file}: unexpected kind {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_kustomization_installs_every_install_manifest() {
+    let text = std::fs::read_to_string(deploy().join("kustomization.yaml")).unwrap();
+    let k: Value = serde_yaml::from_str(&text).unwrap();
+    let resources: BTreeSet<&str> = k["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    for r in &resources {
+        assert!(
+            deploy().join(r).is_file(),
+            "kustomization lists {r}, which does not exist"
+        );
+    }
+    let want = BTreeSet::from([
+        "namespace.yaml",
+        "crds/env.alibaba.com_virtualenvironments_crd.yaml",
+        "rbac.yaml",
+        "controller.yaml",
+    ]);
+    assert_eq!(resources, want);
+}
+
+/// (group, resource, verb) triples.
+fn triples_of_rules(rules: &[PolicyRule]) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for rule in rules {
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    out.insert((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn triples_of_uses(uses: &[ApiUse]) -> BTreeSet<(String, String, String)> {
+    uses.iter()
+        .flat_map(|u| {
+            u.verbs
+                .iter()
+                .map(|v| (u.group.to_owned(), u.resource.to_owned(), v.to_string()))
+        })
+        .collect()
+}
+
+fn one<K: DeserializeOwned + Serialize>(kind: &str) -> K {
+    let docs = documents();
+    let (file, doc) = docs
+        .iter()
+        .find(|(f, d)| d["kind"] == kind && !f.contains("/demo/"))
+        .unwrap_or_else(|| panic!("no {kind} in deploy/"));
+    typed(file, doc)
+}
+
+#[test]
+fn rbac_grants_exactly_what_the_controller_uses() {
+    let cluster_role: ClusterRole = one("ClusterRole");
+    assert_eq!(
+        triples_of_rules(cluster_role.rules.as_deref().unwrap_or_default()),
+        triples_of_uses(CLUSTER)
+    );
+    let role: Role = one("Role");
+    assert_eq!(
+        role.metadata.namespace.as_deref(),
+        Some("virtual-env-system")
+    );
+    assert_eq!(
+        triples_of_rules(role.rules.as_deref().unwrap_or_default()),
+        triples_of_uses(OWN_NAMESPACE)
+    );
+    // The bindings give those roles to the controller's service account.
+    let sa: ServiceAccount = one("ServiceAccount");
+    for (subjects, role_name) in [
+        (
+            one::<ClusterRoleBinding>("ClusterRoleBinding").subjects,
+            one::<ClusterRoleBinding>("ClusterRoleBinding")
+                .role_ref
+                .name,
+        ),
+        (
+            one::<RoleBinding>("RoleBinding").subjects,
+            one::<RoleBinding>("RoleBinding").role_ref.name,
+        ),
+    ] {
+        let subject = &subjects.unwrap()[0];
+        assert_eq!(Some(&subject.name), sa.metadata.name.as_ref());
+        assert_eq!(subject.namespace, sa.metadata.namespace);
+        assert!(
+            role_name == cluster_role.metadata.name.clone().unwrap()
+                || role_name == role.metadata.name.clone().unwrap()
+        );
+    }
+    let deployment: Deployment = one("Deployment");
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.service_account_name, sa.metadata.name);
+}
+
+/// A structural-schema check: types, required fields, and no field the schema does not
+/// declare (what `kubectl apply --validate=strict`, kubectl's default, rejects).
+fn check_schema(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
+    if schema["x-kubernetes-preserve-unknown-fields"] == true {
+        return;
+    }
+    if value.is_null() {
+        if schema["nullable"] != true {
+            errors.push(format!("{path}: null"));
+        }
+        return;
+    }
+    let ok = match schema["type"].as_str() {
+        Some("object") => value.is_object(),
+        Some("array") => value.is_array(),
+        Some("string") => value.is_string(),
+        Some("boolean") => value.is_boolean(),
+        Some("integer") => value.is_i64() || value.is_u64(),
+        Some("number") => value.is_number(),
+        _ => true,
+    };
+    if !ok {
+        errors.push(format!("{path}: expected {}, got {value}", schema["type"]));
+        return;
+    }
+    if let (Some(props), Some(obj)) = (schema["properties"].as_object(), value.as_object()) {
+        for (key, v) in obj {
+            match props.get(key) {
+                Some(s) => check_schema(s, v, &format!("{path}.{key}"), errors),
+                None => errors.push(format!("{path}.{key}: not in the schema")),
+            }
+        }
+        for required in schema["required"].as_array().into_iter().flatten() {
+            if !obj.contains_key(required.as_str().unwrap_or_default()) {
+                errors.push(format!("{path}.{required}: required"));
+            }
+        }
+    }
+    if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
+        for (i, v) in array.iter().enumerate() {
+            check_schema(items, v, &format!("{path}[{i}]"), errors);
+        }
+    }
+}
+
+#[test]
+fn the_sample_virtual_environments_pass_the_crd_schema() {
+    let crd: CustomResourceDefinition = one("CustomResourceDefinition");
+    let schema = serde_json::to_value(
+        &crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema,
+    )
+    .unwrap();
+    let samples: Vec<(String, Value)> = documents()
+        .into_iter()
+        .filter(|(_, d)| d["kind"] == "VirtualEnvironment")
+        .collect();
+    assert_eq!(samples.len(), 2, "the seed's sample and the demo's");
+    for (file, sample) in samples {
+        let mut errors = Vec::new();
+        check_schema(
+            &schema["properties"]["spec"],
+            &sample["spec"],
+            "spec",
+            &mut errors,
+        );
+        assert!(errors.is_empty(), "{file}: {errors:?}");
+    }
+    // The check itself catches what strict validation would.
+    let mut errors = Vec::new();
+    let bad: Value = serde_json::json!({"envHeader": {"nmae": "x", "autoInject": "yes"}});
+    check_schema(&schema["properties"]["spec"], &bad, "spec", &mut errors);
+    assert_eq!(errors.len(), 2, "{errors:?}");
+}
+
+#[test]
+fn the_controller_deployment_is_hardened_and_probes_what_it_serves() {
+    let deployment: Deployment = one("Deployment");
+    let spec = deployment.spec.unwrap();
+    assert_eq!(spec.replicas, Some(2), "two replicas, one leader");
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(
+        pod.security_context.as_ref().unwrap().run_as_non_root,
+        Some(true)
+    );
+    let container = &pod.containers[0];
+    let sc = container.security_context.as_ref().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    let resources = container.resources.as_ref().unwrap();
+    assert!(resources.requests.is_some() && resources.limits.is_some());
+    let env: BTreeSet<&str> = container
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert!(
+        env.contains("POD_NAME") && env.contains("POD_NAMESPACE"),
+        "leader election identity"
+    );
+
+    // The probed paths answer as the probes expect.
+    let state = virtual_env_controller::server::State {
+        metrics: Default::default(),
+        module: None,
+        ready: true.into(),
+    };
+    for probe in [&container.liveness_probe, &container.readiness_probe] {
+        let path = probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .clone()
+            .unwrap();
+        assert_eq!(
+            virtual_env_controller::server::respond(&state, &path).status(),
+            200,
+            "{path}"
+        );
+    }
+    // The Service the WasmPlugins point at is where the controller says it is.
+    let service: Service = one("Service");
+    let url = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "VIRTUAL_ENV_PUBLIC_URL")
+        .and_then(|e| e.value.clone())
+        .unwrap();
+    let ns = service.metadata.namespace.unwrap();
+    let port = service.spec.unwrap().ports.unwrap()[0].port;
+    assert_eq!(
+        url,
+        format!(
+            "http://{}.{ns}.svc.cluster.local:{port}",
+            service.metadata.name.unwrap()
+        )
+    );
+}
+
+#[test]
+fn a_misspelled_field_is_caught() {
+    let doc: Value = serde_yaml::from_str(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {selectr: {app: x}, ports: [{port: 80, targetPrt: 8080}]}\n",
+    )
+    .unwrap();
+    let object: Service = serde_json::from_value(doc.clone()).unwrap();
+    let mut lost = Vec::new();
+    lost_fields(&doc, &serde_json::to_value(&object).unwrap(), "", &mut lost);
+    assert_eq!(lost, [".spec.ports[0].targetPrt", ".spec.selectr"]);
+}

@@ -1,0 +1,132 @@
+//! The demo for a real cluster (`deploy/demo/demo.yaml`), generated from the local mesh's
+//! topology so that the two can never disagree: a namespace with sidecar injection, the
+//! VirtualEnvironment, a Service per service and a Deployment per pod running the same
+//! test application as the local mesh.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+use virtual_env_controller::crd::VirtualEnvironment;
+
+use crate::app::AppConfig;
+use crate::mesh::APP_PORT;
+use crate::topology::Topology;
+
+pub const DEMO_NAMESPACE: &str = "virtual-env-demo";
+pub const DEMO_IMAGE: &str = "ghcr.io/virtual-env/demo-app:0.1.0";
+
+/// Multi-document YAML of the demo's objects.
+pub fn demo_manifests(topology: &Topology, namespace: &str, image: &str) -> String {
+    let mut docs: Vec<Value> = vec![json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": namespace, "labels": {"istio-injection": "enabled"}}
+    })];
+    let mut ve = VirtualEnvironment::new("virtual-env", topology.virtual_environment.clone());
+    ve.metadata.namespace = Some(namespace.to_owned());
+    docs.push(serde_json::to_value(&ve).unwrap_or_default());
+    for service in &topology.services {
+        docs.push(json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": service.name, "namespace": namespace},
+            "spec": {
+                "selector": service.selector,
+                "ports": [{"name": "http", "port": service.port, "targetPort": APP_PORT}]
+            }
+        }));
+    }
+    let env_header = topology
+        .virtual_environment
+        .env_header
+        .name
+        .to_ascii_lowercase();
+    for pod in &topology.pods {
+        let service = topology
+            .services_of(pod)
+            .next()
+            .map_or_else(|| pod.name.clone(), |s| s.name.clone());
+        let calls = pod
+            .calls
+            .iter()
+            .filter_map(|name| topology.service(name))
+            .map(|s| format!("{}:{}", s.name, s.port))
+            .collect();
+        let config = AppConfig {
+            listen: ([0, 0, 0, 0], APP_PORT).into(),
+            service,
+            pod: pod.name.clone(),
+            env: topology.env_of(pod),
+            outbound: None,
+            calls,
+            env_header: env_header.clone(),
+            forward_env_header: true,
+            forward: vec![
+                "traceparent".into(),
+                "x-request-id".into(),
+                "baggage".into(),
+            ],
+        };
+        let labels: BTreeMap<&str, &str> = pod
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        docs.push(json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": pod.name, "namespace": namespace, "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532},
+                        "containers": [{
+                            "name": "app",
+                            "image": image,
+                            "args": ["app", serde_json::to_string(&config).unwrap_or_default()],
+                            "ports": [{"name": "http", "containerPort": APP_PORT}],
+                            "readinessProbe": {"tcpSocket": {"port": APP_PORT}},
+                            "resources": {
+                                "requests": {"cpu": "10m", "memory": "16Mi"},
+                                "limits": {"cpu": "200m", "memory": "64Mi"}
+                            },
+                            "securityContext": {
+                                "allowPrivilegeEscalation": false,
+                                "readOnlyRootFilesystem": true,
+                                "capabilities": {"drop": ["ALL"]}
+                            }
+                        }]
+                    }
+                }
+            }
+        }));
+    }
+    let mut out = String::from(
+        "# Generated from tests/topologies/seed.yaml by `make demo-manifests`; do not edit.\n",
+    );
+    for doc in docs {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&doc).unwrap_or_default());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envoy::repo_root;
+
+    #[test]
+    fn the_committed_demo_is_generated_from_the_seed_topology() {
+        let topology = Topology::load(&repo_root().join("tests/topologies/seed.yaml")).unwrap();
+        let generated = demo_manifests(&topology, DEMO_NAMESPACE, DEMO_IMAGE);
+        let committed = std::fs::read_to_string(repo_root().join("deploy/demo/demo.yaml")).unwrap();
+        assert!(
+            generated == committed,
+            "deploy/demo/demo.yaml is stale: run `make demo-manifests`"
+        );
+    }
+}

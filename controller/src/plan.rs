@@ -2,7 +2,7 @@
 //! `VirtualEnvironment`, the services and the pods. No API calls happen here, so the
 //! reconciler, `virtual-env render` and the tests all run the same code.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::ObjectMeta;
@@ -103,6 +103,8 @@ pub fn plan_namespace(
         })
         .collect();
 
+    let by_label = LabelIndex::new(ready_envs.iter().map(|(pod, _)| *pod));
+
     let mut services: Vec<&Service> = snapshot.services.iter().collect();
     services.sort_by_key(|s| s.name_any());
 
@@ -125,10 +127,12 @@ pub fn plan_namespace(
         else {
             continue;
         };
-        let envs: BTreeSet<&str> = ready_envs
+        let envs: BTreeSet<&str> = by_label
+            .candidates(selector)
             .iter()
+            .map(|&i| ready_envs[i])
             .filter(|(pod, _)| selects(selector, pod))
-            .map(|(_, env)| *env)
+            .map(|(_, env)| env)
             .collect();
         let has_default = default_subset.as_deref().is_some_and(|d| envs.contains(d));
         if envs.len() < 2 && !has_default {
@@ -215,6 +219,37 @@ pub fn is_ready(pod: &Pod) -> bool {
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Ready pods by label, so that matching a service's selector looks only at the pods that
+/// carry its rarest label instead of at every pod (services x pods is 3e8 at scale).
+struct LabelIndex<'a>(HashMap<(&'a str, &'a str), Vec<usize>>);
+
+impl<'a> LabelIndex<'a> {
+    fn new(pods: impl Iterator<Item = &'a Pod>) -> Self {
+        let mut index: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        for (i, pod) in pods.enumerate() {
+            for (k, v) in pod.labels() {
+                index.entry((k.as_str(), v.as_str())).or_default().push(i);
+            }
+        }
+        Self(index)
+    }
+
+    /// Indices of the pods that may match: those with the selector's rarest label.
+    fn candidates<'s>(&'s self, selector: &'s BTreeMap<String, String>) -> &'s [usize] {
+        // Covariance: look up with the selector's shorter-lived strings.
+        let index: &'s HashMap<(&str, &str), Vec<usize>> = &self.0;
+        selector
+            .iter()
+            .map(|(k, v)| {
+                index
+                    .get(&(k.as_str(), v.as_str()))
+                    .map_or(&[][..], Vec::as_slice)
+            })
+            .min_by_key(|pods| pods.len())
+            .unwrap_or(&[])
+    }
 }
 
 fn selects(selector: &BTreeMap<String, String>, pod: &Pod) -> bool {

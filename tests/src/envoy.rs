@@ -76,6 +76,10 @@ impl Guarded {
         Ok(Self(command.spawn()?))
     }
 
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
     pub fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
         Ok(self.0.try_wait()?)
     }
@@ -165,6 +169,10 @@ impl Envoy {
         let log = fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<_> = log.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn admin(&self) -> SocketAddr {

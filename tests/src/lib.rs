@@ -8,6 +8,7 @@
 //! - [`demo`]: the demo's requests and its call-chain table.
 
 pub mod app;
+pub mod bench;
 pub mod demo;
 pub mod envoy;
 pub mod http;

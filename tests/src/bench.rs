@@ -1,0 +1,824 @@
+//! `make bench`: virtual-env's per-request cost in real Envoy against its baselines, run side
+//! by side in one run, plus the controller's planning cost, the filter's memory and how fast
+//! a config change takes effect.
+//!
+//! Every scenario is one Envoy (`--concurrency 1`, pinned to CPU 0) whose listener routes to
+//! an upstream listener of the same Envoy (a direct response): a sidecar proxying to an
+//! application, without a third process competing for the two cores. `wrk` runs on CPU 1.
+//! Scenarios alternate round by round, and medians are reported.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::{json, Value};
+use virtual_env_core::PluginConfig;
+
+use crate::envoy::{write_atomically, Envoy};
+use crate::http;
+use crate::sidecar::{ecds_resource, http_filters};
+
+pub const TARGET: &str = "app-target";
+pub const REQUEST_ENV: &str = "dev.p1.u1";
+/// The envs in which the target service has pods: dev and nine projects.
+pub fn pod_envs() -> Vec<String> {
+    std::iter::once("dev".to_owned())
+        .chain((1..=9).map(|i| format!("dev.p{i}")))
+        .collect()
+}
+
+/// `n` env names: the nine projects with pods, then their users round-robin
+/// (`dev.p1.u1`, `dev.p2.u1`, ...), so every name falls back to a project with pods.
+pub fn env_names(n: usize) -> Vec<String> {
+    let mut names: Vec<String> = (1..=9).map(|i| format!("dev.p{i}")).collect();
+    let mut j = 1;
+    while names.len() < n {
+        for i in 1..=9 {
+            if names.len() < n {
+                names.push(format!("dev.p{i}.u{j}"));
+            }
+        }
+        j += 1;
+    }
+    names.truncate(n);
+    names
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// No filter: the floor of any sidecar.
+    Bare,
+    /// An empty Proxy-Wasm filter: the floor of any Wasm filter.
+    EmptyFilter,
+    /// virtual-env's filter and the routes the controller writes.
+    VirtualEnv,
+    /// The original design: a Lua filter that adds the env header when missing, and an
+    /// exact env-header route per env name.
+    Original,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Scenario {
+    pub name: String,
+    pub kind: Kind,
+    /// Env names in the namespace (virtual-env and original only).
+    pub envs: usize,
+}
+
+pub fn scenarios(env_counts: &[usize]) -> Vec<Scenario> {
+    let mut out = vec![
+        Scenario {
+            name: "bare".into(),
+            kind: Kind::Bare,
+            envs: 0,
+        },
+        Scenario {
+            name: "empty-filter".into(),
+            kind: Kind::EmptyFilter,
+            envs: 0,
+        },
+    ];
+    for &n in env_counts {
+        out.push(Scenario {
+            name: format!("virtual-env-{n}"),
+            kind: Kind::VirtualEnv,
+            envs: n,
+        });
+        out.push(Scenario {
+            name: format!("original-{n}"),
+            kind: Kind::Original,
+            envs: n,
+        });
+    }
+    out
+}
+
+/// The plugin config of a namespace with 1,000 services; the target has pods in
+/// dev and nine projects, the others in dev and one project each.
+pub fn plugin_config(services: usize) -> PluginConfig {
+    let mut config = PluginConfig {
+        default_subset: Some("dev".into()),
+        ..PluginConfig::default()
+    };
+    config
+        .services
+        .insert(format!("{TARGET}.default.svc.cluster.local"), pod_envs());
+    for i in 1..services {
+        config.services.insert(
+            format!("svc-{i}.default.svc.cluster.local"),
+            vec!["dev".into(), format!("dev.p{}", i % 9 + 1)],
+        );
+    }
+    config
+}
+
+fn cluster_name(env: &str) -> String {
+    format!("backend-{env}")
+}
+
+fn exact(header: &str, value: &str, env: &str) -> Value {
+    json!({
+        "match": {"prefix": "/", "headers": [{"name": header, "string_match": {"exact": value}}]},
+        "route": {"cluster": cluster_name(env)},
+        "response_headers_to_add": [{"header": {"key": "x-routed", "value": env}}]
+    })
+}
+
+fn default_route() -> Value {
+    json!({
+        "match": {"prefix": "/"},
+        "route": {"cluster": cluster_name("dev")},
+        "response_headers_to_add": [{"header": {"key": "x-routed", "value": "dev"}}]
+    })
+}
+
+/// The nearest ancestor of `env` in which the target has pods.
+fn nearest_with_pods(env: &str) -> String {
+    let pods = pod_envs();
+    virtual_env_core::lineage(env, '.')
+        .find(|e| pods.iter().any(|p| p == e))
+        .unwrap_or("dev")
+        .to_owned()
+}
+
+/// The routes of the target's virtual host for a scenario.
+pub fn routes(scenario: &Scenario) -> Vec<Value> {
+    let mut routes = Vec::new();
+    match scenario.kind {
+        Kind::Bare | Kind::EmptyFilter => {}
+        // What the controller writes: one exact route-header match per env with pods.
+        Kind::VirtualEnv => {
+            for env in pod_envs() {
+                routes.push(exact("x-virtual-env-route", &env, &env));
+            }
+        }
+        // One exact env-header route per env name whose nearest ancestor with pods is not
+        // the default subset, mapping it there; the request's env in the middle.
+        Kind::Original => {
+            let mut names = env_names(scenario.envs);
+            names.retain(|n| n != REQUEST_ENV);
+            names.insert(names.len() / 2, REQUEST_ENV.into());
+            for name in names {
+                let target = nearest_with_pods(&name);
+                if target != "dev" {
+                    routes.push(exact("x-virtual-env", &name, &target));
+                }
+            }
+        }
+    }
+    routes.push(default_route());
+    routes
+}
+
+const LUA: &str = r#"
+function envoy_on_request(request_handle)
+  local headers = request_handle:headers()
+  if headers:get("x-virtual-env") == nil then
+    headers:add("x-virtual-env", "dev")
+  end
+end
+"#;
+
+fn wasm_filter(name: &str, wasm: &Path, config: &str) -> Value {
+    json!({
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": name,
+                "root_id": name,
+                "vm_config": {
+                    "vm_id": name,
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm}}
+                },
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config}
+            }
+        }
+    })
+}
+
+fn router() -> Value {
+    json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+}
+
+pub struct Modules<'a> {
+    pub filter: &'a Path,
+    pub empty: &'a Path,
+}
+
+fn filters(scenario: &Scenario, modules: &Modules<'_>, config: &str) -> Value {
+    match scenario.kind {
+        Kind::Bare => json!([router()]),
+        Kind::EmptyFilter => json!([wasm_filter("empty", modules.empty, "{}"), router()]),
+        Kind::VirtualEnv => json!([wasm_filter("virtual-env", modules.filter, config), router()]),
+        Kind::Original => json!([{
+            "name": "envoy.filters.http.lua",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": LUA}
+            }
+        }, router()]),
+    }
+}
+
+/// A free loopback port (bound and released; the bench runs alone).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One Envoy: the listener under test (with `filters`) and the upstream it routes to.
+pub fn bootstrap(routes: Vec<Value>, filters: Value, upstream_port: u16) -> Value {
+    let clusters: Vec<Value> = pod_envs()
+        .iter()
+        .map(|env| json!({
+            "name": cluster_name(env),
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": cluster_name(env), "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream_port}}}}
+            ]}]}
+        }))
+        .collect();
+    let hcm = |name: &str, route_config: Value, filters: Value| {
+        json!({
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": name,
+                "route_config": route_config,
+                "http_filters": filters
+            }
+        })
+    };
+    json!({
+        "node": {"id": "bench", "cluster": "bench", "metadata": {"NAMESPACE": "default", "LABELS": {"virtual-env": "dev"}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "sidecar",
+                    "traffic_direction": "OUTBOUND",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                    "filter_chains": [{"filters": [hcm("sidecar", json!({"virtual_hosts": [{
+                        "name": TARGET,
+                        "domains": [TARGET, format!("{TARGET}:8080"), format!("{TARGET}.default.svc.cluster.local:8080")],
+                        "routes": routes
+                    }]}), filters)]}]
+                },
+                {
+                    "name": "upstream",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream_port}},
+                    "filter_chains": [{"filters": [hcm("upstream", json!({"virtual_hosts": [{
+                        "name": "app", "domains": ["*"],
+                        "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]
+                    }]}), json!([router()]))]}]
+                }
+            ],
+            "clusters": clusters
+        }
+    })
+}
+
+/// Pins every thread of a process to one CPU.
+pub fn pin(pid: u32, cpu: usize) -> Result<()> {
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("taskset (util-linux)")?;
+    if !status.success() {
+        bail!("taskset failed for pid {pid}");
+    }
+    Ok(())
+}
+
+/// A started scenario.
+pub struct Running {
+    pub envoy: Envoy,
+    pub listener: SocketAddr,
+}
+
+pub async fn start(
+    scenario: &Scenario,
+    modules: &Modules<'_>,
+    config: &str,
+    dir: &Path,
+) -> Result<Running> {
+    let port = free_port()?;
+    let config = bootstrap(routes(scenario), filters(scenario, modules, config), port);
+    let envoy = Envoy::start(&scenario.name, dir, config, 1).await?;
+    if matches!(scenario.kind, Kind::EmptyFilter | Kind::VirtualEnv) {
+        envoy.check_wasm_runtime().await?;
+    }
+    pin(envoy.pid(), 0)?;
+    let listener = envoy.listener("sidecar").await?;
+    // Check that it routes as intended before measuring it.
+    let r = http::get(listener, "/", &request_headers()).await?;
+    let want = match scenario.kind {
+        Kind::Bare | Kind::EmptyFilter => "dev",
+        Kind::VirtualEnv | Kind::Original => "dev.p1",
+    };
+    if r.status != 200 || r.header("x-routed") != Some(want) {
+        bail!(
+            "{}: routed to {:?} (HTTP {}), expected {want}",
+            scenario.name,
+            r.header("x-routed"),
+            r.status
+        );
+    }
+    Ok(Running { envoy, listener })
+}
+
+pub fn request_headers() -> Vec<(&'static str, &'static str)> {
+    // "Host" spelled so: wrk adds its own Host header unless it sees exactly this one.
+    vec![("Host", "app-target:8080"), ("x-virtual-env", REQUEST_ENV)]
+}
+
+/// One wrk run's figures.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Sample {
+    pub rps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// Envoy's CPU time (user + system) per request: steadier than req/s on a shared
+    /// machine, since time the VM is not scheduled is not counted.
+    pub cpu_us_per_request: f64,
+}
+
+/// CPU time a process has used, in microseconds (`/proc/<pid>/stat` utime + stime).
+pub fn cpu_time_us(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks * 1e6 / hz)
+}
+
+/// Load from `wrk` on CPU 1 against `target`, served by the Envoy with `pid`.
+pub fn wrk(target: SocketAddr, pid: u32, connections: usize, seconds: u64) -> Result<Sample> {
+    let cpu_before = cpu_time_us(pid)?;
+    let mut cmd = Command::new("taskset");
+    cmd.args([
+        "-c",
+        "1",
+        "wrk",
+        "-t1",
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
+    for (k, v) in request_headers() {
+        cmd.args(["-H", &format!("{k}: {v}")]);
+    }
+    let out = cmd
+        .arg(format!("http://{target}/"))
+        .output()
+        .context("running wrk")?;
+    let cpu = cpu_time_us(pid)? - cpu_before;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() || text.contains("Non-2xx") {
+        bail!(
+            "wrk failed:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (mut sample, requests) = parse_wrk(&text)?;
+    sample.cpu_us_per_request = cpu / requests.max(1.0);
+    Ok(sample)
+}
+
+/// The figures of wrk's report, and the number of requests it made.
+pub fn parse_wrk(text: &str) -> Result<(Sample, f64)> {
+    let value = |prefix: &str| -> Option<&str> {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+    };
+    let rps: f64 = value("Requests/sec:").context("no Requests/sec")?.parse()?;
+    let p50 = duration_us(value("50%").context("no 50% latency")?)?;
+    let p99 = duration_us(value("99%").context("no 99% latency")?)?;
+    let requests: f64 = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .context("no request count")?
+        .0
+        .parse()?;
+    Ok((
+        Sample {
+            rps,
+            p50_us: p50,
+            p99_us: p99,
+            cpu_us_per_request: f64::NAN,
+        },
+        requests,
+    ))
+}
+
+fn duration_us(s: &str) -> Result<f64> {
+    let split = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .context("no unit")?;
+    let (n, unit) = s.split_at(split);
+    let n: f64 = n.parse()?;
+    Ok(match unit {
+        "us" => n,
+        "ms" => n * 1e3,
+        "s" => n * 1e6,
+        other => bail!("unknown unit {other}"),
+    })
+}
+
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Bytes of memory Envoy reports as allocated (admin `/memory`).
+pub async fn allocated_bytes(envoy: &Envoy) -> Result<u64> {
+    let r = http::get(envoy.admin(), "/memory", &[]).await?;
+    let v: Value = serde_json::from_slice(&r.body)?;
+    v["allocated"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .context("no allocated in /memory")
+}
+
+/// Milliseconds from an ECDS file change to the new routing being in force, per run.
+pub async fn config_change_ms(modules: &Modules<'_>, dir: &Path, runs: usize) -> Result<Vec<f64>> {
+    let ecds_dir = dir.join("ecds");
+    std::fs::create_dir_all(&ecds_dir)?;
+    let ecds = ecds_dir.join("virtual-env.json");
+    let wasm = modules.filter.display().to_string();
+    let mut before = plugin_config(1000);
+    let key = format!("{TARGET}.default.svc.cluster.local");
+    let mut after = before.clone();
+    after
+        .services
+        .entry(key.clone())
+        .or_default()
+        .push(REQUEST_ENV.into());
+    before
+        .services
+        .entry(key)
+        .or_default()
+        .retain(|e| e != REQUEST_ENV);
+    write_atomically(
+        &ecds,
+        &serde_json::to_vec(&ecds_resource(&wasm, &before.to_json()))?,
+    )?;
+    let mut routes: Vec<Value> = pod_envs()
+        .iter()
+        .map(|e| exact("x-virtual-env-route", e, e))
+        .collect();
+    routes.insert(0, exact("x-virtual-env-route", REQUEST_ENV, "dev.p1"));
+    // The user env's route goes to the project's backend but says which route it was.
+    routes[0]["response_headers_to_add"] =
+        json!([{"header": {"key": "x-routed", "value": REQUEST_ENV}}]);
+    routes.push(default_route());
+    let filters = http_filters(&ecds.display().to_string(), &ecds_dir.display().to_string());
+    let envoy = Envoy::start(
+        "config-change",
+        dir,
+        bootstrap(routes, filters, free_port()?),
+        1,
+    )
+    .await?;
+    let listener = envoy.listener("sidecar").await?;
+    let mut times = Vec::new();
+    for run in 0..runs * 2 {
+        let (config, want) = if run % 2 == 0 {
+            (&after, REQUEST_ENV)
+        } else {
+            (&before, "dev.p1")
+        };
+        let started = Instant::now();
+        write_atomically(
+            &ecds,
+            &serde_json::to_vec(&ecds_resource(&wasm, &config.to_json()))?,
+        )?;
+        loop {
+            let r = http::get(listener, "/", &request_headers()).await?;
+            if r.header("x-routed") == Some(want) {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!("config change not in force after 10 s");
+            }
+        }
+        if run % 2 == 0 {
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(times)
+}
+
+/// Median figures of one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub scenario: Scenario,
+    pub cpu_us_per_request: f64,
+    pub rps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub rounds: Vec<Sample>,
+}
+
+pub fn summarize(scenario: &Scenario, rounds: &[Sample]) -> Summary {
+    Summary {
+        scenario: scenario.clone(),
+        rps: median(rounds.iter().map(|s| s.rps).collect()),
+        cpu_us_per_request: median(rounds.iter().map(|s| s.cpu_us_per_request).collect()),
+        p50_us: median(rounds.iter().map(|s| s.p50_us).collect()),
+        p99_us: median(rounds.iter().map(|s| s.p99_us).collect()),
+        rounds: rounds.to_vec(),
+    }
+}
+
+/// Ratios of virtual-env against each baseline at each env count: (throughput ratio,
+/// CPU-per-request ratio expressed as throughput, i.e. baseline CPU / virtual-env CPU).
+pub fn ratios(summaries: &[Summary], env_counts: &[usize]) -> BTreeMap<String, (f64, f64)> {
+    let get = |name: &str| summaries.iter().find(|s| s.scenario.name == name);
+    let mut out = BTreeMap::new();
+    for n in env_counts {
+        let Some(ve) = get(&format!("virtual-env-{n}")) else {
+            continue;
+        };
+        for (base, label) in [
+            ("bare".to_owned(), "bare"),
+            ("empty-filter".to_owned(), "empty filter"),
+            (format!("original-{n}"), "original design"),
+        ] {
+            if let Some(b) = get(&base) {
+                out.insert(
+                    format!("virtual-env-{n} / {label}"),
+                    (ve.rps / b.rps, b.cpu_us_per_request / ve.cpu_us_per_request),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_names_fall_back_to_projects_with_pods() {
+        assert_eq!(env_names(10).len(), 10);
+        assert_eq!(env_names(1000).len(), 1000);
+        assert!(env_names(10).contains(&REQUEST_ENV.to_owned()));
+        assert_eq!(nearest_with_pods("dev.p3.u7"), "dev.p3");
+        assert_eq!(nearest_with_pods("dev.p10"), "dev");
+    }
+
+    #[test]
+    fn the_original_table_grows_with_env_names_and_virtual_env_does_not() {
+        let count = |kind, envs| {
+            routes(&Scenario {
+                name: String::new(),
+                kind,
+                envs,
+            })
+            .len()
+        };
+        assert_eq!(count(Kind::VirtualEnv, 10), count(Kind::VirtualEnv, 1000));
+        assert_eq!(count(Kind::Original, 10), 11);
+        assert_eq!(count(Kind::Original, 1000), 1001);
+        // The request's route sits in the middle of the original table.
+        let table = routes(&Scenario {
+            name: String::new(),
+            kind: Kind::Original,
+            envs: 1000,
+        });
+        let at = table
+            .iter()
+            .position(|r| r["match"]["headers"][0]["string_match"]["exact"] == REQUEST_ENV)
+            .unwrap();
+        assert_eq!(at, 499);
+    }
+
+    #[test]
+    fn parses_wrk_output() {
+        let text = "Running 5s test @ http://127.0.0.1:1/\n  Latency Distribution\n     50%  412.00us\n     75%  500.00us\n     90%  600.00us\n     99%    1.20ms\n  100 requests in 5.00s\nRequests/sec:  71234.56\nTransfer/sec: 1MB\n";
+        let (s, requests) = parse_wrk(text).unwrap();
+        assert_eq!(requests, 100.0);
+        assert_eq!(s.rps, 71234.56);
+        assert_eq!(s.p50_us, 412.0);
+        assert_eq!(s.p99_us, 1200.0);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+    }
+}
+
+pub mod planning {
+    //! The controller's planning at scale, and the bytes it writes against the original
+    //! design's per-env enumeration for the same cluster.
+
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::Instant;
+
+    use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus, Service, ServiceSpec};
+    use kube::api::ObjectMeta;
+    use serde::Serialize;
+    use virtual_env_controller::crd::VirtualEnvironment;
+    use virtual_env_controller::istio::{HttpMatchRequest, StringMatch, VirtualService};
+    use virtual_env_controller::plan::{plan_namespace, Plan, Settings, Snapshot, WasmSource};
+    use virtual_env_core::lineage;
+
+    /// 100 env names: dev, 9 projects, 90 users (10 per project).
+    pub fn namespace_envs() -> Vec<String> {
+        let mut envs = vec!["dev".to_owned()];
+        for p in 1..=9 {
+            envs.push(format!("dev.p{p}"));
+            for u in 1..=10 {
+                envs.push(format!("dev.p{p}.u{u}"));
+            }
+        }
+        envs
+    }
+
+    fn pod(name: String, service: &str, env: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name),
+                namespace: Some("default".into()),
+                labels: Some(BTreeMap::from([
+                    ("app".to_owned(), service.to_owned()),
+                    ("virtual-env".to_owned(), env.to_owned()),
+                ])),
+                ..ObjectMeta::default()
+            },
+            status: Some(PodStatus {
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    ..PodCondition::default()
+                }]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    /// `services` services, each with `replicas` ready pods in each env `envs_of` gives it.
+    pub fn snapshot(
+        services: usize,
+        replicas: usize,
+        envs_of: impl Fn(usize) -> Vec<String>,
+    ) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        for s in 0..services {
+            let name = format!("svc-{s}");
+            snapshot.services.push(Service {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some("default".into()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(ServiceSpec {
+                    selector: Some(BTreeMap::from([("app".to_owned(), name.clone())])),
+                    ..ServiceSpec::default()
+                }),
+                ..Service::default()
+            });
+            for env in envs_of(s) {
+                for r in 0..replicas {
+                    snapshot
+                        .pods
+                        .push(pod(format!("{name}-{env}-{r}"), &name, &env));
+                }
+            }
+        }
+        snapshot
+    }
+
+    pub fn virtual_environment() -> VirtualEnvironment {
+        let mut ve = VirtualEnvironment::new(
+            "bench",
+            serde_yaml::from_str("envLabel: {defaultSubset: dev}").unwrap_or_default(),
+        );
+        ve.metadata.namespace = Some("default".into());
+        ve
+    }
+
+    pub fn settings() -> Settings {
+        Settings {
+            cluster_domain: "cluster.local".into(),
+            wasm: WasmSource {
+                url: format!(
+                    "http://virtual-env.virtual-env-system.svc.cluster.local:8080/filter/{}.wasm",
+                    "0".repeat(64)
+                ),
+                sha256: Some("0".repeat(64)),
+            },
+        }
+    }
+
+    fn json_len<T: Serialize>(objects: &[T]) -> usize {
+        objects
+            .iter()
+            .map(|o| serde_json::to_vec(o).map_or(0, |v| v.len()))
+            .sum()
+    }
+
+    /// Bytes of the objects virtual-env writes (as sent to the API server).
+    pub fn plan_bytes(plan: &Plan) -> usize {
+        json_len(&plan.virtual_services)
+            + json_len(&plan.destination_rules)
+            + json_len(std::slice::from_ref(&plan.wasm_plugin))
+    }
+
+    /// The original design for the same cluster: per service, an exact env-header route for
+    /// every env name of the namespace whose nearest ancestor with pods is not the default
+    /// subset, mapped to that ancestor's subset; the same DestinationRules.
+    pub fn original_bytes(plan: &Plan, envs: &[String]) -> usize {
+        let mut vss = Vec::new();
+        for (vs, dr) in plan.virtual_services.iter().zip(&plan.destination_rules) {
+            let with_pods: BTreeSet<&str> = dr
+                .spec
+                .subsets
+                .iter()
+                .filter_map(|s| s.labels.values().next().map(String::as_str))
+                .collect();
+            let subset_of = |env: &str| {
+                dr.spec
+                    .subsets
+                    .iter()
+                    .find(|s| s.labels.values().any(|v| v == env))
+                    .map(|s| s.name.clone())
+            };
+            let template = vs.spec.http[0].clone();
+            let mut http = Vec::new();
+            for env in envs {
+                let Some(nearest) = lineage(env, '.').find(|e| with_pods.contains(e)) else {
+                    continue;
+                };
+                if nearest == "dev" {
+                    continue;
+                }
+                let mut route = template.clone();
+                route.name = format!("env-{env}");
+                route.matches = vec![HttpMatchRequest {
+                    headers: BTreeMap::from([(
+                        "x-virtual-env".to_owned(),
+                        StringMatch { exact: env.clone() },
+                    )]),
+                }];
+                route.route[0].destination.subset = subset_of(nearest);
+                http.push(route);
+            }
+            http.push(vs.spec.http[vs.spec.http.len() - 1].clone());
+            let mut original: VirtualService = vs.clone();
+            original.spec.http = http;
+            vss.push(original);
+        }
+        json_len(&vss) + json_len(&plan.destination_rules)
+    }
+
+    #[derive(Debug, Clone, Serialize)]
+    pub struct PlanningResult {
+        pub case: String,
+        pub services: usize,
+        pub pods: usize,
+        pub envs: usize,
+        pub plan_ms_median: f64,
+        pub virtual_env_bytes: usize,
+        pub original_bytes: usize,
+    }
+
+    pub fn measure(case: &str, snapshot: &Snapshot, runs: usize) -> PlanningResult {
+        let ve = virtual_environment();
+        let settings = settings();
+        let mut times = Vec::new();
+        let mut last = None;
+        for _ in 0..runs {
+            let started = Instant::now();
+            let plan = plan_namespace(&ve, snapshot, &settings);
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+            last = plan.ok();
+        }
+        let plan = last.unwrap_or_else(|| panic!("planning failed"));
+        PlanningResult {
+            case: case.to_owned(),
+            services: snapshot.services.len(),
+            pods: snapshot.pods.len(),
+            envs: plan.envs.len(),
+            plan_ms_median: super::median(times),
+            virtual_env_bytes: plan_bytes(&plan),
+            original_bytes: original_bytes(&plan, &namespace_envs()),
+        }
+    }
+}

@@ -4,8 +4,9 @@
 //! the SDK's convenience getters unwrap internally, and a panic kills the VM, so a surprising
 //! status here is logged (or treated as absent), never a crash.
 
+use std::cell::Cell;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -22,28 +23,51 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
 
-/// Metric ids of this VM, defined once in [`Root::on_vm_start`].
-#[derive(Default)]
-struct MetricIds([Option<u32>; Metric::ALL.len()]);
+/// How often counts reach Envoy's stats.
+const METRICS_FLUSH: Duration = Duration::from_secs(1);
 
-impl MetricIds {
+/// This VM's counters. Requests count in VM memory and the root context flushes the
+/// counts to Envoy every [`METRICS_FLUSH`]: two host calls per request less, which the
+/// benchmark measured at a third of the filter's cost over an empty filter.
+#[derive(Default)]
+struct Metrics {
+    ids: [Option<u32>; Metric::ALL.len()],
+    pending: [Cell<u64>; Metric::ALL.len()],
+}
+
+impl Metrics {
     fn define() -> Self {
-        let mut ids = Self::default();
+        let mut metrics = Self::default();
         for metric in Metric::ALL {
             match hostcalls::define_metric(MetricType::Counter, metric.name()) {
-                Ok(id) => ids.0[metric.index()] = Some(id),
+                Ok(id) => metrics.ids[metric.index()] = Some(id),
                 Err(status) => {
                     log::warn!("virtual-env: cannot define {}: {status:?}", metric.name())
                 }
             }
         }
-        ids
+        metrics
+    }
+
+    fn count(&self, metric: Metric) {
+        let pending = &self.pending[metric.index()];
+        pending.set(pending.get().saturating_add(1));
+    }
+
+    fn flush(&self) {
+        for (id, pending) in self.ids.iter().zip(&self.pending) {
+            let delta = pending.replace(0);
+            if let (Some(id), true) = (id, delta > 0) {
+                let delta = i64::try_from(delta).unwrap_or(i64::MAX);
+                let _ = hostcalls::increment_metric(*id, delta);
+            }
+        }
     }
 }
 
 /// [`Host`] over proxy-wasm host calls, for the request in flight (or the root context).
 struct ProxyHost<'a> {
-    metrics: &'a MetricIds,
+    metrics: &'a Metrics,
 }
 
 impl Host for ProxyHost<'_> {
@@ -86,9 +110,7 @@ impl Host for ProxyHost<'_> {
     }
 
     fn increment(&mut self, metric: Metric) {
-        if let Some(id) = self.metrics.0[metric.index()] {
-            let _ = hostcalls::increment_metric(id, 1);
-        }
+        self.metrics.count(metric);
     }
 }
 
@@ -114,26 +136,38 @@ struct Active {
 
 #[derive(Default)]
 struct Root {
-    metrics: Rc<MetricIds>,
+    metrics: Rc<Metrics>,
     active: Option<Rc<Active>>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_done(&mut self) -> bool {
+        self.metrics.flush();
+        true
+    }
+}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
         // Envoy drops messages below its own level anyway; not formatting them saves work.
         let level = hostcalls::get_log_level().unwrap_or(LogLevel::Info);
         proxy_wasm::set_log_level(level);
-        self.metrics = Rc::new(MetricIds::define());
+        self.metrics = Rc::new(Metrics::define());
         true
+    }
+
+    fn on_tick(&mut self) {
+        self.metrics.flush();
     }
 
     /// Always succeeds: a rejected config keeps the last good one (or passes traffic
     /// through), it never fails the listener.
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        if self.metrics.0.iter().all(Option::is_none) {
-            self.metrics = Rc::new(MetricIds::define());
+        if self.metrics.ids.iter().all(Option::is_none) {
+            self.metrics = Rc::new(Metrics::define());
+        }
+        if let Err(status) = hostcalls::set_tick_period(METRICS_FLUSH) {
+            log::warn!("virtual-env: no tick, counters reach Envoy only on shutdown: {status:?}");
         }
         let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
             .ok()
@@ -144,6 +178,8 @@ impl RootContext for Root {
             metrics: &self.metrics,
         };
         let reloaded = reload(&mut host, &plugin, &bytes);
+        // Config loads are rare and looked for at once: no waiting for the tick.
+        self.metrics.flush();
         if let Some(error) = &reloaded.rejected {
             let kept = if reloaded.active.is_some() {
                 "keeping the last good config"
@@ -188,7 +224,7 @@ impl RootContext for Root {
 }
 
 struct Request {
-    metrics: Rc<MetricIds>,
+    metrics: Rc<Metrics>,
     active: Option<Rc<Active>>,
 }
 

@@ -221,6 +221,19 @@ impl Envoy {
         Ok(())
     }
 
+    /// A stat's value once it equals `want`, or its value after 5 s: the filter flushes its
+    /// per-request counters to Envoy once a second.
+    pub async fn stat_eventually(&self, name: &str, want: u64) -> Result<u64> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let value = self.stat(name).await?;
+            if value == want || Instant::now() > deadline {
+                return Ok(value);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// One stat's value, 0 when absent.
     pub async fn stat(&self, name: &str) -> Result<u64> {
         Ok(self.stats(name).await?.get(name).copied().unwrap_or(0))

@@ -44,10 +44,34 @@ async fn the_env_header_selects_the_route_and_falls_back_across_three_levels() -
     assert_eq!(sidecar.route("app-a", &[]).await?, "default");
 
     let stat = |s: &str| format!("wasmcustom.virtual_env.{s}");
-    assert_eq!(sidecar.envoy.stat(&stat("env_source.header")).await?, 6);
-    assert_eq!(sidecar.envoy.stat(&stat("route.exact")).await?, 3);
-    assert_eq!(sidecar.envoy.stat(&stat("route.fallback")).await?, 3);
-    assert_eq!(sidecar.envoy.stat(&stat("route.none")).await?, 1);
+    assert_eq!(
+        sidecar
+            .envoy
+            .stat_eventually(&stat("env_source.header"), 6)
+            .await?,
+        6
+    );
+    assert_eq!(
+        sidecar
+            .envoy
+            .stat_eventually(&stat("route.exact"), 3)
+            .await?,
+        3
+    );
+    assert_eq!(
+        sidecar
+            .envoy
+            .stat_eventually(&stat("route.fallback"), 3)
+            .await?,
+        3
+    );
+    assert_eq!(
+        sidecar
+            .envoy
+            .stat_eventually(&stat("route.none"), 1)
+            .await?,
+        1
+    );
     assert_eq!(sidecar.envoy.stat(&stat("config.loaded")).await?, 1);
     Ok(())
 }
@@ -128,7 +152,7 @@ async fn the_env_recorded_inbound_is_found_by_trace_id_outbound() -> Result<()> 
     assert_eq!(
         sidecar
             .envoy
-            .stat("wasmcustom.virtual_env.env_source.trace")
+            .stat_eventually("wasmcustom.virtual_env.env_source.trace", 2)
             .await?,
         2
     );
@@ -172,7 +196,7 @@ async fn an_invalid_env_header_is_ignored_and_counted() -> Result<()> {
     assert_eq!(
         sidecar
             .envoy
-            .stat("wasmcustom.virtual_env.header_rejected")
+            .stat_eventually("wasmcustom.virtual_env.header_rejected", 6)
             .await?,
         6
     );

@@ -72,7 +72,7 @@ async fn an_env_nobody_deploys_falls_back_to_dev_at_every_hop() -> Result<()> {
     let gateway = mesh.envoy("gateway").unwrap();
     assert_eq!(
         gateway
-            .stat("wasmcustom.virtual_env.route.fallback")
+            .stat_eventually("wasmcustom.virtual_env.route.fallback", 1)
             .await?,
         1
     );
@@ -145,11 +145,11 @@ async fn the_env_survives_an_application_that_forwards_only_trace_headers() -> R
         .await?;
     assert_eq!(hop.pods(), ["app-a-proj1", "app-b-dev", "app-c-proj1"]);
     let a_prime = mesh.envoy("app-a-proj1").unwrap();
-    assert!(
+    assert_eq!(
         a_prime
-            .stat("wasmcustom.virtual_env.env_source.trace")
-            .await?
-            >= 2
+            .stat_eventually("wasmcustom.virtual_env.env_source.trace", 2)
+            .await?,
+        2
     );
     // Without any way to carry it, the env is lost: the default subset serves.
     let mut stripped = MeshOptions::new(env!("CARGO_BIN_EXE_virtual-env-mesh").into());
@@ -205,7 +205,7 @@ async fn an_invalid_env_header_is_ignored() -> Result<()> {
     let gateway = mesh.envoy("gateway").unwrap();
     assert_eq!(
         gateway
-            .stat("wasmcustom.virtual_env.header_rejected")
+            .stat_eventually("wasmcustom.virtual_env.header_rejected", 1)
             .await?,
         1
     );

@@ -19,7 +19,7 @@ export ENVOY
 WASM := target/wasm32-wasip1/release/virtual_env_filter.wasm
 export VIRTUAL_ENV_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: all setup rust-target envoy envoys build demo test test-native test-envoy-versions lint fmt crd demo-manifests image demo-app-image wasm-image clean
+.PHONY: all setup rust-target envoy envoys build demo bench bench-tools test test-native test-envoy-versions lint fmt crd demo-manifests image demo-app-image wasm-image clean
 
 all: build
 
@@ -51,6 +51,19 @@ TOPOLOGY ?= tests/topologies/seed.yaml
 demo: setup build
 	cargo build -q -p virtual-env-e2e --bin virtual-env-mesh
 	./target/debug/virtual-env-mesh demo --topology $(TOPOLOGY) $(if $(KEEP),--keep)
+
+# Benchmarks (see README, Performance): writes bench/results/results.{md,json}.
+# BENCH_ARGS="--rounds 3 --seconds 3" for a quicker, noisier run.
+BENCH_ARGS ?= --rounds 5 --seconds 5 --connections 16
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+bench-tools:
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
+	@command -v taskset >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq util-linux; }
+
+bench: setup build bench-tools
+	cargo build -q -p virtual-env-empty-filter --target wasm32-wasip1 --release
+	cargo build -q --release -p virtual-env-e2e --bin virtual-env-bench
+	./target/release/virtual-env-bench $(BENCH_ARGS)
 
 test: setup build lint test-native test-envoy-versions
 

@@ -547,8 +547,10 @@ pub fn summarize(scenario: &Scenario, rounds: &[Sample]) -> Summary {
     }
 }
 
-/// Ratios of virtual-env against each baseline at each env count: (throughput ratio,
-/// CPU-per-request ratio expressed as throughput, i.e. baseline CPU / virtual-env CPU).
+/// Ratios of virtual-env against each baseline at each env count: the median over rounds
+/// of the ratio within a round (pairs measured minutes apart, not hours, so slow drift of a
+/// shared machine cancels). Returns (throughput ratio, baseline CPU / virtual-env CPU per
+/// request): above 1 is virtual-env doing better.
 pub fn ratios(summaries: &[Summary], env_counts: &[usize]) -> BTreeMap<String, (f64, f64)> {
     let get = |name: &str| summaries.iter().find(|s| s.scenario.name == name);
     let mut out = BTreeMap::new();
@@ -561,12 +563,15 @@ pub fn ratios(summaries: &[Summary], env_counts: &[usize]) -> BTreeMap<String, (
             ("empty-filter".to_owned(), "empty filter"),
             (format!("original-{n}"), "original design"),
         ] {
-            if let Some(b) = get(&base) {
-                out.insert(
-                    format!("virtual-env-{n} / {label}"),
-                    (ve.rps / b.rps, b.cpu_us_per_request / ve.cpu_us_per_request),
-                );
-            }
+            let Some(b) = get(&base) else { continue };
+            let pairs = ve.rounds.iter().zip(&b.rounds);
+            let rps = median(pairs.clone().map(|(v, b)| v.rps / b.rps).collect());
+            let cpu = median(
+                pairs
+                    .map(|(v, b)| b.cpu_us_per_request / v.cpu_us_per_request)
+                    .collect(),
+            );
+            out.insert(format!("virtual-env-{n} / {label}"), (rps, cpu));
         }
     }
     out

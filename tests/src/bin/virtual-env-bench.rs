@@ -231,7 +231,7 @@ fn report(
     }
     let _ = writeln!(
         md,
-        "\n| ratio (medians) | req/s | by CPU per request |\n| :-- | --: | --: |"
+        "\n| ratio (median of per-round ratios) | req/s | by CPU per request |\n| :-- | --: | --: |"
     );
     for (name, (rps, cpu)) in ratios {
         let _ = writeln!(md, "| {name} | {rps:.2} | {cpu:.2} |");

@@ -23,6 +23,10 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::http::{self, Protocol};
+use crate::topology::{Topology, TopologyPod};
+
+/// The headers an instrumented application forwards: its tracing headers and baggage.
+pub const TRACING_HEADERS: [&str; 3] = ["traceparent", "x-request-id", "baggage"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -42,6 +46,43 @@ pub struct AppConfig {
     pub forward_env_header: bool,
     /// Other headers forwarded from the incoming request to every call.
     pub forward: Vec<String>,
+}
+
+impl AppConfig {
+    /// The application of `pod`: its service, env and the services it calls, forwarding the
+    /// env header and [`TRACING_HEADERS`].
+    pub fn for_pod(
+        topology: &Topology,
+        pod: &TopologyPod,
+        listen: SocketAddr,
+        outbound: Option<SocketAddr>,
+    ) -> Self {
+        let service = topology
+            .services_of(pod)
+            .next()
+            .map_or_else(|| pod.name.clone(), |s| s.name.clone());
+        let calls = pod
+            .calls
+            .iter()
+            .filter_map(|name| topology.service(name))
+            .map(|s| format!("{}:{}", s.name, s.port))
+            .collect();
+        Self {
+            listen,
+            service,
+            pod: pod.name.clone(),
+            env: topology.env_of(pod),
+            outbound,
+            calls,
+            env_header: topology
+                .virtual_environment
+                .env_header
+                .name
+                .to_ascii_lowercase(),
+            forward_env_header: true,
+            forward: TRACING_HEADERS.map(String::from).to_vec(),
+        }
+    }
 }
 
 /// One hop's answer.

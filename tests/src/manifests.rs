@@ -36,37 +36,9 @@ pub fn demo_manifests(topology: &Topology, namespace: &str, image: &str) -> Stri
             }
         }));
     }
-    let env_header = topology
-        .virtual_environment
-        .env_header
-        .name
-        .to_ascii_lowercase();
     for pod in &topology.pods {
-        let service = topology
-            .services_of(pod)
-            .next()
-            .map_or_else(|| pod.name.clone(), |s| s.name.clone());
-        let calls = pod
-            .calls
-            .iter()
-            .filter_map(|name| topology.service(name))
-            .map(|s| format!("{}:{}", s.name, s.port))
-            .collect();
-        let config = AppConfig {
-            listen: ([0, 0, 0, 0], APP_PORT).into(),
-            service,
-            pod: pod.name.clone(),
-            env: topology.env_of(pod),
-            outbound: None,
-            calls,
-            env_header: env_header.clone(),
-            forward_env_header: true,
-            forward: vec![
-                "traceparent".into(),
-                "x-request-id".into(),
-                "baggage".into(),
-            ],
-        };
+        // In a cluster the sidecar intercepts calls to the service itself: no outbound.
+        let config = AppConfig::for_pod(topology, pod, ([0, 0, 0, 0], APP_PORT).into(), None);
         let labels: BTreeMap<&str, &str> = pod
             .labels
             .iter()

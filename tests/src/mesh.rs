@@ -26,7 +26,7 @@ use virtual_env_controller::istio::{DestinationRule, VirtualService};
 use virtual_env_controller::plan::{plan_namespace, Plan, Settings, Snapshot, WasmSource};
 use virtual_env_core::service_fqdn;
 
-use crate::app::{AppConfig, Hop};
+use crate::app::{AppConfig, Hop, TRACING_HEADERS};
 use crate::envoy::{filter_wasm, write_atomically, Envoy, Guarded};
 use crate::http::{self, Protocol};
 use crate::sidecar::{ecds_resource, http_filters};
@@ -57,11 +57,7 @@ impl MeshOptions {
             app_binary,
             sidecar_protocol: Protocol::Http1,
             forward_env_header: true,
-            forward: vec![
-                "traceparent".into(),
-                "x-request-id".into(),
-                "baggage".into(),
-            ],
+            forward: TRACING_HEADERS.map(String::from).to_vec(),
             dir: None,
         }
     }
@@ -210,32 +206,17 @@ impl Mesh {
     }
 
     fn spawn_app(&self, index: usize, pod: &TopologyPod) -> Result<Guarded> {
-        let service = self
-            .topology
-            .services_of(pod)
-            .next()
-            .map_or_else(|| pod.name.clone(), |s| s.name.clone());
-        let calls = pod
-            .calls
-            .iter()
-            .filter_map(|name| self.topology.service(name))
-            .map(|s| format!("{}:{}", s.name, s.port))
-            .collect();
+        let ip = self.pod_ip(index);
+        let outbound = SocketAddr::new(ip, OUTBOUND_PORT);
         let config = AppConfig {
-            listen: SocketAddr::new(self.pod_ip(index), APP_PORT),
-            service,
-            pod: pod.name.clone(),
-            env: self.topology.env_of(pod),
-            outbound: Some(SocketAddr::new(self.pod_ip(index), OUTBOUND_PORT)),
-            calls,
-            env_header: self
-                .topology
-                .virtual_environment
-                .env_header
-                .name
-                .to_ascii_lowercase(),
             forward_env_header: self.options.forward_env_header,
             forward: self.options.forward.clone(),
+            ..AppConfig::for_pod(
+                &self.topology,
+                pod,
+                SocketAddr::new(ip, APP_PORT),
+                Some(outbound),
+            )
         };
         let log = std::fs::File::create(self.root.join(format!("{}.app.log", pod.name)))?;
         Guarded::spawn(

@@ -99,14 +99,22 @@ pub struct Hop {
     pub protocol: String,
     /// Answers of the services called, or the error of a failed call.
     #[serde(default)]
-    pub calls: Vec<Result<Hop, String>>,
+    pub calls: Vec<Call>,
+}
+
+/// One call the application made: the callee's answer, or `{"error": ...}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Call {
+    Answered(Hop),
+    Failed { error: String },
 }
 
 impl Hop {
     /// The chain of hops along the first call at each level.
     pub fn chain(&self) -> Vec<&Hop> {
         let mut chain = vec![self];
-        while let Some(Ok(next)) = chain[chain.len() - 1].calls.first() {
+        while let Some(Call::Answered(next)) = chain[chain.len() - 1].calls.first() {
             chain.push(next);
         }
         chain
@@ -120,8 +128,8 @@ impl Hop {
     /// The first failed call anywhere in the tree.
     pub fn first_error(&self) -> Option<&str> {
         self.calls.iter().find_map(|c| match c {
-            Ok(hop) => hop.first_error(),
-            Err(e) => Some(e.as_str()),
+            Call::Answered(hop) => hop.first_error(),
+            Call::Failed { error } => Some(error.as_str()),
         })
     }
 }
@@ -159,7 +167,10 @@ async fn handle(config: Arc<AppConfig>, req: Request<Incoming>) -> Response<Full
             Ok(r) => Err(format!("{target}: HTTP {} {}", r.status, r.text())),
             Err(e) => Err(format!("{target}: {e:#}")),
         };
-        calls.push(answer);
+        calls.push(match answer {
+            Ok(hop) => Call::Answered(hop),
+            Err(error) => Call::Failed { error },
+        });
     }
     let hop = Hop {
         service: config.service.clone(),
@@ -208,5 +219,41 @@ pub async fn serve(config: AppConfig) -> Result<()> {
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hop(pod: &str, calls: Vec<Call>) -> Hop {
+        Hop {
+            service: "svc".into(),
+            pod: pod.into(),
+            env: Some("dev".into()),
+            received_env: None,
+            protocol: "HTTP/1.1".into(),
+            calls,
+        }
+    }
+
+    #[test]
+    fn calls_are_the_answer_itself_or_an_error() {
+        let tree = hop(
+            "a",
+            vec![
+                Call::Answered(hop("b", vec![])),
+                Call::Failed {
+                    error: "c: HTTP 503".into(),
+                },
+            ],
+        );
+        let json = serde_json::to_value(&tree).unwrap();
+        assert_eq!(json["calls"][0]["pod"], "b");
+        assert_eq!(json["calls"][1]["error"], "c: HTTP 503");
+        let back: Hop = serde_json::from_value(json).unwrap();
+        assert_eq!(back, tree);
+        assert_eq!(back.pods(), ["a", "b"]);
+        assert_eq!(back.first_error(), Some("c: HTTP 503"));
     }
 }

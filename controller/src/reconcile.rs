@@ -473,15 +473,23 @@ mod tests {
             );
         }
 
-        /// The reads every reconcile starts with.
-        async fn reads(&mut self, ve: &VirtualEnvironment, vss: Vec<Value>, drs: Vec<Value>) {
-            let ve_json = serde_json::to_value(ve).unwrap();
+        /// The first read of every reconcile: the namespace's VirtualEnvironments.
+        async fn list_virtual_environments(&mut self, ves: &[&VirtualEnvironment]) {
+            let items = ves
+                .iter()
+                .map(|ve| serde_json::to_value(ve).unwrap())
+                .collect();
             self.expect(
                 Method::GET,
                 "/apis/env.alibaba.com/v1alpha1/namespaces/default/virtualenvironments",
-                list("VirtualEnvironment", vec![ve_json]),
+                list("VirtualEnvironment", items),
             )
             .await;
+        }
+
+        /// The reads every reconcile starts with.
+        async fn reads(&mut self, ve: &VirtualEnvironment, vss: Vec<Value>, drs: Vec<Value>) {
+            self.list_virtual_environments(&[ve]).await;
             let snap = seed_snapshot();
             let services = snap
                 .services
@@ -671,15 +679,7 @@ mod tests {
                 handle,
                 calls: Vec::new(),
             };
-            api.expect(
-                Method::GET,
-                "/apis/env.alibaba.com/v1alpha1/namespaces/default/virtualenvironments",
-                list(
-                    "VirtualEnvironment",
-                    vec![serde_json::to_value(&listed).unwrap()],
-                ),
-            )
-            .await;
+            api.list_virtual_environments(&[&listed]).await;
             api.expect(
                 Method::GET,
                 "/api/v1/namespaces/default/services",
@@ -707,22 +707,15 @@ mod tests {
         let mut newer = seed_ve_from_api();
         newer.metadata.name = Some("newer".into());
         newer.metadata.creation_timestamp = Some(Time("2026-06-01T00:00:00Z".parse().unwrap()));
-        let both = vec![
-            serde_json::to_value(&older).unwrap(),
-            serde_json::to_value(&newer).unwrap(),
-        ];
+        let (older_listed, newer_listed) = (older, newer.clone());
         let reply = serde_json::to_value(&newer).unwrap();
         let server = tokio::spawn(async move {
             let mut api = ApiServerVerifier {
                 handle,
                 calls: Vec::new(),
             };
-            api.expect(
-                Method::GET,
-                "/apis/env.alibaba.com/v1alpha1/namespaces/default/virtualenvironments",
-                list("VirtualEnvironment", both),
-            )
-            .await;
+            api.list_virtual_environments(&[&older_listed, &newer_listed])
+                .await;
             let body = api.expect(Method::PATCH, "/apis/env.alibaba.com/v1alpha1/namespaces/default/virtualenvironments/newer/status", reply).await;
             assert_eq!(body["status"]["conditions"][0]["reason"], "Conflict");
         });

@@ -214,13 +214,21 @@ async fn list_istio<K>(api: &Api<K>, kind: &'static str) -> Result<Vec<K>, Error
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    match api.list(&ListParams::default()).await {
-        Ok(list) => Ok(list.items),
-        Err(kube::Error::Api(e)) if e.code == 404 => Err(Error::MissingCrd {
+    api.list(&ListParams::default())
+        .await
+        .map(|list| list.items)
+        .map_err(|e| istio_error(kind, e))
+}
+
+/// An Istio resource the API server does not know (404 on the collection) means Istio's
+/// CRDs are missing; any other error is passed on.
+fn istio_error(kind: &'static str, error: kube::Error) -> Error {
+    match error {
+        kube::Error::Api(e) if e.code == 404 => Error::MissingCrd {
             kind,
             hint: "install Istio (its CRDs) before virtual-env",
-        }),
-        Err(e) => Err(e.into()),
+        },
+        e => e.into(),
     }
 }
 
@@ -229,17 +237,10 @@ where
     K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    match api
-        .patch(&object.name_any(), &params, &Patch::Apply(object))
+    api.patch(&object.name_any(), &params, &Patch::Apply(object))
         .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Err(Error::MissingCrd {
-            kind,
-            hint: "install Istio (its CRDs) before virtual-env",
-        }),
-        Err(e) => Err(e.into()),
-    }
+        .map(drop)
+        .map_err(|e| istio_error(kind, e))
 }
 
 async fn prune<K>(api: &Api<K>, name: &str) -> Result<(), Error>

@@ -434,8 +434,16 @@ mod tests {
             self.answer(method, path, Some(reply)).await
         }
 
-        /// Answers with `reply`, or with the request's own body (what an apply returns).
-        async fn answer(&mut self, method: Method, path: &str, reply: Option<Value>) -> Value {
+        /// The next request, checked to be `method` on `path` and granted by the RBAC.
+        async fn next_request(
+            &mut self,
+            method: &Method,
+            path: &str,
+        ) -> (
+            Request<Body>,
+            tower_test::mock::SendResponse<Response<Body>>,
+            String,
+        ) {
             let (request, send) = self.handle.next_request().await.expect("a request");
             let uri = request.uri().to_string();
             assert_eq!(request.method(), method, "{uri}");
@@ -444,6 +452,12 @@ mod tests {
                 crate::rbac::permits(crate::rbac::CLUSTER, method.as_str(), &uri),
                 "{method} {uri} is not in rbac::CLUSTER, so deploy/rbac.yaml does not grant it"
             );
+            (request, send, uri)
+        }
+
+        /// Answers with `reply`, or with the request's own body (what an apply returns).
+        async fn answer(&mut self, method: Method, path: &str, reply: Option<Value>) -> Value {
+            let (request, send, uri) = self.next_request(&method, path).await;
             let bytes = request.into_body().collect_bytes().await.unwrap();
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             self.calls.push((method, uri, body.clone()));
@@ -457,14 +471,7 @@ mod tests {
         }
 
         async fn expect_status(&mut self, method: Method, path: &str, code: u16) {
-            let (request, send) = self.handle.next_request().await.expect("a request");
-            let uri = request.uri().to_string();
-            assert_eq!(request.method(), method, "{uri}");
-            assert!(uri.starts_with(path), "expected {method} {path}, got {uri}");
-            assert!(
-                crate::rbac::permits(crate::rbac::CLUSTER, method.as_str(), &uri),
-                "{method} {uri} is not in rbac::CLUSTER, so deploy/rbac.yaml does not grant it"
-            );
+            let (_, send, _) = self.next_request(&method, path).await;
             let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": "NotFound", "message": "not found"});
             send.send_response(
                 Response::builder()

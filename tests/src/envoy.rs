@@ -224,19 +224,38 @@ impl Envoy {
     /// A stat's value once it equals `want`, or its value after 5 s: the filter flushes its
     /// per-request counters to Envoy once a second.
     pub async fn stat_eventually(&self, name: &str, want: u64) -> Result<u64> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let value = self.stat(name).await?;
-            if value == want || Instant::now() > deadline {
-                return Ok(value);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let (value, _) = poll_until(
+            Duration::from_secs(5),
+            async || self.stat(name).await,
+            |v| *v == want,
+        )
+        .await?;
+        Ok(value)
     }
 
     /// One stat's value, 0 when absent.
     pub async fn stat(&self, name: &str) -> Result<u64> {
         Ok(self.stats(name).await?.get(name).copied().unwrap_or(0))
+    }
+}
+
+/// Probes every 20 ms until `done` holds or `limit` has passed: the last value, and whether
+/// `done` held. Tests wait on readiness and on config pushes this way, never on fixed sleeps.
+pub async fn poll_until<T>(
+    limit: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T>,
+    done: impl Fn(&T) -> bool,
+) -> Result<(T, bool)> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let value = probe().await?;
+        if done(&value) {
+            return Ok((value, true));
+        }
+        if Instant::now() > deadline {
+            return Ok((value, false));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

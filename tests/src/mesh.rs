@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -27,7 +27,7 @@ use virtual_env_controller::plan::{plan_namespace, Plan, Settings, Snapshot, Was
 use virtual_env_core::service_fqdn;
 
 use crate::app::{AppConfig, Hop, TRACING_HEADERS};
-use crate::envoy::{filter_wasm, write_atomically, Envoy, Guarded};
+use crate::envoy::{filter_wasm, poll_until, write_atomically, Envoy, Guarded};
 use crate::http::{self, Protocol};
 use crate::sidecar::{ecds_resource, http_filters};
 use crate::topology::{selects, Topology, TopologyPod};
@@ -308,17 +308,13 @@ impl Mesh {
         headers: &[(&str, &str)],
         want: &[&str],
     ) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let hop = self.request(service, headers).await?;
-            if hop.pods() == want {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("chain is still {:?}, expected {want:?}", hop.pods());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let probe = async || self.request(service, headers).await;
+        let (hop, reached) =
+            poll_until(Duration::from_secs(10), probe, |hop| hop.pods() == want).await?;
+        if !reached {
+            bail!("chain is still {:?}, expected {want:?}", hop.pods());
         }
+        Ok(())
     }
 
     fn host(&self, service: &str) -> String {
@@ -558,12 +554,10 @@ fn random_net() -> [u8; 2] {
 }
 
 async fn wait_for_port(addr: SocketAddr) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let probe = async || Ok(tokio::net::TcpStream::connect(addr).await.is_ok());
+    let (_, listening) = poll_until(Duration::from_secs(20), probe, |up| *up).await?;
+    if !listening {
+        bail!("nothing listens on {addr} after 20s");
     }
-    bail!("nothing listens on {addr} after 20s")
+    Ok(())
 }

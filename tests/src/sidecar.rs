@@ -8,13 +8,13 @@
 //! push delivers it.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use crate::envoy::{filter_wasm, write_atomically, Envoy};
+use crate::envoy::{filter_wasm, poll_until, write_atomically, Envoy};
 use crate::http::{self, Protocol, Response};
 
 pub const FILTER_NAME: &str = "virtual-env";
@@ -192,17 +192,13 @@ impl Sidecar {
 
     /// Waits until the Envoy stat reaches `at_least`.
     pub async fn wait_stat(&self, name: &str, at_least: u64) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let value = self.envoy.stat(name).await?;
-            if value >= at_least {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("{name} is {value}, expected at least {at_least}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let probe = async || self.envoy.stat(name).await;
+        let (value, reached) =
+            poll_until(Duration::from_secs(10), probe, |v| *v >= at_least).await?;
+        if !reached {
+            bail!("{name} is {value}, expected at least {at_least}");
         }
+        Ok(())
     }
 
     /// Waits until an outbound call to `authority` routes to `want` (a config update reaches
@@ -213,16 +209,11 @@ impl Sidecar {
         headers: &[(&str, &str)],
         want: &str,
     ) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let got = self.route(authority, headers).await?;
-            if got == want {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("{authority} still routes to {got}, expected {want}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let probe = async || self.route(authority, headers).await;
+        let (got, reached) = poll_until(Duration::from_secs(10), probe, |got| got == want).await?;
+        if !reached {
+            bail!("{authority} still routes to {got}, expected {want}");
         }
+        Ok(())
     }
 }

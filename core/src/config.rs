@@ -54,6 +54,10 @@ pub struct PluginConfig {
     pub correlation_slots: u32,
     /// How long a recorded trace id keeps its env.
     pub correlation_ttl_seconds: u32,
+    /// The cluster's DNS domain (`cluster.local`). A host that spells out another domain
+    /// is not a service of the mesh. Absent: the domains of the `services` names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_domain: Option<String>,
     /// Service FQDN -> envs in which the service has ready pods.
     pub services: BTreeMap<String, Vec<String>>,
 }
@@ -72,6 +76,7 @@ impl Default for PluginConfig {
             trace_headers: DEFAULT_TRACE_HEADERS.map(String::from).to_vec(),
             correlation_slots: DEFAULT_CORRELATION_SLOTS,
             correlation_ttl_seconds: DEFAULT_CORRELATION_TTL_SECONDS,
+            cluster_domain: None,
             services: BTreeMap::new(),
         }
     }
@@ -101,6 +106,8 @@ pub enum ConfigError {
         value: String,
         source: EnvNameError,
     },
+    #[error("clusterDomain: {0:?} is not a DNS domain")]
+    ClusterDomain(String),
     #[error("services: {0:?} is not a service name of the form svc.ns.svc.<cluster domain>")]
     ServiceName(String),
     #[error("services: {first:?} and {second:?} name the same service")]
@@ -191,6 +198,18 @@ impl PluginConfig {
             self.correlation_ttl_seconds,
             MAX_CORRELATION_TTL_SECONDS,
         )?;
+        if let Some(domain) = &self.cluster_domain {
+            let ok = !domain.is_empty()
+                && domain.len() <= 253
+                && domain.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !ok {
+                return Err(ConfigError::ClusterDomain(domain.clone()));
+            }
+        }
         if let Some(env) = &self.default_subset {
             check_env("defaultSubset".into(), env, splitter)?;
         }
@@ -245,9 +264,14 @@ fn check_range(field: &'static str, value: u32, max: u32) -> Result<(), ConfigEr
     Ok(())
 }
 
-/// An HTTP field name (RFC 9110 token).
+/// Longest header name the config accepts: real ones are far shorter, and a bound keeps
+/// every per-request string the filter builds from them small.
+pub const MAX_HEADER_NAME_LEN: usize = 128;
+
+/// An HTTP field name (RFC 9110 token) of at most [`MAX_HEADER_NAME_LEN`] characters.
 pub fn is_token(s: &str) -> bool {
     !s.is_empty()
+        && s.len() <= MAX_HEADER_NAME_LEN
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
@@ -365,6 +389,9 @@ mod tests {
                 .starts_with("traceHeaders: at most 8")
         );
         assert!(err(r#"{"autoInject": "yes"}"#).contains("invalid type"));
+        assert!(err(r#"{"clusterDomain": "a..b"}"#).starts_with("clusterDomain:"));
+        let long = format!(r#"{{"envHeader": "{}"}}"#, "x".repeat(129));
+        assert!(err(&long).starts_with("envHeader:"));
         let msg = err(r#"{"services": {"a.ns": ["dev"], "a.ns.svc.cluster.local": ["dev"]}}"#);
         assert!(msg.contains("name the same service"), "{msg}");
     }

@@ -11,5 +11,5 @@ pub mod service;
 
 pub use config::{ConfigError, PluginConfig};
 pub use env::{lineage, validate_env_name, EnvNameError};
-pub use routing::{Choice, RouteTable, ServiceEnvs};
-pub use service::{service_fqdn, service_key, service_key_of_fqdn};
+pub use routing::{Choice, RouteTable, ServiceEnvs, Target};
+pub use service::{lowercase, service_fqdn, service_key_of_fqdn, ServiceHost};

@@ -2,14 +2,21 @@
 //!
 //! Walk the request's env up its hierarchy (`a.b.c`, `a.b`, `a`) and take the first env in
 //! which the service has pods; else the default subset when the service has it; else none.
-//! Lookups are hashed and the walk is as deep as the env name, so the cost per request does
-//! not grow with the number of services or envs in the config.
+//!
+//! The table is compiled for per-request use: env names are interned once (each service
+//! keeps a sorted slice of env ids, 4 bytes an env instead of a string), services are found
+//! by namespace then name without building a key, and nothing on the request path
+//! allocates. A lookup is two hash probes for the service and one per level of the env
+//! name, whatever the size of the config.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use crate::config::PluginConfig;
 use crate::env::lineage;
-use crate::service::service_key_of_fqdn;
+use crate::hash::FnvBuildHasher;
+use crate::service::{cluster_domain_of_fqdn, ServiceHost};
+
+type Map<K, V> = HashMap<K, V, FnvBuildHasher>;
 
 /// What the walk chose for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,69 +41,180 @@ impl<'a> Choice<'a> {
     }
 }
 
-/// The envs in which one service has ready pods.
+/// The envs in which one service has ready pods, as sorted interned ids.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServiceEnvs(HashSet<Box<str>>);
+pub struct ServiceEnvs(Box<[u32]>);
 
 impl ServiceEnvs {
-    pub fn has(&self, env: &str) -> bool {
-        self.0.contains(env)
+    fn has_id(&self, id: u32) -> bool {
+        // Most services have a handful of envs: a linear scan beats a binary search there.
+        if self.0.len() <= 8 {
+            self.0.contains(&id)
+        } else {
+            self.0.binary_search(&id).is_ok()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
-/// The compiled `services` table of a plugin config, indexed by service key (`svc.ns`).
+/// Where an outbound request goes, as far as routing by env is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'t> {
+    /// A service of the table: route it by env.
+    Service(&'t ServiceEnvs),
+    /// A service of a namespace the table knows, not routed by env: the env travels on.
+    Unrouted,
+    /// Not a service of the mesh's known namespaces (an external host, an IP, another
+    /// cluster domain): left untouched, so no env leaks out.
+    Outside,
+}
+
+/// The compiled `services` table of a plugin config.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteTable {
     splitter: char,
-    default_subset: Option<Box<str>>,
-    services: HashMap<Box<str>, ServiceEnvs>,
+    default_subset: Option<u32>,
+    env_ids: Map<Box<str>, u32>,
+    env_names: Vec<Box<str>>,
+    /// namespace -> service name -> envs.
+    namespaces: Map<Box<str>, Map<Box<str>, ServiceEnvs>>,
+    cluster_domains: Vec<Box<str>>,
+    services: usize,
 }
 
 impl RouteTable {
     /// Builds the table from a config that passed [`PluginConfig::validate`].
     pub fn new(config: &PluginConfig) -> Self {
-        let services = config
-            .services
-            .iter()
-            .filter_map(|(fqdn, envs)| {
-                let key = service_key_of_fqdn(fqdn)?;
-                let envs = envs.iter().map(|e| Box::from(e.as_str())).collect();
-                Some((Box::from(key), ServiceEnvs(envs)))
-            })
-            .collect();
-        Self {
+        let mut table = Self {
             splitter: config.splitter_char(),
-            default_subset: config.default_subset.as_deref().map(Box::from),
-            services,
+            ..Self::default()
+        };
+        if let Some(domain) = &config.cluster_domain {
+            table
+                .cluster_domains
+                .push(domain.to_ascii_lowercase().into());
         }
+        for (fqdn, envs) in &config.services {
+            let fqdn = fqdn.to_ascii_lowercase();
+            let Some(host) = ServiceHost::parse(&fqdn) else {
+                continue;
+            };
+            let Some(ns) = host.namespace else {
+                continue;
+            };
+            if let Some(domain) = cluster_domain_of_fqdn(&fqdn) {
+                if !table.cluster_domains.iter().any(|d| **d == *domain) {
+                    table.cluster_domains.push(domain.into());
+                }
+            }
+            let mut ids: Vec<u32> = envs.iter().map(|e| table.intern(e)).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let services = table.namespaces.entry(ns.into()).or_default();
+            if services
+                .insert(host.name.into(), ServiceEnvs(ids.into()))
+                .is_none()
+            {
+                table.services += 1;
+            }
+        }
+        table.default_subset = config
+            .default_subset
+            .as_deref()
+            .and_then(|d| table.env_ids.get(d).copied());
+        table
     }
 
+    fn intern(&mut self, env: &str) -> u32 {
+        if let Some(&id) = self.env_ids.get(env) {
+            return id;
+        }
+        let id = u32::try_from(self.env_names.len()).unwrap_or(u32::MAX);
+        self.env_names.push(env.into());
+        self.env_ids.insert(env.into(), id);
+        id
+    }
+
+    /// Services in the table.
     pub fn len(&self) -> usize {
-        self.services.len()
+        self.services
     }
 
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty()
+        self.services == 0
     }
 
-    /// The envs of a service by its key (`svc.ns`); `None` when the config does not know it.
+    /// Distinct env names in the table.
+    pub fn env_count(&self) -> usize {
+        self.env_names.len()
+    }
+
+    /// Where a request to `authority` (already lower case) from a pod in `own_namespace`
+    /// goes. A spelled-out cluster domain must be one the table's services use.
+    pub fn target(&self, authority: &str, own_namespace: &str) -> Target<'_> {
+        let Some(host) = ServiceHost::parse(authority) else {
+            return Target::Outside;
+        };
+        if let Some(domain) = host.domain {
+            if !self.cluster_domains.iter().any(|d| **d == *domain) {
+                return Target::Outside;
+            }
+        }
+        let ns = host.namespace.unwrap_or(own_namespace);
+        match self.namespaces.get(ns) {
+            Some(services) => services
+                .get(host.name)
+                .map_or(Target::Unrouted, Target::Service),
+            None if !ns.is_empty() && ns == own_namespace => Target::Unrouted,
+            None => Target::Outside,
+        }
+    }
+
+    /// The envs of a service by its key (`svc.ns`); `None` when the table does not have it.
     pub fn service(&self, key: &str) -> Option<&ServiceEnvs> {
-        self.services.get(key)
+        let (name, ns) = key.split_once('.')?;
+        self.namespaces.get(ns)?.get(name)
+    }
+
+    /// Whether `service` has pods in `env`.
+    pub fn has(&self, service: &ServiceEnvs, env: &str) -> bool {
+        self.env_ids.get(env).is_some_and(|&id| service.has_id(id))
+    }
+
+    /// The env names of a service, sorted by name.
+    pub fn envs_of(&self, service: &ServiceEnvs) -> Vec<&str> {
+        let mut names: Vec<&str> = service
+            .0
+            .iter()
+            .filter_map(|&id| self.env_names.get(id as usize).map(|n| &**n))
+            .collect();
+        names.sort_unstable();
+        names
     }
 
     /// The fallback walk for a request with `env` (or none) to `service`.
     pub fn choose<'a>(&'a self, service: &ServiceEnvs, env: Option<&'a str>) -> Choice<'a> {
         if let Some(env) = env {
             let mut walk = lineage(env, self.splitter);
-            if let Some(own) = walk.next().filter(|e| service.has(e)) {
+            if let Some(own) = walk.next().filter(|e| self.has(service, e)) {
                 return Choice::Exact(own);
             }
-            if let Some(ancestor) = walk.find(|e| service.has(e)) {
+            if let Some(ancestor) = walk.find(|e| self.has(service, e)) {
                 return Choice::Fallback(ancestor);
             }
         }
-        match self.default_subset.as_deref() {
-            Some(default) if service.has(default) => Choice::Default(default),
+        match self.default_subset {
+            Some(id) if service.has_id(id) => self
+                .env_names
+                .get(id as usize)
+                .map_or(Choice::None, |name| Choice::Default(name)),
             _ => Choice::None,
         }
     }
@@ -111,7 +229,7 @@ impl RouteTable {
         let steps = env
             .map(|env| {
                 lineage(env, self.splitter)
-                    .map(|e| (e, service.has(e)))
+                    .map(|e| (e, self.has(service, e)))
                     .collect()
             })
             .unwrap_or_default();
@@ -183,6 +301,29 @@ mod tests {
         assert!(t.service("zzz.default").is_none());
         assert!(t.service("a.other").is_none());
         assert_eq!(t.len(), 4);
+        assert_eq!(t.env_count(), 3);
+    }
+
+    #[test]
+    fn targets_are_services_unrouted_hosts_or_outside() {
+        let t = table(None);
+        let svc = |s: &str, ns: &str| matches!(t.target(s, ns), Target::Service(_));
+        assert!(svc("a", "default"));
+        assert!(svc("a.default:8080", "elsewhere"));
+        assert!(svc("a.default.svc.cluster.local", "default"));
+        // In a namespace the table knows, or the pod's own: the env travels on.
+        assert_eq!(t.target("zzz", "default"), Target::Unrouted);
+        assert_eq!(t.target("zzz.default.svc", "x"), Target::Unrouted);
+        assert_eq!(t.target("zzz", "own"), Target::Unrouted);
+        // Only looks like a service, or in a namespace nobody routes: untouched.
+        assert_eq!(
+            t.target("a.default.svc.evil.example", "default"),
+            Target::Outside
+        );
+        assert_eq!(t.target("example.com", "default"), Target::Outside);
+        assert_eq!(t.target("www.example.com", "default"), Target::Outside);
+        assert_eq!(t.target("10.0.0.1:80", "default"), Target::Outside);
+        assert_eq!(t.target("a", ""), Target::Outside);
     }
 
     #[test]
@@ -200,5 +341,6 @@ mod tests {
         );
         assert_eq!(choice, Choice::Fallback("dev"));
         assert_eq!(choice.env(), Some("dev"));
+        assert_eq!(t.envs_of(service), ["dev"]);
     }
 }

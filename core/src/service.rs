@@ -1,11 +1,62 @@
 //! Service names as Kubernetes DNS spells them.
 //!
 //! A service is reached as `svc`, `svc.ns`, `svc.ns.svc` or `svc.ns.svc.<cluster domain>`,
-//! each with an optional port. All of them name the same service key `svc.ns`, which is
-//! what the route table is indexed by; the cluster domain is not assumed to be
-//! `cluster.local`.
+//! each with an optional port, in any letter case (DNS is case-insensitive, and so is
+//! Envoy's virtual host matching). [`ServiceHost::parse`] takes such a host apart without
+//! allocating; whether it really is a service of the mesh (a namespace and cluster domain
+//! the route table knows) is for [`crate::RouteTable::target`] to say, so that
+//! `app-a.default.svc.evil.example` is not mistaken for `app-a.default`.
 
 use std::borrow::Cow;
+
+/// The longest DNS label.
+const MAX_LABEL: usize = 63;
+
+/// A host that is shaped like a Kubernetes service name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceHost<'a> {
+    pub name: &'a str,
+    /// `None` for a short name, which lives in the caller's own namespace.
+    pub namespace: Option<&'a str>,
+    /// The cluster domain after `.svc.`, when spelled out.
+    pub domain: Option<&'a str>,
+}
+
+impl<'a> ServiceHost<'a> {
+    /// Parses an `:authority` / `Host` value that is already lower case (see [`lowercase`]).
+    /// `None` for anything not shaped like a service name: IP literals, ports that are not
+    /// numbers, labels with other characters, a third label other than `svc`.
+    pub fn parse(authority: &'a str) -> Option<Self> {
+        let host = host_of(authority)?;
+        let mut labels = host.splitn(4, '.');
+        let name = labels.next().filter(|l| is_label(l))?;
+        let namespace = labels.next();
+        let svc = labels.next();
+        let domain = labels.next();
+        if namespace.is_some_and(|ns| !is_label(ns)) {
+            return None;
+        }
+        match (svc, domain) {
+            (None, _) | (Some("svc"), None) => {}
+            (Some("svc"), Some(domain)) if is_domain(domain) => {}
+            _ => return None,
+        }
+        Some(Self {
+            name,
+            namespace,
+            domain,
+        })
+    }
+}
+
+/// `authority` in lower case, borrowed when it already is (the common case).
+pub fn lowercase(authority: &str) -> Cow<'_, str> {
+    if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(authority.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(authority)
+    }
+}
 
 /// Strips the port from an `:authority` / `Host` value. IPv6 literals are not services.
 fn host_of(authority: &str) -> Option<&str> {
@@ -13,7 +64,11 @@ fn host_of(authority: &str) -> Option<&str> {
         return None;
     }
     let host = match authority.rsplit_once(':') {
-        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        Some((host, port))
+            if !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            host
+        }
         Some(_) => return None,
         None => authority,
     };
@@ -21,39 +76,29 @@ fn host_of(authority: &str) -> Option<&str> {
     (!host.is_empty()).then_some(host)
 }
 
-/// The service key (`svc.ns`) of a host name, given the namespace that short names live in.
-///
-/// Returns `None` for anything that is not a Kubernetes service name (IP literals, external
-/// hosts with a `svc` label in the wrong place are looked up and simply not found).
-/// Borrows from `authority` except for a short name, which gains the namespace.
-pub fn service_key<'a>(authority: &'a str, own_namespace: &str) -> Option<Cow<'a, str>> {
-    let host = host_of(authority)?;
-    let mut labels = host.splitn(4, '.');
-    let name = labels.next()?;
-    match (labels.next(), labels.next()) {
-        (None, _) => {
-            if own_namespace.is_empty() {
-                return None;
-            }
-            Some(Cow::Owned(format!("{name}.{own_namespace}")))
-        }
-        (Some(ns), None) => Some(Cow::Borrowed(&host[..name.len() + 1 + ns.len()])),
-        (Some(ns), Some("svc")) => Some(Cow::Borrowed(&host[..name.len() + 1 + ns.len()])),
-        (Some(_), Some(_)) => None,
-    }
-    .filter(|key| {
-        key.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-    })
+/// A lower-case DNS label (RFC 1123).
+fn is_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_LABEL
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-/// The service key of a fully qualified service name as the plugin config spells it
-/// (`svc.ns.svc.cluster.local`); `svc.ns` and `svc.ns.svc` are accepted too.
+fn is_domain(s: &str) -> bool {
+    s.split('.').all(is_label)
+}
+
+/// The service key (`svc.ns`) of a fully qualified service name as the plugin config
+/// spells it (`svc.ns.svc.cluster.local`); `svc.ns` and `svc.ns.svc` are accepted too.
 pub fn service_key_of_fqdn(fqdn: &str) -> Option<&str> {
-    match service_key(fqdn, "")? {
-        Cow::Borrowed(key) => Some(key),
-        Cow::Owned(_) => None,
-    }
+    let host = ServiceHost::parse(fqdn)?;
+    let ns = host.namespace?;
+    Some(&fqdn[..host.name.len() + 1 + ns.len()])
+}
+
+/// The cluster domain of a fully qualified service name, if it spells one out.
+pub fn cluster_domain_of_fqdn(fqdn: &str) -> Option<&str> {
+    ServiceHost::parse(fqdn)?.domain
 }
 
 /// The fully qualified name of a service, as the config and Istio objects spell it.
@@ -65,11 +110,19 @@ pub fn service_fqdn(name: &str, namespace: &str, cluster_domain: &str) -> String
 mod tests {
     use super::*;
 
+    fn parse(authority: &str) -> Option<(String, Option<String>, Option<String>)> {
+        let lower = lowercase(authority);
+        let h = ServiceHost::parse(&lower)?;
+        Some((
+            h.name.to_owned(),
+            h.namespace.map(String::from),
+            h.domain.map(String::from),
+        ))
+    }
+
     #[test]
-    fn every_dns_spelling_names_the_same_service() {
+    fn every_dns_spelling_names_the_service() {
         for authority in [
-            "app-a",
-            "app-a:8080",
             "app-a.default",
             "app-a.default:80",
             "app-a.default.svc",
@@ -77,38 +130,42 @@ mod tests {
             "app-a.default.svc.cluster.local",
             "app-a.default.svc.cluster.local:8080",
             "app-a.default.svc.cluster.local.",
-            "app-a.default.svc.corp.example",
+            "APP-A.Default.SVC.Cluster.Local",
         ] {
-            assert_eq!(
-                service_key(authority, "default").as_deref(),
-                Some("app-a.default"),
-                "{authority}"
-            );
+            let (name, ns, _) = parse(authority).unwrap();
+            assert_eq!((name.as_str(), ns.as_deref()), ("app-a", Some("default")));
         }
+        assert_eq!(parse("app-a:8080"), Some(("app-a".into(), None, None)));
+        assert_eq!(parse("APP-A"), Some(("app-a".into(), None, None)));
+        assert_eq!(
+            parse("app-a.default.svc.evil.example")
+                .unwrap()
+                .2
+                .as_deref(),
+            Some("evil.example")
+        );
     }
 
     #[test]
-    fn short_names_take_the_own_namespace() {
-        assert_eq!(
-            service_key("app-b", "team1").as_deref(),
-            Some("app-b.team1")
-        );
-        assert_eq!(
-            service_key("app-b.other", "team1").as_deref(),
-            Some("app-b.other")
-        );
-        // Without a known namespace a short name cannot be resolved.
-        assert_eq!(service_key("app-b", ""), None);
-    }
-
-    #[test]
-    fn non_service_hosts_have_no_key() {
-        assert_eq!(service_key("[::1]:8080", "default"), None);
-        assert_eq!(service_key("10.0.0.1:8080", "default"), None);
-        assert_eq!(service_key("www.example.com", "default"), None);
-        assert_eq!(service_key("app:http", "default"), None);
-        assert_eq!(service_key("", "default"), None);
-        assert_eq!(service_key("app_x.default", "default"), None);
+    fn non_service_hosts_do_not_parse() {
+        for host in [
+            "[::1]:8080",
+            "app:http",
+            "",
+            ":80",
+            "app_x.default",
+            "a.b.c",
+            "a.b.svc..x",
+            "a b",
+            "app:99999999",
+            "app-a.default.notsvc.cluster.local",
+            "d\u{ff}v",
+        ] {
+            assert_eq!(parse(host), None, "{host:?}");
+        }
+        // Shaped like a service; only the route table knows it is none.
+        assert!(parse("10.0.0.1:8080").is_none());
+        assert!(parse("www.example.com").is_none());
     }
 
     #[test]
@@ -119,6 +176,10 @@ mod tests {
         );
         assert_eq!(service_key_of_fqdn("app-a.default"), Some("app-a.default"));
         assert_eq!(service_key_of_fqdn("app-a"), None);
+        assert_eq!(
+            cluster_domain_of_fqdn("app-a.default.svc.corp.example"),
+            Some("corp.example")
+        );
         assert_eq!(
             service_fqdn("app-a", "default", "cluster.local"),
             "app-a.default.svc.cluster.local"

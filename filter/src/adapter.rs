@@ -1,27 +1,81 @@
-//! The thin layer between proxy-wasm and the filter's logic. Only Wasm builds compile it.
+//! The thin layer between Envoy and the filter's logic. Only Wasm builds compile it.
 //!
-//! Every host call goes through `proxy_wasm::hostcalls`, whose functions return `Result`:
-//! the SDK's convenience getters unwrap internally, and a panic kills the VM, so a surprising
-//! status here is logged (or treated as absent), never a crash.
+//! # What may panic, and why it does not
+//!
+//! A panic traps the worker's VM for good (with Istio's `FAIL_OPEN` the filter is then
+//! silently skipped until the pod restarts), so every call into and out of the host was
+//! audited (proxy-wasm 0.2.5):
+//!
+//! - **Host calls: our own** (`abi.rs`). Every `proxy_wasm::hostcalls` function panics on
+//!   a status it does not expect, and `get_map_value`/`get_map` also unwrap UTF-8 on
+//!   header values; none of them is called (clippy's `disallowed-methods` in `clippy.toml`
+//!   and `tests/no_sdk_hostcalls.rs` keep it so). `abi.rs` returns every status as a
+//!   `Result` and every value as bytes; the logic validates them.
+//! - **Logging: our own** [`Logger`] and panic hook. The SDK's `set_log_level` installs a
+//!   logger and a panic hook that both unwrap `hostcalls::log`, so it is not called.
+//! - **The SDK's dispatcher** (the exported `proxy_on_*` callbacks, via `proxy_wasm::main!`
+//!   and `set_root_context`) is used. Its panics are on ABI violations by the host only:
+//!   a duplicate or unknown context id, or a root context without a type (ours has one);
+//!   `create_http_context` returning `None` (ours always returns `Some`). The `expect` and
+//!   `set_effective_context(..).unwrap()` it has are in the HTTP/gRPC callout and queue
+//!   callbacks, which this filter never triggers (it makes no callouts, has no queues).
+//! - **The SDK's allocator** (`proxy_on_memory_allocate`, through which the host returns
+//!   header values) allocates exactly what the host asks; Envoy bounds header sizes
+//!   (`max_request_headers_kb`), and only an out-of-memory can abort it, as any allocation.
+//! - **Our code** denies `unwrap`, `expect` and `panic` by lint; slicing of untrusted
+//!   text is done on checked ASCII only, and the parsers of untrusted bytes are
+//!   property-tested with arbitrary input (`make fuzz` runs them longer).
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, ContextType};
 
+use crate::abi::{self, Level};
+use crate::correlation::correlation_key;
 use crate::flow::{Direction, FilterConfig, Node};
 use crate::host::Host;
 use crate::metrics::Metric;
 use crate::reload::reload;
 
 proxy_wasm::main! {{
-    // Also installs a panic hook that logs at Critical.
-    proxy_wasm::set_log_level(LogLevel::Info);
+    // Ours, not the SDK's: the SDK's logger and panic hook unwrap the log call.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Info);
+    std::panic::set_hook(Box::new(|info| {
+        let _ = abi::log(Level::Critical, &format!("virtual-env: {info}"));
+    }));
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
+
+/// Logs through `proxy_log`; a failed log call is dropped, never a panic.
+struct Logger;
+
+static LOGGER: Logger = Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let level = match record.level() {
+            log::Level::Trace => Level::Trace,
+            log::Level::Debug => Level::Debug,
+            log::Level::Info => Level::Info,
+            log::Level::Warn => Level::Warn,
+            log::Level::Error => Level::Error,
+        };
+        let _ = abi::log(level, &record.args().to_string());
+    }
+
+    fn flush(&self) {}
+}
 
 /// How often counts reach Envoy's stats.
 const METRICS_FLUSH: Duration = Duration::from_secs(1);
@@ -39,7 +93,7 @@ impl Metrics {
     fn define() -> Self {
         let mut metrics = Self::default();
         for metric in Metric::ALL {
-            match hostcalls::define_metric(MetricType::Counter, metric.name()) {
+            match abi::define_counter(metric.name()) {
                 Ok(id) => metrics.ids[metric.index()] = Some(id),
                 Err(status) => {
                     log::warn!("virtual-env: cannot define {}: {status:?}", metric.name())
@@ -59,54 +113,48 @@ impl Metrics {
             let delta = pending.replace(0);
             if let (Some(id), true) = (id, delta > 0) {
                 let delta = i64::try_from(delta).unwrap_or(i64::MAX);
-                let _ = hostcalls::increment_metric(*id, delta);
+                let _ = abi::increment_metric(*id, delta);
             }
         }
     }
 }
 
-/// [`Host`] over proxy-wasm host calls, for the request in flight (or the root context).
+/// [`Host`] over the filter's host calls, for the request in flight (or the root context).
 struct ProxyHost<'a> {
     metrics: &'a Metrics,
 }
 
 impl Host for ProxyHost<'_> {
-    fn request_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        abi::request_header(name).ok().flatten()
     }
 
     fn set_request_header(&mut self, name: &str, value: &str) {
-        if let Err(status) =
-            hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
-        {
+        if let Err(status) = abi::replace_request_header(name, value) {
             log::warn!("virtual-env: cannot set header {name}: {status:?}");
         }
     }
 
     fn remove_request_header(&mut self, name: &str) {
-        if let Err(status) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name) {
+        if let Err(status) = abi::remove_request_header(name) {
             log::warn!("virtual-env: cannot remove header {name}: {status:?}");
         }
     }
 
     fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        match hostcalls::get_shared_data(key) {
-            Ok((Some(value), cas)) => Some((value, cas.unwrap_or(0))),
-            _ => None,
-        }
+        abi::shared_data(key).ok().flatten()
     }
 
     fn set_shared_data(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+        abi::set_shared_data(key, value, cas.unwrap_or(0)).is_ok()
     }
 
     fn now_unix_ms(&self) -> u64 {
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        abi::now_nanos().map_or(0, |nanos| nanos / 1_000_000)
+    }
+
+    fn random(&mut self, buf: &mut [u8]) -> bool {
+        abi::random(buf)
     }
 
     fn increment(&mut self, metric: Metric) {
@@ -114,17 +162,23 @@ impl Host for ProxyHost<'_> {
     }
 }
 
-fn property(path: &[&str]) -> Option<Vec<u8>> {
-    hostcalls::get_property(path.to_vec()).ok().flatten()
+fn string_property(path: &[&str]) -> Option<String> {
+    abi::property(path)
+        .ok()
+        .flatten()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
 }
 
-fn string_property(path: &[&str]) -> Option<String> {
-    property(path).and_then(|bytes| String::from_utf8(bytes).ok())
-}
+/// `xds.listener_direction`, encoded once: it is read on every request.
+const LISTENER_DIRECTION: &[u8] = b"xds\0listener_direction\0";
 
 /// Envoy serializes integer properties as 8 little-endian bytes.
-fn int_property(path: &[&str]) -> Option<i64> {
-    let bytes: [u8; 8] = property(path)?.try_into().ok()?;
+fn listener_direction() -> Option<i64> {
+    let bytes: [u8; 8] = abi::encoded_property(LISTENER_DIRECTION)
+        .ok()
+        .flatten()?
+        .try_into()
+        .ok()?;
     Some(i64::from_le_bytes(bytes))
 }
 
@@ -150,8 +204,15 @@ impl Context for Root {
 impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
         // Envoy drops messages below its own level anyway; not formatting them saves work.
-        let level = hostcalls::get_log_level().unwrap_or(LogLevel::Info);
-        proxy_wasm::set_log_level(level);
+        let level = match abi::log_level() {
+            Ok(Level::Trace) => log::LevelFilter::Trace,
+            Ok(Level::Debug) => log::LevelFilter::Debug,
+            Ok(Level::Info) | Err(_) => log::LevelFilter::Info,
+            Ok(Level::Warn) => log::LevelFilter::Warn,
+            Ok(Level::Error) => log::LevelFilter::Error,
+            Ok(Level::Critical) => log::LevelFilter::Off,
+        };
+        log::set_max_level(level);
         self.metrics = Rc::new(Metrics::define());
         true
     }
@@ -166,10 +227,10 @@ impl RootContext for Root {
         if self.metrics.ids.iter().all(Option::is_none) {
             self.metrics = Rc::new(Metrics::define());
         }
-        if let Err(status) = hostcalls::set_tick_period(METRICS_FLUSH) {
+        if let Err(status) = abi::set_tick_period_ms(METRICS_FLUSH.as_millis() as u32) {
             log::warn!("virtual-env: no tick, counters reach Envoy only on shutdown: {status:?}");
         }
-        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+        let bytes = abi::buffer(abi::PLUGIN_CONFIGURATION)
             .ok()
             .flatten()
             .unwrap_or_default();
@@ -178,6 +239,7 @@ impl RootContext for Root {
             metrics: &self.metrics,
         };
         let reloaded = reload(&mut host, &plugin, &bytes);
+        let key = correlation_key(&mut host);
         // Config loads are rare and looked for at once: no waiting for the tick.
         self.metrics.flush();
         if let Some(error) = &reloaded.rejected {
@@ -188,8 +250,11 @@ impl RootContext for Root {
             };
             log::error!("virtual-env: plugin config rejected ({kept}): {error}");
         }
+        if key.is_none() {
+            log::warn!("virtual-env: the host has no randomness; trace correlation is off");
+        }
         self.active = reloaded.active.map(|config| {
-            let filter = FilterConfig::new(&config);
+            let filter = FilterConfig::new(&config, key);
             let own_label =
                 string_property(&["xds", "node", "metadata", "LABELS", &config.env_label]);
             let node = Node {
@@ -233,8 +298,7 @@ impl Context for Request {}
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let Some(active) = &self.active {
-            let direction =
-                Direction::from_listener_direction(int_property(&["xds", "listener_direction"]));
+            let direction = Direction::from_listener_direction(listener_direction());
             let mut host = ProxyHost {
                 metrics: &self.metrics,
             };

@@ -1,16 +1,23 @@
 //! What the filter does to one request, against a [`Host`].
 //!
-//! Outbound (the calling side): resolve the env, propagate it, choose the subset of the
-//! target service and set the route header. Inbound (the called side): record the env under
-//! the request's trace ids so that the outbound calls it causes can recover it.
+//! Outbound (the calling side): find the target first; a host that is not a service of the
+//! mesh's known namespaces is left untouched (no env leaks to the outside, and no work is
+//! spent on it). For a mesh service: resolve the env, propagate it, choose the subset and
+//! set the route header. Inbound (the called side): record the env under the request's
+//! trace ids so that the outbound calls it causes can recover it.
+//!
+//! Every value read from the request is untrusted bytes: a value that is not UTF-8, or not
+//! valid for its purpose (an env name, a trace id, a host), counts as absent and is counted
+//! in `header_rejected`.
 
 use std::borrow::Cow;
 
 use log::debug;
-use virtual_env_core::{service_key, validate_env_name, Choice, PluginConfig, RouteTable};
+use virtual_env_core::hash::HashKey;
+use virtual_env_core::{lowercase, validate_env_name, Choice, PluginConfig, RouteTable, Target};
 
 use crate::baggage::baggage_member;
-use crate::correlation::{CorrelationTable, TraceKey};
+use crate::correlation::CorrelationTable;
 use crate::host::Host;
 use crate::metrics::Metric;
 use crate::trace::trace_id;
@@ -66,6 +73,14 @@ pub struct Node {
     pub own_env: Option<String>,
 }
 
+/// How much of a rejected value a debug log line shows: a hostile value can be as long as
+/// Envoy's header limit.
+const LOGGED_VALUE_LEN: usize = 64;
+
+fn shown(bytes: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(&bytes[..bytes.len().min(LOGGED_VALUE_LEN)])
+}
+
 /// A validated plugin config, compiled for per-request use.
 #[derive(Debug, Clone)]
 pub struct FilterConfig {
@@ -82,8 +97,9 @@ pub struct FilterConfig {
 
 impl FilterConfig {
     /// Compiles a config that passed [`PluginConfig::validate`]. Header names are stored
-    /// lower-case, as Envoy keeps them.
-    pub fn new(config: &PluginConfig) -> Self {
+    /// lower-case, as Envoy keeps them. Without a `correlation_key` (see
+    /// [`crate::correlation::correlation_key`]) trace correlation is off.
+    pub fn new(config: &PluginConfig, correlation_key: Option<HashKey>) -> Self {
         let lower = |names: &[String]| names.iter().map(|h| h.to_ascii_lowercase()).collect();
         Self {
             env_header: config.env_header.to_ascii_lowercase(),
@@ -91,10 +107,13 @@ impl FilterConfig {
             header_aliases: lower(&config.header_aliases),
             baggage_key: Some(config.baggage_key.clone()).filter(|k| !k.is_empty()),
             trace_headers: lower(&config.trace_headers),
-            correlation: CorrelationTable::new(
-                config.correlation_slots,
-                config.correlation_ttl_seconds,
-            ),
+            correlation: correlation_key.and_then(|key| {
+                CorrelationTable::new(
+                    config.correlation_slots,
+                    config.correlation_ttl_seconds,
+                    key,
+                )
+            }),
             auto_inject: config.auto_inject,
             splitter: config.splitter_char(),
             routes: RouteTable::new(config),
@@ -121,6 +140,16 @@ impl FilterConfig {
     }
 
     fn on_outbound(&self, node: &Node, host: &mut impl Host) {
+        let authority = self.text(host, ":authority");
+        let target = authority.as_deref().map_or(Target::Outside, |authority| {
+            self.routes.target(&lowercase(authority), &node.namespace)
+        });
+        if target == Target::Outside {
+            host.increment(Metric::RouteUnknownService);
+            // The route header is ours: whatever the application forwarded never leaves.
+            host.remove_request_header(&self.route_header);
+            return;
+        }
         let resolved = self
             .env_from_request(host)
             .or_else(|| self.env_from_trace(host).map(|env| (env, EnvSource::Trace)))
@@ -138,13 +167,8 @@ impl FilterConfig {
                 host.set_request_header(&self.env_header, env);
             }
         }
-
-        let authority = host.request_header(":authority").unwrap_or_default();
-        let service =
-            service_key(&authority, &node.namespace).and_then(|key| self.routes.service(&key));
-        let Some(service) = service else {
+        let Target::Service(service) = target else {
             host.increment(Metric::RouteUnknownService);
-            // The route header is ours: whatever the application forwarded never leaves.
             host.remove_request_header(&self.route_header);
             return;
         };
@@ -155,7 +179,7 @@ impl FilterConfig {
             Choice::Default(_) => Metric::RouteDefault,
             Choice::None => Metric::RouteNone,
         });
-        debug!("virtual-env: {authority} env={env:?} from {source:?} -> {choice:?}");
+        debug!("virtual-env: env={env:?} from {source:?} -> {choice:?}");
         match choice.env() {
             Some(subset) => host.set_request_header(&self.route_header, subset),
             None => host.remove_request_header(&self.route_header),
@@ -175,20 +199,59 @@ impl FilterConfig {
         };
         let now = host.now_unix_ms();
         let mut recorded = false;
+        // `traceparent` and B3 headers of one trace carry one id: write it once.
+        let mut written: Vec<String> = Vec::new();
         for header in &self.trace_headers {
-            let Some(value) = host.request_header(header) else {
+            let Some(value) = self.text(host, header) else {
                 continue;
             };
-            let Some(id) = trace_id(header, &value) else {
+            let Some(id) = self.trace_id(host, header, &value) else {
                 continue;
             };
-            let trace = TraceKey::new(header, id);
-            let entry = table.entry(&trace, &env, now);
-            recorded |= host.set_shared_data(&table.slot_key(&trace), entry.as_bytes(), None);
+            if written.iter().any(|w| *w == *id) {
+                continue;
+            }
+            if let Some(entry) = table.entry(&id, &env, now) {
+                recorded |= host.set_shared_data(&table.slot_key(&id), entry.as_bytes(), None);
+            }
+            written.push(id.into_owned());
         }
         if recorded {
             host.increment(Metric::TraceRecorded);
         }
+    }
+
+    /// A header as text; a value that is not UTF-8 counts as absent and is counted.
+    fn text(&self, host: &mut impl Host, header: &str) -> Option<String> {
+        let bytes = host.request_header(header)?;
+        match String::from_utf8(bytes) {
+            Ok(text) => Some(text),
+            Err(e) => {
+                debug!(
+                    "virtual-env: ignoring {header}: not UTF-8: {}",
+                    shown(e.as_bytes())
+                );
+                host.increment(Metric::HeaderRejected);
+                None
+            }
+        }
+    }
+
+    fn trace_id<'v>(
+        &self,
+        host: &mut impl Host,
+        header: &str,
+        value: &'v str,
+    ) -> Option<Cow<'v, str>> {
+        let id = trace_id(header, value);
+        if id.is_none() {
+            debug!(
+                "virtual-env: ignoring {header}: not a trace id: {}",
+                shown(value.as_bytes())
+            );
+            host.increment(Metric::HeaderRejected);
+        }
+        id
     }
 
     /// The env carried by the request itself: env header, aliases, baggage.
@@ -202,14 +265,14 @@ impl FilterConfig {
             }
         }
         let key = self.baggage_key.as_deref()?;
-        let baggage = host.request_header("baggage")?;
+        let baggage = self.text(host, "baggage")?;
         let member = baggage_member(&baggage, key)?;
         let env = self.accept(host, "baggage", member)?;
         Some((env, EnvSource::Baggage))
     }
 
     fn header_env(&self, host: &mut impl Host, header: &str) -> Option<String> {
-        let value = host.request_header(header)?;
+        let value = self.text(host, header)?;
         self.accept(host, header, Cow::Owned(value))
     }
 
@@ -218,7 +281,10 @@ impl FilterConfig {
         match validate_env_name(&value, self.splitter) {
             Ok(()) => Some(value.into_owned()),
             Err(e) => {
-                debug!("virtual-env: ignoring {origin} value {value:?}: {e}");
+                debug!(
+                    "virtual-env: ignoring {origin} value {}: {e}",
+                    shown(value.as_bytes())
+                );
                 host.increment(Metric::HeaderRejected);
                 None
             }
@@ -230,10 +296,10 @@ impl FilterConfig {
         let table = self.correlation?;
         let now = host.now_unix_ms();
         self.trace_headers.iter().find_map(|header| {
-            let value = host.request_header(header)?;
-            let trace = TraceKey::new(header, trace_id(header, &value)?);
-            let (slot, _) = host.shared_data(&table.slot_key(&trace))?;
-            let env = table.lookup(&slot, &trace, now)?;
+            let value = self.text(host, header)?;
+            let id = self.trace_id(host, header, &value)?;
+            let (slot, _) = host.shared_data(&table.slot_key(&id))?;
+            let env = table.lookup(&slot, &id, now)?;
             // Shared data is writable by any filter in the proxy: check before trusting.
             validate_env_name(env, self.splitter).ok()?;
             Some(env.to_owned())
@@ -242,308 +308,4 @@ impl FilterConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::host::mock::MockHost;
-
-    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-
-    fn config(json: &str) -> FilterConfig {
-        FilterConfig::new(&PluginConfig::from_json(json.as_bytes()).unwrap())
-    }
-
-    /// The seed's example: A and C have `dev.proj1` pods, B has only `dev`.
-    fn seed(extra: &str) -> FilterConfig {
-        config(&format!(
-            r#"{{ {extra} "services": {{
-                "app-a.default.svc.cluster.local": ["dev", "dev.proj1"],
-                "app-b.default.svc.cluster.local": ["dev"],
-                "app-c.default.svc.cluster.local": ["dev", "dev.proj1", "dev.proj1.user1"]
-            }} }}"#
-        ))
-    }
-
-    fn node(own_env: Option<&str>) -> Node {
-        Node {
-            namespace: "default".into(),
-            own_env: own_env.map(String::from),
-        }
-    }
-
-    fn outbound(cfg: &FilterConfig, node: &Node, host: MockHost) -> MockHost {
-        let mut host = host;
-        cfg.on_request_headers(node, Direction::Outbound, &mut host);
-        host
-    }
-
-    #[test]
-    fn the_env_header_routes_exactly_and_falls_back() {
-        let cfg = seed("");
-        let h = outbound(
-            &cfg,
-            &node(None),
-            MockHost::new()
-                .with_header(":authority", "app-a:8080")
-                .with_header("x-virtual-env", "dev.proj1"),
-        );
-        assert_eq!(h.header("x-virtual-env-route"), Some("dev.proj1"));
-        assert_eq!(h.count(Metric::RouteExact), 1);
-        assert_eq!(h.count(Metric::EnvFromHeader), 1);
-
-        let h = outbound(
-            &cfg,
-            &node(None),
-            h.next_request()
-                .with_header(":authority", "app-b.default.svc.cluster.local")
-                .with_header("x-virtual-env", "dev.proj1"),
-        );
-        assert_eq!(h.header("x-virtual-env-route"), Some("dev"));
-        assert_eq!(h.count(Metric::RouteFallback), 1);
-    }
-
-    #[test]
-    fn three_levels() {
-        let cfg = seed("");
-        for (svc, want) in [
-            ("app-c", "dev.proj1.user1"),
-            ("app-a", "dev.proj1"),
-            ("app-b", "dev"),
-        ] {
-            let h = outbound(
-                &cfg,
-                &node(None),
-                MockHost::new()
-                    .with_header(":authority", svc)
-                    .with_header("x-virtual-env", "dev.proj1.user1"),
-            );
-            assert_eq!(h.header("x-virtual-env-route"), Some(want), "{svc}");
-        }
-    }
-
-    #[test]
-    fn aliases_and_baggage_are_propagated_as_the_env_header() {
-        let cfg = seed(r#""headerAliases": ["x-env"],"#);
-        let h = outbound(
-            &cfg,
-            &node(None),
-            MockHost::new()
-                .with_header(":authority", "app-a")
-                .with_header("x-env", "dev.proj1"),
-        );
-        assert_eq!(h.header("x-virtual-env"), Some("dev.proj1"));
-        assert_eq!(h.header("x-virtual-env-route"), Some("dev.proj1"));
-        assert_eq!(h.count(Metric::EnvFromAlias), 1);
-
-        let h = outbound(
-            &cfg,
-            &node(None),
-            MockHost::new()
-                .with_header(":authority", "app-a")
-                .with_header("baggage", "user=x,virtual-env=dev.proj1;p=1"),
-        );
-        assert_eq!(h.header("x-virtual-env"), Some("dev.proj1"));
-        assert_eq!(h.header("x-virtual-env-route"), Some("dev.proj1"));
-        assert_eq!(h.count(Metric::EnvFromBaggage), 1);
-    }
-
-    #[test]
-    fn own_label_only_with_auto_inject() {
-        let off = seed("");
-        let h = outbound(
-            &off,
-            &node(Some("dev.proj1")),
-            MockHost::new().with_header(":authority", "app-a"),
-        );
-        assert_eq!(h.header("x-virtual-env"), None);
-        assert_eq!(h.header("x-virtual-env-route"), None);
-        assert_eq!(h.count(Metric::EnvFromNowhere), 1);
-        assert_eq!(h.count(Metric::RouteNone), 1);
-
-        let on = seed(r#""autoInject": true,"#);
-        let h = outbound(
-            &on,
-            &node(Some("dev.proj1")),
-            MockHost::new().with_header(":authority", "app-a"),
-        );
-        assert_eq!(h.header("x-virtual-env"), Some("dev.proj1"));
-        assert_eq!(h.header("x-virtual-env-route"), Some("dev.proj1"));
-        assert_eq!(h.count(Metric::EnvFromOwnLabel), 1);
-    }
-
-    #[test]
-    fn no_env_goes_to_the_default_subset() {
-        let cfg = seed(r#""defaultSubset": "dev","#);
-        let h = outbound(
-            &cfg,
-            &node(None),
-            MockHost::new().with_header(":authority", "app-a"),
-        );
-        assert_eq!(h.header("x-virtual-env-route"), Some("dev"));
-        assert_eq!(h.count(Metric::RouteDefault), 1);
-    }
-
-    #[test]
-    fn a_forwarded_route_header_is_replaced_or_removed() {
-        let cfg = seed("");
-        let forged = || {
-            MockHost::new()
-                .with_header("x-virtual-env", "dev.proj1")
-                .with_header("x-virtual-env-route", "prod")
-        };
-        let h = outbound(
-            &cfg,
-            &node(None),
-            forged().with_header(":authority", "app-a"),
-        );
-        assert_eq!(h.header("x-virtual-env-route"), Some("dev.proj1"));
-        // No choice for the service: the forged value must not survive.
-        let h = outbound(
-            &cfg,
-            &node(None),
-            forged()
-                .with_header(":authority", "app-a")
-                .with_header("x-virtual-env", "other"),
-        );
-        assert_eq!(h.header("x-virtual-env-route"), None);
-        // Not a service of the config: same.
-        let h = outbound(
-            &cfg,
-            &node(None),
-            forged().with_header(":authority", "example.com"),
-        );
-        assert_eq!(h.header("x-virtual-env-route"), None);
-        assert_eq!(h.header("x-virtual-env"), Some("dev.proj1"));
-        assert_eq!(h.count(Metric::RouteUnknownService), 1);
-    }
-
-    #[test]
-    fn invalid_env_values_are_ignored_and_counted() {
-        let cfg = seed(r#""autoInject": true,"#);
-        for bad in ["dev..x", ".dev", "dev.", "dev/x", "", &"a".repeat(64)] {
-            let h = outbound(
-                &cfg,
-                &node(Some("dev")),
-                MockHost::new()
-                    .with_header(":authority", "app-a")
-                    .with_header("x-virtual-env", bad),
-            );
-            // As if absent: the own env applies and overwrites the bad value.
-            assert_eq!(h.header("x-virtual-env-route"), Some("dev"), "{bad:?}");
-            assert_eq!(h.header("x-virtual-env"), Some("dev"), "{bad:?}");
-            assert_eq!(h.count(Metric::HeaderRejected), 1, "{bad:?}");
-            assert_eq!(h.count(Metric::EnvFromOwnLabel), 1, "{bad:?}");
-        }
-        let h = outbound(
-            &seed(""),
-            &node(None),
-            MockHost::new()
-                .with_header(":authority", "app-a")
-                .with_header("baggage", "virtual-env=dev%2Fx"),
-        );
-        assert_eq!(h.header("x-virtual-env-route"), None);
-        assert_eq!(h.count(Metric::HeaderRejected), 1);
-    }
-
-    #[test]
-    fn the_env_comes_back_by_trace_id_within_the_ttl() {
-        let cfg = seed(r#""correlationTtlSeconds": 10,"#);
-        let mut inbound = MockHost::new()
-            .with_header("x-virtual-env", "dev.proj1")
-            .with_header("traceparent", TRACEPARENT)
-            .with_header("x-request-id", "req-1");
-        inbound.now_ms = 1_000;
-        cfg.on_request_headers(&node(Some("dev")), Direction::Inbound, &mut inbound);
-        assert_eq!(inbound.count(Metric::TraceRecorded), 1);
-
-        // The application forwarded only traceparent.
-        let mut out = inbound
-            .next_request()
-            .with_header(":authority", "app-c")
-            .with_header("traceparent", TRACEPARENT);
-        out.now_ms = 5_000;
-        let h = outbound(&cfg, &node(Some("dev")), out);
-        assert_eq!(h.header("x-virtual-env"), Some("dev.proj1"));
-        assert_eq!(h.header("x-virtual-env-route"), Some("dev.proj1"));
-        assert_eq!(h.count(Metric::EnvFromTrace), 1);
-
-        // Only x-request-id: still found, under that header's key.
-        let h = outbound(
-            &cfg,
-            &node(None),
-            h.next_request()
-                .with_header(":authority", "app-c")
-                .with_header("x-request-id", "req-1"),
-        );
-        assert_eq!(h.header("x-virtual-env-route"), Some("dev.proj1"));
-
-        // After the TTL the entry is dead.
-        let mut late = h
-            .next_request()
-            .with_header(":authority", "app-c")
-            .with_header("traceparent", TRACEPARENT);
-        late.now_ms = 11_000;
-        let h = outbound(&cfg, &node(None), late);
-        assert_eq!(h.header("x-virtual-env-route"), None);
-    }
-
-    #[test]
-    fn inbound_passes_alias_and_baggage_on_to_the_application() {
-        let cfg = seed(r#""headerAliases": ["x-env"],"#);
-        let mut h = MockHost::new().with_header("baggage", "virtual-env=dev.proj1");
-        cfg.on_request_headers(&node(None), Direction::Inbound, &mut h);
-        assert_eq!(h.header("x-virtual-env"), Some("dev.proj1"));
-        // Inbound never routes.
-        assert_eq!(h.header("x-virtual-env-route"), None);
-    }
-
-    #[test]
-    fn disabled_correlation_records_nothing() {
-        let cfg = seed(r#""correlationSlots": 0,"#);
-        let mut h = MockHost::new()
-            .with_header("x-virtual-env", "dev.proj1")
-            .with_header("traceparent", TRACEPARENT);
-        cfg.on_request_headers(&node(None), Direction::Inbound, &mut h);
-        assert!(h.shared.borrow().is_empty());
-        assert_eq!(h.count(Metric::TraceRecorded), 0);
-    }
-
-    #[test]
-    fn mixed_case_header_names_in_config_match_envoys_lower_case() {
-        let cfg = seed(r#""envHeader": "X-Virtual-Env", "routeHeader": "X-Route","#);
-        let h = outbound(
-            &cfg,
-            &node(None),
-            MockHost::new()
-                .with_header(":authority", "app-a")
-                .with_header("x-virtual-env", "dev.proj1"),
-        );
-        assert_eq!(h.header("x-route"), Some("dev.proj1"));
-    }
-
-    #[test]
-    fn direction_from_the_listener_property() {
-        assert_eq!(
-            Direction::from_listener_direction(Some(1)),
-            Direction::Inbound
-        );
-        assert_eq!(
-            Direction::from_listener_direction(Some(2)),
-            Direction::Outbound
-        );
-        assert_eq!(
-            Direction::from_listener_direction(None),
-            Direction::Outbound
-        );
-    }
-
-    #[test]
-    fn an_invalid_own_label_is_not_an_env() {
-        let cfg = seed("");
-        assert_eq!(
-            cfg.own_env(Some("dev.proj1".into())),
-            Some("dev.proj1".into())
-        );
-        assert_eq!(cfg.own_env(Some("dev..x".into())), None);
-        assert_eq!(cfg.own_env(None), None);
-    }
-}
+mod tests;

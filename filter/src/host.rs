@@ -1,11 +1,16 @@
-//! What the filter needs from its proxy. The Wasm build implements this with proxy-wasm
-//! host calls (`adapter.rs`); native tests implement it with [`mock::MockHost`].
+//! What the filter needs from its proxy. The Wasm build implements this with its own
+//! status-checked host calls (`adapter.rs` over `abi.rs`); native tests implement it with
+//! [`mock::MockHost`].
+//!
+//! Header values come back as bytes: Envoy passes bytes 0x80-0xFF through in header
+//! values, so nothing here may assume UTF-8; the request flow validates each value for its
+//! purpose.
 
 use crate::metrics::Metric;
 
 pub trait Host {
-    /// A request header by lower-case name; `None` when absent or not readable.
-    fn request_header(&self, name: &str) -> Option<String>;
+    /// A request header's raw value by lower-case name; `None` when absent or unreadable.
+    fn request_header(&self, name: &str) -> Option<Vec<u8>>;
     fn set_request_header(&mut self, name: &str, value: &str);
     fn remove_request_header(&mut self, name: &str);
     /// A shared-data value and its CAS token.
@@ -13,12 +18,15 @@ pub trait Host {
     /// Writes a shared-data value; with `cas`, only if nobody wrote since. True on success.
     fn set_shared_data(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
     fn now_unix_ms(&self) -> u64;
+    /// Fills `buf` with random bytes; false when the host has no randomness.
+    fn random(&mut self, buf: &mut [u8]) -> bool;
     fn increment(&mut self, metric: Metric);
 }
 
 #[cfg(test)]
 pub mod mock {
-    //! An in-memory host: headers, shared data (with CAS), a settable clock and counters.
+    //! An in-memory host: headers, shared data (with CAS), a settable clock, seeded
+    //! randomness and counters.
 
     use std::cell::RefCell;
     use std::collections::{BTreeMap, HashMap};
@@ -30,12 +38,26 @@ pub mod mock {
     pub type SharedData = Rc<RefCell<HashMap<String, (Vec<u8>, u32)>>>;
 
     /// Shared data outlives a request, as in Envoy: clones of a `MockHost` share it.
-    #[derive(Default, Clone)]
+    #[derive(Clone)]
     pub struct MockHost {
-        pub headers: BTreeMap<String, String>,
+        pub headers: BTreeMap<String, Vec<u8>>,
         pub shared: SharedData,
         pub counters: Rc<RefCell<BTreeMap<Metric, u64>>>,
         pub now_ms: u64,
+        /// 0: no randomness; else the byte pattern `random` fills in.
+        pub random_seed: u8,
+    }
+
+    impl Default for MockHost {
+        fn default() -> Self {
+            Self {
+                headers: BTreeMap::new(),
+                shared: SharedData::default(),
+                counters: Rc::default(),
+                now_ms: 0,
+                random_seed: 1,
+            }
+        }
     }
 
     impl MockHost {
@@ -43,8 +65,12 @@ pub mod mock {
             Self::default()
         }
 
-        pub fn with_header(mut self, name: &str, value: &str) -> Self {
-            self.headers.insert(name.to_owned(), value.to_owned());
+        pub fn with_header(self, name: &str, value: &str) -> Self {
+            self.with_raw_header(name, value.as_bytes())
+        }
+
+        pub fn with_raw_header(mut self, name: &str, value: &[u8]) -> Self {
+            self.headers.insert(name.to_owned(), value.to_vec());
             self
         }
 
@@ -61,16 +87,19 @@ pub mod mock {
         }
 
         pub fn header(&self, name: &str) -> Option<&str> {
-            self.headers.get(name).map(String::as_str)
+            self.headers
+                .get(name)
+                .and_then(|v| std::str::from_utf8(v).ok())
         }
     }
 
     impl Host for MockHost {
-        fn request_header(&self, name: &str) -> Option<String> {
+        fn request_header(&self, name: &str) -> Option<Vec<u8>> {
             self.headers.get(name).cloned()
         }
         fn set_request_header(&mut self, name: &str, value: &str) {
-            self.headers.insert(name.to_owned(), value.to_owned());
+            self.headers
+                .insert(name.to_owned(), value.as_bytes().to_vec());
         }
         fn remove_request_header(&mut self, name: &str) {
             self.headers.remove(name);
@@ -89,6 +118,12 @@ pub mod mock {
         }
         fn now_unix_ms(&self) -> u64 {
             self.now_ms
+        }
+        fn random(&mut self, buf: &mut [u8]) -> bool {
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = self.random_seed.wrapping_mul(i as u8 + 1);
+            }
+            self.random_seed != 0
         }
         fn increment(&mut self, metric: Metric) {
             *self.counters.borrow_mut().entry(metric).or_default() += 1;

@@ -1,7 +1,8 @@
 //! The virtual-env Proxy-Wasm HTTP filter.
 //!
-//! Everything but `adapter` is pure logic, built and tested natively; `adapter` binds it to
-//! proxy-wasm host calls and is compiled only for Wasm.
+//! Everything but `abi` and `adapter` is pure logic, built and tested natively. `abi` holds
+//! the filter's own host calls and `adapter` binds the logic to them and to the SDK's
+//! dispatcher; both are compiled only for Wasm.
 
 pub mod baggage;
 pub mod correlation;
@@ -11,6 +12,8 @@ pub mod metrics;
 pub mod reload;
 pub mod trace;
 
+#[cfg(target_arch = "wasm32")]
+mod abi;
 #[cfg(target_arch = "wasm32")]
 mod adapter;
 

@@ -1,0 +1,401 @@
+use super::*;
+use crate::host::mock::MockHost;
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const REQUEST_ID: &str = "9a7c2f00-5d6d-4f0b-9a4e-5b2b0f3c1d2e";
+const KEY: HashKey = [3, 5];
+const ROUTE: &str = "x-virtual-env-route";
+
+fn config(json: &str) -> FilterConfig {
+    FilterConfig::new(
+        &PluginConfig::from_json(json.as_bytes()).unwrap(),
+        Some(KEY),
+    )
+}
+
+/// The seed's example: A and C have `dev.proj1` pods, B has only `dev`.
+fn seed(extra: &str) -> FilterConfig {
+    config(&format!(
+        r#"{{ {extra} "services": {{
+            "app-a.default.svc.cluster.local": ["dev", "dev.proj1"],
+            "app-b.default.svc.cluster.local": ["dev"],
+            "app-c.default.svc.cluster.local": ["dev", "dev.proj1", "dev.proj1.user1"]
+        }} }}"#
+    ))
+}
+
+fn node(own_env: Option<&str>) -> Node {
+    Node {
+        namespace: "default".into(),
+        own_env: own_env.map(String::from),
+    }
+}
+
+fn outbound(cfg: &FilterConfig, node: &Node, host: MockHost) -> MockHost {
+    let mut host = host;
+    cfg.on_request_headers(node, Direction::Outbound, &mut host);
+    host
+}
+
+fn call(cfg: &FilterConfig, authority: &str, headers: &[(&str, &str)]) -> MockHost {
+    let mut host = MockHost::new().with_header(":authority", authority);
+    for (k, v) in headers {
+        host = host.with_header(k, v);
+    }
+    outbound(cfg, &node(None), host)
+}
+
+#[test]
+fn the_env_header_routes_exactly_and_falls_back() {
+    let cfg = seed("");
+    let h = call(&cfg, "app-a:8080", &[("x-virtual-env", "dev.proj1")]);
+    assert_eq!(h.header(ROUTE), Some("dev.proj1"));
+    assert_eq!(h.count(Metric::RouteExact), 1);
+    assert_eq!(h.count(Metric::EnvFromHeader), 1);
+
+    let h = call(
+        &cfg,
+        "app-b.default.svc.cluster.local",
+        &[("x-virtual-env", "dev.proj1")],
+    );
+    assert_eq!(h.header(ROUTE), Some("dev"));
+    assert_eq!(h.count(Metric::RouteFallback), 1);
+}
+
+#[test]
+fn three_levels() {
+    let cfg = seed("");
+    for (svc, want) in [
+        ("app-c", "dev.proj1.user1"),
+        ("app-a", "dev.proj1"),
+        ("app-b", "dev"),
+    ] {
+        let h = call(&cfg, svc, &[("x-virtual-env", "dev.proj1.user1")]);
+        assert_eq!(h.header(ROUTE), Some(want), "{svc}");
+    }
+}
+
+#[test]
+fn upper_case_hosts_route_like_lower_case() {
+    let cfg = seed("");
+    for host in [
+        "APP-A",
+        "App-A.Default:8080",
+        "APP-A.DEFAULT.SVC.CLUSTER.LOCAL",
+    ] {
+        let h = call(&cfg, host, &[("x-virtual-env", "dev.proj1")]);
+        assert_eq!(h.header(ROUTE), Some("dev.proj1"), "{host}");
+    }
+}
+
+#[test]
+fn hosts_outside_the_mesh_are_left_untouched() {
+    let cfg = seed(r#""autoInject": true,"#);
+    for host in [
+        "app-a.default.svc.evil.example",
+        "example.com",
+        "www.example.com:443",
+        "10.0.0.1",
+        "[::1]:80",
+    ] {
+        let h = outbound(
+            &cfg,
+            &node(Some("dev.proj1")),
+            MockHost::new()
+                .with_header(":authority", host)
+                .with_header("baggage", "virtual-env=dev.proj1")
+                .with_header(ROUTE, "dev"),
+        );
+        // No env header leaks out, and a forwarded route header never leaves.
+        assert_eq!(h.header("x-virtual-env"), None, "{host}");
+        assert_eq!(h.header(ROUTE), None, "{host}");
+        assert_eq!(h.count(Metric::RouteUnknownService), 1, "{host}");
+        assert_eq!(h.count(Metric::EnvFromOwnLabel), 0, "{host}");
+    }
+}
+
+#[test]
+fn a_service_the_table_does_not_route_still_gets_the_env() {
+    // app-z is in the pod's namespace but has no entry: the env must travel on through it.
+    let cfg = seed(r#""autoInject": true,"#);
+    let h = outbound(
+        &cfg,
+        &node(Some("dev.proj1")),
+        MockHost::new().with_header(":authority", "app-z:8080"),
+    );
+    assert_eq!(h.header("x-virtual-env"), Some("dev.proj1"));
+    assert_eq!(h.header(ROUTE), None);
+    assert_eq!(h.count(Metric::RouteUnknownService), 1);
+}
+
+#[test]
+fn aliases_and_baggage_are_propagated_as_the_env_header() {
+    let cfg = seed(r#""headerAliases": ["x-env"],"#);
+    let h = call(&cfg, "app-a", &[("x-env", "dev.proj1")]);
+    assert_eq!(h.header("x-virtual-env"), Some("dev.proj1"));
+    assert_eq!(h.header(ROUTE), Some("dev.proj1"));
+    assert_eq!(h.count(Metric::EnvFromAlias), 1);
+
+    let h = call(
+        &cfg,
+        "app-a",
+        &[("baggage", "user=x,virtual-env=dev.proj1;p=1")],
+    );
+    assert_eq!(h.header("x-virtual-env"), Some("dev.proj1"));
+    assert_eq!(h.header(ROUTE), Some("dev.proj1"));
+    assert_eq!(h.count(Metric::EnvFromBaggage), 1);
+}
+
+#[test]
+fn own_label_only_with_auto_inject() {
+    let off = seed("");
+    let h = outbound(
+        &off,
+        &node(Some("dev.proj1")),
+        MockHost::new().with_header(":authority", "app-a"),
+    );
+    assert_eq!(h.header("x-virtual-env"), None);
+    assert_eq!(h.header(ROUTE), None);
+    assert_eq!(h.count(Metric::EnvFromNowhere), 1);
+    assert_eq!(h.count(Metric::RouteNone), 1);
+
+    let on = seed(r#""autoInject": true,"#);
+    let h = outbound(
+        &on,
+        &node(Some("dev.proj1")),
+        MockHost::new().with_header(":authority", "app-a"),
+    );
+    assert_eq!(h.header("x-virtual-env"), Some("dev.proj1"));
+    assert_eq!(h.header(ROUTE), Some("dev.proj1"));
+    assert_eq!(h.count(Metric::EnvFromOwnLabel), 1);
+}
+
+#[test]
+fn no_env_goes_to_the_default_subset() {
+    let cfg = seed(r#""defaultSubset": "dev","#);
+    let h = call(&cfg, "app-a", &[]);
+    assert_eq!(h.header(ROUTE), Some("dev"));
+    assert_eq!(h.count(Metric::RouteDefault), 1);
+}
+
+#[test]
+fn a_forwarded_route_header_is_replaced_or_removed() {
+    let cfg = seed("");
+    let forged = [("x-virtual-env", "dev.proj1"), (ROUTE, "prod")];
+    let h = call(&cfg, "app-a", &forged);
+    assert_eq!(h.header(ROUTE), Some("dev.proj1"));
+    // No choice for the service: the forged value must not survive.
+    let h = call(
+        &cfg,
+        "app-a",
+        &[("x-virtual-env", "other"), (ROUTE, "prod")],
+    );
+    assert_eq!(h.header(ROUTE), None);
+    // Not a service of the mesh: same.
+    let h = call(&cfg, "example.com", &forged);
+    assert_eq!(h.header(ROUTE), None);
+    assert_eq!(h.count(Metric::RouteUnknownService), 1);
+}
+
+#[test]
+fn invalid_env_values_are_ignored_and_counted() {
+    let cfg = seed(r#""autoInject": true,"#);
+    let long = "a".repeat(64);
+    for bad in ["dev..x", ".dev", "dev.", "dev/x", "", ".", &long] {
+        let h = outbound(
+            &cfg,
+            &node(Some("dev")),
+            MockHost::new()
+                .with_header(":authority", "app-a")
+                .with_header("x-virtual-env", bad),
+        );
+        // As if absent: the own env applies and overwrites the bad value.
+        assert_eq!(h.header(ROUTE), Some("dev"), "{bad:?}");
+        assert_eq!(h.header("x-virtual-env"), Some("dev"), "{bad:?}");
+        assert_eq!(h.count(Metric::HeaderRejected), 1, "{bad:?}");
+        assert_eq!(h.count(Metric::EnvFromOwnLabel), 1, "{bad:?}");
+    }
+    let h = call(&seed(""), "app-a", &[("baggage", "virtual-env=dev%2Fx")]);
+    assert_eq!(h.header(ROUTE), None);
+    assert_eq!(h.count(Metric::HeaderRejected), 1);
+}
+
+#[test]
+fn bytes_that_are_not_utf8_are_rejected_wherever_they_appear() {
+    let cfg = seed(r#""headerAliases": ["x-env"], "defaultSubset": "dev","#);
+    let bad = b"d\xffv";
+    for header in [
+        "x-virtual-env",
+        "x-env",
+        "baggage",
+        "traceparent",
+        "x-request-id",
+        ROUTE,
+    ] {
+        let h = outbound(
+            &cfg,
+            &node(None),
+            MockHost::new()
+                .with_header(":authority", "app-a")
+                .with_raw_header(header, bad),
+        );
+        assert_eq!(h.header(ROUTE), Some("dev"), "{header}");
+        let want = u64::from(header != ROUTE);
+        assert_eq!(h.count(Metric::HeaderRejected), want, "{header}");
+    }
+    let h = outbound(
+        &cfg,
+        &node(None),
+        MockHost::new()
+            .with_raw_header(":authority", b"app-\xff")
+            .with_header(ROUTE, "dev"),
+    );
+    assert_eq!(h.header(ROUTE), None);
+    assert_eq!(h.count(Metric::HeaderRejected), 1);
+}
+
+#[test]
+fn the_env_comes_back_by_trace_id_within_the_ttl() {
+    let cfg = seed(r#""correlationTtlSeconds": 10,"#);
+    let mut inbound = MockHost::new()
+        .with_header("x-virtual-env", "dev.proj1")
+        .with_header("traceparent", TRACEPARENT)
+        .with_header("x-request-id", REQUEST_ID);
+    inbound.now_ms = 1_000;
+    cfg.on_request_headers(&node(Some("dev")), Direction::Inbound, &mut inbound);
+    assert_eq!(inbound.count(Metric::TraceRecorded), 1);
+
+    // The application forwarded only traceparent.
+    let mut out = inbound
+        .next_request()
+        .with_header(":authority", "app-c")
+        .with_header("traceparent", TRACEPARENT);
+    out.now_ms = 5_000;
+    let h = outbound(&cfg, &node(Some("dev")), out);
+    assert_eq!(h.header("x-virtual-env"), Some("dev.proj1"));
+    assert_eq!(h.header(ROUTE), Some("dev.proj1"));
+    assert_eq!(h.count(Metric::EnvFromTrace), 1);
+
+    // Only x-request-id: still found.
+    let h = outbound(
+        &cfg,
+        &node(None),
+        h.next_request()
+            .with_header(":authority", "app-c")
+            .with_header("x-request-id", REQUEST_ID),
+    );
+    assert_eq!(h.header(ROUTE), Some("dev.proj1"));
+
+    // After the TTL the entry is dead.
+    let mut late = h
+        .next_request()
+        .with_header(":authority", "app-c")
+        .with_header("traceparent", TRACEPARENT);
+    late.now_ms = 11_000;
+    let h = outbound(&cfg, &node(None), late);
+    assert_eq!(h.header(ROUTE), None);
+}
+
+#[test]
+fn one_trace_in_two_formats_is_written_once_and_found_by_either() {
+    let cfg = seed(r#""traceHeaders": ["traceparent", "x-b3-traceid"],"#);
+    let mut inbound = MockHost::new()
+        .with_header("x-virtual-env", "dev.proj1")
+        .with_header("traceparent", TRACEPARENT)
+        .with_header("x-b3-traceid", "4bf92f3577b34da6a3ce929d0e0e4736");
+    cfg.on_request_headers(&node(None), Direction::Inbound, &mut inbound);
+    let slots = inbound
+        .shared
+        .borrow()
+        .keys()
+        .filter(|k| k.starts_with("virtual-env.trace."))
+        .count();
+    assert_eq!(slots, 1);
+    let h = outbound(
+        &cfg,
+        &node(None),
+        inbound
+            .next_request()
+            .with_header(":authority", "app-a")
+            .with_header("x-b3-traceid", "4bf92f3577b34da6a3ce929d0e0e4736"),
+    );
+    assert_eq!(h.header(ROUTE), Some("dev.proj1"));
+}
+
+#[test]
+fn short_opaque_ids_do_not_correlate() {
+    let cfg = seed("");
+    let mut inbound = MockHost::new()
+        .with_header("x-virtual-env", "dev.proj1")
+        .with_header("x-request-id", "1");
+    cfg.on_request_headers(&node(None), Direction::Inbound, &mut inbound);
+    assert_eq!(inbound.count(Metric::TraceRecorded), 0);
+    let h = outbound(
+        &cfg,
+        &node(None),
+        inbound
+            .next_request()
+            .with_header(":authority", "app-a")
+            .with_header("x-request-id", "1"),
+    );
+    assert_eq!(h.header(ROUTE), None);
+}
+
+#[test]
+fn inbound_passes_alias_and_baggage_on_to_the_application() {
+    let cfg = seed(r#""headerAliases": ["x-env"],"#);
+    let mut h = MockHost::new().with_header("baggage", "virtual-env=dev.proj1");
+    cfg.on_request_headers(&node(None), Direction::Inbound, &mut h);
+    assert_eq!(h.header("x-virtual-env"), Some("dev.proj1"));
+    // Inbound never routes.
+    assert_eq!(h.header(ROUTE), None);
+}
+
+#[test]
+fn disabled_correlation_records_nothing() {
+    for cfg in [
+        seed(r#""correlationSlots": 0,"#),
+        FilterConfig::new(&PluginConfig::default(), None),
+    ] {
+        let mut h = MockHost::new()
+            .with_header("x-virtual-env", "dev.proj1")
+            .with_header("traceparent", TRACEPARENT);
+        cfg.on_request_headers(&node(None), Direction::Inbound, &mut h);
+        assert!(h.shared.borrow().is_empty());
+        assert_eq!(h.count(Metric::TraceRecorded), 0);
+    }
+}
+
+#[test]
+fn mixed_case_header_names_in_config_match_envoys_lower_case() {
+    let cfg = seed(r#""envHeader": "X-Virtual-Env", "routeHeader": "X-Route","#);
+    let h = call(&cfg, "app-a", &[("x-virtual-env", "dev.proj1")]);
+    assert_eq!(h.header("x-route"), Some("dev.proj1"));
+}
+
+#[test]
+fn direction_from_the_listener_property() {
+    assert_eq!(
+        Direction::from_listener_direction(Some(1)),
+        Direction::Inbound
+    );
+    assert_eq!(
+        Direction::from_listener_direction(Some(2)),
+        Direction::Outbound
+    );
+    assert_eq!(
+        Direction::from_listener_direction(None),
+        Direction::Outbound
+    );
+}
+
+#[test]
+fn an_invalid_own_label_is_not_an_env() {
+    let cfg = seed("");
+    assert_eq!(
+        cfg.own_env(Some("dev.proj1".into())),
+        Some("dev.proj1".into())
+    );
+    assert_eq!(cfg.own_env(Some("dev..x".into())), None);
+    assert_eq!(cfg.own_env(None), None);
+}

@@ -190,6 +190,7 @@ impl VirtualEnvironmentSpec {
             trace_headers: self.trace_correlation.headers.clone(),
             correlation_slots: self.trace_correlation.slots,
             correlation_ttl_seconds: self.trace_correlation.ttl_seconds,
+            cluster_domain: None,
             services: Default::default(),
         }
     }

@@ -99,7 +99,7 @@ pub fn explain(
         }
     }
     if let (false, Some(default)) = (walked, &config.default_subset) {
-        let mark = match (envs.has(default), choice) {
+        let mark = match (table.has(envs, default), choice) {
             (true, Choice::Default(_)) => "pods  <- chosen",
             (true, _) => "pods",
             (false, _) => "no pods",

@@ -233,6 +233,17 @@ impl Envoy {
         Ok(value)
     }
 
+    /// Bytes Envoy has allocated (admin `/memory`, `allocated`).
+    pub async fn memory_allocated(&self) -> Result<u64> {
+        let r = http::get(self.admin, "/memory", &[]).await?;
+        let v: Value = serde_json::from_slice(&r.body)?;
+        v["allocated"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .or_else(|| v["allocated"].as_u64())
+            .context("no `allocated` in /memory")
+    }
+
     /// One stat's value, 0 when absent.
     pub async fn stat(&self, name: &str) -> Result<u64> {
         Ok(self.stats(name).await?.get(name).copied().unwrap_or(0))

@@ -3,6 +3,7 @@
 //!
 //! - [`envoy`]: start, await and stop Envoy processes; read their stats.
 //! - [`sidecar`]: one Envoy with the filter, to test the filter alone.
+//! - [`raw`]: a raw HTTP/1.1 client, for the bytes a hostile client sends.
 //! - [`topology`], [`mesh`], [`app`]: a local mesh of pods (application + sidecar) routed
 //!   by the controller's plan; `make demo` and the mesh suite run on it.
 //! - [`demo`]: the demo's requests and its call-chain table.
@@ -14,5 +15,6 @@ pub mod envoy;
 pub mod http;
 pub mod manifests;
 pub mod mesh;
+pub mod raw;
 pub mod sidecar;
 pub mod topology;

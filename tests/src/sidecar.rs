@@ -1,7 +1,12 @@
 //! One sidecar Envoy with the filter, for testing the filter alone in a real proxy.
 //!
+//! The filter fails open, as the controller's WasmPlugin asks Istio to configure it
+//! (`failStrategy: FAIL_OPEN` becomes Envoy's `failure_policy: FAIL_OPEN`): a VM that died
+//! is then skipped silently, which is what production would see.
+//!
 //! The outbound listener's routes do what the controller's VirtualService does: an exact
-//! match on the route header per env, then a default route. Each route answers directly
+//! match on the route header (its name carries a per-namespace suffix, [`ROUTE_HEADER`])
+//! per env, then a default route. Each route answers directly
 //! (no upstream needed) with the env it stands for and the env and route headers it saw, so
 //! a response tells which subset the request was routed to. The inbound listener stands for
 //! the pod's application. The plugin config arrives through a watched file, as Istio's ECDS
@@ -20,6 +25,12 @@ use crate::http::{self, Protocol, Response};
 pub const FILTER_NAME: &str = "virtual-env";
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 
+/// The route header the sidecar's routes match, as the controller names one: the plain
+/// name plus a suffix a client cannot guess. Test configs set `routeHeader` to it.
+pub const ROUTE_HEADER: &str = "x-virtual-env-route-t3stk3y9";
+/// The plain name, which a client might forge: it must never select a route.
+pub const PLAIN_ROUTE_HEADER: &str = "x-virtual-env-route";
+
 /// The ECDS resource carrying `plugin_config` (JSON text) to the Wasm filter.
 pub fn ecds_resource(wasm: &str, plugin_config: &str) -> Value {
     json!({
@@ -31,6 +42,7 @@ pub fn ecds_resource(wasm: &str, plugin_config: &str) -> Value {
                 "config": {
                     "name": FILTER_NAME,
                     "root_id": FILTER_NAME,
+                    "failure_policy": "FAIL_OPEN",
                     "vm_config": {
                         "vm_id": FILTER_NAME,
                         "runtime": "envoy.wasm.runtime.v8",
@@ -86,7 +98,7 @@ pub fn listener(name: &str, direction: &str, routes: Value, filters: &Value) -> 
                     "routes": routes,
                     "response_headers_to_add": [
                         {"header": {"key": "x-seen-env", "value": "%REQ(x-virtual-env)%"}},
-                        {"header": {"key": "x-seen-route", "value": "%REQ(x-virtual-env-route)%"}}
+                        {"header": {"key": "x-seen-route", "value": format!("%REQ({ROUTE_HEADER})%")}}
                     ]
                 }]},
                 "http_filters": filters
@@ -99,8 +111,7 @@ pub fn listener(name: &str, direction: &str, routes: Value, filters: &Value) -> 
 fn answer(env: Option<&str>, body: &str) -> Value {
     let mut matcher = json!({"prefix": "/"});
     if let Some(env) = env {
-        matcher["headers"] =
-            json!([{"name": "x-virtual-env-route", "string_match": {"exact": env}}]);
+        matcher["headers"] = json!([{"name": ROUTE_HEADER, "string_match": {"exact": env}}]);
     }
     json!({"match": matcher, "direct_response": {"status": 200, "body": {"inline_string": body}}})
 }
@@ -114,12 +125,56 @@ pub struct Sidecar {
     _dir: TempDir,
 }
 
+/// How to start a [`Sidecar`].
+#[derive(Debug, Clone)]
+pub struct SidecarOptions<'a> {
+    /// The pod's env label.
+    pub own_env: &'a str,
+    /// Route header values the outbound routes match.
+    pub envs: &'a [&'a str],
+    pub plugin_config: &'a str,
+    /// Envoy worker threads; with 1, every request meets the same VM.
+    pub workers: u32,
+    /// Without the filter: a pod whose sidecar does not load it.
+    pub filter: bool,
+    /// Another module in place of the filter (e.g. one that fails).
+    pub wasm: Option<String>,
+}
+
+impl<'a> SidecarOptions<'a> {
+    pub fn new(own_env: &'a str, envs: &'a [&'a str], plugin_config: &'a str) -> Self {
+        Self {
+            own_env,
+            envs,
+            plugin_config,
+            workers: 2,
+            filter: true,
+            wasm: None,
+        }
+    }
+}
+
 impl Sidecar {
     /// A sidecar of a pod in namespace `default` with env label `own_env`, routing on the
     /// route header values `envs`, with `plugin_config` (JSON) in force.
     pub async fn start(own_env: &str, envs: &[&str], plugin_config: &str) -> Result<Self> {
+        Self::start_with(SidecarOptions::new(own_env, envs, plugin_config)).await
+    }
+
+    pub async fn start_with(options: SidecarOptions<'_>) -> Result<Self> {
+        let SidecarOptions {
+            own_env,
+            envs,
+            plugin_config,
+            workers,
+            filter,
+            wasm,
+        } = options;
         let dir = tempfile::tempdir()?;
-        let wasm = filter_wasm()?.display().to_string();
+        let wasm = match wasm {
+            Some(wasm) => wasm,
+            None => filter_wasm()?.display().to_string(),
+        };
         let ecds_dir = dir.path().join("ecds");
         std::fs::create_dir(&ecds_dir)?;
         let ecds = ecds_dir.join("virtual-env.json");
@@ -127,7 +182,13 @@ impl Sidecar {
             &ecds,
             &serde_json::to_vec(&ecds_resource(&wasm, plugin_config))?,
         )?;
-        let filters = http_filters(&ecds.display().to_string(), &ecds_dir.display().to_string());
+        let mut filters =
+            http_filters(&ecds.display().to_string(), &ecds_dir.display().to_string());
+        if !filter {
+            if let Some(chain) = filters.as_array_mut() {
+                chain.remove(0);
+            }
+        }
         let mut routes: Vec<Value> = envs.iter().map(|e| answer(Some(e), e)).collect();
         routes.push(answer(None, "default"));
         let config = json!({
@@ -141,8 +202,10 @@ impl Sidecar {
                 listener("inbound", "INBOUND", json!([answer(None, "app")]), &filters),
             ]}
         });
-        let envoy = Envoy::start("sidecar", dir.path(), config, 2).await?;
-        envoy.check_wasm_runtime().await?;
+        let envoy = Envoy::start("sidecar", dir.path(), config, workers).await?;
+        if filter {
+            envoy.check_wasm_runtime().await?;
+        }
         let outbound = envoy.listener("outbound").await?;
         let inbound = envoy.listener("inbound").await?;
         Ok(Self {
@@ -175,6 +238,16 @@ impl Sidecar {
     /// The subset an outbound call to `authority` is routed to.
     pub async fn route(&self, authority: &str, headers: &[(&str, &str)]) -> Result<String> {
         Ok(self.call(authority, headers).await?.text())
+    }
+
+    /// The outbound listener's address, for raw clients.
+    pub fn outbound(&self) -> std::net::SocketAddr {
+        self.outbound
+    }
+
+    /// The inbound listener's address, for raw clients.
+    pub fn inbound(&self) -> std::net::SocketAddr {
+        self.inbound
     }
 
     /// An inbound request into the pod (from another pod's sidecar).

@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 use virtual_env_e2e::http::Protocol;
-use virtual_env_e2e::sidecar::Sidecar;
+use virtual_env_e2e::sidecar::{Sidecar, PLAIN_ROUTE_HEADER, ROUTE_HEADER};
 
 const ENVS: &[&str] = &["dev", "dev.proj1", "dev.proj1.user1"];
 const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -13,7 +13,7 @@ const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-
 /// The seed's services: A and C have `dev.proj1` pods, B only `dev`; C also has a user env.
 fn config(extra: &str) -> String {
     format!(
-        r#"{{ {extra} "services": {{
+        r#"{{ {extra} "routeHeader": "{ROUTE_HEADER}", "services": {{
             "app-a.default.svc.cluster.local": ["dev", "dev.proj1"],
             "app-b.default.svc.cluster.local": ["dev"],
             "app-c.default.svc.cluster.local": ["dev", "dev.proj1", "dev.proj1.user1"]
@@ -127,7 +127,7 @@ async fn the_env_recorded_inbound_is_found_by_trace_id_outbound() -> Result<()> 
         .receive(&[
             ("x-virtual-env", "dev.proj1"),
             ("traceparent", TRACEPARENT),
-            ("x-request-id", "9a7c2f00-req"),
+            ("x-request-id", "9a7c2f00-req-5d6d6ec8"),
         ])
         .await?;
     assert_eq!(r.status, 200);
@@ -139,7 +139,7 @@ async fn the_env_recorded_inbound_is_found_by_trace_id_outbound() -> Result<()> 
     assert_eq!(r.header("x-seen-env"), Some("dev.proj1"));
     assert_eq!(
         sidecar
-            .route("app-b", &[("x-request-id", "9a7c2f00-req")])
+            .route("app-b", &[("x-request-id", "9a7c2f00-req-5d6d6ec8")])
             .await?,
         "dev"
     );
@@ -162,7 +162,7 @@ async fn the_env_recorded_inbound_is_found_by_trace_id_outbound() -> Result<()> 
 #[tokio::test]
 async fn a_forwarded_route_header_is_replaced() -> Result<()> {
     let sidecar = Sidecar::start("dev", ENVS, &config("")).await?;
-    let forged = ("x-virtual-env-route", "dev.proj1.user1");
+    let forged = (ROUTE_HEADER, "dev.proj1.user1");
     let r = sidecar
         .call("app-b", &[("x-virtual-env", "dev.proj1"), forged])
         .await?;
@@ -210,13 +210,15 @@ async fn config_updates_take_effect_without_a_restart_and_bad_ones_are_rejected(
     assert_eq!(sidecar.route("app-b", &env).await?, "dev");
 
     // app-b gains dev.proj1 pods: traffic moves there.
-    sidecar.push_config(
-        r#"{"services": {"app-b.default.svc.cluster.local": ["dev", "dev.proj1"]}}"#,
-    )?;
+    sidecar.push_config(&format!(
+        r#"{{"routeHeader": "{ROUTE_HEADER}", "services": {{"app-b.default.svc.cluster.local": ["dev", "dev.proj1"]}}}}"#
+    ))?;
     sidecar.wait_route("app-b", &env, "dev.proj1").await?;
 
     // A config that fails validation leaves the last good one in force.
-    sidecar.push_config(r#"{"services": {"app-b.default.svc.cluster.local": ["dev..x"]}}"#)?;
+    sidecar.push_config(&format!(
+        r#"{{"routeHeader": "{ROUTE_HEADER}", "services": {{"app-b.default.svc.cluster.local": ["dev..x"]}}}}"#
+    ))?;
     sidecar
         .wait_stat("wasmcustom.virtual_env.config.rejected", 1)
         .await?;
@@ -231,7 +233,9 @@ async fn config_updates_take_effect_without_a_restart_and_bad_ones_are_rejected(
     }
 
     // dev.proj1 disappears again: traffic falls back.
-    sidecar.push_config(r#"{"services": {"app-b.default.svc.cluster.local": ["dev"]}}"#)?;
+    sidecar.push_config(&format!(
+        r#"{{"routeHeader": "{ROUTE_HEADER}", "services": {{"app-b.default.svc.cluster.local": ["dev"]}}}}"#
+    ))?;
     sidecar.wait_route("app-b", &env, "dev").await?;
     assert_eq!(
         sidecar
@@ -251,13 +255,14 @@ async fn a_bad_first_config_passes_requests_through() -> Result<()> {
             "app-a",
             &[
                 ("x-virtual-env", "dev.proj1"),
-                ("x-virtual-env-route", "dev"),
+                (PLAIN_ROUTE_HEADER, "dev.proj1"),
             ],
         )
         .await?;
-    // Untouched: the request still flows, nothing was chosen or removed.
+    // Untouched: the request still flows, nothing was chosen; and a route header the
+    // filter did not set selects no route (the routes match only the suffixed name).
     assert_eq!(r.status, 200);
-    assert_eq!(r.text(), "dev");
+    assert_eq!(r.text(), "default");
     assert_eq!(
         sidecar
             .envoy

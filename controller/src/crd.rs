@@ -105,6 +105,9 @@ impl Default for EnvLabel {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteHeader {
+    /// The route header's name before its per-namespace suffix: the controller appends a
+    /// random suffix once (kept in `status.routeHeader`), so that a route header a client
+    /// forges, guesses or forwards never selects a route.
     #[serde(default = "default_route_header")]
     pub name: String,
 }
@@ -169,10 +172,60 @@ pub struct VirtualEnvironmentStatus {
     /// Services left alone, with the reason (e.g. a VirtualService someone else manages).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<String>,
+    /// The route header in force: `spec.routeHeader.name` plus the random suffix chosen
+    /// once for this VirtualEnvironment. Kept, so routes and sidecars keep agreeing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_header: Option<String>,
+}
+
+/// Length of the route header's random suffix: 12 of `[a-z0-9]`, about 62 bits.
+pub const ROUTE_HEADER_SUFFIX_LEN: usize = 12;
+
+impl VirtualEnvironment {
+    /// The route header recorded in the status, if it still belongs to the spec's name.
+    pub fn route_header_in_force(&self) -> Option<&str> {
+        let prefix = self.spec.route_header.name.to_ascii_lowercase();
+        self.status
+            .as_ref()?
+            .route_header
+            .as_deref()
+            .filter(|name| {
+                name.strip_prefix(prefix.as_str())
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|suffix| {
+                        suffix.len() == ROUTE_HEADER_SUFFIX_LEN
+                            && suffix
+                                .bytes()
+                                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                    })
+            })
+    }
+
+    /// This VirtualEnvironment with a route header in force: the recorded one, or the
+    /// spec's name plus a suffix made from `entropy` (random in the controller; a stable
+    /// stand-in offline).
+    pub fn with_route_header(mut self, entropy: [u8; ROUTE_HEADER_SUFFIX_LEN]) -> Self {
+        if self.route_header_in_force().is_none() {
+            const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+            let suffix: String = entropy
+                .iter()
+                .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+                .collect();
+            let name = format!(
+                "{}-{suffix}",
+                self.spec.route_header.name.to_ascii_lowercase()
+            );
+            self.status
+                .get_or_insert_with(Default::default)
+                .route_header = Some(name);
+        }
+        self
+    }
 }
 
 impl VirtualEnvironmentSpec {
-    /// The filter's settings; the `services` table is filled in by planning.
+    /// The filter's settings; the `services` table is filled in by planning, and the route
+    /// header is the spec's name until planning puts the one in force.
     pub fn plugin_config(&self) -> PluginConfig {
         PluginConfig {
             env_header: self.env_header.name.clone(),
@@ -251,6 +304,27 @@ spec:
         assert_eq!(config.env_label, "virtual-env");
         assert_eq!(config.splitter, ".");
         assert_eq!(config.default_subset.as_deref(), Some("dev"));
+    }
+
+    #[test]
+    fn the_route_header_suffix_is_chosen_once_and_kept() {
+        let ve: VirtualEnvironment = serde_yaml::from_str(SEED_SAMPLE).unwrap();
+        assert_eq!(ve.route_header_in_force(), None);
+        let ve = ve.with_route_header([7; ROUTE_HEADER_SUFFIX_LEN]);
+        let name = ve.route_header_in_force().unwrap().to_owned();
+        assert_eq!(name, "x-virtual-env-route-hhhhhhhhhhhh");
+        // Other entropy later changes nothing: the recorded one stays.
+        let ve = ve.with_route_header([1; ROUTE_HEADER_SUFFIX_LEN]);
+        assert_eq!(ve.route_header_in_force(), Some(name.as_str()));
+        // A spec that renames the header gets a new one.
+        let mut renamed = ve.clone();
+        renamed.spec.route_header.name = "x-route".into();
+        assert_eq!(renamed.route_header_in_force(), None);
+        let renamed = renamed.with_route_header([1; ROUTE_HEADER_SUFFIX_LEN]);
+        assert_eq!(
+            renamed.route_header_in_force(),
+            Some("x-route-bbbbbbbbbbbb")
+        );
     }
 
     #[test]

@@ -29,6 +29,20 @@ pub struct HttpRoute {
     #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "match")]
     pub matches: Vec<HttpMatchRequest>,
     pub route: Vec<HttpRouteDestination>,
+    /// Header operations; the controller removes its route headers here, so that they
+    /// never leave the calling sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Headers>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+pub struct Headers {
+    pub request: HeaderOperations,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+pub struct HeaderOperations {
+    pub remove: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]

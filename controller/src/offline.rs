@@ -11,7 +11,16 @@ use crate::snapshot::NamespaceSnapshot;
 /// per service its VirtualService and DestinationRule), with what was left out as comments.
 pub fn render(ns: &NamespaceSnapshot, settings: &Settings) -> Result<String, PlanError> {
     let plan = plan_namespace(&ns.virtual_environment, &ns.snapshot, settings)?;
-    Ok(render_plan(&plan))
+    let mut out = String::new();
+    if ns.virtual_environment.route_header_in_force().is_none() {
+        let _ = writeln!(
+            out,
+            "# route header {}: a stable stand-in; the controller picks a random suffix once and keeps it in status.routeHeader",
+            plan.route_header
+        );
+    }
+    out.push_str(&render_plan(&plan));
+    Ok(out)
 }
 
 pub fn render_plan(plan: &Plan) -> String {

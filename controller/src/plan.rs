@@ -8,13 +8,14 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use thiserror::Error;
+use virtual_env_core::hash::fnv1a;
 use virtual_env_core::{service_fqdn, validate_env_name, ConfigError, PluginConfig};
 
-use crate::crd::VirtualEnvironment;
+use crate::crd::{VirtualEnvironment, ROUTE_HEADER_SUFFIX_LEN};
 use crate::istio::{
-    Destination, DestinationRule, DestinationRuleSpec, HttpMatchRequest, HttpRoute,
-    HttpRouteDestination, StringMatch, Subset, VirtualService, VirtualServiceSpec, WasmPlugin,
-    WasmPluginSpec,
+    Destination, DestinationRule, DestinationRuleSpec, HeaderOperations, Headers, HttpMatchRequest,
+    HttpRoute, HttpRouteDestination, StringMatch, Subset, VirtualService, VirtualServiceSpec,
+    WasmPlugin, WasmPluginSpec,
 };
 use crate::subset::SubsetNames;
 
@@ -61,6 +62,8 @@ pub struct Plan {
     pub skipped: Vec<String>,
     /// Pods whose env label is not a valid env name, as `name: reason`.
     pub ignored_pods: Vec<String>,
+    /// The route header in force (the spec's name and its suffix), for the status.
+    pub route_header: String,
 }
 
 #[derive(Debug, Error)]
@@ -71,6 +74,23 @@ pub enum PlanError {
     NoNamespace,
 }
 
+/// A stable stand-in for the route header's random suffix, from the VirtualEnvironment's
+/// identity: for offline renders, which must not change from run to run. The controller
+/// records a random suffix in the status before it plans (see `reconcile`).
+pub fn stand_in_suffix(ve: &VirtualEnvironment) -> [u8; ROUTE_HEADER_SUFFIX_LEN] {
+    let identity = format!(
+        "{}/{}/{}",
+        ve.namespace().unwrap_or_default(),
+        ve.name_any(),
+        ve.uid().unwrap_or_default()
+    );
+    let mut out = [0; ROUTE_HEADER_SUFFIX_LEN];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = (fnv1a(format!("{i}:{identity}").as_bytes()) % 36) as u8;
+    }
+    out
+}
+
 /// Plans the routing of `ve`'s namespace from `snapshot`. Output is sorted by name, so the
 /// same input always gives the same objects and applying twice changes nothing.
 pub fn plan_namespace(
@@ -79,11 +99,28 @@ pub fn plan_namespace(
     settings: &Settings,
 ) -> Result<Plan, PlanError> {
     let namespace = ve.namespace().ok_or(PlanError::NoNamespace)?;
-    let plugin_config = ve.spec.plugin_config();
+    let mut plugin_config = ve.spec.plugin_config();
     plugin_config.validate()?;
+    let prefix = plugin_config.route_header.to_ascii_lowercase();
+    let route_header = match ve.route_header_in_force() {
+        Some(name) => name.to_owned(),
+        None => ve
+            .clone()
+            .with_route_header(stand_in_suffix(ve))
+            .route_header_in_force()
+            .map(str::to_owned)
+            .unwrap_or_else(|| prefix.clone()),
+    };
+    plugin_config.route_header = route_header.clone();
+    plugin_config.cluster_domain = Some(settings.cluster_domain.clone());
+    // Neither the route header nor a forged plain one leaves the calling sidecar.
+    let strip = Some(Headers {
+        request: HeaderOperations {
+            remove: vec![route_header.clone(), prefix],
+        },
+    });
     let splitter = plugin_config.splitter_char();
     let env_label = plugin_config.env_label.clone();
-    let route_header = plugin_config.route_header.to_ascii_lowercase();
     let default_subset = plugin_config.default_subset.clone();
 
     let mut ignored_pods = Vec::new();
@@ -116,6 +153,7 @@ pub fn plan_namespace(
         envs: ready_envs.iter().map(|(_, env)| env.to_string()).collect(),
         skipped: Vec::new(),
         ignored_pods,
+        route_header: route_header.clone(),
     };
     for service in services {
         let name = service.name_any();
@@ -162,6 +200,7 @@ pub fn plan_namespace(
                     )]),
                 }],
                 route: vec![to(&host, Some(subset_of(env)))],
+                headers: strip.clone(),
             })
             .collect();
         let default_route = default_subset
@@ -172,6 +211,7 @@ pub fn plan_namespace(
             name: "default".into(),
             matches: Vec::new(),
             route: vec![to(&host, default_route)],
+            headers: strip.clone(),
         });
         plan.virtual_services.push(VirtualService {
             metadata: meta.clone(),
@@ -414,6 +454,13 @@ mod tests {
             .unwrap_or_else(|| panic!("no DestinationRule {name}"))
     }
 
+    /// The route header a VirtualService's routes match.
+    fn plan_route_header(vs: &VirtualService) -> String {
+        let name = vs.spec.http[0].matches[0].headers.keys().next().unwrap();
+        assert!(name.starts_with("x-virtual-env-route-"), "{name}");
+        name.clone()
+    }
+
     /// (match value or "*", subset or "-") per route.
     fn routes(vs: &VirtualService) -> Vec<(String, String)> {
         vs.spec
@@ -421,7 +468,7 @@ mod tests {
             .iter()
             .map(|r| {
                 let m = r.matches.first().map_or("*".to_owned(), |m| {
-                    m.headers["x-virtual-env-route"].exact.clone()
+                    m.headers[&plan_route_header(vs)].exact.clone()
                 });
                 let s = r.route[0].destination.subset.clone().unwrap_or("-".into());
                 (m, s)
@@ -478,6 +525,30 @@ mod tests {
         assert!(config.auto_inject);
         assert_eq!(plan.wasm_plugin.spec.fail_strategy, "FAIL_OPEN");
         assert!(plan.wasm_plugin.labels().contains_key(MANAGED_BY_LABEL));
+    }
+
+    #[test]
+    fn the_route_header_has_a_suffix_and_never_leaves_the_calling_sidecar() {
+        let plan = plan_of(&seed_ve(), &seed_snapshot());
+        let name = plan.route_header.clone();
+        assert!(name.starts_with("x-virtual-env-route-"), "{name}");
+        assert_eq!(plan.plugin_config.route_header, name);
+        assert_eq!(
+            plan.plugin_config.cluster_domain.as_deref(),
+            Some("cluster.local")
+        );
+        for vs in &plan.virtual_services {
+            assert_eq!(plan_route_header(vs), name);
+            for route in &vs.spec.http {
+                let remove = &route.headers.as_ref().unwrap().request.remove;
+                assert_eq!(remove, &[name.clone(), "x-virtual-env-route".to_owned()]);
+            }
+        }
+        // Offline, without a recorded one, the stand-in is stable; a recorded one is kept.
+        assert_eq!(plan_of(&seed_ve(), &seed_snapshot()).route_header, name);
+        let recorded = seed_ve().with_route_header([0; ROUTE_HEADER_SUFFIX_LEN]);
+        let plan = plan_of(&recorded, &seed_snapshot());
+        assert_eq!(plan.route_header, "x-virtual-env-route-aaaaaaaaaaaa");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use serde_json::json;
 use thiserror::Error;
 use tracing::{info, instrument, warn};
 
-use crate::crd::{VirtualEnvironment, VirtualEnvironmentStatus};
+use crate::crd::{VirtualEnvironment, VirtualEnvironmentStatus, ROUTE_HEADER_SUFFIX_LEN};
 use crate::istio::{DestinationRule, VirtualService, WasmPlugin};
 use crate::metrics::Metrics;
 use crate::plan::{plan_namespace, Plan, Settings, Snapshot, MANAGED_BY, MANAGED_BY_LABEL};
@@ -44,6 +44,15 @@ pub enum Error {
     },
     #[error("the VirtualEnvironment has no namespace")]
     NoNamespace,
+    #[error("no randomness for the route header's suffix: {0}")]
+    Random(getrandom::Error),
+}
+
+/// A random suffix for a new route header name.
+fn random_suffix() -> Result<[u8; ROUTE_HEADER_SUFFIX_LEN], Error> {
+    let mut bytes = [0; ROUTE_HEADER_SUFFIX_LEN];
+    getrandom::fill(&mut bytes).map_err(Error::Random)?;
+    Ok(bytes)
 }
 
 pub struct Context {
@@ -101,6 +110,13 @@ pub async fn reconcile(ve: Arc<VirtualEnvironment>, ctx: Arc<Context>) -> Result
         patch_status(&ves, &ve, not_ready(&ve, "Conflict", &message)).await?;
         return Ok(Action::await_change());
     }
+
+    // The route header's suffix is chosen once, here, and kept in the status from now on.
+    let ve = if ve.route_header_in_force().is_some() {
+        ve
+    } else {
+        Arc::new((*ve).clone().with_route_header(random_suffix()?))
+    };
 
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -326,6 +342,7 @@ fn ready(ve: &VirtualEnvironment, plan: &Plan) -> VirtualEnvironmentStatus {
         services: u32::try_from(plan.virtual_services.len()).unwrap_or(u32::MAX),
         envs: u32::try_from(plan.envs.len()).unwrap_or(u32::MAX),
         skipped: plan.skipped.clone(),
+        route_header: Some(plan.route_header.clone()),
     }
 }
 
@@ -621,6 +638,10 @@ mod tests {
             assert_eq!(status["conditions"][0]["reason"], "AppliedWithSkips");
             assert_eq!(status["services"], 2);
             assert_eq!(status["envs"], 2);
+            // The random route header chosen for this reconcile is recorded for the next.
+            let route_header = status["routeHeader"].as_str().unwrap();
+            assert!(route_header.starts_with("x-virtual-env-route-"), "{status}");
+            assert_eq!(wp["spec"]["pluginConfig"]["routeHeader"], route_header);
             assert!(
                 status["skipped"][0]
                     .as_str()

@@ -4,6 +4,8 @@
 //! clippy's `disallowed-methods` (clippy.toml) says the same for the wasm32 build; this
 //! test also runs in a plain `cargo test`.
 
+#![allow(clippy::unwrap_used)]
+
 use std::fs;
 use std::path::Path;
 

@@ -97,6 +97,10 @@ pub struct Hop {
     pub received_env: Option<String>,
     /// HTTP version of the request as the application received it.
     pub protocol: String,
+    /// Route headers (`x-virtual-env-route*`) that reached the application: there should
+    /// be none, the caller's sidecar strips them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub route_headers: Vec<String>,
     /// Answers of the services called, or the error of a failed call.
     #[serde(default)]
     pub calls: Vec<Call>,
@@ -142,6 +146,12 @@ async fn handle(config: Arc<AppConfig>, req: Request<Incoming>) -> Response<Full
             .map(str::to_owned)
     };
     let received_env = header(&config.env_header);
+    let route_headers = req
+        .headers()
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-virtual-env-route"))
+        .map(|name| name.as_str().to_owned())
+        .collect();
     let mut forwarded: Vec<(String, String)> = config
         .forward
         .iter()
@@ -178,6 +188,7 @@ async fn handle(config: Arc<AppConfig>, req: Request<Incoming>) -> Response<Full
         env: config.env.clone(),
         received_env,
         protocol: format!("{:?}", req.version()),
+        route_headers,
         calls,
     };
     Response::builder()
@@ -233,6 +244,7 @@ mod tests {
             env: Some("dev".into()),
             received_env: None,
             protocol: "HTTP/1.1".into(),
+            route_headers: Vec::new(),
             calls,
         }
     }

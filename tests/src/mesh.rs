@@ -423,10 +423,13 @@ impl Mesh {
                             .map(|(name, m)| json!({"name": name, "string_match": {"exact": m.exact}}))
                             .collect();
                         let subset = route.route.first().and_then(|d| d.destination.subset.as_deref());
+                        // Istio's `headers.request.remove` is the route's request_headers_to_remove.
+                        let remove = route.headers.as_ref().map_or(&[][..], |h| &h.request.remove[..]);
                         json!({
                             "name": route.name,
                             "match": {"prefix": "/", "headers": headers},
-                            "route": {"cluster": self.cluster_name(&service.name, subset)}
+                            "route": {"cluster": self.cluster_name(&service.name, subset)},
+                            "request_headers_to_remove": remove
                         })
                     })
                     .collect(),

@@ -19,7 +19,7 @@ export ENVOY
 WASM := target/wasm32-wasip1/release/virtual_env_filter.wasm
 export VIRTUAL_ENV_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: all setup rust-target envoy envoys build demo bench bench-tools test test-native test-envoy-versions lint fmt crd demo-manifests image demo-app-image wasm-image clean
+.PHONY: all setup rust-target envoy envoys build demo bench bench-tools test test-native test-envoy-versions fuzz soak lint fmt crd demo-manifests image demo-app-image wasm-image clean
 
 all: build
 
@@ -71,13 +71,30 @@ test: setup build lint test-native test-envoy-versions
 test-native:
 	cargo test --workspace
 
-# The filter's in-Envoy suite on the other supported Envoy versions (test-native ran the
-# default one).
+# The filter's in-Envoy suites (and, on the newest version, the mesh suite too) on the
+# other supported Envoy versions; test-native ran everything on the default one.
+NEWEST_ENVOY := $(lastword $(ENVOY_VERSIONS))
 test-envoy-versions: build envoys
 	@for v in $(filter-out $(ENVOY_VERSION),$(ENVOY_VERSIONS)); do \
 		echo "== filter in Envoy $$v"; \
-		ENVOY=$(TOOLS)/envoy-$$v/envoy/_bin/envoy cargo test -q -p virtual-env-e2e --test filter_in_envoy || exit 1; \
+		suites="--test filter_in_envoy --test hostile_input"; \
+		if [ "$$v" = "$(NEWEST_ENVOY)" ]; then suites="$$suites --test mesh"; fi; \
+		ENVOY=$(TOOLS)/envoy-$$v/envoy/_bin/envoy cargo test -q -p virtual-env-e2e $$suites || exit 1; \
 	done
+
+# The property tests of every parser of untrusted bytes and of the routing invariants,
+# with many more cases than `make test` runs (1,000 each). Failing cases are saved next to
+# the tests (*.regressions) and replayed first from then on: commit them.
+FUZZ_CASES ?= 1000000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release -p virtual-env-core -p virtual-env-filter fuzz
+
+# A million distinct trace ids through one sidecar's correlation table: Envoy's memory
+# must stay flat (the figure in the README, Reliability).
+TRACE_IDS ?= 1000000
+soak: setup build
+	VIRTUAL_ENV_TRACE_IDS=$(TRACE_IDS) cargo test --release -p virtual-env-e2e --test hostile_input \
+		many_distinct_trace_ids -- --nocapture
 
 lint:
 	cargo fmt --all --check

@@ -2,7 +2,9 @@
 //!
 //! An env name is the value of the env label on a pod (`dev.proj1.user1`), so it must be a
 //! valid Kubernetes label value. The splitter (`.` by default) separates the levels; every
-//! level must be non-empty.
+//! level must start and end with a letter or digit, so that every ancestor of a valid env
+//! name is a valid env name too (`0-_a` with splitter `_` would have the ancestor `0-`,
+//! which no pod can carry).
 
 use thiserror::Error;
 
@@ -24,6 +26,8 @@ pub enum EnvNameError {
     BadEdge,
     #[error("env name has an empty level between two {0:?}")]
     EmptyLevel(char),
+    #[error("env name has a level that does not start and end with a letter or digit: {0:?}")]
+    BadLevelEdge(String),
 }
 
 /// Checks that `name` is a label value whose levels (split by `splitter`) are all non-empty.
@@ -45,8 +49,14 @@ pub fn validate_env_name(name: &str, splitter: char) -> Result<(), EnvNameError>
     if !edge_ok(bytes[0]) || !edge_ok(bytes[bytes.len() - 1]) {
         return Err(EnvNameError::BadEdge);
     }
-    if name.split(splitter).any(str::is_empty) {
-        return Err(EnvNameError::EmptyLevel(splitter));
+    for level in name.split(splitter) {
+        let (Some(&first), Some(&last)) = (level.as_bytes().first(), level.as_bytes().last())
+        else {
+            return Err(EnvNameError::EmptyLevel(splitter));
+        };
+        if !edge_ok(first) || !edge_ok(last) {
+            return Err(EnvNameError::BadLevelEdge(level.to_owned()));
+        }
     }
     Ok(())
 }
@@ -123,6 +133,20 @@ mod tests {
         );
         // With another splitter, `..` is just two dots inside one level.
         assert_eq!(validate_env_name("dev..x", '_'), Ok(()));
+    }
+
+    /// Found by `fuzz::env_names_never_panic_and_valid_ones_walk_valid_ancestors`.
+    #[test]
+    fn every_level_starts_and_ends_with_a_letter_or_digit() {
+        assert_eq!(
+            validate_env_name("0-_a", '_'),
+            Err(EnvNameError::BadLevelEdge("0-".into()))
+        );
+        assert_eq!(
+            validate_env_name("dev-.x", '.'),
+            Err(EnvNameError::BadLevelEdge("dev-".into()))
+        );
+        assert_eq!(validate_env_name("dev-1.x_2", '.'), Ok(()));
     }
 
     #[test]

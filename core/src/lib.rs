@@ -5,6 +5,8 @@
 
 pub mod config;
 pub mod env;
+#[cfg(test)]
+mod fuzz;
 pub mod hash;
 pub mod routing;
 pub mod service;

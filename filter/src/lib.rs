@@ -7,6 +7,8 @@
 pub mod baggage;
 pub mod correlation;
 pub mod flow;
+#[cfg(test)]
+mod fuzz;
 pub mod host;
 pub mod metrics;
 pub mod reload;

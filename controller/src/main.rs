@@ -54,16 +54,23 @@ enum Command {
     Render(OfflineArgs),
     /// Show how a request with an env is routed to a service in a namespace snapshot.
     ///
-    /// Prints the fallback walk up the env's hierarchy and the subset the sidecar chooses.
+    /// Runs the filter's own request flow on the plugin config the controller would write:
+    /// the env it takes (an invalid one is ignored, as the filter does, and the pod's own env
+    /// or the default subset applies instead), the fallback walk up the env's hierarchy and
+    /// the subset the sidecar chooses.
     Explain {
         #[command(flatten)]
         input: OfflineArgs,
-        /// The request's env (omit for a request without env).
+        /// The request's env header (omit for a request without env).
         #[arg(long)]
         env: Option<String>,
-        /// The target service: `name` (in the snapshot's namespace) or its FQDN.
+        /// The target service: `name`, `name.namespace` or its FQDN, as the caller spells it.
         #[arg(long)]
         service: String,
+        /// The pod that sends the request: its own env applies under autoInject, and short
+        /// names are in its namespace.
+        #[arg(long)]
+        from: Option<String>,
     },
 }
 
@@ -185,7 +192,15 @@ fn main() -> ExitCode {
             input,
             env,
             service,
-        } => explain(&input, env.as_deref(), &service),
+            from,
+        } => explain(
+            &input,
+            &offline::Question {
+                env: env.as_deref(),
+                service: &service,
+                from: from.as_deref(),
+            },
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -203,10 +218,10 @@ fn render(input: &OfflineArgs) -> Result<()> {
     Ok(())
 }
 
-fn explain(input: &OfflineArgs, env: Option<&str>, service: &str) -> Result<()> {
+fn explain(input: &OfflineArgs, question: &offline::Question<'_>) -> Result<()> {
     let ns = input.read()?;
     let settings = input.module.settings(FilterModule::embedded().as_ref())?;
-    print!("{}", offline::explain(&ns, &settings, env, service)?);
+    print!("{}", offline::explain(&ns, &settings, question)?);
     Ok(())
 }
 

@@ -2,7 +2,11 @@
 
 use std::fmt::Write;
 
-use virtual_env_core::{service_fqdn, service_key_of_fqdn, Choice, RouteTable};
+use kube::ResourceExt;
+use thiserror::Error;
+use virtual_env_core::{lowercase, service_fqdn, validate_env_name, Choice, ServiceHost, Target};
+use virtual_env_filter::dry_run::{self, Route};
+use virtual_env_filter::{EnvSource, FilterConfig, Node};
 
 use crate::plan::{plan_namespace, Plan, PlanError, Settings};
 use crate::snapshot::NamespaceSnapshot;
@@ -46,54 +50,147 @@ fn to_yaml<T: serde::Serialize>(object: &T) -> String {
     serde_yaml::to_string(object).unwrap_or_default()
 }
 
-/// The fallback walk for a request with `env` (or none) to `service`, as the filter makes
-/// it with the plan's plugin config.
+/// What `virtual-env explain` is asked about: a request with `env` (the env header's
+/// value, or none) to `service` (a short, namespaced or full name), sent by pod `from`
+/// (or by a pod of the VirtualEnvironment's namespace without env label).
+#[derive(Debug, Clone, Default)]
+pub struct Question<'a> {
+    pub env: Option<&'a str>,
+    pub service: &'a str,
+    pub from: Option<&'a str>,
+}
+
+#[derive(Debug, Error)]
+pub enum ExplainError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("no pod {0} in the snapshot")]
+    NoSuchPod(String),
+}
+
+/// How the filter treats the request, by running the filter's own request flow
+/// ([`dry_run::outbound`]) on the plan's plugin config: the env it resolves (and the
+/// values it ignores, and why), the fallback walk, and the route header it sets.
 pub fn explain(
     ns: &NamespaceSnapshot,
     settings: &Settings,
-    env: Option<&str>,
-    service: &str,
-) -> Result<String, PlanError> {
+    question: &Question<'_>,
+) -> Result<String, ExplainError> {
     let plan = plan_namespace(&ns.virtual_environment, &ns.snapshot, settings)?;
     let config = &plan.plugin_config;
-    let namespace = ns
-        .virtual_environment
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_default();
-    let fqdn = if service.contains('.') {
-        service.to_owned()
-    } else {
-        service_fqdn(service, &namespace, &settings.cluster_domain)
-    };
+    let filter = FilterConfig::new(config, None);
+    let ve_namespace = ns.virtual_environment.namespace().unwrap_or_default();
     let mut out = String::new();
-    let table = RouteTable::new(config);
-    let Some(envs) = service_key_of_fqdn(&fqdn).and_then(|key| table.service(key)) else {
+
+    let node = match question.from {
+        Some(name) => {
+            let pod = ns
+                .snapshot
+                .pods
+                .iter()
+                .find(|p| p.name_any() == name)
+                .ok_or_else(|| ExplainError::NoSuchPod(name.to_owned()))?;
+            let label = pod.labels().get(&config.env_label).cloned();
+            let node = Node {
+                namespace: pod.namespace().unwrap_or_else(|| ve_namespace.clone()),
+                own_env: filter.own_env(label.clone()),
+            };
+            let env = match (&label, &node.own_env) {
+                (Some(_), Some(env)) => format!("env {env}"),
+                (Some(bad), None) => format!("env label {bad:?}, not a valid env name"),
+                (None, _) => format!("no {} label", config.env_label),
+            };
+            let _ = writeln!(
+                out,
+                "request from pod {name} (namespace {}, {env})",
+                node.namespace
+            );
+            node
+        }
+        None => Node {
+            namespace: ve_namespace,
+            own_env: None,
+        },
+    };
+
+    let mut headers: Vec<(&str, &[u8])> = vec![(":authority", question.service.as_bytes())];
+    if let Some(env) = question.env {
+        headers.push((filter.env_header(), env.as_bytes()));
+    }
+    let outcome = dry_run::outbound(&filter, &node, &headers);
+    let routes = filter.routes();
+    let authority = lowercase(question.service);
+    let target = routes.target(&authority, &node.namespace);
+    let fqdn = ServiceHost::parse(&authority).map(|h| {
+        service_fqdn(
+            h.name,
+            h.namespace.unwrap_or(&node.namespace),
+            &settings.cluster_domain,
+        )
+    });
+
+    if let Target::Outside = target {
         let _ = writeln!(
             out,
-            "service {fqdn} is not routed by env (it has pods in fewer than two envs and none in the default subset, or it was skipped): requests go to the whole service"
+            "{} is not a service of the mesh (not in a namespace the plugin config knows, or another cluster domain): the filter leaves the request untouched",
+            question.service
+        );
+        return Ok(out);
+    }
+    let fqdn = fqdn.unwrap_or_else(|| question.service.to_owned());
+    if let Some(env) = question.env {
+        if let Err(e) = validate_env_name(env, filter.splitter()) {
+            let _ = writeln!(
+                out,
+                "request env {env:?} is ignored, as the filter ignores it: {e}"
+            );
+        }
+    }
+    match &outcome.env {
+        Some((env, EnvSource::Header)) => {
+            let _ = writeln!(
+                out,
+                "request env {env} (from the {} header)",
+                filter.env_header()
+            );
+        }
+        Some((env, EnvSource::OwnLabel)) => {
+            let _ = writeln!(
+                out,
+                "request env {env}: the sending pod's own env (autoInject is on), written into the {} header",
+                filter.env_header()
+            );
+        }
+        Some((env, source)) => {
+            let _ = writeln!(out, "request env {env} (from {source:?})");
+        }
+        None => {
+            let why = match (&node.own_env, config.auto_inject) {
+                (Some(own), false) => {
+                    format!(" (autoInject is off, so the pod's own env {own} does not apply)")
+                }
+                _ => String::new(),
+            };
+            let _ = writeln!(out, "request without env{why}");
+        }
+    }
+    let Target::Service(envs) = target else {
+        let _ = writeln!(
+            out,
+            "service {fqdn} is not routed by env (it has pods in fewer than two envs and none in the default subset, or it was skipped): requests go to the whole service; the env travels on in the {} header",
+            filter.env_header()
         );
         return Ok(out);
     };
-    let listed = config.services.get(&fqdn).cloned().unwrap_or_default();
     let _ = writeln!(
         out,
         "service {fqdn} has ready pods in: {}",
-        listed.join(", ")
+        routes.envs_of(envs).join(", ")
     );
-    let (steps, choice) = table.explain(envs, env);
-    match env {
-        Some(env) => {
-            let _ = writeln!(
-                out,
-                "request env {env}, walking up by {:?}:",
-                config.splitter
-            );
-        }
-        None => {
-            let _ = writeln!(out, "request without env");
-        }
+    let env = outcome.env.as_ref().map(|(env, _)| env.as_str());
+    let (steps, choice) = routes.explain(envs, env);
+    if let Some(env) = env {
+        let _ = writeln!(out, "walking {env} up by {:?}:", config.splitter);
     }
     let walked = matches!(choice, Choice::Exact(_) | Choice::Fallback(_));
     for (step, has_pods) in steps {
@@ -107,26 +204,32 @@ pub fn explain(
             break;
         }
     }
-    if let (false, Some(default)) = (walked, &config.default_subset) {
-        let mark = match (table.has(envs, default), choice) {
-            (true, Choice::Default(_)) => "pods  <- chosen",
-            (true, _) => "pods",
-            (false, _) => "no pods",
-        };
-        let _ = writeln!(
-            out,
-            "  {:<40} {mark}",
-            format!("{default} (default subset)")
-        );
+    match (&config.default_subset, walked) {
+        (Some(default), false) => {
+            let mark = match (routes.has(envs, default), choice) {
+                (true, Choice::Default(_)) => "pods  <- chosen",
+                (true, _) => "pods",
+                (false, _) => "no pods",
+            };
+            let _ = writeln!(
+                out,
+                "  {:<40} {mark}",
+                format!("{default} (default subset)")
+            );
+        }
+        (None, false) => {
+            let _ = writeln!(out, "  (no default subset)");
+        }
+        _ => {}
     }
-    let route_header = config.route_header.to_ascii_lowercase();
-    let _ = match choice {
-        Choice::Exact(e) => writeln!(out, "chosen: {e} (exact)\nroute header: {route_header}: {e}"),
-        Choice::Fallback(e) => writeln!(out, "chosen: {e} (fallback)\nroute header: {route_header}: {e}"),
-        Choice::Default(e) => writeln!(out, "chosen: {e} (default subset)\nroute header: {route_header}: {e}"),
-        Choice::None => writeln!(
+    let route_header = filter.route_header();
+    let _ = match (outcome.route, &outcome.route_header) {
+        (Some(Route::Exact), Some(e)) => writeln!(out, "chosen: {e} (exact)\nroute header: {route_header}: {e}"),
+        (Some(Route::Fallback), Some(e)) => writeln!(out, "chosen: {e} (fallback)\nroute header: {route_header}: {e}"),
+        (Some(Route::Default), Some(e)) => writeln!(out, "chosen: {e} (default subset)\nroute header: {route_header}: {e}"),
+        _ => writeln!(
             out,
-            "chosen: nothing; the route header is removed and the VirtualService's default route applies"
+            "chosen: nothing; the route header is removed and the VirtualService's default route applies (the whole service)"
         ),
     };
     Ok(out)
@@ -144,19 +247,36 @@ mod tests {
         }
     }
 
+    fn ask(env: Option<&str>, service: &str) -> String {
+        let question = Question {
+            env,
+            service,
+            from: None,
+        };
+        explain(&seed(), &settings(), &question).unwrap()
+    }
+
     #[test]
     fn explain_shows_the_walk_and_the_choice() {
-        let text = explain(&seed(), &settings(), Some("dev.proj1.user1"), "app-b").unwrap();
+        let text = ask(Some("dev.proj1.user1"), "app-b");
         assert!(
             text.contains("service app-b.default.svc.cluster.local has ready pods in: dev\n"),
             "{text}"
         );
         assert!(text.contains("  dev.proj1.user1 "), "{text}");
         assert!(text.contains("chosen: dev (fallback)"), "{text}");
-        let text = explain(&seed(), &settings(), None, "app-a").unwrap();
+        let text = ask(None, "app-a");
         assert!(text.contains("chosen: dev (default subset)"), "{text}");
-        let text = explain(&seed(), &settings(), Some("dev"), "nope").unwrap();
+        let text = ask(Some("dev"), "nope");
         assert!(text.contains("not routed by env"), "{text}");
+        let text = ask(Some("Bad..env"), "app-c");
+        assert!(
+            text.contains("is ignored, as the filter ignores it"),
+            "{text}"
+        );
+        assert!(text.contains("chosen: dev (default subset)"), "{text}");
+        let text = ask(Some("dev"), "app-a.default.svc.evil.example");
+        assert!(text.contains("not a service of the mesh"), "{text}");
     }
 
     #[test]

@@ -89,23 +89,65 @@ fn render_reads_stdin_as_kubectl_pipes_it() {
 #[test]
 fn explain_the_seed_chain() {
     let mut out = String::new();
-    for (env, service) in [
-        ("dev.proj1", "app-a"),
-        ("dev.proj1", "app-b"),
-        ("dev.proj1.user1", "app-c"),
-        ("dev.proj1.user1", "app-a"),
-        ("dev.proj9", "app-b"),
-    ] {
-        out.push_str(&format!(
-            "$ virtual-env explain --env {env} --service {service}\n"
-        ));
+    // (args, what the case shows)
+    let cases: &[&[&str]] = &[
+        // The seed's chain.
+        &["--env", "dev.proj1", "--service", "app-a"],
+        &["--env", "dev.proj1", "--service", "app-b"],
+        &["--env", "dev.proj1.user1", "--service", "app-c"],
+        &["--env", "dev.proj1.user1", "--service", "app-a"],
+        &["--env", "dev.proj9", "--service", "app-b"],
+        // An invalid env is ignored, as the filter ignores it.
+        &["--env", "Bad..env", "--service", "app-c"],
+        // Deeper than any env deployed.
+        &[
+            "--env",
+            "dev.proj1.user1.feature7.try2",
+            "--service",
+            "app-c",
+        ],
+        // A service without the default subset: nothing fits an unrelated env.
+        &["--env", "qa.x", "--service", "app-d"],
+        &["--env", "dev.proj1.user9", "--service", "app-d"],
+        // Short, namespaced and full names; and names that are not services of the mesh.
+        &["--env", "dev.proj1", "--service", "app-c.default:8080"],
+        &[
+            "--env",
+            "dev.proj1",
+            "--service",
+            "APP-C.default.svc.cluster.local",
+        ],
+        &[
+            "--env",
+            "dev.proj1",
+            "--service",
+            "app-c.default.svc.evil.example",
+        ],
+        &["--env", "dev.proj1", "--service", "app-z"],
+        // Sent by a pod: its own env under autoInject, also in place of an invalid one.
+        &["--from", "app-a-proj1-6b7c8", "--service", "app-b"],
+        &["--from", "app-a-proj1-6b7c8", "--service", "app-c"],
+        &[
+            "--from",
+            "app-a-proj1-6b7c8",
+            "--env",
+            "dev..x",
+            "--service",
+            "app-c",
+        ],
+        &[
+            "--from",
+            "app-c-user1-3d4e5",
+            "--env",
+            "dev",
+            "--service",
+            "app-a",
+        ],
+    ];
+    for args in cases {
+        out.push_str(&format!("$ virtual-env explain {}\n", args.join(" ")));
         out.push_str(&virtual_env(
-            &[
-                &["explain", "--env", env, "--service", service][..],
-                &SEED,
-                &MODULE,
-            ]
-            .concat(),
+            &[&["explain"][..], args, &SEED, &MODULE].concat(),
         ));
     }
     check_golden("tests/snapshots/seed/explain.golden.txt", &out);

@@ -120,6 +120,26 @@ impl FilterConfig {
         }
     }
 
+    /// The env header's name, lower case.
+    pub fn env_header(&self) -> &str {
+        &self.env_header
+    }
+
+    /// The route header's name, lower case.
+    pub fn route_header(&self) -> &str {
+        &self.route_header
+    }
+
+    /// The compiled route table.
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+
+    /// The env splitter.
+    pub fn splitter(&self) -> char {
+        self.splitter
+    }
+
     /// The node's own env if `label` (the pod's env label value) is a valid env name.
     pub fn own_env(&self, label: Option<String>) -> Option<String> {
         let label = label?;

@@ -6,22 +6,33 @@ use std::collections::BTreeSet;
 use std::fmt::Write;
 
 use anyhow::Result;
-use virtual_env_core::lineage;
+use virtual_env_filter::dry_run::{self, Route};
+use virtual_env_filter::{FilterConfig, Node};
 
 use crate::app::Hop;
 use crate::mesh::Mesh;
 
-/// How a hop's pod relates to the request's env.
+/// How a hop was routed, as the filter's own request flow decides it for the call that
+/// reached it (the caller's node, the env header the caller had): `exact`, `fallback`,
+/// `default`, or `-` when nothing was chosen. When the pod that answered is not in the env
+/// the filter chose, the mesh disagreed with the filter: `MISMATCH`.
 pub fn outcome(
-    request_env: Option<&str>,
-    pod_env: Option<&str>,
-    splitter: char,
-    default: Option<&str>,
+    filter: &FilterConfig,
+    caller: &Node,
+    service: &str,
+    env_header: Option<&str>,
+    served_by_env: Option<&str>,
 ) -> &'static str {
-    match (request_env, pod_env) {
-        (Some(r), Some(p)) if r == p => "exact",
-        (Some(r), Some(p)) if lineage(r, splitter).any(|e| e == p) => "fallback",
-        (_, Some(p)) if Some(p) == default => "default",
+    let mut headers: Vec<(&str, &[u8])> = vec![(":authority", service.as_bytes())];
+    if let Some(env) = env_header {
+        headers.push((filter.env_header(), env.as_bytes()));
+    }
+    let decided = dry_run::outbound(filter, caller, &headers);
+    match (decided.route, decided.route_header.as_deref()) {
+        (Some(_), Some(chosen)) if Some(chosen) != served_by_env => "MISMATCH",
+        (Some(Route::Exact), _) => "exact",
+        (Some(Route::Fallback), _) => "fallback",
+        (Some(Route::Default), _) => "default",
         _ => "-",
     }
 }
@@ -63,13 +74,12 @@ pub async fn run(mesh: &Mesh) -> Result<String> {
         let hop = mesh.request(&entry, &headers).await?;
         rows.push((env, hop));
     }
-    Ok(table(mesh, &rows))
+    table(mesh, &rows)
 }
 
-pub fn table(mesh: &Mesh, rows: &[(Option<String>, Hop)]) -> String {
-    let ve = &mesh.topology.virtual_environment;
-    let splitter = ve.env_label.splitter.chars().next().unwrap_or('.');
-    let default = ve.env_label.default_subset.as_deref();
+pub fn table(mesh: &Mesh, rows: &[(Option<String>, Hop)]) -> Result<String> {
+    let filter = FilterConfig::new(&mesh.plan()?.plugin_config, None);
+    let namespace = mesh.topology.namespace.clone();
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -78,8 +88,27 @@ pub fn table(mesh: &Mesh, rows: &[(Option<String>, Hop)]) -> String {
     );
     for (env, hop) in rows {
         let label = env.clone().unwrap_or_else(|| "(none)".into());
-        for (i, h) in hop.chain().iter().enumerate() {
+        let chain = hop.chain();
+        for (i, h) in chain.iter().enumerate() {
             let pod_env = h.env.as_deref();
+            // The first call comes from the gateway (no env label) with the request's env;
+            // each next one from the pod before, with the env header that pod received.
+            let (caller, env_header) = match i.checked_sub(1).map(|p| chain[p]) {
+                None => (
+                    Node {
+                        namespace: namespace.clone(),
+                        own_env: None,
+                    },
+                    env.as_deref(),
+                ),
+                Some(previous) => (
+                    Node {
+                        namespace: namespace.clone(),
+                        own_env: filter.own_env(previous.env.clone()),
+                    },
+                    previous.received_env.as_deref(),
+                ),
+            };
             let _ = writeln!(
                 out,
                 "{:<18} {:>3}  {:<8} {:<14} {:<18} {}",
@@ -88,27 +117,54 @@ pub fn table(mesh: &Mesh, rows: &[(Option<String>, Hop)]) -> String {
                 h.service,
                 h.pod,
                 pod_env.unwrap_or("-"),
-                outcome(env.as_deref(), pod_env, splitter, default)
+                outcome(&filter, &caller, &h.service, env_header, pod_env)
             );
         }
         if let Some(error) = hop.first_error() {
             let _ = writeln!(out, "{:<18} error: {error}", "");
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
+    use virtual_env_core::PluginConfig;
+
     use super::*;
 
     #[test]
-    fn outcomes() {
+    fn outcomes_are_the_filters_decisions() {
+        let json = r#"{"defaultSubset": "dev", "services": {
+            "app-a.default.svc.cluster.local": ["dev", "dev.p1"],
+            "app-b.default.svc.cluster.local": ["dev"]}}"#;
+        let filter = FilterConfig::new(&PluginConfig::from_json(json.as_bytes()).unwrap(), None);
+        let gateway = Node {
+            namespace: "default".into(),
+            own_env: None,
+        };
         let d = Some("dev");
-        assert_eq!(outcome(Some("dev.p1"), Some("dev.p1"), '.', d), "exact");
-        assert_eq!(outcome(Some("dev.p1.u1"), Some("dev"), '.', d), "fallback");
-        assert_eq!(outcome(None, Some("dev"), '.', d), "default");
-        assert_eq!(outcome(Some("qa"), Some("dev"), '.', d), "default");
-        assert_eq!(outcome(Some("qa"), Some("dev.p1"), '.', d), "-");
+        assert_eq!(
+            outcome(&filter, &gateway, "app-a", Some("dev.p1"), Some("dev.p1")),
+            "exact"
+        );
+        assert_eq!(
+            outcome(&filter, &gateway, "app-b", Some("dev.p1.u1"), d),
+            "fallback"
+        );
+        assert_eq!(outcome(&filter, &gateway, "app-b", None, d), "default");
+        assert_eq!(
+            outcome(&filter, &gateway, "app-b", Some("qa"), d),
+            "default"
+        );
+        assert_eq!(
+            outcome(&filter, &gateway, "app-b", Some("Bad..env"), d),
+            "default"
+        );
+        assert_eq!(
+            outcome(&filter, &gateway, "app-a", Some("dev.p1"), d),
+            "MISMATCH"
+        );
+        assert_eq!(outcome(&filter, &gateway, "app-z", Some("dev"), d), "-");
     }
 }

@@ -1,0 +1,151 @@
+//! The filter's own request flow run against an in-memory request, for tools that must
+//! say exactly what a sidecar would do (`virtual-env explain`, the demo's table): the same
+//! code decides, so they cannot drift from the filter.
+
+use std::collections::BTreeMap;
+
+use crate::flow::{Direction, EnvSource, FilterConfig, Node};
+use crate::host::Host;
+use crate::metrics::Metric;
+
+/// What the filter did to one outbound request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The request's env and where it came from; `None` when it has none.
+    pub env: Option<(String, EnvSource)>,
+    /// Request values ignored as invalid (env values, trace headers, hosts).
+    pub rejected: u64,
+    /// How the walk ended; `None` when the host is not a service the config routes.
+    pub route: Option<Route>,
+    /// The route header after the filter: the chosen env, or `None` (removed).
+    pub route_header: Option<String>,
+}
+
+/// How the fallback walk ended for a routed service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Exact,
+    Fallback,
+    Default,
+    None,
+}
+
+/// Runs the outbound flow of `config` for a request with `headers` (lower-case names, raw
+/// values; `:authority` names the target) from a pod described by `node`.
+pub fn outbound(config: &FilterConfig, node: &Node, headers: &[(&str, &[u8])]) -> Outcome {
+    let mut host = Recorder {
+        headers: headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
+            .collect(),
+        counts: BTreeMap::new(),
+    };
+    config.on_request_headers(node, Direction::Outbound, &mut host);
+    let count = |m: Metric| host.counts.get(&m).copied().unwrap_or(0);
+    let source = [
+        (Metric::EnvFromHeader, EnvSource::Header),
+        (Metric::EnvFromAlias, EnvSource::Alias),
+        (Metric::EnvFromBaggage, EnvSource::Baggage),
+        (Metric::EnvFromTrace, EnvSource::Trace),
+        (Metric::EnvFromOwnLabel, EnvSource::OwnLabel),
+    ]
+    .into_iter()
+    .find(|(m, _)| count(*m) > 0)
+    .map(|(_, source)| source);
+    let text = |name: &str| {
+        host.headers
+            .get(name)
+            .and_then(|v| String::from_utf8(v.clone()).ok())
+    };
+    let route = [
+        (Metric::RouteExact, Route::Exact),
+        (Metric::RouteFallback, Route::Fallback),
+        (Metric::RouteDefault, Route::Default),
+        (Metric::RouteNone, Route::None),
+    ]
+    .into_iter()
+    .find(|(m, _)| count(*m) > 0)
+    .map(|(_, route)| route);
+    Outcome {
+        env: source.and_then(|s| Some((text(config.env_header())?, s))),
+        rejected: count(Metric::HeaderRejected),
+        route,
+        route_header: text(config.route_header()),
+    }
+}
+
+/// An in-memory request: headers in, headers and counts out. No shared data, so trace
+/// correlation finds nothing (a dry run has no past requests).
+struct Recorder {
+    headers: BTreeMap<String, Vec<u8>>,
+    counts: BTreeMap<Metric, u64>,
+}
+
+impl Host for Recorder {
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.headers.get(name).cloned()
+    }
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        self.headers
+            .insert(name.to_owned(), value.as_bytes().to_vec());
+    }
+    fn remove_request_header(&mut self, name: &str) {
+        self.headers.remove(name);
+    }
+    fn shared_data(&self, _key: &str) -> Option<(Vec<u8>, u32)> {
+        None
+    }
+    fn set_shared_data(&mut self, _key: &str, _value: &[u8], _cas: Option<u32>) -> bool {
+        false
+    }
+    fn now_unix_ms(&self) -> u64 {
+        0
+    }
+    fn random(&mut self, _buf: &mut [u8]) -> bool {
+        false
+    }
+    fn increment(&mut self, metric: Metric) {
+        *self.counts.entry(metric).or_default() += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use virtual_env_core::PluginConfig;
+
+    use super::*;
+
+    fn config() -> FilterConfig {
+        let json = r#"{"defaultSubset": "dev", "autoInject": true, "services": {
+            "app-a.default.svc.cluster.local": ["dev", "dev.proj1"]}}"#;
+        FilterConfig::new(&PluginConfig::from_json(json.as_bytes()).unwrap(), None)
+    }
+
+    #[test]
+    fn reports_what_the_filter_did() {
+        let node = Node {
+            namespace: "default".into(),
+            own_env: Some("dev.proj1".into()),
+        };
+        let out = outbound(
+            &config(),
+            &node,
+            &[(":authority", b"app-a"), ("x-virtual-env", b"dev.proj1.u1")],
+        );
+        assert_eq!(out.env, Some(("dev.proj1.u1".into(), EnvSource::Header)));
+        assert_eq!(out.route, Some(Route::Fallback));
+        assert_eq!(out.route_header.as_deref(), Some("dev.proj1"));
+        // An invalid env is ignored; the pod's own env applies under auto-inject.
+        let out = outbound(
+            &config(),
+            &node,
+            &[(":authority", b"app-a"), ("x-virtual-env", b"Bad..env")],
+        );
+        assert_eq!(out.rejected, 1);
+        assert_eq!(out.env, Some(("dev.proj1".into(), EnvSource::OwnLabel)));
+        assert_eq!(out.route, Some(Route::Exact));
+        // Outside the mesh: nothing.
+        let out = outbound(&config(), &node, &[(":authority", b"example.com")]);
+        assert_eq!((out.env, out.route, out.route_header), (None, None, None));
+    }
+}

@@ -2,13 +2,24 @@
 # Images of virtual-env (`make image`, `make demo-app-image`). The controller image embeds
 # the filter module it was built with and serves it to the sidecars.
 
-FROM rust:1.95-bookworm AS build
+FROM rust:1.95-bookworm AS build-filter
 WORKDIR /src
 RUN rustup target add wasm32-wasip1
 COPY . .
-# The filter first: the controller's build script embeds it.
-RUN cargo build --locked -p virtual-env-filter --target wasm32-wasip1 --release \
- && cargo build --locked --release -p virtual-env-controller --bin virtual-env \
+RUN cargo build --locked -p virtual-env-filter --target wasm32-wasip1 --release
+
+# The module the controller embeds. A release replaces this stage with the module it
+# attaches (`--build-context filter=target/wasm32-wasip1/release`), so that the image and
+# the release asset are the same bytes.
+FROM scratch AS filter
+COPY --from=build-filter /src/target/wasm32-wasip1/release/virtual_env_filter.wasm /virtual_env_filter.wasm
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+COPY --from=filter /virtual_env_filter.wasm /filter/virtual_env_filter.wasm
+ENV VIRTUAL_ENV_WASM=/filter/virtual_env_filter.wasm
+RUN cargo build --locked --release -p virtual-env-controller --bin virtual-env \
  && cargo build --locked --release -p virtual-env-e2e --bin virtual-env-mesh
 
 # The controller: distroless, non-root, one static-ish binary.

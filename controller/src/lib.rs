@@ -5,6 +5,7 @@
 //! `reconcile` applies its output to the cluster.
 
 pub mod crd;
+pub mod existing;
 pub mod istio;
 pub mod leader;
 pub mod metrics;
@@ -13,6 +14,7 @@ pub mod offline;
 pub mod plan;
 pub mod rbac;
 pub mod reconcile;
+pub mod routable;
 pub mod server;
 pub mod snapshot;
 pub mod subset;

@@ -12,11 +12,13 @@ use virtual_env_core::hash::fnv1a;
 use virtual_env_core::{service_fqdn, validate_env_name, ConfigError, PluginConfig};
 
 use crate::crd::{VirtualEnvironment, ROUTE_HEADER_SUFFIX_LEN};
+use crate::existing::{Existing, Kind};
 use crate::istio::{
     Destination, DestinationRule, DestinationRuleSpec, HeaderOperations, Headers, HttpMatchRequest,
     HttpRoute, HttpRouteDestination, StringMatch, Subset, VirtualService, VirtualServiceSpec,
     WasmPlugin, WasmPluginSpec,
 };
+use crate::routable::not_routable;
 use crate::subset::SubsetNames;
 
 /// The label that marks the objects virtual-env manages (and may prune).
@@ -44,9 +46,10 @@ pub struct Settings {
 pub struct Snapshot {
     pub services: Vec<Service>,
     pub pods: Vec<Pod>,
-    /// Names of VirtualServices and DestinationRules in the namespace that virtual-env does
-    /// not manage: a service whose objects would take such a name is left alone.
-    pub foreign: BTreeSet<String>,
+    /// The VirtualServices, DestinationRules and WasmPlugins already there, whoever wrote
+    /// them: a service that another's object routes is left alone, and only the objects
+    /// this VirtualEnvironment owns are pruned.
+    pub existing: Vec<Existing>,
 }
 
 /// The desired state of a namespace.
@@ -64,6 +67,9 @@ pub struct Plan {
     pub ignored_pods: Vec<String>,
     /// The route header in force (the spec's name and its suffix), for the status.
     pub route_header: String,
+    /// Objects this VirtualEnvironment owns and no longer needs: VirtualServices first,
+    /// so that no route is left pointing at a subset that is gone.
+    pub prune: Vec<Existing>,
 }
 
 #[derive(Debug, Error)]
@@ -72,6 +78,8 @@ pub enum PlanError {
     InvalidSpec(#[from] ConfigError),
     #[error("the VirtualEnvironment has no namespace")]
     NoNamespace,
+    #[error("a WasmPlugin named {WASM_PLUGIN_NAME} exists in namespace {0} and is not managed by this VirtualEnvironment; rename or remove it")]
+    WasmPluginTaken(String),
 }
 
 /// A stable stand-in for the route header's random suffix, from the VirtualEnvironment's
@@ -101,6 +109,18 @@ pub fn plan_namespace(
     let namespace = ve.namespace().ok_or(PlanError::NoNamespace)?;
     let mut plugin_config = ve.spec.plugin_config();
     plugin_config.validate()?;
+    let owner_uid = ve.uid();
+    let others: Vec<&Existing> = snapshot
+        .existing
+        .iter()
+        .filter(|e| !e.managed_by(owner_uid.as_deref()))
+        .collect();
+    if others
+        .iter()
+        .any(|e| e.kind == Kind::WasmPlugin && e.name == WASM_PLUGIN_NAME)
+    {
+        return Err(PlanError::WasmPluginTaken(namespace));
+    }
     let prefix = plugin_config.route_header.to_ascii_lowercase();
     let route_header = match ve.route_header_in_force() {
         Some(name) => name.to_owned(),
@@ -154,6 +174,7 @@ pub fn plan_namespace(
         skipped: Vec::new(),
         ignored_pods,
         route_header: route_header.clone(),
+        prune: Vec::new(),
     };
     for service in services {
         let name = service.name_any();
@@ -176,9 +197,25 @@ pub fn plan_namespace(
         if envs.len() < 2 && !has_default {
             continue;
         }
-        if snapshot.foreign.contains(&name) {
+        if let Some(why) = not_routable(service) {
+            plan.skipped.push(format!("{name}: {why}"));
+            continue;
+        }
+        // Istio would merge or pick between two objects for one host: leave it to its owner.
+        let mut held_by: Vec<String> = others
+            .iter()
+            .filter(|e| {
+                (e.kind != Kind::WasmPlugin && e.name == name)
+                    || e.routes_service(&name, &namespace, &settings.cluster_domain)
+            })
+            .map(|e| e.describe())
+            .collect();
+        if !held_by.is_empty() {
+            held_by.sort();
+            held_by.dedup();
             plan.skipped.push(format!(
-                "{name}: a VirtualService or DestinationRule named {name} exists and is not managed by virtual-env"
+                "{name}: left to {}, which this VirtualEnvironment does not manage",
+                held_by.join(", ")
             ));
             continue;
         }
@@ -239,6 +276,19 @@ pub fn plan_namespace(
     }
     plan.wasm_plugin.spec.plugin_config =
         serde_json::to_value(&plan.plugin_config).unwrap_or_default();
+    let wanted = |kind: Kind, name: &str| match kind {
+        Kind::VirtualService => plan.virtual_services.iter().any(|o| o.name_any() == name),
+        Kind::DestinationRule => plan.destination_rules.iter().any(|o| o.name_any() == name),
+        Kind::WasmPlugin => name == WASM_PLUGIN_NAME,
+    };
+    let mut prune: Vec<Existing> = snapshot
+        .existing
+        .iter()
+        .filter(|e| e.managed_by(owner_uid.as_deref()) && !wanted(e.kind, &e.name))
+        .cloned()
+        .collect();
+    prune.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+    plan.prune = prune;
     Ok(plan)
 }
 
@@ -339,7 +389,7 @@ fn wasm_plugin(
 pub mod fixtures {
     //! Services, pods and VirtualEnvironments for tests.
 
-    use k8s_openapi::api::core::v1::{PodCondition, PodStatus, ServiceSpec};
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus, ServicePort, ServiceSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
@@ -368,6 +418,11 @@ pub mod fixtures {
             },
             spec: Some(ServiceSpec {
                 selector: Some(BTreeMap::from([("app".into(), name.into())])),
+                ports: Some(vec![ServicePort {
+                    name: Some("http".into()),
+                    port: 8080,
+                    ..ServicePort::default()
+                }]),
                 ..ServiceSpec::default()
             }),
             ..Service::default()
@@ -414,7 +469,7 @@ pub mod fixtures {
                 pod("app-a-proj1", "app-a", Some("dev.proj1"), true),
                 pod("app-c-proj1", "app-c", Some("dev.proj1"), true),
             ],
-            foreign: BTreeSet::new(),
+            existing: Vec::new(),
         }
     }
 
@@ -641,7 +696,7 @@ mod tests {
                 .iter()
                 .map(|env| pod(&format!("app-{env}"), "app", Some(env), true))
                 .collect(),
-            foreign: BTreeSet::new(),
+            existing: Vec::new(),
         };
         let plan = plan_of(&seed_ve(), &snapshot);
         let subsets: BTreeSet<_> = dr(&plan, "app")
@@ -673,7 +728,11 @@ mod tests {
     #[test]
     fn a_user_owned_virtual_service_is_left_alone_and_reported() {
         let mut snapshot = seed_snapshot();
-        snapshot.foreign.insert("app-a".into());
+        snapshot.existing.push(Existing::from_json(
+            Kind::VirtualService,
+            &serde_json::json!({"metadata": {"name": "app-a", "namespace": NS}, "spec": {"hosts": ["app-a"]}}),
+            NS,
+        ));
         let plan = plan_of(&seed_ve(), &snapshot);
         assert!(plan
             .virtual_services
@@ -689,6 +748,63 @@ mod tests {
             .contains_key("app-a.default.svc.cluster.local"));
         assert_eq!(plan.skipped.len(), 1);
         assert!(plan.skipped[0].starts_with("app-a: "), "{:?}", plan.skipped);
+    }
+
+    #[test]
+    fn services_that_cannot_be_routed_by_subset_are_left_alone_and_reported() {
+        let mut snapshot = seed_snapshot();
+        let spec = |s: &mut Service| s.spec.as_mut().unwrap().clone();
+        for svc in &mut snapshot.services {
+            let mut new = spec(svc);
+            match svc.name_any().as_str() {
+                "app-a" => new.cluster_ip = Some("None".into()),
+                "app-b" => {
+                    new.type_ = Some("ExternalName".into());
+                    new.external_name = Some("b.example.com".into());
+                }
+                _ => new.ports.as_mut().unwrap()[0].name = Some("tcp-db".into()),
+            }
+            svc.spec = Some(new);
+        }
+        let plan = plan_of(&seed_ve(), &snapshot);
+        assert!(plan.virtual_services.is_empty());
+        assert!(plan.plugin_config.services.is_empty());
+        let skipped = plan.skipped.join("\n");
+        assert!(skipped.contains("app-a: a headless service"), "{skipped}");
+        assert!(
+            skipped.contains("app-b: an ExternalName service"),
+            "{skipped}"
+        );
+        assert!(skipped.contains("app-c: no HTTP or gRPC port"), "{skipped}");
+    }
+
+    /// A pod without the env label is in no subset. With a default subset, the default
+    /// route goes to that subset, so such a pod gets no traffic of a routed service; without
+    /// one, the default route is the whole service, so it gets the requests whose env
+    /// matches no subset, like every other pod.
+    #[test]
+    fn pods_without_the_env_label_with_and_without_a_default_subset() {
+        let mut snapshot = seed_snapshot();
+        snapshot
+            .pods
+            .push(pod("app-a-unlabelled", "app-a", None, true));
+        let with_default = plan_of(&seed_ve(), &snapshot);
+        assert_eq!(routes(vs(&with_default, "app-a")).last().unwrap().1, "dev");
+        let subsets = &dr(&with_default, "app-a").spec.subsets;
+        assert!(subsets.iter().all(|s| s.labels.contains_key("virtual-env")));
+        assert_eq!(with_default.envs.len(), 2);
+        let without = plan_of(&ve("envLabel: {name: virtual-env}"), &snapshot);
+        assert_eq!(routes(vs(&without, "app-a")).last().unwrap().1, "-");
+        // A service whose pods are all unlabelled has no env to route: left as it is.
+        let mut unlabelled = seed_snapshot();
+        unlabelled.services.push(service("app-u"));
+        unlabelled.pods.push(pod("app-u-1", "app-u", None, true));
+        let plan = plan_of(&seed_ve(), &unlabelled);
+        assert!(plan
+            .virtual_services
+            .iter()
+            .all(|v| v.name_any() != "app-u"));
+        assert!(plan.skipped.is_empty(), "{:?}", plan.skipped);
     }
 
     #[test]
@@ -742,7 +858,7 @@ mod tests {
                     .enumerate()
                     .map(|(i, (svc, env, ready))| pod(&format!("p{i}"), &format!("svc{svc}"), Some(env), *ready))
                     .collect(),
-                foreign: BTreeSet::new(),
+                existing: Vec::new(),
             };
             let plan = plan_of(&seed_ve(), &snapshot);
             for (vs, dr) in plan.virtual_services.iter().zip(&plan.destination_rules) {

@@ -5,14 +5,17 @@
 //! (make before break), and the WasmPlugin, which makes sidecars set route headers, goes
 //! last.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, Preconditions,
+};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -24,9 +27,10 @@ use thiserror::Error;
 use tracing::{info, instrument, warn};
 
 use crate::crd::{VirtualEnvironment, VirtualEnvironmentStatus, ROUTE_HEADER_SUFFIX_LEN};
+use crate::existing::{Existing, Kind};
 use crate::istio::{DestinationRule, VirtualService, WasmPlugin};
 use crate::metrics::Metrics;
-use crate::plan::{plan_namespace, Plan, Settings, Snapshot, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::plan::{plan_namespace, Plan, PlanError, Settings, Snapshot};
 
 pub const FIELD_MANAGER: &str = "virtual-env-controller";
 const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=virtual-env";
@@ -122,36 +126,35 @@ pub async fn reconcile(ve: Arc<VirtualEnvironment>, ctx: Arc<Context>) -> Result
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let vss: Api<VirtualService> = Api::namespaced(client.clone(), &ns);
     let drs: Api<DestinationRule> = Api::namespaced(client.clone(), &ns);
-    let wasm_plugins: Api<WasmPlugin> = Api::namespaced(client, &ns);
+    let wasm_plugins: Api<WasmPlugin> = Api::namespaced(client.clone(), &ns);
 
     let services = services.list(&ListParams::default()).await?.items;
     let pods = pods.list(&ListParams::default()).await?.items;
-    let existing_vss = list_istio(&vss, "VirtualService").await?;
-    let existing_drs = list_istio(&drs, "DestinationRule").await?;
-    let managed = |meta: &kube::api::ObjectMeta| {
-        meta.labels
-            .as_ref()
-            .and_then(|l| l.get(MANAGED_BY_LABEL))
-            .is_some_and(|v| v == MANAGED_BY)
-    };
-    let foreign: BTreeSet<String> = existing_vss
-        .iter()
-        .map(|o| &o.metadata)
-        .chain(existing_drs.iter().map(|o| &o.metadata))
-        .filter(|meta| !managed(meta))
-        .filter_map(|meta| meta.name.clone())
-        .collect();
+    // Whatever users wrote is read untyped: one object outside the controller's own types
+    // must not fail the list (and stall the namespace).
+    let mut existing = Vec::new();
+    for kind in [
+        Kind::VirtualService,
+        Kind::DestinationRule,
+        Kind::WasmPlugin,
+    ] {
+        existing.extend(list_existing(&client, &ns, kind).await?);
+    }
     let snapshot = Snapshot {
         services,
         pods,
-        foreign,
+        existing,
     };
 
     let plan = match plan_namespace(&ve, &snapshot, &ctx.settings) {
         Ok(plan) => plan,
         Err(e) => {
             warn!("not applying anything: {e}");
-            patch_status(&ves, &ve, not_ready(&ve, "InvalidSpec", &e.to_string())).await?;
+            let reason = match e {
+                PlanError::WasmPluginTaken(_) => "Conflict",
+                _ => "InvalidSpec",
+            };
+            patch_status(&ves, &ve, not_ready(&ve, reason, &e.to_string())).await?;
             return Ok(Action::await_change());
         }
     };
@@ -167,22 +170,16 @@ pub async fn reconcile(ve: Arc<VirtualEnvironment>, ctx: Arc<Context>) -> Result
     apply(&wasm_plugins, &plan.wasm_plugin, "WasmPlugin").await?;
     ctx.metrics.applied("WasmPlugin");
 
-    let wanted_vss: BTreeSet<String> = plan.virtual_services.iter().map(|o| o.name_any()).collect();
-    let wanted_drs: BTreeSet<String> = plan
-        .destination_rules
-        .iter()
-        .map(|o| o.name_any())
-        .collect();
-    for vs in existing_vss.iter().filter(|o| managed(&o.metadata)) {
-        if !wanted_vss.contains(&vs.name_any()) {
-            prune(&vss, &vs.name_any()).await?;
-            ctx.metrics.pruned("VirtualService");
-        }
-    }
-    for dr in existing_drs.iter().filter(|o| managed(&o.metadata)) {
-        if !wanted_drs.contains(&dr.name_any()) {
-            prune(&drs, &dr.name_any()).await?;
-            ctx.metrics.pruned("DestinationRule");
+    // Only what this VirtualEnvironment owns, routes before subsets, each deletion
+    // conditional on the UID it was planned for.
+    for object in &plan.prune {
+        let deleted = match object.kind {
+            Kind::VirtualService => prune(&vss, object).await?,
+            Kind::DestinationRule => prune(&drs, object).await?,
+            Kind::WasmPlugin => prune(&wasm_plugins, object).await?,
+        };
+        if deleted {
+            ctx.metrics.pruned(object.kind.name());
         }
     }
 
@@ -226,14 +223,28 @@ fn ruling(ves: &[VirtualEnvironment]) -> Option<&VirtualEnvironment> {
         .min_by_key(|ve| (ve.metadata.creation_timestamp.clone(), ve.name_any()))
 }
 
-async fn list_istio<K>(api: &Api<K>, kind: &'static str) -> Result<Vec<K>, Error>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    api.list(&ListParams::default())
+/// Every object of `kind` in the namespace, read untyped.
+async fn list_existing(client: &Client, ns: &str, kind: Kind) -> Result<Vec<Existing>, Error> {
+    let (group, version, plural) = match kind {
+        Kind::VirtualService => ("networking.istio.io", "v1", "virtualservices"),
+        Kind::DestinationRule => ("networking.istio.io", "v1", "destinationrules"),
+        Kind::WasmPlugin => ("extensions.istio.io", "v1alpha1", "wasmplugins"),
+    };
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(group, version, kind.name()),
+        plural,
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+    let list = api
+        .list(&ListParams::default())
         .await
-        .map(|list| list.items)
-        .map_err(|e| istio_error(kind, e))
+        .map_err(|e| istio_error(kind.name(), e))?;
+    Ok(list
+        .items
+        .iter()
+        .filter_map(|o| serde_json::to_value(o).ok())
+        .map(|v| Existing::from_json(kind, &v, ns))
+        .collect())
 }
 
 /// An Istio resource the API server does not know (404 on the collection) means Istio's
@@ -259,13 +270,22 @@ where
         .map_err(|e| istio_error(kind, e))
 }
 
-async fn prune<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+/// Deletes `object` if it is still the one planned for (same UID); true if it went.
+async fn prune<K>(api: &Api<K>, object: &Existing) -> Result<bool, Error>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: object.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&object.name, &params).await {
+        Ok(_) => Ok(true),
+        // Gone already, or replaced by another object of that name since: not ours to delete.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
@@ -411,6 +431,7 @@ mod tests {
 
     use super::*;
     use crate::plan::fixtures::*;
+    use crate::plan::{MANAGED_BY, MANAGED_BY_LABEL};
 
     type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -432,12 +453,48 @@ mod tests {
         json!({"apiVersion": "v1", "kind": format!("{kind}List"), "metadata": {}, "items": items})
     }
 
+    /// An object this VirtualEnvironment (uid-1) wrote earlier.
     fn managed_object(name: &str) -> Value {
-        json!({"metadata": {"name": name, "namespace": NS, "labels": {MANAGED_BY_LABEL: MANAGED_BY}}, "spec": {"hosts": [], "http": [], "host": "", "subsets": []}})
+        json!({"metadata": {"name": name, "namespace": NS, "uid": format!("obj-{name}"),
+            "labels": {MANAGED_BY_LABEL: MANAGED_BY}, "ownerReferences": [{"uid": "uid-1"}]}})
     }
 
-    fn foreign_object(name: &str) -> Value {
-        json!({"metadata": {"name": name, "namespace": NS}, "spec": {"hosts": [], "http": [], "host": "", "subsets": []}})
+    /// Labelled as virtual-env's but owned by another VirtualEnvironment: never pruned.
+    fn managed_by_another(name: &str) -> Value {
+        json!({"metadata": {"name": name, "namespace": NS,
+            "labels": {MANAGED_BY_LABEL: MANAGED_BY}, "ownerReferences": [{"uid": "uid-2"}]}})
+    }
+
+    /// A user's VirtualService for `host`, in none of the controller's shapes: a uri match,
+    /// an unnamed route, a TCP route.
+    fn users_virtual_service(name: &str, host: &str) -> Value {
+        json!({"metadata": {"name": name, "namespace": NS}, "spec": {"hosts": [host],
+            "http": [{"match": [{"uri": {"prefix": "/api"}}], "route": [{"destination": {"host": host}, "weight": 100}]}],
+            "tcp": [{"route": [{"destination": {"host": host}}]}]}})
+    }
+
+    /// Every object of `kind` in Istio's Bookinfo networking samples, in namespace `NS`.
+    fn bookinfo(kind: &str) -> Vec<Value> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/istio/bookinfo-networking");
+        let mut out = Vec::new();
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let mut value: Value = serde::Deserialize::deserialize(doc).unwrap();
+                if value["kind"] == kind {
+                    value["metadata"]["namespace"] = json!(NS);
+                    out.push(value);
+                }
+            }
+        }
+        assert!(!out.is_empty(), "no {kind} in the Bookinfo samples");
+        out
     }
 
     /// The API server's side: answers each expected call in turn and records it.
@@ -512,10 +569,20 @@ mod tests {
             .await;
         }
 
-        /// The reads every reconcile starts with.
+        /// The reads every reconcile starts with, on the seed's namespace.
         async fn reads(&mut self, ve: &VirtualEnvironment, vss: Vec<Value>, drs: Vec<Value>) {
+            self.reads_of(ve, seed_snapshot(), vss, drs, vec![]).await;
+        }
+
+        async fn reads_of(
+            &mut self,
+            ve: &VirtualEnvironment,
+            snap: Snapshot,
+            vss: Vec<Value>,
+            drs: Vec<Value>,
+            wps: Vec<Value>,
+        ) {
             self.list_virtual_environments(&[ve]).await;
-            let snap = seed_snapshot();
             let services = snap
                 .services
                 .iter()
@@ -548,6 +615,12 @@ mod tests {
                 Method::GET,
                 "/apis/networking.istio.io/v1/namespaces/default/destinationrules",
                 list("DestinationRule", drs),
+            )
+            .await;
+            self.expect(
+                Method::GET,
+                "/apis/extensions.istio.io/v1alpha1/namespaces/default/wasmplugins",
+                list("WasmPlugin", wps),
             )
             .await;
         }
@@ -585,11 +658,17 @@ mod tests {
                 handle,
                 calls: Vec::new(),
             };
-            // app-old is ours and no longer wanted; app-b's VirtualService is a user's.
+            // app-old is ours and no longer wanted; a user's VirtualService, under another
+            // name and in none of our shapes, routes app-b; app-stray is another
+            // VirtualEnvironment's.
             api.reads(
                 &seed_ve_from_api(),
-                vec![managed_object("app-old"), foreign_object("app-b")],
-                vec![managed_object("app-old")],
+                vec![
+                    managed_object("app-old"),
+                    users_virtual_service("b-canary", "app-b"),
+                    managed_by_another("app-stray"),
+                ],
+                vec![managed_object("app-old"), managed_by_another("app-stray")],
             )
             .await;
             for name in ["app-a", "app-c"] {
@@ -611,19 +690,17 @@ mod tests {
                 services["app-a.default.svc.cluster.local"],
                 json!(["dev", "dev.proj1"])
             );
-            // Routes go before the subsets they use.
-            api.expect(
-                Method::DELETE,
-                &format!("{VS}/app-old"),
-                json!({"kind": "Status", "status": "Success"}),
-            )
-            .await;
-            api.expect(
-                Method::DELETE,
-                &format!("{DR}/app-old"),
-                json!({"kind": "Status", "status": "Success"}),
-            )
-            .await;
+            // Routes go before the subsets they use; each deletion is conditional on the UID.
+            for path in [VS, DR] {
+                let body = api
+                    .expect(
+                        Method::DELETE,
+                        &format!("{path}/app-old"),
+                        json!({"kind": "Status", "status": "Success"}),
+                    )
+                    .await;
+                assert_eq!(body["preconditions"]["uid"], "obj-app-old", "{body}");
+            }
             let status = api
                 .expect(
                     Method::PATCH,
@@ -642,19 +719,17 @@ mod tests {
             let route_header = status["routeHeader"].as_str().unwrap();
             assert!(route_header.starts_with("x-virtual-env-route-"), "{status}");
             assert_eq!(wp["spec"]["pluginConfig"]["routeHeader"], route_header);
-            assert!(
-                status["skipped"][0]
-                    .as_str()
-                    .unwrap()
-                    .starts_with("app-b: "),
+            assert_eq!(
+                status["skipped"][0],
+                "app-b: left to VirtualService b-canary, which this VirtualEnvironment does not manage",
                 "{status}"
             );
             api.calls.len()
         });
         let action = reconcile(Arc::new(ve), ctx.clone()).await.unwrap();
         assert_eq!(action, Action::requeue(RESYNC));
-        // 5 reads, 2 DestinationRules, 2 VirtualServices, the WasmPlugin, 2 prunes, the status.
-        assert_eq!(server.await.unwrap(), 13);
+        // 6 reads, 2 DestinationRules, 2 VirtualServices, the WasmPlugin, 2 prunes, the status.
+        assert_eq!(server.await.unwrap(), 14);
         let metrics = ctx.metrics.render();
         assert!(
             metrics
@@ -665,6 +740,108 @@ mod tests {
             metrics.contains("virtual_env_reconciles_total 1"),
             "{metrics}"
         );
+    }
+
+    /// A namespace holding every VirtualService and DestinationRule of Istio's Bookinfo
+    /// samples (gateway routes, uri and header matches, weights, fault injection, TCP and
+    /// TLS routes, rules with only a traffic policy) beside the seed's services, and
+    /// Bookinfo's `reviews` with pods in two envs: the seed is routed, `reviews` is left to
+    /// the user's objects and named, nothing of the user's is touched.
+    #[tokio::test]
+    async fn a_namespace_with_istios_bookinfo_samples_is_reconciled_around_them() {
+        let (ctx, handle) = mock_context();
+        let ve = seed_ve_from_api();
+        let mut snapshot = seed_snapshot();
+        snapshot.services.push(service("reviews"));
+        for (name, env) in [("reviews-v1", "dev"), ("reviews-v2", "dev.proj1")] {
+            snapshot.pods.push(pod(name, "reviews", Some(env), true));
+        }
+        let server = tokio::spawn(async move {
+            let mut api = ApiServerVerifier {
+                handle,
+                calls: Vec::new(),
+            };
+            let (vss, drs) = (bookinfo("VirtualService"), bookinfo("DestinationRule"));
+            assert!(
+                vss.len() >= 15 && drs.len() >= 4,
+                "{} {}",
+                vss.len(),
+                drs.len()
+            );
+            api.reads_of(&seed_ve_from_api(), snapshot, vss, drs, vec![])
+                .await;
+            for name in ["app-a", "app-b", "app-c"] {
+                api.apply(DR, name).await;
+            }
+            for name in ["app-a", "app-b", "app-c"] {
+                api.apply(VS, name).await;
+            }
+            let wp = api.apply(WP, "virtual-env").await;
+            let services = &wp["spec"]["pluginConfig"]["services"];
+            assert!(services.get("reviews.default.svc.cluster.local").is_none());
+            let status = api
+                .expect(
+                    Method::PATCH,
+                    STATUS,
+                    serde_json::to_value(seed_ve_from_api()).unwrap(),
+                )
+                .await;
+            let status = &status["status"];
+            assert_eq!(
+                status["conditions"][0]["reason"], "AppliedWithSkips",
+                "{status}"
+            );
+            let skipped = status["skipped"][0].as_str().unwrap();
+            assert!(
+                skipped.starts_with(
+                    "reviews: left to DestinationRule reviews, VirtualService reviews,"
+                ),
+                "{skipped}"
+            );
+            // No DELETE of anything the user wrote: the status patch was the last call.
+            assert!(api.calls.iter().all(|(m, _, _)| m != Method::DELETE));
+        });
+        reconcile(Arc::new(ve), ctx).await.unwrap();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_wasm_plugin_of_ours_name_that_is_a_users_is_not_overwritten() {
+        let (ctx, handle) = mock_context();
+        let ve = seed_ve_from_api();
+        let server = tokio::spawn(async move {
+            let mut api = ApiServerVerifier {
+                handle,
+                calls: Vec::new(),
+            };
+            let users = json!({"metadata": {"name": "virtual-env", "namespace": NS}, "spec": {"url": "oci://x"}});
+            api.reads_of(
+                &seed_ve_from_api(),
+                seed_snapshot(),
+                vec![],
+                vec![],
+                vec![users],
+            )
+            .await;
+            let body = api
+                .expect(
+                    Method::PATCH,
+                    STATUS,
+                    serde_json::to_value(seed_ve_from_api()).unwrap(),
+                )
+                .await;
+            assert_eq!(body["status"]["conditions"][0]["reason"], "Conflict");
+            let message = body["status"]["conditions"][0]["message"].as_str().unwrap();
+            assert!(
+                message.contains("WasmPlugin named virtual-env"),
+                "{message}"
+            );
+        });
+        assert_eq!(
+            reconcile(Arc::new(ve), ctx).await.unwrap(),
+            Action::await_change()
+        );
+        server.await.unwrap();
     }
 
     #[tokio::test]

@@ -1,11 +1,9 @@
 //! Reading a namespace snapshot from YAML, for `virtual-env render` and `explain`.
 //!
 //! Accepts what `kubectl get -o yaml` prints (a `List`), multi-document YAML and single
-//! objects, in any mix: the `VirtualEnvironment`, services, pods, and optionally the
-//! VirtualServices and DestinationRules already in the namespace (those not managed by
-//! virtual-env are then left alone, as the controller would).
-
-use std::collections::BTreeSet;
+//! objects, in any mix: the `VirtualEnvironment`, services, pods, and the VirtualServices,
+//! DestinationRules and WasmPlugins already in the namespace, whatever their content (a
+//! service another's object routes is then left alone, as the controller would).
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::ResourceExt;
@@ -14,7 +12,8 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::crd::VirtualEnvironment;
-use crate::plan::{Snapshot, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::existing::{Existing, Kind};
+use crate::plan::Snapshot;
 
 #[derive(Debug, Error)]
 pub enum SnapshotError {
@@ -49,8 +48,8 @@ pub struct Reader {
     ves: Vec<VirtualEnvironment>,
     services: Vec<Service>,
     pods: Vec<Pod>,
-    /// (namespace, name) of VirtualServices / DestinationRules not managed by virtual-env.
-    foreign: Vec<(Option<String>, String)>,
+    /// Istio objects already there, read untyped; namespace-less ones resolved at `finish`.
+    existing: Vec<(Kind, Value)>,
 }
 
 impl Reader {
@@ -91,13 +90,9 @@ impl Reader {
             "Pod" => self
                 .pods
                 .push(serde_json::from_value(value).map_err(error)?),
-            "VirtualService" | "DestinationRule" => {
-                let managed = value["metadata"]["labels"][MANAGED_BY_LABEL] == MANAGED_BY;
-                if !managed {
-                    let ns = value["metadata"]["namespace"].as_str().map(String::from);
-                    self.foreign.push((ns, name));
-                }
-            }
+            "VirtualService" => self.existing.push((Kind::VirtualService, value)),
+            "DestinationRule" => self.existing.push((Kind::DestinationRule, value)),
+            "WasmPlugin" => self.existing.push((Kind::WasmPlugin, value)),
             // Anything else (deployments, the WasmPlugin, ...) plays no part in planning.
             _ => {}
         }
@@ -131,12 +126,12 @@ impl Reader {
                     .into_iter()
                     .filter(|p| in_ns(p.namespace()))
                     .collect(),
-                foreign: self
-                    .foreign
-                    .into_iter()
-                    .filter(|(obj_ns, _)| in_ns(obj_ns.clone()))
-                    .map(|(_, name)| name)
-                    .collect::<BTreeSet<_>>(),
+                existing: self
+                    .existing
+                    .iter()
+                    .map(|(kind, value)| Existing::from_json(*kind, value, default_namespace))
+                    .filter(|e| in_ns(Some(e.namespace.clone())))
+                    .collect(),
             },
         })
     }
@@ -179,7 +174,8 @@ items:
         let ns = reader.finish("default").unwrap();
         assert_eq!(ns.snapshot.services.len(), 1);
         assert_eq!(ns.snapshot.pods.len(), 1);
-        assert_eq!(ns.snapshot.foreign, BTreeSet::from(["app-a".to_owned()]));
+        let names: Vec<_> = ns.snapshot.existing.iter().map(|e| e.describe()).collect();
+        assert_eq!(names, ["VirtualService app-a"]);
     }
 
     #[test]

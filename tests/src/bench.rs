@@ -635,7 +635,9 @@ pub mod planning {
     use std::collections::{BTreeMap, BTreeSet};
     use std::time::Instant;
 
-    use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus, Service, ServiceSpec};
+    use k8s_openapi::api::core::v1::{
+        Pod, PodCondition, PodStatus, Service, ServicePort, ServiceSpec,
+    };
     use kube::api::ObjectMeta;
     use serde::Serialize;
     use virtual_env_controller::crd::VirtualEnvironment;
@@ -695,6 +697,11 @@ pub mod planning {
                 },
                 spec: Some(ServiceSpec {
                     selector: Some(BTreeMap::from([("app".to_owned(), name.clone())])),
+                    ports: Some(vec![ServicePort {
+                        name: Some("http".into()),
+                        port: 8080,
+                        ..ServicePort::default()
+                    }]),
                     ..ServiceSpec::default()
                 }),
                 ..Service::default()

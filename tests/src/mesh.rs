@@ -236,7 +236,7 @@ impl Mesh {
         let snapshot = Snapshot {
             services,
             pods,
-            foreign: Default::default(),
+            existing: Vec::new(),
         };
         let settings = Settings {
             cluster_domain: CLUSTER_DOMAIN.into(),

@@ -1,0 +1,202 @@
+//! What the controller writes is valid for Istio, and it plans around what Istio's users
+//! write: every object `render` prints is checked against Istio's own CRD schemas
+//! (`tests/istio/crds.yaml`, copied from Istio), and a namespace holding Istio's Bookinfo
+//! samples renders, naming the services it leaves to the user's objects.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use proptest::prelude::*;
+use serde_json::Value;
+use virtual_env_core::PluginConfig;
+
+mod common;
+use common::check_schema;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn docs(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+fn render(files: &[String]) -> String {
+    let mut args = vec!["render".to_owned()];
+    for f in files {
+        args.push("-f".into());
+        args.push(f.clone());
+    }
+    args.extend([
+        "--wasm-url".into(),
+        "oci://registry.example/virtual-env-filter:0.1.0".into(),
+    ]);
+    let out = Command::new(env!("CARGO_BIN_EXE_virtual-env"))
+        .args(&args)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The OpenAPI schema of `kind`'s `version` in Istio's CRDs.
+fn istio_schema(kind: &str, version: &str) -> Value {
+    let crds = std::fs::read_to_string(repo().join("tests/istio/crds.yaml")).unwrap();
+    let crd = docs(&crds)
+        .into_iter()
+        .find(|c| c["spec"]["names"]["kind"] == kind)
+        .unwrap_or_else(|| panic!("no CRD for {kind}"));
+    let version = crd["spec"]["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == version && v["served"] == true)
+        .unwrap_or_else(|| panic!("{kind} {version} is not served"))
+        .clone();
+    version["schema"]["openAPIV3Schema"].clone()
+}
+
+fn check_against_istio(object: &Value) -> Vec<String> {
+    let kind = object["kind"].as_str().unwrap();
+    let version = object["apiVersion"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap();
+    let schema = istio_schema(kind, version);
+    let mut errors = Vec::new();
+    check_schema(
+        &schema["properties"]["spec"],
+        &object["spec"],
+        &format!("{kind} {}: spec", object["metadata"]["name"]),
+        &mut errors,
+    );
+    errors
+}
+
+fn bookinfo_files() -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(repo().join("tests/istio/bookinfo-networking"))
+        .unwrap()
+        .map(|e| {
+            format!(
+                "tests/istio/bookinfo-networking/{}",
+                e.unwrap().file_name().to_string_lossy()
+            )
+        })
+        .collect();
+    files.sort();
+    [
+        "tests/snapshots/seed/virtualenvironment.yaml".to_owned(),
+        "tests/snapshots/seed/cluster.yaml".to_owned(),
+        "tests/istio/bookinfo.yaml".to_owned(),
+        "tests/snapshots/bookinfo/pods.yaml".to_owned(),
+    ]
+    .into_iter()
+    .chain(files)
+    .collect()
+}
+
+#[test]
+fn every_object_the_planner_writes_is_valid_for_istios_crds() {
+    let seed = render(&[
+        "tests/snapshots/seed/virtualenvironment.yaml".into(),
+        "tests/snapshots/seed/cluster.yaml".into(),
+    ]);
+    let objects = docs(&seed);
+    let kinds: std::collections::BTreeSet<_> = objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    for object in objects.iter().chain(&docs(&render(&bookinfo_files()))) {
+        let errors = check_against_istio(object);
+        assert!(errors.is_empty(), "{errors:#?}");
+    }
+}
+
+#[test]
+fn the_schema_check_catches_what_istio_would_reject() {
+    let mut vs = docs(&render(&[
+        "tests/snapshots/seed/virtualenvironment.yaml".into(),
+        "tests/snapshots/seed/cluster.yaml".into(),
+    ]))
+    .into_iter()
+    .find(|o| o["kind"] == "VirtualService")
+    .unwrap();
+    vs["spec"]["http"][0]["route"][0]["destination"]["subsett"] = "dev".into();
+    vs["spec"]["hosts"] = 3.into();
+    let errors = check_against_istio(&vs);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("subsett: not in the schema")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("hosts: expected")),
+        "{errors:?}"
+    );
+}
+
+/// Golden: the seed's namespace with Istio's Bookinfo samples in it. reviews and ratings
+/// have pods in two envs, but the user's objects route them: they are skipped and named.
+#[test]
+fn a_namespace_with_the_bookinfo_samples_renders_around_them() {
+    let out = render(&bookinfo_files());
+    let path = repo().join("tests/snapshots/bookinfo/render.golden.yaml");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &out).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        expected == out,
+        "{} differs from the output:\n{out}",
+        path.display()
+    );
+    assert!(
+        out.contains(
+            "# skipped service ratings: left to DestinationRule ratings, VirtualService ratings"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "# skipped service reviews: left to DestinationRule reviews, VirtualService reviews"
+        ),
+        "{out}"
+    );
+}
+
+/// Istio's rule for header names in matches and header operations (RFC 7230 tokens,
+/// `validHeaderNameRegex` in istio/pkg/config/validation), written out independently.
+fn istio_accepts_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+proptest! {
+    /// Any route header name the config accepts is one Istio accepts, with its suffix too.
+    #[test]
+    fn header_names_the_config_accepts_are_ones_istio_accepts(name in "[ -~]{0,40}") {
+        let json = serde_json::json!({"routeHeader": name}).to_string();
+        if PluginConfig::from_json(json.as_bytes()).is_ok() {
+            let lower = name.to_ascii_lowercase();
+            let suffixed = format!("{lower}-abcdef012345");
+            prop_assert!(istio_accepts_header_name(&lower));
+            prop_assert!(istio_accepts_header_name(&suffixed));
+        }
+    }
+}

@@ -44,6 +44,8 @@ pub struct Existing {
     pub hosts: Vec<String>,
     /// Whether it applies to sidecars: a VirtualService bound only to gateways does not.
     pub mesh: bool,
+    /// The spec as read, for the transition from what the controller applied before.
+    pub spec: Value,
 }
 
 impl Existing {
@@ -84,6 +86,7 @@ impl Existing {
                 .collect(),
             hosts,
             mesh,
+            spec: spec.clone(),
         }
     }
 

@@ -18,3 +18,4 @@ pub mod routable;
 pub mod server;
 pub mod snapshot;
 pub mod subset;
+pub mod transition;

@@ -5,7 +5,7 @@
 //! (make before break), and the WasmPlugin, which makes sidecars set route headers, goes
 //! last.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,12 +25,14 @@ use serde::Serialize;
 use serde_json::json;
 use thiserror::Error;
 use tracing::{info, instrument, warn};
+use virtual_env_core::service_fqdn;
 
 use crate::crd::{VirtualEnvironment, VirtualEnvironmentStatus, ROUTE_HEADER_SUFFIX_LEN};
 use crate::existing::{Existing, Kind};
 use crate::istio::{DestinationRule, VirtualService, WasmPlugin};
 use crate::metrics::Metrics;
-use crate::plan::{plan_namespace, Plan, PlanError, Settings, Snapshot};
+use crate::plan::{plan_namespace, Plan, PlanError, Settings, Snapshot, WASM_PLUGIN_NAME};
+use crate::transition::{keep_failed_services, transition, Step};
 
 pub const FIELD_MANAGER: &str = "virtual-env-controller";
 const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=virtual-env";
@@ -50,6 +52,10 @@ pub enum Error {
     NoNamespace,
     #[error("no randomness for the route header's suffix: {0}")]
     Random(getrandom::Error),
+    #[error("{failed} writes failed; the VirtualEnvironment's status names them")]
+    Apply { failed: usize },
+    #[error("the API server did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// A random suffix for a new route header name.
@@ -96,9 +102,25 @@ fn key(ve: &VirtualEnvironment) -> String {
     format!("{}/{}", ve.namespace().unwrap_or_default(), ve.name_any())
 }
 
-/// One reconcile of one `VirtualEnvironment`.
+/// One reconcile of one `VirtualEnvironment`. A failure is written into its status here,
+/// before the error goes to [`error_policy`] for the retry.
 #[instrument(skip_all, fields(namespace = ve.namespace().unwrap_or_default(), name = ve.name_any()))]
 pub async fn reconcile(ve: Arc<VirtualEnvironment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let result = reconcile_namespace(Arc::clone(&ve), &ctx).await;
+    if let (Err(error), Some(ns)) = (&result, ve.namespace()) {
+        // Partial failures wrote their own, more precise status.
+        if !matches!(error, Error::Apply { .. }) {
+            let ves: Api<VirtualEnvironment> = Api::namespaced(ctx.client.clone(), &ns);
+            let status = not_ready(&ve, "ReconcileError", &error.to_string());
+            if let Err(e) = patch_status(&ves, &ve, status).await {
+                warn!("cannot write the status: {e}");
+            }
+        }
+    }
+    result
+}
+
+async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Result<Action, Error> {
     let started = Instant::now();
     let ns = ve.namespace().ok_or(Error::NoNamespace)?;
     let client = ctx.client.clone();
@@ -159,28 +181,64 @@ pub async fn reconcile(ve: Arc<VirtualEnvironment>, ctx: Arc<Context>) -> Result
         }
     };
 
-    for dr in &plan.destination_rules {
-        apply(&drs, dr, "DestinationRule").await?;
-        ctx.metrics.applied("DestinationRule");
-    }
-    for vs in &plan.virtual_services {
-        apply(&vss, vs, "VirtualService").await?;
-        ctx.metrics.applied("VirtualService");
-    }
-    apply(&wasm_plugins, &plan.wasm_plugin, "WasmPlugin").await?;
-    ctx.metrics.applied("WasmPlugin");
-
-    // Only what this VirtualEnvironment owns, routes before subsets, each deletion
-    // conditional on the UID it was planned for.
-    for object in &plan.prune {
-        let deleted = match object.kind {
-            Kind::VirtualService => prune(&vss, object).await?,
-            Kind::DestinationRule => prune(&drs, object).await?,
-            Kind::WasmPlugin => prune(&wasm_plugins, object).await?,
-        };
-        if deleted {
-            ctx.metrics.pruned(object.kind.name());
+    // Make before break (transition.rs): union objects, the plugin config, then the new
+    // objects and the prunes. One failed object does not stop the others.
+    let owner_uid = ve.uid();
+    let owned: Vec<Existing> = snapshot
+        .existing
+        .iter()
+        .filter(|e| e.managed_by(owner_uid.as_deref()))
+        .cloned()
+        .collect();
+    let steps = transition(&plan, &owned);
+    let mut failures = Vec::new();
+    let mut failed_services = BTreeSet::new();
+    for step in &steps.before {
+        if let Err(e) = write_step(step, &vss, &drs, &wasm_plugins, ctx).await {
+            failures.push(format!("{}: {e}", step.describe()));
+            failed_services.extend(step.service());
         }
+    }
+    let mut wasm_plugin = plan.wasm_plugin.clone();
+    if !failed_services.is_empty() {
+        let previous = owned
+            .iter()
+            .find(|e| e.kind == Kind::WasmPlugin && e.name == WASM_PLUGIN_NAME)
+            .and_then(|e| serde_json::from_value(e.spec["pluginConfig"].clone()).ok());
+        let config = keep_failed_services(
+            &plan.plugin_config,
+            previous.as_ref(),
+            &failed_services,
+            |name| service_fqdn(name, &ns, &ctx.settings.cluster_domain),
+        );
+        wasm_plugin.spec.plugin_config = serde_json::to_value(&config).unwrap_or_default();
+    }
+    match apply(&wasm_plugins, &wasm_plugin, "WasmPlugin").await {
+        Ok(()) => {
+            ctx.metrics.applied("WasmPlugin");
+            for step in &steps.after {
+                if step.service().is_some_and(|s| failed_services.contains(&s)) {
+                    continue;
+                }
+                if let Err(e) = write_step(step, &vss, &drs, &wasm_plugins, ctx).await {
+                    failures.push(format!("{}: {e}", step.describe()));
+                }
+            }
+        }
+        // The old config may still select what the later steps would remove: stop here.
+        Err(e) => failures.push(format!("WasmPlugin {WASM_PLUGIN_NAME}: {e}")),
+    }
+    if !failures.is_empty() {
+        let message = format!(
+            "{} of the namespace's writes failed and are retried with backoff: {}",
+            failures.len(),
+            failures.join("; ")
+        );
+        warn!("{message}");
+        patch_status(&ves, &ve, not_ready(&ve, "ApplyFailed", &message)).await?;
+        return Err(Error::Apply {
+            failed: failures.len(),
+        });
     }
 
     patch_status(&ves, &ve, ready(&ve, &plan)).await?;
@@ -195,19 +253,12 @@ pub async fn reconcile(ve: Arc<VirtualEnvironment>, ctx: Arc<Context>) -> Result
     Ok(Action::requeue(RESYNC))
 }
 
-/// Retries with exponential backoff (5 s doubling to 5 min), and says why in the status.
+/// Retries with exponential backoff (5 s doubling to 5 min); `reconcile` has already
+/// written why into the status.
 pub fn error_policy(ve: Arc<VirtualEnvironment>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failed();
     let delay = backoff(ctx.failures(&key(&ve), true));
     warn!(namespace = ve.namespace(), name = ve.name_any(), %error, ?delay, "reconcile failed, retrying");
-    let client = ctx.client.clone();
-    let message = error.to_string();
-    tokio::spawn(async move {
-        if let Some(ns) = ve.namespace() {
-            let ves: Api<VirtualEnvironment> = Api::namespaced(client, &ns);
-            let _ = patch_status(&ves, &ve, not_ready(&ve, "ReconcileError", &message)).await;
-        }
-    });
     Action::requeue(delay)
 }
 
@@ -221,6 +272,50 @@ fn backoff(failures: u32) -> Duration {
 fn ruling(ves: &[VirtualEnvironment]) -> Option<&VirtualEnvironment> {
     ves.iter()
         .min_by_key(|ve| (ve.metadata.creation_timestamp.clone(), ve.name_any()))
+}
+
+/// One write of a transition.
+async fn write_step(
+    step: &Step,
+    vss: &Api<VirtualService>,
+    drs: &Api<DestinationRule>,
+    wasm_plugins: &Api<WasmPlugin>,
+    ctx: &Context,
+) -> Result<(), Error> {
+    match step {
+        Step::DestinationRule(dr) => {
+            apply(drs, dr, "DestinationRule").await?;
+            ctx.metrics.applied("DestinationRule");
+        }
+        Step::VirtualService(vs) => {
+            apply(vss, vs, "VirtualService").await?;
+            ctx.metrics.applied("VirtualService");
+        }
+        Step::WasmPlugin => {}
+        Step::Prune(object) => {
+            let deleted = match object.kind {
+                Kind::VirtualService => prune(vss, object).await?,
+                Kind::DestinationRule => prune(drs, object).await?,
+                Kind::WasmPlugin => prune(wasm_plugins, object).await?,
+            };
+            if deleted {
+                ctx.metrics.pruned(object.kind.name());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How long one write may take before it counts as failed.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn timed<T>(
+    call: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(WRITE_TIMEOUT, call)
+        .await
+        .map_err(|_| Error::Timeout(WRITE_TIMEOUT))?
+        .map_err(Error::from)
 }
 
 /// Every object of `kind` in the namespace, read untyped.
@@ -264,10 +359,15 @@ where
     K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(&object.name_any(), &params, &Patch::Apply(object))
-        .await
-        .map(drop)
-        .map_err(|e| istio_error(kind, e))
+    match tokio::time::timeout(
+        WRITE_TIMEOUT,
+        api.patch(&object.name_any(), &params, &Patch::Apply(object)),
+    )
+    .await
+    {
+        Ok(result) => result.map(drop).map_err(|e| istio_error(kind, e)),
+        Err(_) => Err(Error::Timeout(WRITE_TIMEOUT)),
+    }
 }
 
 /// Deletes `object` if it is still the one planned for (same UID); true if it went.
@@ -282,11 +382,11 @@ where
         }),
         ..DeleteParams::default()
     };
-    match api.delete(&object.name, &params).await {
+    match timed(api.delete(&object.name, &params)).await {
         Ok(_) => Ok(true),
         // Gone already, or replaced by another object of that name since: not ours to delete.
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(false),
-        Err(e) => Err(e.into()),
+        Err(Error::Kube(kube::Error::Api(e))) if e.code == 404 || e.code == 409 => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -671,11 +771,10 @@ mod tests {
                 vec![managed_object("app-old"), managed_by_another("app-stray")],
             )
             .await;
+            // Per service: its subsets, then its routes; then the plugin config.
             for name in ["app-a", "app-c"] {
                 let body = api.apply(DR, name).await;
                 assert_eq!(body["kind"], "DestinationRule");
-            }
-            for name in ["app-a", "app-c"] {
                 let body = api.apply(VS, name).await;
                 assert_eq!(body["kind"], "VirtualService");
                 assert_eq!(body["metadata"]["labels"][MANAGED_BY_LABEL], MANAGED_BY);
@@ -772,8 +871,6 @@ mod tests {
                 .await;
             for name in ["app-a", "app-b", "app-c"] {
                 api.apply(DR, name).await;
-            }
-            for name in ["app-a", "app-b", "app-c"] {
                 api.apply(VS, name).await;
             }
             let wp = api.apply(WP, "virtual-env").await;
@@ -841,6 +938,179 @@ mod tests {
             reconcile(Arc::new(ve), ctx).await.unwrap(),
             Action::await_change()
         );
+        server.await.unwrap();
+    }
+
+    /// What the controller applied for the seed, as the API server lists it back.
+    fn applied_seed(kind: &str) -> Vec<Value> {
+        let plan = crate::plan::plan_namespace(&seed_ve_from_api(), &seed_snapshot(), &settings())
+            .unwrap();
+        let objects: Vec<Value> = match kind {
+            "DestinationRule" => plan
+                .destination_rules
+                .iter()
+                .map(|o| serde_json::to_value(o).unwrap())
+                .collect(),
+            "VirtualService" => plan
+                .virtual_services
+                .iter()
+                .map(|o| serde_json::to_value(o).unwrap())
+                .collect(),
+            _ => vec![serde_json::to_value(&plan.wasm_plugin).unwrap()],
+        };
+        objects
+            .into_iter()
+            .map(|mut o| {
+                o["metadata"]["uid"] =
+                    json!(format!("obj-{}", o["metadata"]["name"].as_str().unwrap()));
+                o
+            })
+            .collect()
+    }
+
+    async fn reply_error(api: &mut ApiServerVerifier, method: Method, path: &str, code: u16) {
+        let (_, send, _) = api.next_request(&method, path).await;
+        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": "Invalid", "message": format!("refused with {code}")});
+        send.send_response(
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                .unwrap(),
+        );
+    }
+
+    /// A namespace where dev.proj1 left app-a: its subset and route stay until the plugin
+    /// config no longer selects it, then the route goes, then the subset.
+    #[tokio::test]
+    async fn a_leaving_env_is_removed_route_first_after_the_plugin_config() {
+        let (ctx, handle) = mock_context();
+        let server = tokio::spawn(async move {
+            let mut api = ApiServerVerifier {
+                handle,
+                calls: Vec::new(),
+            };
+            let mut snapshot = seed_snapshot();
+            snapshot.pods.retain(|p| p.name_any() != "app-a-proj1");
+            let applied = |k| applied_seed(k);
+            api.reads_of(
+                &seed_ve_from_api(),
+                snapshot,
+                applied("VirtualService"),
+                applied("DestinationRule"),
+                applied("WasmPlugin"),
+            )
+            .await;
+            let dr = api.apply(DR, "app-a").await;
+            assert_eq!(
+                dr["spec"]["subsets"].as_array().unwrap().len(),
+                2,
+                "union: {dr}"
+            );
+            let vs = api.apply(VS, "app-a").await;
+            assert_eq!(
+                vs["spec"]["http"].as_array().unwrap().len(),
+                3,
+                "union: {vs}"
+            );
+            for name in ["app-b", "app-c"] {
+                api.apply(DR, name).await;
+                api.apply(VS, name).await;
+            }
+            let wp = api.apply(WP, "virtual-env").await;
+            assert_eq!(
+                wp["spec"]["pluginConfig"]["services"]["app-a.default.svc.cluster.local"],
+                json!(["dev"])
+            );
+            let vs = api.apply(VS, "app-a").await;
+            assert_eq!(vs["spec"]["http"].as_array().unwrap().len(), 2, "{vs}");
+            let dr = api.apply(DR, "app-a").await;
+            assert_eq!(dr["spec"]["subsets"].as_array().unwrap().len(), 1, "{dr}");
+            let body = api
+                .expect(
+                    Method::PATCH,
+                    STATUS,
+                    serde_json::to_value(seed_ve_from_api()).unwrap(),
+                )
+                .await;
+            assert_eq!(body["status"]["conditions"][0]["reason"], "Applied");
+        });
+        // The route header recorded earlier, so that only dev.proj1's leaving differs.
+        let mut ve = seed_ve_from_api();
+        ve.status = Some(VirtualEnvironmentStatus {
+            route_header: Some(
+                crate::plan::plan_namespace(&seed_ve_from_api(), &seed_snapshot(), &settings())
+                    .unwrap()
+                    .route_header,
+            ),
+            ..VirtualEnvironmentStatus::default()
+        });
+        reconcile(Arc::new(ve), ctx).await.unwrap();
+        server.await.unwrap();
+    }
+
+    /// 422 on one service's rule, 500 on another's routes, a timeout on nothing: the rest is
+    /// applied, the failed services keep their previous plugin entry and skip their later
+    /// steps, the status names every failure, and the reconcile fails for a retry.
+    #[tokio::test(start_paused = true)]
+    async fn failed_writes_do_not_stop_the_rest_and_are_named() {
+        let (ctx, handle) = mock_context();
+        let server = tokio::spawn(async move {
+            let mut api = ApiServerVerifier {
+                handle,
+                calls: Vec::new(),
+            };
+            let mut snapshot = seed_snapshot();
+            snapshot.pods.retain(|p| p.name_any() != "app-a-proj1");
+            let applied = |k| applied_seed(k);
+            api.reads_of(
+                &seed_ve_from_api(),
+                snapshot,
+                applied("VirtualService"),
+                applied("DestinationRule"),
+                applied("WasmPlugin"),
+            )
+            .await;
+            reply_error(&mut api, Method::PATCH, &format!("{DR}/app-a"), 422).await;
+            api.apply(VS, "app-a").await;
+            api.apply(DR, "app-b").await;
+            reply_error(&mut api, Method::PATCH, &format!("{VS}/app-b"), 500).await;
+            api.apply(DR, "app-c").await;
+            // app-c's routes: the API server never answers; the write times out.
+            let (_request, _never_answered, _) = api
+                .next_request(&Method::PATCH, &format!("{VS}/app-c"))
+                .await;
+            let wp = api.apply(WP, "virtual-env").await;
+            // app-a failed: it keeps dev.proj1 in the plugin config, as its old routes do.
+            let services = &wp["spec"]["pluginConfig"]["services"];
+            assert_eq!(
+                services["app-a.default.svc.cluster.local"],
+                json!(["dev", "dev.proj1"])
+            );
+            // No later step for the failed services (app-a's final route and rule).
+            let body = api
+                .expect(
+                    Method::PATCH,
+                    STATUS,
+                    serde_json::to_value(seed_ve_from_api()).unwrap(),
+                )
+                .await;
+            let condition = &body["status"]["conditions"][0];
+            assert_eq!(condition["status"], "False");
+            assert_eq!(condition["reason"], "ApplyFailed");
+            let message = condition["message"].as_str().unwrap();
+            for named in [
+                "DestinationRule app-a",
+                "VirtualService app-b",
+                "VirtualService app-c",
+                "did not answer",
+            ] {
+                assert!(message.contains(named), "{named}: {message}");
+            }
+        });
+        let err = reconcile(Arc::new(seed_ve_from_api()), ctx)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Apply { failed: 3 }), "{err}");
         server.await.unwrap();
     }
 

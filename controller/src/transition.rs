@@ -1,0 +1,257 @@
+//! The order of writes from what the controller applied before to a new plan, so that no
+//! request is ever routed to a subset that no longer exists (make before break).
+//!
+//! A sidecar picks an env from its plugin config, its route matches the env in the
+//! VirtualService, and the route sends it to the DestinationRule's subset. Subsets and
+//! routes for envs that arrive must exist before the plugin config selects them; those
+//! for envs that leave must stay until it no longer does. So, per service:
+//!
+//! 1. before the plugin config: the DestinationRule and the VirtualService with the union
+//!    of the old and the new subsets and routes;
+//! 2. the WasmPlugin with the new plugin config;
+//! 3. after it: the new VirtualService, then the new DestinationRule (only where they
+//!    differ from the union), then the objects no longer needed, routes before subsets.
+//!
+//! When a service's step 1 fails, its old entry of the plugin config is kept and its
+//! step 3 is skipped; when the plugin config fails, no step 3 runs.
+
+use std::collections::BTreeSet;
+
+use kube::ResourceExt;
+use virtual_env_core::PluginConfig;
+
+use crate::existing::{Existing, Kind};
+use crate::istio::{DestinationRule, HttpRoute, VirtualService};
+use crate::plan::Plan;
+
+/// One write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    DestinationRule(DestinationRule),
+    VirtualService(VirtualService),
+    WasmPlugin,
+    Prune(Existing),
+}
+
+impl Step {
+    /// The service a step belongs to (`None` for the namespace-wide plugin).
+    pub fn service(&self) -> Option<String> {
+        match self {
+            Step::DestinationRule(o) => Some(o.name_any()),
+            Step::VirtualService(o) => Some(o.name_any()),
+            Step::WasmPlugin => None,
+            Step::Prune(e) => Some(e.name.clone()),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Step::DestinationRule(o) => format!("DestinationRule {}", o.name_any()),
+            Step::VirtualService(o) => format!("VirtualService {}", o.name_any()),
+            Step::WasmPlugin => "WasmPlugin".into(),
+            Step::Prune(e) => format!("deleting {}", e.describe()),
+        }
+    }
+}
+
+/// The writes, in order, around the plugin config (see the module's comment).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Transition {
+    pub before: Vec<Step>,
+    pub after: Vec<Step>,
+}
+
+/// The transition to `plan` from the objects of `owned` (those this VirtualEnvironment
+/// applied before).
+pub fn transition(plan: &Plan, owned: &[Existing]) -> Transition {
+    let old = |kind: Kind, name: &str| owned.iter().find(|e| e.kind == kind && e.name == name);
+    let mut t = Transition::default();
+    let mut after_vss = Vec::new();
+    let mut after_drs = Vec::new();
+    for (vs, dr) in plan.virtual_services.iter().zip(&plan.destination_rules) {
+        let name = dr.name_any();
+        let dr_union = union_rule(dr, old(Kind::DestinationRule, &name));
+        let vs_union = union_service(vs, old(Kind::VirtualService, &name));
+        if dr_union != *dr {
+            after_drs.push(Step::DestinationRule(dr.clone()));
+        }
+        if vs_union != *vs {
+            after_vss.push(Step::VirtualService(vs.clone()));
+        }
+        t.before.push(Step::DestinationRule(dr_union));
+        t.before.push(Step::VirtualService(vs_union));
+    }
+    t.after.extend(after_vss);
+    t.after.extend(after_drs);
+    t.after.extend(plan.prune.iter().cloned().map(Step::Prune));
+    t
+}
+
+/// The new DestinationRule plus the subsets of the old one it no longer has.
+fn union_rule(new: &DestinationRule, old: Option<&Existing>) -> DestinationRule {
+    let mut union = new.clone();
+    let old: Option<DestinationRule> = old.and_then(|o| {
+        serde_json::from_value(serde_json::json!({"metadata": {}, "spec": o.spec})).ok()
+    });
+    let Some(old) = old else {
+        return union;
+    };
+    let have: BTreeSet<String> = union.spec.subsets.iter().map(|s| s.name.clone()).collect();
+    union.spec.subsets.extend(
+        old.spec
+            .subsets
+            .into_iter()
+            .filter(|s| !have.contains(&s.name)),
+    );
+    union.spec.subsets.sort_by(|a, b| a.name.cmp(&b.name));
+    union
+}
+
+/// The new VirtualService plus the env routes of the old one it no longer has, before
+/// the default route.
+fn union_service(new: &VirtualService, old: Option<&Existing>) -> VirtualService {
+    let mut union = new.clone();
+    let old: Option<VirtualService> = old.and_then(|o| {
+        serde_json::from_value(serde_json::json!({"metadata": {}, "spec": o.spec})).ok()
+    });
+    let Some(old) = old else {
+        return union;
+    };
+    let have: BTreeSet<String> = union.spec.http.iter().map(|r| r.name.clone()).collect();
+    let leaving: Vec<HttpRoute> = old
+        .spec
+        .http
+        .into_iter()
+        .filter(|r| !r.matches.is_empty() && !have.contains(&r.name))
+        .collect();
+    let default_at = union
+        .spec
+        .http
+        .iter()
+        .position(|r| r.matches.is_empty())
+        .unwrap_or(union.spec.http.len());
+    union.spec.http.splice(default_at..default_at, leaving);
+    union
+}
+
+/// The plugin config to apply when the services in `failed` could not be brought to their
+/// new routes: each keeps its entry of the config in force before (`previous`), or none.
+pub fn keep_failed_services(
+    config: &PluginConfig,
+    previous: Option<&PluginConfig>,
+    failed: &BTreeSet<String>,
+    fqdn_of: impl Fn(&str) -> String,
+) -> PluginConfig {
+    let mut config = config.clone();
+    for service in failed {
+        let fqdn = fqdn_of(service);
+        match previous.and_then(|p| p.services.get(&fqdn)) {
+            Some(envs) => config.services.insert(fqdn, envs.clone()),
+            None => config.services.remove(&fqdn),
+        };
+    }
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::fixtures::*;
+    use crate::plan::{plan_namespace, Snapshot};
+
+    fn plan(snapshot: &Snapshot) -> Plan {
+        plan_namespace(&seed_ve(), snapshot, &settings()).unwrap()
+    }
+
+    /// What the controller applied for `plan`, as it reads it back.
+    fn applied(plan: &Plan) -> Vec<Existing> {
+        let mut out = Vec::new();
+        for dr in &plan.destination_rules {
+            let v = serde_json::to_value(dr).unwrap();
+            out.push(Existing::from_json(Kind::DestinationRule, &v, NS));
+        }
+        for vs in &plan.virtual_services {
+            let v = serde_json::to_value(vs).unwrap();
+            out.push(Existing::from_json(Kind::VirtualService, &v, NS));
+        }
+        out
+    }
+
+    fn subsets(step: &Step) -> Vec<String> {
+        match step {
+            Step::DestinationRule(dr) => dr.spec.subsets.iter().map(|s| s.name.clone()).collect(),
+            Step::VirtualService(vs) => vs.spec.http.iter().map(|r| r.name.clone()).collect(),
+            _ => vec![],
+        }
+    }
+
+    #[test]
+    fn nothing_changes_in_two_steps_when_nothing_leaves() {
+        let now = plan(&seed_snapshot());
+        let t = transition(&now, &applied(&now));
+        assert_eq!(t.before.len(), 6);
+        assert!(t.after.is_empty(), "{:?}", t.after);
+    }
+
+    #[test]
+    fn a_leaving_env_keeps_its_subset_and_route_until_the_plugin_config_drops_it() {
+        let before = plan(&seed_snapshot());
+        let mut snapshot = seed_snapshot();
+        snapshot.pods.retain(|p| p.name_any() != "app-a-proj1");
+        let now = plan(&snapshot);
+        let t = transition(&now, &applied(&before));
+        let proj1 = before.destination_rules[0].spec.subsets[1].name.clone();
+        // Before the plugin config: app-a's rule and routes still have dev.proj1.
+        let app_a: Vec<&Step> = t
+            .before
+            .iter()
+            .filter(|s| s.service().as_deref() == Some("app-a"))
+            .collect();
+        assert!(
+            subsets(app_a[0]).contains(&proj1),
+            "{:?}",
+            subsets(app_a[0])
+        );
+        assert!(subsets(app_a[1]).contains(&format!("env-{proj1}")));
+        assert_eq!(subsets(app_a[1]).last().unwrap(), "default");
+        // After it: the route goes first, then the subset.
+        let after: Vec<String> = t.after.iter().map(Step::describe).collect();
+        assert_eq!(after, ["VirtualService app-a", "DestinationRule app-a"]);
+        assert!(!subsets(&t.after[1]).contains(&proj1));
+    }
+
+    #[test]
+    fn an_arriving_env_gets_subset_and_route_before_the_plugin_config() {
+        let mut snapshot = seed_snapshot();
+        snapshot.pods.retain(|p| p.name_any() != "app-c-proj1");
+        let before = plan(&snapshot);
+        let now = plan(&seed_snapshot());
+        let t = transition(&now, &applied(&before));
+        let c: Vec<&Step> = t
+            .before
+            .iter()
+            .filter(|s| s.service().as_deref() == Some("app-c"))
+            .collect();
+        assert_eq!(subsets(c[0]).len(), 2);
+        assert!(t.after.is_empty());
+    }
+
+    #[test]
+    fn a_failed_service_keeps_its_old_plugin_entry() {
+        let before = plan(&seed_snapshot());
+        let mut snapshot = seed_snapshot();
+        snapshot.pods.retain(|p| p.name_any() != "app-a-proj1");
+        let now = plan(&snapshot);
+        let failed = BTreeSet::from(["app-a".to_owned()]);
+        let fqdn = |s: &str| format!("{s}.default.svc.cluster.local");
+        let config = keep_failed_services(
+            &now.plugin_config,
+            Some(&before.plugin_config),
+            &failed,
+            fqdn,
+        );
+        assert_eq!(config.services[&fqdn("app-a")], ["dev", "dev.proj1"]);
+        let config = keep_failed_services(&now.plugin_config, None, &failed, fqdn);
+        assert!(!config.services.contains_key(&fqdn("app-a")));
+    }
+}

@@ -725,6 +725,21 @@ mod tests {
             .await;
         }
 
+        /// The reads of a namespace where the controller applied the seed, and app-a's
+        /// dev.proj1 pod has gone since.
+        async fn reads_after_proj1_left_app_a(&mut self) {
+            let mut snapshot = seed_snapshot();
+            snapshot.pods.retain(|p| p.name_any() != "app-a-proj1");
+            self.reads_of(
+                &seed_ve_from_api(),
+                snapshot,
+                applied_seed("VirtualService"),
+                applied_seed("DestinationRule"),
+                applied_seed("WasmPlugin"),
+            )
+            .await;
+        }
+
         async fn apply(&mut self, path: &str, name: &str) -> Value {
             let body = self
                 .answer(
@@ -989,17 +1004,7 @@ mod tests {
                 handle,
                 calls: Vec::new(),
             };
-            let mut snapshot = seed_snapshot();
-            snapshot.pods.retain(|p| p.name_any() != "app-a-proj1");
-            let applied = |k| applied_seed(k);
-            api.reads_of(
-                &seed_ve_from_api(),
-                snapshot,
-                applied("VirtualService"),
-                applied("DestinationRule"),
-                applied("WasmPlugin"),
-            )
-            .await;
+            api.reads_after_proj1_left_app_a().await;
             let dr = api.apply(DR, "app-a").await;
             assert_eq!(
                 dr["spec"]["subsets"].as_array().unwrap().len(),
@@ -1059,17 +1064,7 @@ mod tests {
                 handle,
                 calls: Vec::new(),
             };
-            let mut snapshot = seed_snapshot();
-            snapshot.pods.retain(|p| p.name_any() != "app-a-proj1");
-            let applied = |k| applied_seed(k);
-            api.reads_of(
-                &seed_ve_from_api(),
-                snapshot,
-                applied("VirtualService"),
-                applied("DestinationRule"),
-                applied("WasmPlugin"),
-            )
-            .await;
+            api.reads_after_proj1_left_app_a().await;
             reply_error(&mut api, Method::PATCH, &format!("{DR}/app-a"), 422).await;
             api.apply(VS, "app-a").await;
             api.apply(DR, "app-b").await;

@@ -2,10 +2,8 @@
 //! say exactly what a sidecar would do (`virtual-env explain`, the demo's table): the same
 //! code decides, so they cannot drift from the filter.
 
-use std::collections::BTreeMap;
-
 use crate::flow::{Direction, EnvSource, FilterConfig, Node};
-use crate::host::Host;
+use crate::host::mock::MockHost;
 use crate::metrics::Metric;
 
 /// What the filter did to one outbound request.
@@ -31,17 +29,15 @@ pub enum Route {
 }
 
 /// Runs the outbound flow of `config` for a request with `headers` (lower-case names, raw
-/// values; `:authority` names the target) from a pod described by `node`.
+/// values; `:authority` names the target) from a pod described by `node`. Nothing is
+/// shared with earlier requests, so trace correlation finds nothing.
 pub fn outbound(config: &FilterConfig, node: &Node, headers: &[(&str, &[u8])]) -> Outcome {
-    let mut host = Recorder {
-        headers: headers
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
-            .collect(),
-        counts: BTreeMap::new(),
-    };
+    let mut host = MockHost::new();
+    for (name, value) in headers {
+        host = host.with_raw_header(name, value);
+    }
     config.on_request_headers(node, Direction::Outbound, &mut host);
-    let count = |m: Metric| host.counts.get(&m).copied().unwrap_or(0);
+    let count = |m: Metric| host.count(m);
     let source = [
         (Metric::EnvFromHeader, EnvSource::Header),
         (Metric::EnvFromAlias, EnvSource::Alias),
@@ -52,11 +48,7 @@ pub fn outbound(config: &FilterConfig, node: &Node, headers: &[(&str, &[u8])]) -
     .into_iter()
     .find(|(m, _)| count(*m) > 0)
     .map(|(_, source)| source);
-    let text = |name: &str| {
-        host.headers
-            .get(name)
-            .and_then(|v| String::from_utf8(v.clone()).ok())
-    };
+    let text = |name: &str| host.header(name).map(str::to_owned);
     let route = [
         (Metric::RouteExact, Route::Exact),
         (Metric::RouteFallback, Route::Fallback),
@@ -71,41 +63,6 @@ pub fn outbound(config: &FilterConfig, node: &Node, headers: &[(&str, &[u8])]) -
         rejected: count(Metric::HeaderRejected),
         route,
         route_header: text(config.route_header()),
-    }
-}
-
-/// An in-memory request: headers in, headers and counts out. No shared data, so trace
-/// correlation finds nothing (a dry run has no past requests).
-struct Recorder {
-    headers: BTreeMap<String, Vec<u8>>,
-    counts: BTreeMap<Metric, u64>,
-}
-
-impl Host for Recorder {
-    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
-        self.headers.get(name).cloned()
-    }
-    fn set_request_header(&mut self, name: &str, value: &str) {
-        self.headers
-            .insert(name.to_owned(), value.as_bytes().to_vec());
-    }
-    fn remove_request_header(&mut self, name: &str) {
-        self.headers.remove(name);
-    }
-    fn shared_data(&self, _key: &str) -> Option<(Vec<u8>, u32)> {
-        None
-    }
-    fn set_shared_data(&mut self, _key: &str, _value: &[u8], _cas: Option<u32>) -> bool {
-        false
-    }
-    fn now_unix_ms(&self) -> u64 {
-        0
-    }
-    fn random(&mut self, _buf: &mut [u8]) -> bool {
-        false
-    }
-    fn increment(&mut self, metric: Metric) {
-        *self.counts.entry(metric).or_default() += 1;
     }
 }
 

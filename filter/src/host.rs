@@ -1,6 +1,6 @@
 //! What the filter needs from its proxy. The Wasm build implements this with its own
-//! status-checked host calls (`adapter.rs` over `abi.rs`); native tests implement it with
-//! [`mock::MockHost`].
+//! status-checked host calls (`adapter.rs` over `abi.rs`); tests and dry runs
+//! (`dry_run.rs`) implement it in memory with [`mock::MockHost`].
 //!
 //! Header values come back as bytes: Envoy passes bytes 0x80-0xFF through in header
 //! values, so nothing here may assume UTF-8; the request flow validates each value for its
@@ -23,7 +23,6 @@ pub trait Host {
     fn increment(&mut self, metric: Metric);
 }
 
-#[cfg(test)]
 pub mod mock {
     //! An in-memory host: headers, shared data (with CAS), a settable clock, seeded
     //! randomness and counters.
@@ -113,7 +112,7 @@ pub mod mock {
             if cas.is_some_and(|cas| cas != current) {
                 return false;
             }
-            shared.insert(key.to_owned(), (value.to_vec(), current + 1));
+            shared.insert(key.to_owned(), (value.to_vec(), current.wrapping_add(1)));
             true
         }
         fn now_unix_ms(&self) -> u64 {
@@ -121,7 +120,7 @@ pub mod mock {
         }
         fn random(&mut self, buf: &mut [u8]) -> bool {
             for (i, b) in buf.iter_mut().enumerate() {
-                *b = self.random_seed.wrapping_mul(i as u8 + 1);
+                *b = self.random_seed.wrapping_mul((i as u8).wrapping_add(1));
             }
             self.random_seed != 0
         }

@@ -604,6 +604,13 @@ mod tests {
     }
 
     impl ApiServerVerifier {
+        fn new(handle: Handle) -> Self {
+            Self {
+                handle,
+                calls: Vec::new(),
+            }
+        }
+
         async fn expect(&mut self, method: Method, path: &str, reply: Value) -> Value {
             self.answer(method, path, Some(reply)).await
         }
@@ -769,10 +776,7 @@ mod tests {
         let (ctx, handle) = mock_context();
         let ve = seed_ve_from_api();
         let server = tokio::spawn(async move {
-            let mut api = ApiServerVerifier {
-                handle,
-                calls: Vec::new(),
-            };
+            let mut api = ApiServerVerifier::new(handle);
             // app-old is ours and no longer wanted; a user's VirtualService, under another
             // name and in none of our shapes, routes app-b; app-stray is another
             // VirtualEnvironment's.
@@ -871,10 +875,7 @@ mod tests {
             snapshot.pods.push(pod(name, "reviews", Some(env), true));
         }
         let server = tokio::spawn(async move {
-            let mut api = ApiServerVerifier {
-                handle,
-                calls: Vec::new(),
-            };
+            let mut api = ApiServerVerifier::new(handle);
             let (vss, drs) = (bookinfo("VirtualService"), bookinfo("DestinationRule"));
             assert!(
                 vss.len() >= 15 && drs.len() >= 4,
@@ -922,10 +923,7 @@ mod tests {
         let (ctx, handle) = mock_context();
         let ve = seed_ve_from_api();
         let server = tokio::spawn(async move {
-            let mut api = ApiServerVerifier {
-                handle,
-                calls: Vec::new(),
-            };
+            let mut api = ApiServerVerifier::new(handle);
             let users = json!({"metadata": {"name": "virtual-env", "namespace": NS}, "spec": {"url": "oci://x"}});
             api.reads_of(
                 &seed_ve_from_api(),
@@ -1000,10 +998,7 @@ mod tests {
     async fn a_leaving_env_is_removed_route_first_after_the_plugin_config() {
         let (ctx, handle) = mock_context();
         let server = tokio::spawn(async move {
-            let mut api = ApiServerVerifier {
-                handle,
-                calls: Vec::new(),
-            };
+            let mut api = ApiServerVerifier::new(handle);
             api.reads_after_proj1_left_app_a().await;
             let dr = api.apply(DR, "app-a").await;
             assert_eq!(
@@ -1060,10 +1055,7 @@ mod tests {
     async fn failed_writes_do_not_stop_the_rest_and_are_named() {
         let (ctx, handle) = mock_context();
         let server = tokio::spawn(async move {
-            let mut api = ApiServerVerifier {
-                handle,
-                calls: Vec::new(),
-            };
+            let mut api = ApiServerVerifier::new(handle);
             api.reads_after_proj1_left_app_a().await;
             reply_error(&mut api, Method::PATCH, &format!("{DR}/app-a"), 422).await;
             api.apply(VS, "app-a").await;
@@ -1116,10 +1108,7 @@ mod tests {
         ve.metadata.uid = Some("uid-1".into());
         let listed = ve.clone();
         let server = tokio::spawn(async move {
-            let mut api = ApiServerVerifier {
-                handle,
-                calls: Vec::new(),
-            };
+            let mut api = ApiServerVerifier::new(handle);
             api.reads(&listed, vec![], vec![]).await;
             let body = api
                 .expect(
@@ -1146,10 +1135,7 @@ mod tests {
         let ve = seed_ve_from_api();
         let listed = ve.clone();
         let server = tokio::spawn(async move {
-            let mut api = ApiServerVerifier {
-                handle,
-                calls: Vec::new(),
-            };
+            let mut api = ApiServerVerifier::new(handle);
             api.list_virtual_environments(&[&listed]).await;
             api.expect(
                 Method::GET,
@@ -1181,10 +1167,7 @@ mod tests {
         let (older_listed, newer_listed) = (older, newer.clone());
         let reply = serde_json::to_value(&newer).unwrap();
         let server = tokio::spawn(async move {
-            let mut api = ApiServerVerifier {
-                handle,
-                calls: Vec::new(),
-            };
+            let mut api = ApiServerVerifier::new(handle);
             api.list_virtual_environments(&[&older_listed, &newer_listed])
                 .await;
             let body = api.expect(Method::PATCH, "/apis/env.alibaba.com/v1alpha1/namespaces/default/virtualenvironments/newer/status", reply).await;

@@ -87,13 +87,16 @@ pub fn transition(plan: &Plan, owned: &[Existing]) -> Transition {
     t
 }
 
+/// An object the controller applied before, in its own type; `None` if there is none or
+/// it no longer has the shape the controller writes.
+fn read_back<K: serde::de::DeserializeOwned>(old: Option<&Existing>) -> Option<K> {
+    serde_json::from_value(serde_json::json!({"metadata": {}, "spec": old?.spec})).ok()
+}
+
 /// The new DestinationRule plus the subsets of the old one it no longer has.
 fn union_rule(new: &DestinationRule, old: Option<&Existing>) -> DestinationRule {
     let mut union = new.clone();
-    let old: Option<DestinationRule> = old.and_then(|o| {
-        serde_json::from_value(serde_json::json!({"metadata": {}, "spec": o.spec})).ok()
-    });
-    let Some(old) = old else {
+    let Some(old) = read_back::<DestinationRule>(old) else {
         return union;
     };
     let have: BTreeSet<String> = union.spec.subsets.iter().map(|s| s.name.clone()).collect();
@@ -111,10 +114,7 @@ fn union_rule(new: &DestinationRule, old: Option<&Existing>) -> DestinationRule 
 /// the default route.
 fn union_service(new: &VirtualService, old: Option<&Existing>) -> VirtualService {
     let mut union = new.clone();
-    let old: Option<VirtualService> = old.and_then(|o| {
-        serde_json::from_value(serde_json::json!({"metadata": {}, "spec": o.spec})).ok()
-    });
-    let Some(old) = old else {
+    let Some(old) = read_back::<VirtualService>(old) else {
         return union;
     };
     let have: BTreeSet<String> = union.spec.http.iter().map(|r| r.name.clone()).collect();

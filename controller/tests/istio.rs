@@ -5,19 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use proptest::prelude::*;
 use serde_json::Value;
 use virtual_env_core::PluginConfig;
 
 mod common;
-use common::check_schema;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use common::{check_schema, repo, virtual_env};
 
 fn docs(text: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(text)
@@ -27,26 +20,15 @@ fn docs(text: &str) -> Vec<Value> {
 }
 
 fn render(files: &[String]) -> String {
-    let mut args = vec!["render".to_owned()];
+    let mut args = vec!["render"];
     for f in files {
-        args.push("-f".into());
-        args.push(f.clone());
+        args.extend(["-f", f.as_str()]);
     }
     args.extend([
-        "--wasm-url".into(),
-        "oci://registry.example/virtual-env-filter:0.1.0".into(),
+        "--wasm-url",
+        "oci://registry.example/virtual-env-filter:0.1.0",
     ]);
-    let out = Command::new(env!("CARGO_BIN_EXE_virtual-env"))
-        .args(&args)
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    virtual_env(&args)
 }
 
 /// The OpenAPI schema of `kind`'s `version` in Istio's CRDs.

@@ -1,6 +1,32 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests. Each test binary compiles this module and
+//! uses only part of it.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use serde_json::Value;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs the `virtual-env` binary in the repository root: its stdout (it must succeed).
+pub fn virtual_env(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_virtual-env"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "virtual-env {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
 
 /// A structural-schema check: types, required fields, and no field the schema does not
 /// declare (what `kubectl apply --validate=strict`, kubectl's default, rejects).

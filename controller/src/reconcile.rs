@@ -732,6 +732,12 @@ mod tests {
             .await;
         }
 
+        /// The status patch that ends a reconcile of the seed's VirtualEnvironment: its body.
+        async fn expect_status_patch(&mut self) -> Value {
+            let reply = serde_json::to_value(seed_ve_from_api()).unwrap();
+            self.expect(Method::PATCH, STATUS, reply).await
+        }
+
         /// The reads of a namespace where the controller applied the seed, and app-a's
         /// dev.proj1 pod has gone since.
         async fn reads_after_proj1_left_app_a(&mut self) {
@@ -819,13 +825,7 @@ mod tests {
                     .await;
                 assert_eq!(body["preconditions"]["uid"], "obj-app-old", "{body}");
             }
-            let status = api
-                .expect(
-                    Method::PATCH,
-                    STATUS,
-                    serde_json::to_value(seed_ve_from_api()).unwrap(),
-                )
-                .await;
+            let status = api.expect_status_patch().await;
             let status = &status["status"];
             assert_eq!(status["observedGeneration"], 3);
             assert_eq!(status["conditions"][0]["type"], "Ready");
@@ -892,13 +892,7 @@ mod tests {
             let wp = api.apply(WP, "virtual-env").await;
             let services = &wp["spec"]["pluginConfig"]["services"];
             assert!(services.get("reviews.default.svc.cluster.local").is_none());
-            let status = api
-                .expect(
-                    Method::PATCH,
-                    STATUS,
-                    serde_json::to_value(seed_ve_from_api()).unwrap(),
-                )
-                .await;
+            let status = api.expect_status_patch().await;
             let status = &status["status"];
             assert_eq!(
                 status["conditions"][0]["reason"], "AppliedWithSkips",
@@ -933,13 +927,7 @@ mod tests {
                 vec![users],
             )
             .await;
-            let body = api
-                .expect(
-                    Method::PATCH,
-                    STATUS,
-                    serde_json::to_value(seed_ve_from_api()).unwrap(),
-                )
-                .await;
+            let body = api.expect_status_patch().await;
             assert_eq!(body["status"]["conditions"][0]["reason"], "Conflict");
             let message = body["status"]["conditions"][0]["message"].as_str().unwrap();
             assert!(
@@ -1025,13 +1013,7 @@ mod tests {
             assert_eq!(vs["spec"]["http"].as_array().unwrap().len(), 2, "{vs}");
             let dr = api.apply(DR, "app-a").await;
             assert_eq!(dr["spec"]["subsets"].as_array().unwrap().len(), 1, "{dr}");
-            let body = api
-                .expect(
-                    Method::PATCH,
-                    STATUS,
-                    serde_json::to_value(seed_ve_from_api()).unwrap(),
-                )
-                .await;
+            let body = api.expect_status_patch().await;
             assert_eq!(body["status"]["conditions"][0]["reason"], "Applied");
         });
         // The route header recorded earlier, so that only dev.proj1's leaving differs.
@@ -1074,13 +1056,7 @@ mod tests {
                 json!(["dev", "dev.proj1"])
             );
             // No later step for the failed services (app-a's final route and rule).
-            let body = api
-                .expect(
-                    Method::PATCH,
-                    STATUS,
-                    serde_json::to_value(seed_ve_from_api()).unwrap(),
-                )
-                .await;
+            let body = api.expect_status_patch().await;
             let condition = &body["status"]["conditions"][0];
             assert_eq!(condition["status"], "False");
             assert_eq!(condition["reason"], "ApplyFailed");

@@ -54,7 +54,7 @@ demo: setup build
 
 # Benchmarks (see README, Performance): writes bench/results/results.{md,json}.
 # BENCH_ARGS="--rounds 3 --seconds 3" for a quicker, noisier run.
-BENCH_ARGS ?= --rounds 5 --seconds 5 --connections 16
+BENCH_ARGS ?= --rounds 9 --seconds 3 --connections 16
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 bench-tools:
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
@@ -62,6 +62,7 @@ bench-tools:
 
 bench: setup build bench-tools
 	cargo build -q -p virtual-env-empty-filter --target wasm32-wasip1 --release
+	cargo build -q -p virtual-env-ladder --target wasm32-wasip1 --release
 	cargo build -q --release -p virtual-env-e2e --bin virtual-env-bench
 	./target/release/virtual-env-bench $(BENCH_ARGS)
 
@@ -110,6 +111,7 @@ lint: $(ACTIONLINT)
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p virtual-env-filter --target wasm32-wasip1 -- -D warnings
+	cargo clippy -p virtual-env-ladder --target wasm32-wasip1 -- -D warnings
 
 fmt:
 	cargo fmt --all

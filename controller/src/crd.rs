@@ -244,6 +244,7 @@ impl VirtualEnvironmentSpec {
             correlation_slots: self.trace_correlation.slots,
             correlation_ttl_seconds: self.trace_correlation.ttl_seconds,
             cluster_domain: None,
+            direction: None,
             services: Default::default(),
         }
     }

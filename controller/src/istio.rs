@@ -104,7 +104,16 @@ pub struct WasmPluginSpec {
     /// `FAIL_OPEN`: if the module cannot be fetched, traffic flows unrouted rather than
     /// failing.
     pub fail_strategy: String,
+    /// Which listeners get the plugin: one side each (`CLIENT` or `SERVER`).
+    #[serde(rename = "match", default, skip_serializing_if = "Vec::is_empty")]
+    pub traffic_selectors: Vec<TrafficSelector>,
     /// The filter's plugin config (`virtual_env_core::PluginConfig` as JSON).
     #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub plugin_config: serde_json::Value,
+}
+
+/// Istio's `WasmPlugin.match[]` entry: the traffic direction (`CLIENT`, `SERVER`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TrafficSelector {
+    pub mode: String,
 }

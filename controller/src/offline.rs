@@ -11,7 +11,7 @@ use virtual_env_filter::{EnvSource, FilterConfig, Node};
 use crate::plan::{plan_namespace, Plan, PlanError, Settings};
 use crate::snapshot::NamespaceSnapshot;
 
-/// The objects the controller would apply, as multi-document YAML (WasmPlugin first, then
+/// The objects the controller would apply, as multi-document YAML (the WasmPlugins first, then
 /// per service its VirtualService and DestinationRule), with what was left out as comments.
 pub fn render(ns: &NamespaceSnapshot, settings: &Settings) -> Result<String, PlanError> {
     let plan = plan_namespace(&ns.virtual_environment, &ns.snapshot, settings)?;
@@ -37,7 +37,10 @@ pub fn render_plan(plan: &Plan) -> String {
     {
         let _ = writeln!(out, "# {line}");
     }
-    let mut docs = vec![to_yaml(&plan.wasm_plugin)];
+    let mut docs = vec![
+        to_yaml(&plan.wasm_plugin),
+        to_yaml(&plan.inbound_wasm_plugin),
+    ];
     for (vs, dr) in plan.virtual_services.iter().zip(&plan.destination_rules) {
         docs.push(to_yaml(vs));
         docs.push(to_yaml(dr));
@@ -285,11 +288,14 @@ mod tests {
         let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&text)
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
             .collect();
-        // WasmPlugin + (VirtualService + DestinationRule) x 3 services.
-        assert_eq!(docs.len(), 7);
+        // 2 WasmPlugins (calling and called side) + (VirtualService + DestinationRule) x 3.
+        assert_eq!(docs.len(), 8);
         assert_eq!(docs[0]["kind"], "WasmPlugin");
-        assert_eq!(docs[1]["kind"], "VirtualService");
-        assert_eq!(docs[2]["kind"], "DestinationRule");
-        assert_eq!(docs[1]["apiVersion"], "networking.istio.io/v1");
+        assert_eq!(docs[0]["spec"]["match"][0]["mode"], "CLIENT");
+        assert_eq!(docs[1]["kind"], "WasmPlugin");
+        assert_eq!(docs[1]["spec"]["match"][0]["mode"], "SERVER");
+        assert_eq!(docs[2]["kind"], "VirtualService");
+        assert_eq!(docs[3]["kind"], "DestinationRule");
+        assert_eq!(docs[2]["apiVersion"], "networking.istio.io/v1");
     }
 }

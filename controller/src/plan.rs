@@ -9,14 +9,14 @@ use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use thiserror::Error;
 use virtual_env_core::hash::fnv1a;
-use virtual_env_core::{service_fqdn, validate_env_name, ConfigError, PluginConfig};
+use virtual_env_core::{service_fqdn, validate_env_name, ConfigError, Direction, PluginConfig};
 
 use crate::crd::{VirtualEnvironment, ROUTE_HEADER_SUFFIX_LEN};
 use crate::existing::{Existing, Kind};
 use crate::istio::{
     Destination, DestinationRule, DestinationRuleSpec, HeaderOperations, Headers, HttpMatchRequest,
-    HttpRoute, HttpRouteDestination, StringMatch, Subset, VirtualService, VirtualServiceSpec,
-    WasmPlugin, WasmPluginSpec,
+    HttpRoute, HttpRouteDestination, StringMatch, Subset, TrafficSelector, VirtualService,
+    VirtualServiceSpec, WasmPlugin, WasmPluginSpec,
 };
 use crate::routable::not_routable;
 use crate::subset::SubsetNames;
@@ -24,8 +24,12 @@ use crate::subset::SubsetNames;
 /// The label that marks the objects virtual-env manages (and may prune).
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "virtual-env";
-/// The namespace's WasmPlugin.
+/// The namespace's WasmPlugin for the calling side (outbound listeners and gateways): it
+/// routes, and carries the services table.
 pub const WASM_PLUGIN_NAME: &str = "virtual-env";
+/// The namespace's WasmPlugin for the called side (inbound listeners): it records the env
+/// for trace correlation, and needs no services table.
+pub const INBOUND_WASM_PLUGIN_NAME: &str = "virtual-env-inbound";
 
 /// Where the sidecars fetch the filter module.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,8 +61,12 @@ pub struct Snapshot {
 pub struct Plan {
     pub virtual_services: Vec<VirtualService>,
     pub destination_rules: Vec<DestinationRule>,
+    /// The calling side's plugin object (Istio `match` mode CLIENT) and its config.
     pub wasm_plugin: WasmPlugin,
     pub plugin_config: PluginConfig,
+    /// The called side's plugin object (mode SERVER); its config is the calling side's
+    /// without the services table.
+    pub inbound_wasm_plugin: WasmPlugin,
     /// Envs with ready pods in the namespace.
     pub envs: BTreeSet<String>,
     /// Services left alone, as `name: reason`.
@@ -78,8 +86,8 @@ pub enum PlanError {
     InvalidSpec(#[from] ConfigError),
     #[error("the VirtualEnvironment has no namespace")]
     NoNamespace,
-    #[error("a WasmPlugin named {WASM_PLUGIN_NAME} exists in namespace {0} and is not managed by this VirtualEnvironment; rename or remove it")]
-    WasmPluginTaken(String),
+    #[error("a WasmPlugin named {1} exists in namespace {0} and is not managed by this VirtualEnvironment; rename or remove it")]
+    WasmPluginTaken(String, &'static str),
 }
 
 /// A stable stand-in for the route header's random suffix, from the VirtualEnvironment's
@@ -115,11 +123,13 @@ pub fn plan_namespace(
         .iter()
         .filter(|e| !e.managed_by(owner_uid.as_deref()))
         .collect();
-    if others
-        .iter()
-        .any(|e| e.kind == Kind::WasmPlugin && e.name == WASM_PLUGIN_NAME)
-    {
-        return Err(PlanError::WasmPluginTaken(namespace));
+    for ours in [WASM_PLUGIN_NAME, INBOUND_WASM_PLUGIN_NAME] {
+        if others
+            .iter()
+            .any(|e| e.kind == Kind::WasmPlugin && e.name == ours)
+        {
+            return Err(PlanError::WasmPluginTaken(namespace, ours));
+        }
     }
     let prefix = plugin_config.route_header.to_ascii_lowercase();
     let route_header = match ve.route_header_in_force() {
@@ -133,6 +143,7 @@ pub fn plan_namespace(
     };
     plugin_config.route_header = route_header.clone();
     plugin_config.cluster_domain = Some(settings.cluster_domain.clone());
+    plugin_config.direction = Some(Direction::Outbound);
     // Neither the route header nor a forged plain one leaves the calling sidecar.
     let strip = Some(Headers {
         request: HeaderOperations {
@@ -169,6 +180,7 @@ pub fn plan_namespace(
         virtual_services: Vec::new(),
         destination_rules: Vec::new(),
         wasm_plugin: wasm_plugin(ve, &namespace, settings, &plugin_config),
+        inbound_wasm_plugin: wasm_plugin(ve, &namespace, settings, &inbound(&plugin_config)),
         plugin_config: plugin_config.clone(),
         envs: ready_envs.iter().map(|(_, env)| env.to_string()).collect(),
         skipped: Vec::new(),
@@ -279,7 +291,7 @@ pub fn plan_namespace(
     let wanted = |kind: Kind, name: &str| match kind {
         Kind::VirtualService => plan.virtual_services.iter().any(|o| o.name_any() == name),
         Kind::DestinationRule => plan.destination_rules.iter().any(|o| o.name_any() == name),
-        Kind::WasmPlugin => name == WASM_PLUGIN_NAME,
+        Kind::WasmPlugin => name == WASM_PLUGIN_NAME || name == INBOUND_WASM_PLUGIN_NAME,
     };
     let mut prune: Vec<Existing> = snapshot
         .existing
@@ -361,12 +373,28 @@ fn managed_meta(ve: &VirtualEnvironment, name: &str, namespace: &str) -> ObjectM
     }
 }
 
+/// The called side's config: the same settings, no services table (inbound requests are
+/// recorded, not routed), so each sidecar holds the table once.
+pub fn inbound(config: &PluginConfig) -> PluginConfig {
+    PluginConfig {
+        direction: Some(Direction::Inbound),
+        services: Default::default(),
+        ..config.clone()
+    }
+}
+
+/// A plugin object for `config`'s side. Istio applies CLIENT to outbound and gateway
+/// listeners and SERVER to inbound ones (`workloadModeForListenerClass` in istiod).
 fn wasm_plugin(
     ve: &VirtualEnvironment,
     namespace: &str,
     settings: &Settings,
     config: &PluginConfig,
 ) -> WasmPlugin {
+    let (name, mode) = match config.direction {
+        Some(Direction::Inbound) => (INBOUND_WASM_PLUGIN_NAME, "SERVER"),
+        _ => (WASM_PLUGIN_NAME, "CLIENT"),
+    };
     let source = ve.spec.wasm_module.as_ref().map_or_else(
         || settings.wasm.clone(),
         |m| WasmSource {
@@ -375,11 +403,12 @@ fn wasm_plugin(
         },
     );
     WasmPlugin {
-        metadata: managed_meta(ve, WASM_PLUGIN_NAME, namespace),
+        metadata: managed_meta(ve, name, namespace),
         spec: WasmPluginSpec {
             url: source.url,
             sha256: source.sha256,
             fail_strategy: "FAIL_OPEN".into(),
+            traffic_selectors: vec![TrafficSelector { mode: mode.into() }],
             plugin_config: serde_json::to_value(config).unwrap_or_default(),
         },
     }

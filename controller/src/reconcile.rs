@@ -31,7 +31,9 @@ use crate::crd::{VirtualEnvironment, VirtualEnvironmentStatus, ROUTE_HEADER_SUFF
 use crate::existing::{Existing, Kind};
 use crate::istio::{DestinationRule, VirtualService, WasmPlugin};
 use crate::metrics::Metrics;
-use crate::plan::{plan_namespace, Plan, PlanError, Settings, Snapshot, WASM_PLUGIN_NAME};
+use crate::plan::{
+    plan_namespace, Plan, PlanError, Settings, Snapshot, INBOUND_WASM_PLUGIN_NAME, WASM_PLUGIN_NAME,
+};
 use crate::transition::{keep_failed_services, transition, Step};
 
 pub const FIELD_MANAGER: &str = "virtual-env-controller";
@@ -173,7 +175,7 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
         Err(e) => {
             warn!("not applying anything: {e}");
             let reason = match e {
-                PlanError::WasmPluginTaken(_) => "Conflict",
+                PlanError::WasmPluginTaken(..) => "Conflict",
                 _ => "InvalidSpec",
             };
             patch_status(&ves, &ve, not_ready(&ve, reason, &e.to_string())).await?;
@@ -212,6 +214,13 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
             |name| service_fqdn(name, &ns, &ctx.settings.cluster_domain),
         );
         wasm_plugin.spec.plugin_config = serde_json::to_value(&config).unwrap_or_default();
+    }
+    // The called side's plugin first: until the calling side's is updated, an older
+    // controller's single plugin object still covers both sides. It routes nothing, so
+    // its failure holds nothing back.
+    match apply(&wasm_plugins, &plan.inbound_wasm_plugin, "WasmPlugin").await {
+        Ok(()) => ctx.metrics.applied("WasmPlugin"),
+        Err(e) => failures.push(format!("WasmPlugin {INBOUND_WASM_PLUGIN_NAME}: {e}")),
     }
     match apply(&wasm_plugins, &wasm_plugin, "WasmPlugin").await {
         Ok(()) => {
@@ -753,6 +762,18 @@ mod tests {
             .await;
         }
 
+        /// The two plugin objects, the called side's first; returns the calling side's.
+        async fn apply_plugins(&mut self) -> Value {
+            let inbound = self.apply(WP, "virtual-env-inbound").await;
+            assert_eq!(inbound["spec"]["match"], json!([{"mode": "SERVER"}]));
+            assert_eq!(inbound["spec"]["pluginConfig"]["direction"], "inbound");
+            assert_eq!(inbound["spec"]["pluginConfig"]["services"], json!({}));
+            let outbound = self.apply(WP, "virtual-env").await;
+            assert_eq!(outbound["spec"]["match"], json!([{"mode": "CLIENT"}]));
+            assert_eq!(outbound["spec"]["pluginConfig"]["direction"], "outbound");
+            outbound
+        }
+
         async fn apply(&mut self, path: &str, name: &str) -> Value {
             let body = self
                 .answer(
@@ -804,7 +825,7 @@ mod tests {
                 assert_eq!(body["kind"], "VirtualService");
                 assert_eq!(body["metadata"]["labels"][MANAGED_BY_LABEL], MANAGED_BY);
             }
-            let wp = api.apply(WP, "virtual-env").await;
+            let wp = api.apply_plugins().await;
             let services = &wp["spec"]["pluginConfig"]["services"];
             assert!(
                 services.get("app-b.default.svc.cluster.local").is_none(),
@@ -846,8 +867,9 @@ mod tests {
         });
         let action = reconcile(Arc::new(ve), ctx.clone()).await.unwrap();
         assert_eq!(action, Action::requeue(RESYNC));
-        // 6 reads, 2 DestinationRules, 2 VirtualServices, the WasmPlugin, 2 prunes, the status.
-        assert_eq!(server.await.unwrap(), 14);
+        // 6 reads, 2 DestinationRules, 2 VirtualServices, the 2 WasmPlugins, 2 prunes, the
+        // status.
+        assert_eq!(server.await.unwrap(), 15);
         let metrics = ctx.metrics.render();
         assert!(
             metrics
@@ -889,7 +911,7 @@ mod tests {
                 api.apply(DR, name).await;
                 api.apply(VS, name).await;
             }
-            let wp = api.apply(WP, "virtual-env").await;
+            let wp = api.apply_plugins().await;
             let services = &wp["spec"]["pluginConfig"]["services"];
             assert!(services.get("reviews.default.svc.cluster.local").is_none());
             let status = api.expect_status_patch().await;
@@ -957,7 +979,10 @@ mod tests {
                 .iter()
                 .map(|o| serde_json::to_value(o).unwrap())
                 .collect(),
-            _ => vec![serde_json::to_value(&plan.wasm_plugin).unwrap()],
+            _ => vec![
+                serde_json::to_value(&plan.wasm_plugin).unwrap(),
+                serde_json::to_value(&plan.inbound_wasm_plugin).unwrap(),
+            ],
         };
         objects
             .into_iter()
@@ -1004,7 +1029,7 @@ mod tests {
                 api.apply(DR, name).await;
                 api.apply(VS, name).await;
             }
-            let wp = api.apply(WP, "virtual-env").await;
+            let wp = api.apply_plugins().await;
             assert_eq!(
                 wp["spec"]["pluginConfig"]["services"]["app-a.default.svc.cluster.local"],
                 json!(["dev"])
@@ -1048,7 +1073,7 @@ mod tests {
             let (_request, _never_answered, _) = api
                 .next_request(&Method::PATCH, &format!("{VS}/app-c"))
                 .await;
-            let wp = api.apply(WP, "virtual-env").await;
+            let wp = api.apply_plugins().await;
             // app-a failed: it keeps dev.proj1 in the plugin config, as its old routes do.
             let services = &wp["spec"]["pluginConfig"]["services"];
             assert_eq!(

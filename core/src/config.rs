@@ -58,8 +58,25 @@ pub struct PluginConfig {
     /// is not a service of the mesh. Absent: the domains of the `services` names.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_domain: Option<String>,
+    /// Which side of the sidecar this plugin object filters: the controller writes one
+    /// object per side (Istio's `match` mode CLIENT, which also covers gateways, and
+    /// SERVER). Absent: the filter asks Envoy for the listener's direction on every
+    /// request, one host call more (the benchmark's ladder measures it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
     /// Service FQDN -> envs in which the service has ready pods.
     pub services: BTreeMap<String, Vec<String>>,
+}
+
+/// The side of the sidecar a plugin object filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Into the pod's application: the called side, which records the env for trace
+    /// correlation.
+    Inbound,
+    /// Out of the application, or through a gateway: the calling side, which routes.
+    Outbound,
 }
 
 impl Default for PluginConfig {
@@ -77,6 +94,7 @@ impl Default for PluginConfig {
             correlation_slots: DEFAULT_CORRELATION_SLOTS,
             correlation_ttl_seconds: DEFAULT_CORRELATION_TTL_SECONDS,
             cluster_domain: None,
+            direction: None,
             services: BTreeMap::new(),
         }
     }
@@ -359,6 +377,21 @@ mod tests {
         assert!(json.contains("\"envHeader\""), "{json}");
         assert!(json.contains("\"correlationTtlSeconds\""), "{json}");
         assert_eq!(PluginConfig::from_json(json.as_bytes()).unwrap(), config);
+    }
+
+    #[test]
+    fn the_direction_is_optional_and_spelled_in_lower_case() {
+        assert_eq!(PluginConfig::from_json(b"{}").unwrap().direction, None);
+        let inbound = PluginConfig::from_json(br#"{"direction": "inbound"}"#).unwrap();
+        assert_eq!(inbound.direction, Some(Direction::Inbound));
+        assert!(inbound.to_json().contains(r#""direction":"inbound""#));
+        // Absent stays absent: configs written before the field existed are unchanged.
+        assert!(!PluginConfig::default().to_json().contains("direction"));
+        let msg = err(r#"{"direction": "sideways"}"#);
+        assert!(
+            msg.contains("sideways") && msg.contains("outbound"),
+            "{msg}"
+        );
     }
 
     #[test]

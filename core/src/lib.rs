@@ -11,7 +11,7 @@ pub mod hash;
 pub mod routing;
 pub mod service;
 
-pub use config::{ConfigError, PluginConfig};
+pub use config::{ConfigError, Direction, PluginConfig};
 pub use env::{lineage, validate_env_name, EnvNameError};
 pub use routing::{Choice, RouteTable, ServiceEnvs, Target};
 pub use service::{lowercase, service_fqdn, service_key_of_fqdn, ServiceHost};

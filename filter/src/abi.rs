@@ -58,6 +58,12 @@ extern "C" {
         return_data: *mut *mut u8,
         return_size: *mut usize,
     ) -> u32;
+    #[cfg(feature = "ladder")]
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_data: *mut *mut u8,
+        return_size: *mut usize,
+    ) -> u32;
     fn proxy_replace_header_map_value(
         map_type: u32,
         key_data: *const u8,
@@ -178,6 +184,16 @@ pub fn request_header(name: &str) -> Result<Option<Vec<u8>>, Status> {
     // SAFETY: pointer and length of a live &str; out-pointers valid for the call.
     returned_bytes(|data, size| unsafe {
         proxy_get_header_map_value(HTTP_REQUEST_HEADERS, name.as_ptr(), name.len(), data, size)
+    })
+}
+
+/// All request headers in one call, serialized (see `header_pairs`). Only the benchmark's
+/// ladder uses it: it measured no cheaper than reading the two headers one by one.
+#[cfg(feature = "ladder")]
+pub fn request_header_pairs() -> Result<Option<Vec<u8>>, Status> {
+    // SAFETY: out-pointers valid for the call.
+    returned_bytes(|data, size| unsafe {
+        proxy_get_header_map_pairs(HTTP_REQUEST_HEADERS, data, size)
     })
 }
 

@@ -35,7 +35,7 @@ use proxy_wasm::types::{Action, ContextType};
 
 use crate::abi::{self, Level};
 use crate::correlation::correlation_key;
-use crate::flow::{Direction, FilterConfig, Node};
+use crate::flow::{direction_of_listener, FilterConfig, Node};
 use crate::host::Host;
 use crate::metrics::Metric;
 use crate::reload::reload;
@@ -169,7 +169,8 @@ fn string_property(path: &[&str]) -> Option<String> {
         .and_then(|bytes| String::from_utf8(bytes).ok())
 }
 
-/// `xds.listener_direction`, encoded once: it is read on every request.
+/// `xds.listener_direction`, encoded once: without a `direction` in the config it is read
+/// on every request.
 const LISTENER_DIRECTION: &[u8] = b"xds\0listener_direction\0";
 
 /// Envoy serializes integer properties as 8 little-endian bytes.
@@ -182,10 +183,12 @@ fn listener_direction() -> Option<i64> {
     Some(i64::from_le_bytes(bytes))
 }
 
-/// What a root context hands to each HTTP context: the config in force and the node.
+/// What a root context hands to each HTTP context: the config in force, the node and the
+/// counters, behind one `Rc` (one reference count per request, no more).
 struct Active {
     config: FilterConfig,
     node: Node,
+    metrics: Rc<Metrics>,
 }
 
 #[derive(Default)]
@@ -271,6 +274,7 @@ impl RootContext for Root {
             Rc::new(Active {
                 config: filter,
                 node,
+                metrics: Rc::clone(&self.metrics),
             })
         });
         true
@@ -278,7 +282,6 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Request {
-            metrics: Rc::clone(&self.metrics),
             active: self.active.clone(),
         }))
     }
@@ -289,7 +292,6 @@ impl RootContext for Root {
 }
 
 struct Request {
-    metrics: Rc<Metrics>,
     active: Option<Rc<Active>>,
 }
 
@@ -298,9 +300,12 @@ impl Context for Request {}
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let Some(active) = &self.active {
-            let direction = Direction::from_listener_direction(listener_direction());
+            let direction = active
+                .config
+                .direction()
+                .unwrap_or_else(|| direction_of_listener(listener_direction()));
             let mut host = ProxyHost {
-                metrics: &self.metrics,
+                metrics: &active.metrics,
             };
             active
                 .config

@@ -22,22 +22,16 @@ use crate::host::Host;
 use crate::metrics::Metric;
 use crate::trace::trace_id;
 
-/// Which side of the sidecar the request passes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Into the pod's application (Envoy's `listener_direction` 1).
-    Inbound,
-    /// Out of the application; also a gateway, whose listeners have no direction.
-    Outbound,
-}
+/// Which side of the sidecar the request passes: from the config's `direction` when the
+/// controller set it, else from the listener (see [`direction_of_listener`]).
+pub use virtual_env_core::Direction;
 
-impl Direction {
-    /// From Envoy's `xds.listener_direction` (`envoy.config.core.v3.TrafficDirection`).
-    pub fn from_listener_direction(value: Option<i64>) -> Self {
-        match value {
-            Some(1) => Direction::Inbound,
-            _ => Direction::Outbound,
-        }
+/// From Envoy's `xds.listener_direction` (`envoy.config.core.v3.TrafficDirection`): 1 is
+/// inbound; a gateway's listeners have no direction and count as outbound.
+pub fn direction_of_listener(value: Option<i64>) -> Direction {
+    match value {
+        Some(1) => Direction::Inbound,
+        _ => Direction::Outbound,
     }
 }
 
@@ -92,6 +86,7 @@ pub struct FilterConfig {
     correlation: Option<CorrelationTable>,
     auto_inject: bool,
     splitter: char,
+    direction: Option<Direction>,
     routes: RouteTable,
 }
 
@@ -116,6 +111,7 @@ impl FilterConfig {
             }),
             auto_inject: config.auto_inject,
             splitter: config.splitter_char(),
+            direction: config.direction,
             routes: RouteTable::new(config),
         }
     }
@@ -133,6 +129,11 @@ impl FilterConfig {
     /// The compiled route table.
     pub fn routes(&self) -> &RouteTable {
         &self.routes
+    }
+
+    /// The side this plugin object filters, when the config says; else the listener's.
+    pub fn direction(&self) -> Option<Direction> {
+        self.direction
     }
 
     /// The env splitter.

@@ -12,7 +12,7 @@ use crate::flow::{Direction, FilterConfig, Node};
 use crate::host::mock::MockHost;
 use crate::trace::{trace_id, MAX_OPAQUE_ID_LEN, MIN_OPAQUE_ID_LEN};
 
-fn cases() -> ProptestConfig {
+pub(crate) fn cases() -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -10,15 +10,19 @@ pub mod dry_run;
 pub mod flow;
 #[cfg(test)]
 mod fuzz;
+pub mod header_pairs;
 pub mod host;
 pub mod metrics;
 pub mod reload;
 pub mod trace;
 
 #[cfg(target_arch = "wasm32")]
+#[cfg_attr(feature = "ladder", allow(dead_code))]
 mod abi;
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", not(feature = "ladder")))]
 mod adapter;
+#[cfg(all(target_arch = "wasm32", feature = "ladder"))]
+mod ladder;
 
 pub use flow::{Direction, EnvSource, FilterConfig, Node};
 pub use metrics::Metric;

@@ -23,7 +23,8 @@ use crate::http;
 use crate::sidecar::{ecds_resource, http_filters};
 
 pub const TARGET: &str = "app-target";
-pub const REQUEST_ENV: &str = "dev.p1.u1";
+/// The request's env: two levels below the project env `dev.p1`, which has pods.
+pub const REQUEST_ENV: &str = "dev.p1.u1.t1";
 /// The envs in which the target service has pods: dev and nine projects.
 pub fn pod_envs() -> Vec<String> {
     std::iter::once("dev".to_owned())
@@ -31,10 +32,13 @@ pub fn pod_envs() -> Vec<String> {
         .collect()
 }
 
-/// `n` env names: the nine projects with pods, then their users round-robin
-/// (`dev.p1.u1`, `dev.p2.u1`, ...), so every name falls back to a project with pods.
+/// `n` env names: the request's env, the nine projects with pods, then their users
+/// round-robin (`dev.p1.u1`, `dev.p2.u1`, ...), so every name falls back to a project with
+/// pods.
 pub fn env_names(n: usize) -> Vec<String> {
-    let mut names: Vec<String> = (1..=9).map(|i| format!("dev.p{i}")).collect();
+    let mut names: Vec<String> = std::iter::once(REQUEST_ENV.to_owned())
+        .chain((1..=9).map(|i| format!("dev.p{i}")))
+        .collect();
     let mut j = 1;
     while names.len() < n {
         for i in 1..=9 {
@@ -55,12 +59,31 @@ pub enum Kind {
     Bare,
     /// An empty Proxy-Wasm filter: the floor of any Wasm filter.
     EmptyFilter,
+    /// One rung of the cost ladder (`filter/src/ladder.rs`): the filter's outbound work up
+    /// to that step, on the same routes as [`Kind::VirtualEnv`].
+    Ladder(u8),
     /// virtual-env's filter and the routes the controller writes.
     VirtualEnv,
+    /// virtual-env's filter on the called side (an inbound listener), trace correlation
+    /// on or off.
+    Inbound { correlation: bool },
     /// The original design: a Lua filter that adds the env header when missing, and an
     /// exact env-header route per env name.
     Original,
+    /// Another build of the filter (`--candidate`), beside [`Kind::VirtualEnv`]: for
+    /// trying a change or a build setting against the current one in the same run.
+    Candidate,
 }
+
+/// The ladder's rungs, in order, and what each adds to the one below.
+pub const RUNGS: [&str; 6] = [
+    "nothing (this module's floor)",
+    "read the env header",
+    "read `:authority`",
+    "find the service, walk the env up its table",
+    "write the route header",
+    "read `xds.listener_direction`",
+];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Scenario {
@@ -70,35 +93,66 @@ pub struct Scenario {
     pub envs: usize,
 }
 
-pub fn scenarios(env_counts: &[usize]) -> Vec<Scenario> {
+impl Scenario {
+    fn new(name: impl Into<String>, kind: Kind, envs: usize) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            envs,
+        }
+    }
+}
+
+/// Every scenario of a run: the floors, the ladder, virtual-env and the original design at
+/// each env count, and the inbound side.
+pub fn scenarios(env_counts: &[usize], candidate: bool) -> Vec<Scenario> {
     let mut out = vec![
-        Scenario {
-            name: "bare".into(),
-            kind: Kind::Bare,
-            envs: 0,
-        },
-        Scenario {
-            name: "empty-filter".into(),
-            kind: Kind::EmptyFilter,
-            envs: 0,
-        },
+        Scenario::new("bare", Kind::Bare, 0),
+        Scenario::new("empty-filter", Kind::EmptyFilter, 0),
     ];
+    for rung in 0..RUNGS.len() as u8 {
+        out.push(Scenario::new(
+            format!("ladder-{rung}"),
+            Kind::Ladder(rung),
+            0,
+        ));
+    }
+    out.push(Scenario::new("ladder-6", Kind::Ladder(6), 0));
     for &n in env_counts {
-        out.push(Scenario {
-            name: format!("virtual-env-{n}"),
-            kind: Kind::VirtualEnv,
-            envs: n,
-        });
-        out.push(Scenario {
-            name: format!("original-{n}"),
-            kind: Kind::Original,
-            envs: n,
-        });
+        out.push(Scenario::new(
+            format!("virtual-env-{n}"),
+            Kind::VirtualEnv,
+            n,
+        ));
+        out.push(Scenario::new(format!("original-{n}"), Kind::Original, n));
+    }
+    if candidate {
+        out.push(Scenario::new("candidate", Kind::Candidate, 0));
+    }
+    for correlation in [false, true] {
+        let name = if correlation {
+            "inbound-correlation-on"
+        } else {
+            "inbound-correlation-off"
+        };
+        out.push(Scenario::new(name, Kind::Inbound { correlation }, 0));
     }
     out
 }
 
-/// The plugin config of a namespace with 1,000 services; the target has pods in
+/// Where the listener under test sends a request once the filters are done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Upstream {
+    /// The chosen route answers itself (`direct_response`): the filter's share of a
+    /// request is largest, as in the issue's measurements.
+    Direct,
+    /// The route proxies to an upstream listener of the same Envoy: a sidecar in front of
+    /// an application.
+    Proxied,
+}
+
+/// The plugin config of a namespace with `services` services; the target has pods in
 /// dev and nine projects, the others in dev and one project each.
 pub fn plugin_config(services: usize) -> PluginConfig {
     let mut config = PluginConfig {
@@ -150,9 +204,10 @@ fn nearest_with_pods(env: &str) -> String {
 pub fn routes(scenario: &Scenario) -> Vec<Value> {
     let mut routes = Vec::new();
     match scenario.kind {
-        Kind::Bare | Kind::EmptyFilter => {}
+        // The called side routes to its own application: no env routes.
+        Kind::Bare | Kind::EmptyFilter | Kind::Inbound { .. } => {}
         // What the controller writes: one exact route-header match per env with pods.
-        Kind::VirtualEnv => {
+        Kind::VirtualEnv | Kind::Ladder(_) | Kind::Candidate => {
             for env in pod_envs() {
                 routes.push(exact("x-virtual-env-route", &env, &env));
             }
@@ -184,7 +239,7 @@ function envoy_on_request(request_handle)
 end
 "#;
 
-fn wasm_filter(name: &str, wasm: &Path, config: &str) -> Value {
+fn wasm_filter(name: &str, wasm: &Path, config: &str, vm_configuration: &str) -> Value {
     json!({
         "name": name,
         "typed_config": {
@@ -195,7 +250,8 @@ fn wasm_filter(name: &str, wasm: &Path, config: &str) -> Value {
                 "vm_config": {
                     "vm_id": name,
                     "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": wasm}}
+                    "code": {"local": {"filename": wasm}},
+                    "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": vm_configuration}
                 },
                 "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config}
             }
@@ -207,23 +263,60 @@ fn router() -> Value {
     json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
 }
 
-pub struct Modules<'a> {
+/// What the scenarios of a run share: the modules, the plugin config and the upstream.
+#[derive(Clone, Copy)]
+pub struct Setup<'a> {
     pub filter: &'a Path,
     pub empty: &'a Path,
+    pub ladder: &'a Path,
+    pub candidate: Option<&'a Path>,
+    /// Services in the plugin config.
+    pub services: usize,
+    pub upstream: Upstream,
 }
 
-fn filters(scenario: &Scenario, modules: &Modules<'_>, config: &str) -> Value {
-    match scenario.kind {
-        Kind::Bare => json!([router()]),
-        Kind::EmptyFilter => json!([wasm_filter("empty", modules.empty, "{}"), router()]),
-        Kind::VirtualEnv => json!([wasm_filter("virtual-env", modules.filter, config), router()]),
-        Kind::Original => json!([{
-            "name": "envoy.filters.http.lua",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                "default_source_code": {"inline_string": LUA}
+impl Setup<'_> {
+    /// The plugin config a scenario's filter gets, as JSON.
+    pub fn plugin_config(&self, kind: Kind) -> String {
+        let mut config = plugin_config(self.services);
+        if let Kind::Inbound { correlation } = kind {
+            if !correlation {
+                config.correlation_slots = 0;
             }
-        }, router()]),
+        }
+        config.to_json()
+    }
+
+    fn filters(&self, kind: Kind) -> Value {
+        let config = self.plugin_config(kind);
+        match kind {
+            Kind::Bare => json!([router()]),
+            Kind::EmptyFilter => json!([wasm_filter("empty", self.empty, "{}", ""), router()]),
+            Kind::Ladder(rung) => json!([
+                wasm_filter("ladder", self.ladder, &config, &rung.to_string()),
+                router()
+            ]),
+            Kind::VirtualEnv | Kind::Inbound { .. } => json!([
+                wasm_filter("virtual-env", self.filter, &config, ""),
+                router()
+            ]),
+            Kind::Candidate => json!([
+                wasm_filter(
+                    "virtual-env",
+                    self.candidate.unwrap_or(self.filter),
+                    &config,
+                    ""
+                ),
+                router()
+            ]),
+            Kind::Original => json!([{
+                "name": "envoy.filters.http.lua",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                    "default_source_code": {"inline_string": LUA}
+                }
+            }, router()]),
+        }
     }
 }
 
@@ -232,8 +325,26 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// One Envoy: the listener under test (with `filters`) and the upstream it routes to.
-pub fn bootstrap(routes: Vec<Value>, filters: Value, upstream_port: u16) -> Value {
+/// One Envoy: the listener under test (with `filters`, `OUTBOUND` or `INBOUND`) and the
+/// upstream its routes proxy to, or answer themselves.
+pub fn bootstrap(
+    mut routes: Vec<Value>,
+    filters: Value,
+    direction: &str,
+    upstream: Upstream,
+    upstream_port: u16,
+) -> Value {
+    if upstream == Upstream::Direct {
+        for route in &mut routes {
+            if let Some(route) = route.as_object_mut() {
+                route.remove("route");
+                route.insert(
+                    "direct_response".into(),
+                    json!({"status": 200, "body": {"inline_string": "ok"}}),
+                );
+            }
+        }
+    }
     let clusters: Vec<Value> = pod_envs()
         .iter()
         .map(|env| json!({
@@ -262,7 +373,7 @@ pub fn bootstrap(routes: Vec<Value>, filters: Value, upstream_port: u16) -> Valu
             "listeners": [
                 {
                     "name": "sidecar",
-                    "traffic_direction": "OUTBOUND",
+                    "traffic_direction": direction,
                     "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
                     "filter_chains": [{"filters": [hcm("sidecar", json!({"virtual_hosts": [{
                         "name": TARGET,
@@ -303,16 +414,21 @@ pub struct Running {
     pub listener: SocketAddr,
 }
 
-pub async fn start(
-    scenario: &Scenario,
-    modules: &Modules<'_>,
-    config: &str,
-    dir: &Path,
-) -> Result<Running> {
+pub async fn start(scenario: &Scenario, setup: &Setup<'_>, dir: &Path) -> Result<Running> {
     let port = free_port()?;
-    let config = bootstrap(routes(scenario), filters(scenario, modules, config), port);
+    let direction = match scenario.kind {
+        Kind::Inbound { .. } => "INBOUND",
+        _ => "OUTBOUND",
+    };
+    let config = bootstrap(
+        routes(scenario),
+        setup.filters(scenario.kind),
+        direction,
+        setup.upstream,
+        port,
+    );
     let envoy = Envoy::start(&scenario.name, dir, config, 1).await?;
-    if matches!(scenario.kind, Kind::EmptyFilter | Kind::VirtualEnv) {
+    if !matches!(scenario.kind, Kind::Bare | Kind::Original) {
         envoy.check_wasm_runtime().await?;
     }
     pin(envoy.pid(), 0)?;
@@ -320,8 +436,10 @@ pub async fn start(
     // Check that it routes as intended before measuring it.
     let r = http::get(listener, "/", &request_headers()).await?;
     let want = match scenario.kind {
-        Kind::Bare | Kind::EmptyFilter => "dev",
-        Kind::VirtualEnv | Kind::Original => "dev.p1",
+        Kind::Bare | Kind::EmptyFilter | Kind::Inbound { .. } => "dev",
+        // Rungs below the route header's write do not route.
+        Kind::Ladder(rung) if rung < 4 => "dev",
+        Kind::Ladder(_) | Kind::VirtualEnv | Kind::Original | Kind::Candidate => "dev.p1",
     };
     if r.status != 200 || r.header("x-routed") != Some(want) {
         bail!(
@@ -334,9 +452,23 @@ pub async fn start(
     Ok(Running { envoy, listener })
 }
 
+/// TRACE_ID of [`request_headers`]' `traceparent`.
+pub const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// Every scenario's request: a service host, an env two levels below a project, and the
+/// trace headers a traced mesh request carries (the inbound side records the env under
+/// them; the outbound side does not look at them when the env header is present).
 pub fn request_headers() -> Vec<(&'static str, &'static str)> {
     // "Host" spelled so: wrk adds its own Host header unless it sees exactly this one.
-    vec![("Host", "app-target:8080"), ("x-virtual-env", REQUEST_ENV)]
+    vec![
+        ("Host", "app-target:8080"),
+        ("x-virtual-env", REQUEST_ENV),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+        ("x-request-id", "6a1f0a52-43d1-4f5e-9b0e-0c5e3f1d2b7a"),
+    ]
 }
 
 /// One wrk run's figures.
@@ -455,12 +587,39 @@ pub async fn allocated_bytes(envoy: &Envoy) -> Result<u64> {
         .context("no allocated in /memory")
 }
 
+/// Envoy's allocated bytes with `kind`'s filter and a `services`-service config, with one
+/// and with two workers: the difference is what each further worker holds (its VM and its
+/// copy of the route table).
+pub async fn memory(
+    setup: &Setup<'_>,
+    kind: Kind,
+    services: usize,
+    dir: &Path,
+) -> Result<(u64, u64)> {
+    let setup = Setup { services, ..*setup };
+    let scenario = Scenario::new(format!("memory-{services}"), kind, 0);
+    let mut bytes = [0; 2];
+    for (workers, bytes) in [1, 2].into_iter().zip(&mut bytes) {
+        let config = bootstrap(
+            routes(&scenario),
+            setup.filters(kind),
+            "OUTBOUND",
+            setup.upstream,
+            free_port()?,
+        );
+        let envoy = Envoy::start(&scenario.name, dir, config, workers).await?;
+        // One request per worker would be racy; the config is loaded at start on each.
+        *bytes = allocated_bytes(&envoy).await?;
+    }
+    Ok((bytes[0], bytes[1]))
+}
+
 /// Milliseconds from an ECDS file change to the new routing being in force, per run.
-pub async fn config_change_ms(modules: &Modules<'_>, dir: &Path, runs: usize) -> Result<Vec<f64>> {
+pub async fn config_change_ms(setup: &Setup<'_>, dir: &Path, runs: usize) -> Result<Vec<f64>> {
     let ecds_dir = dir.join("ecds");
     std::fs::create_dir_all(&ecds_dir)?;
     let ecds = ecds_dir.join("virtual-env.json");
-    let wasm = modules.filter.display().to_string();
+    let wasm = setup.filter.display().to_string();
     let mut before = plugin_config(1000);
     let key = format!("{TARGET}.default.svc.cluster.local");
     let mut after = before.clone();
@@ -491,7 +650,7 @@ pub async fn config_change_ms(modules: &Modules<'_>, dir: &Path, runs: usize) ->
     let envoy = Envoy::start(
         "config-change",
         dir,
-        bootstrap(routes, filters, free_port()?),
+        bootstrap(routes, filters, "OUTBOUND", setup.upstream, free_port()?),
         1,
     )
     .await?;
@@ -564,15 +723,74 @@ pub fn ratios(summaries: &[Summary], env_counts: &[usize]) -> BTreeMap<String, (
             (format!("original-{n}"), "original design"),
         ] {
             let Some(b) = get(&base) else { continue };
-            let pairs = ve.rounds.iter().zip(&b.rounds);
-            let rps = median(pairs.clone().map(|(v, b)| v.rps / b.rps).collect());
-            let cpu = median(
-                pairs
-                    .map(|(v, b)| b.cpu_us_per_request / v.cpu_us_per_request)
-                    .collect(),
-            );
-            out.insert(format!("virtual-env-{n} / {label}"), (rps, cpu));
+            out.insert(format!("virtual-env-{n} / {label}"), pair_ratio(ve, b));
         }
+    }
+    for side in ["inbound-correlation-off", "inbound-correlation-on"] {
+        if let (Some(v), Some(b)) = (get(side), get("empty-filter")) {
+            out.insert(format!("{side} / empty filter"), pair_ratio(v, b));
+        }
+    }
+    out
+}
+
+/// (throughput ratio, baseline CPU / scenario CPU per request), medians of per-round ratios.
+fn pair_ratio(v: &Summary, b: &Summary) -> (f64, f64) {
+    let pairs = v.rounds.iter().zip(&b.rounds);
+    let rps = median(pairs.clone().map(|(v, b)| v.rps / b.rps).collect());
+    let cpu = median(
+        pairs
+            .map(|(v, b)| b.cpu_us_per_request / v.cpu_us_per_request)
+            .collect(),
+    );
+    (rps, cpu)
+}
+
+/// One row of the ladder's report: a rung's CPU per request and what it adds to the rung
+/// below (the median over rounds of the within-round difference).
+#[derive(Debug, Clone, Serialize)]
+pub struct Rung {
+    pub scenario: String,
+    pub step: String,
+    pub cpu_us_per_request: f64,
+    pub added_us: f64,
+}
+
+/// The ladder from the empty filter to the full filter (`full`, a virtual-env scenario).
+pub fn ladder(summaries: &[Summary], full: &str) -> Vec<Rung> {
+    let get = |name: &str| summaries.iter().find(|s| s.scenario.name == name);
+    let mut names = vec![(
+        "empty-filter".to_owned(),
+        "the empty filter (the floor)".to_owned(),
+    )];
+    for (rung, step) in RUNGS.iter().enumerate() {
+        names.push((format!("ladder-{rung}"), (*step).to_owned()));
+    }
+    names.push((
+        full.to_owned(),
+        "the full filter (metrics, validation, env sources)".into(),
+    ));
+    let mut out = Vec::new();
+    let mut below: Option<&Summary> = None;
+    for (name, step) in names {
+        let Some(summary) = get(&name) else { continue };
+        let added_us = below.map_or(f64::NAN, |b| {
+            median(
+                summary
+                    .rounds
+                    .iter()
+                    .zip(&b.rounds)
+                    .map(|(s, b)| s.cpu_us_per_request - b.cpu_us_per_request)
+                    .collect(),
+            )
+        });
+        out.push(Rung {
+            scenario: name,
+            step,
+            cpu_us_per_request: summary.cpu_us_per_request,
+            added_us,
+        });
+        below = Some(summary);
     }
     out
 }

@@ -23,13 +23,16 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use virtual_env_controller::istio::{DestinationRule, VirtualService};
-use virtual_env_controller::plan::{plan_namespace, Plan, Settings, Snapshot, WasmSource};
+use virtual_env_controller::plan::{
+    plan_namespace, Plan, Settings, Snapshot, WasmSource, INBOUND_WASM_PLUGIN_NAME,
+    WASM_PLUGIN_NAME,
+};
 use virtual_env_core::service_fqdn;
 
 use crate::app::{AppConfig, Hop, TRACING_HEADERS};
 use crate::envoy::{filter_wasm, poll_until, write_atomically, Envoy, Guarded};
 use crate::http::{self, Protocol};
-use crate::sidecar::{ecds_resource, http_filters};
+use crate::sidecar::{ecds_resource_named, http_filters_named};
 use crate::topology::{selects, Topology, TopologyPod};
 
 pub const APP_PORT: u16 = 8080;
@@ -67,7 +70,11 @@ impl MeshOptions {
 struct RoutingFiles {
     cds: PathBuf,
     rds: PathBuf,
+    /// The calling side's plugin (outbound listeners and the gateway), and the called
+    /// side's (inbound listeners): one file per plugin object, as istiod sends one ECDS
+    /// resource per WasmPlugin to the listeners its `match` mode selects.
     ecds: PathBuf,
+    ecds_inbound: PathBuf,
 }
 
 impl RoutingFiles {
@@ -81,6 +88,7 @@ impl RoutingFiles {
             cds: file("cds")?,
             rds: file("rds")?,
             ecds: file("ecds")?,
+            ecds_inbound: file("ecds-inbound")?,
         })
     }
 }
@@ -255,15 +263,33 @@ impl Mesh {
         let plan = self.plan()?;
         write_atomically(&self.files.cds, &serde_json::to_vec(&self.clusters(&plan))?)?;
         write_atomically(&self.files.rds, &serde_json::to_vec(&self.routes(&plan))?)?;
-        self.push_plugin_config(&plan.plugin_config.to_json())
+        self.push_side(
+            Side::Inbound,
+            &plan.inbound_wasm_plugin.spec.plugin_config.to_string(),
+        )?;
+        self.push_side(Side::Outbound, &plan.plugin_config.to_json())
     }
 
-    /// Replaces the plugin config (ECDS) with `json`, valid or not.
+    /// Replaces both plugin configs (ECDS) with `json`, valid or not.
     pub fn push_plugin_config(&self, json: &str) -> Result<()> {
+        self.push_side(Side::Inbound, json)?;
+        self.push_side(Side::Outbound, json)
+    }
+
+    fn push_side(&self, side: Side, json: &str) -> Result<()> {
+        let (name, path) = self.plugin(side);
         write_atomically(
-            &self.files.ecds,
-            &serde_json::to_vec(&ecds_resource(&self.wasm, json))?,
+            path,
+            &serde_json::to_vec(&ecds_resource_named(name, &self.wasm, json))?,
         )
+    }
+
+    /// The plugin object's name and ECDS file for a side.
+    fn plugin(&self, side: Side) -> (&'static str, &Path) {
+        match side {
+            Side::Inbound => (INBOUND_WASM_PLUGIN_NAME, &self.files.ecds_inbound),
+            Side::Outbound => (WASM_PLUGIN_NAME, &self.files.ecds),
+        }
     }
 
     /// Marks a pod ready or not (its processes keep running) and pushes the new routing.
@@ -448,10 +474,12 @@ impl Mesh {
         }]})
     }
 
-    fn filters(&self) -> Value {
-        let dir = self.files.ecds.parent().unwrap_or(&self.files.ecds);
-        http_filters(
-            &self.files.ecds.display().to_string(),
+    fn filters(&self, side: Side) -> Value {
+        let (name, path) = self.plugin(side);
+        let dir = path.parent().unwrap_or(path);
+        http_filters_named(
+            name,
+            &path.display().to_string(),
             &dir.display().to_string(),
         )
     }
@@ -462,7 +490,7 @@ impl Mesh {
             "address": {"socket_address": {"address": address.to_string(), "port_value": OUTBOUND_PORT}},
             "filter_chains": [{"filters": [hcm(name, json!({
                 "rds": {"route_config_name": "outbound", "config_source": watched(&self.files.rds)}
-            }), self.filters())]}]
+            }), self.filters(Side::Outbound))]}]
         });
         if let Some(direction) = direction {
             listener["traffic_direction"] = json!(direction);
@@ -488,7 +516,7 @@ impl Mesh {
             "filter_chains": [{"filters": [hcm("inbound", json!({"route_config": {"virtual_hosts": [{
                 "name": "inbound", "domains": ["*"],
                 "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "inbound|app"}}]
-            }]}}), self.filters())]}]
+            }]}}), self.filters(Side::Inbound))]}]
         });
         json!({
             "node": {
@@ -516,6 +544,13 @@ impl Mesh {
             "dynamic_resources": {"cds_config": watched(&self.files.cds)}
         })
     }
+}
+
+/// The side of a sidecar a plugin object is for (Istio's `match` mode SERVER or CLIENT).
+#[derive(Clone, Copy)]
+enum Side {
+    Inbound,
+    Outbound,
 }
 
 fn hcm(name: &str, routes: Value, filters: Value) -> Value {

@@ -33,15 +33,21 @@ pub const PLAIN_ROUTE_HEADER: &str = "x-virtual-env-route";
 
 /// The ECDS resource carrying `plugin_config` (JSON text) to the Wasm filter.
 pub fn ecds_resource(wasm: &str, plugin_config: &str) -> Value {
+    ecds_resource_named(FILTER_NAME, wasm, plugin_config)
+}
+
+/// An ECDS resource for plugin `name`. Every plugin of the module shares one VM (one
+/// `vm_id`), as the plugin objects of one module do under Istio, which sets none.
+pub fn ecds_resource_named(name: &str, wasm: &str, plugin_config: &str) -> Value {
     json!({
         "resources": [{
             "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
-            "name": FILTER_NAME,
+            "name": name,
             "typed_config": {
                 "@type": WASM_TYPE,
                 "config": {
-                    "name": FILTER_NAME,
-                    "root_id": FILTER_NAME,
+                    "name": name,
+                    "root_id": name,
                     "failure_policy": "FAIL_OPEN",
                     "vm_config": {
                         "vm_id": FILTER_NAME,
@@ -60,9 +66,14 @@ pub fn ecds_resource(wasm: &str, plugin_config: &str) -> Value {
 
 /// The HTTP filter chain: the Wasm filter from the watched ECDS file, then the router.
 pub fn http_filters(ecds_path: &str, ecds_dir: &str) -> Value {
+    http_filters_named(FILTER_NAME, ecds_path, ecds_dir)
+}
+
+/// The HTTP filter chain with plugin `name` from its watched ECDS file, then the router.
+pub fn http_filters_named(name: &str, ecds_path: &str, ecds_dir: &str) -> Value {
     json!([
         {
-            "name": FILTER_NAME,
+            "name": name,
             "config_discovery": {
                 "config_source": {
                     "path_config_source": {

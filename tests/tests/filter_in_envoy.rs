@@ -77,6 +77,17 @@ async fn the_env_header_selects_the_route_and_falls_back_across_three_levels() -
 }
 
 #[tokio::test]
+async fn the_configs_direction_decides_the_side_not_the_listener() -> Result<()> {
+    let env = [("x-virtual-env", "dev.proj1")];
+    let outbound = Sidecar::start("dev", ENVS, &config(r#""direction": "outbound","#)).await?;
+    assert_eq!(outbound.route("app-a", &env).await?, "dev.proj1");
+    // The called side's config, even on an outbound listener, records and routes nothing.
+    let inbound = Sidecar::start("dev", ENVS, &config(r#""direction": "inbound","#)).await?;
+    assert_eq!(inbound.route("app-a", &env).await?, "default");
+    Ok(())
+}
+
+#[tokio::test]
 async fn http2_requests_are_routed_the_same() -> Result<()> {
     let sidecar = Sidecar::start("dev", ENVS, &config("")).await?;
     let env = [("x-virtual-env", "dev.proj1")];

@@ -374,19 +374,19 @@ fn mixed_case_header_names_in_config_match_envoys_lower_case() {
 }
 
 #[test]
+fn the_direction_comes_from_the_config_when_it_says() {
+    assert_eq!(seed("").direction(), None);
+    assert_eq!(
+        seed(r#""direction": "inbound","#).direction(),
+        Some(Direction::Inbound)
+    );
+}
+
+#[test]
 fn direction_from_the_listener_property() {
-    assert_eq!(
-        Direction::from_listener_direction(Some(1)),
-        Direction::Inbound
-    );
-    assert_eq!(
-        Direction::from_listener_direction(Some(2)),
-        Direction::Outbound
-    );
-    assert_eq!(
-        Direction::from_listener_direction(None),
-        Direction::Outbound
-    );
+    assert_eq!(direction_of_listener(Some(1)), Direction::Inbound);
+    assert_eq!(direction_of_listener(Some(2)), Direction::Outbound);
+    assert_eq!(direction_of_listener(None), Direction::Outbound);
 }
 
 #[test]

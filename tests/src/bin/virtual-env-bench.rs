@@ -1,5 +1,6 @@
-//! `virtual-env-bench [--rounds N] [--seconds S] [--connections C] [--out DIR] [--only A,B]`: the
-//! benchmark `make bench` runs. Writes `results.md` and `results.json` to DIR
+//! `virtual-env-bench [--rounds N] [--seconds S] [--connections C] [--upstream direct|proxied]
+//! [--candidate WASM] [--out DIR] [--only A,B]`: the benchmark `make bench` runs.
+//! `--candidate` adds a scenario with another build of the filter, beside the current one. Writes `results.md` and `results.json` to DIR
 //! (default `bench/results`). See `virtual_env_e2e::bench` for what is measured.
 
 use std::fmt::Write as _;
@@ -8,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use virtual_env_e2e::bench::{self, planning, Kind, Modules, Sample};
+use virtual_env_e2e::bench::{self, planning, Kind, Sample, Setup, Upstream};
 use virtual_env_e2e::envoy::{envoy_binary, envoy_version, filter_wasm, repo_root};
 
 const ENV_COUNTS: [usize; 3] = [10, 100, 1000];
@@ -17,6 +18,8 @@ struct Options {
     rounds: usize,
     seconds: u64,
     connections: usize,
+    upstream: Upstream,
+    candidate: Option<PathBuf>,
     out: PathBuf,
     /// Run only these scenarios (comma-separated names), e.g. when profiling.
     only: Option<Vec<String>>,
@@ -27,6 +30,8 @@ fn options() -> Result<Options> {
         rounds: 5,
         seconds: 5,
         connections: 32,
+        upstream: Upstream::Direct,
+        candidate: None,
         out: repo_root().join("bench/results"),
         only: None,
     };
@@ -37,6 +42,14 @@ fn options() -> Result<Options> {
             "--rounds" => o.rounds = value()?.parse()?,
             "--seconds" => o.seconds = value()?.parse()?,
             "--connections" => o.connections = value()?.parse()?,
+            "--upstream" => {
+                o.upstream = match value()?.as_str() {
+                    "direct" => Upstream::Direct,
+                    "proxied" => Upstream::Proxied,
+                    other => bail!("--upstream: direct or proxied, not {other}"),
+                }
+            }
+            "--candidate" => o.candidate = Some(PathBuf::from(value()?)),
             "--out" => o.out = PathBuf::from(value()?),
             "--only" => o.only = Some(value()?.split(',').map(String::from).collect()),
             other => bail!("unknown argument {other}"),
@@ -77,18 +90,29 @@ fn machine() -> String {
 async fn run() -> Result<()> {
     let o = options()?;
     let filter = filter_wasm()?;
-    let empty = repo_root().join("target/wasm32-wasip1/release/virtual_env_empty_filter.wasm");
-    if !empty.is_file() {
-        bail!("{} is missing: `make bench` builds it", empty.display());
-    }
-    let modules = Modules {
+    let module = |name: &str| {
+        let path = repo_root().join(format!("target/wasm32-wasip1/release/{name}.wasm"));
+        if path.is_file() {
+            Ok(path)
+        } else {
+            bail!("{} is missing: `make bench` builds it", path.display())
+        }
+    };
+    let (empty, ladder) = (
+        module("virtual_env_empty_filter")?,
+        module("virtual_env_ladder")?,
+    );
+    let setup = Setup {
         filter: &filter,
         empty: &empty,
+        ladder: &ladder,
+        candidate: o.candidate.as_deref(),
+        services: 1000,
+        upstream: o.upstream,
     };
     let version = envoy_version(&envoy_binary()?)?;
     let dir = tempfile::tempdir()?;
-    let config = bench::plugin_config(1000).to_json();
-    let mut scenarios = bench::scenarios(&ENV_COUNTS);
+    let mut scenarios = bench::scenarios(&ENV_COUNTS, o.candidate.is_some());
     if let Some(only) = &o.only {
         scenarios.retain(|s| only.contains(&s.name));
     }
@@ -99,7 +123,7 @@ async fn run() -> Result<()> {
     );
     let mut running = Vec::new();
     for s in &scenarios {
-        running.push(bench::start(s, &modules, &config, dir.path()).await?);
+        running.push(bench::start(s, &setup, dir.path()).await?);
     }
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); scenarios.len()];
     for round in 0..o.rounds {
@@ -132,36 +156,41 @@ async fn run() -> Result<()> {
         .collect();
     let ratios = bench::ratios(&summaries, &ENV_COUNTS);
 
-    let memory_of = |kind: Kind, envs: usize| {
-        scenarios
-            .iter()
-            .position(|s| s.kind == kind && s.envs == envs)
-    };
-    let mut memory = Vec::new();
-    for (label, index) in [
-        ("bare", memory_of(Kind::Bare, 0)),
-        ("empty-filter", memory_of(Kind::EmptyFilter, 0)),
-        (
-            "virtual-env (1,000 services)",
-            memory_of(Kind::VirtualEnv, 1000),
-        ),
-    ] {
-        if let Some(i) = index {
-            memory.push((label, bench::allocated_bytes(&running[i].envoy).await?));
-        }
-    }
     drop(running);
+    let ladder = bench::ladder(&summaries, "virtual-env-1000");
 
     if o.only.is_some() {
         // A partial run (profiling): the throughput table only.
         print!(
             "{}",
-            report(&o, &version, &summaries, &ratios, &[], &[], &[])
+            report(
+                &o,
+                &version,
+                &Results {
+                    summaries: &summaries,
+                    ratios: &ratios,
+                    ladder: &ladder,
+                    memory: &[],
+                    change_ms: &[],
+                    plans: &[],
+                }
+            )
         );
         return Ok(());
     }
+    eprintln!("measuring memory");
+    let mut memory = Vec::new();
+    for (label, kind, services) in [
+        ("bare", Kind::Bare, 0),
+        ("empty filter", Kind::EmptyFilter, 0),
+        ("virtual-env, 1,000 services", Kind::VirtualEnv, 1000),
+        ("virtual-env, 10,000 services", Kind::VirtualEnv, 10_000),
+    ] {
+        let (one, two) = bench::memory(&setup, kind, services, dir.path()).await?;
+        memory.push((label, one, two));
+    }
     eprintln!("measuring config change latency");
-    let change_ms = bench::config_change_ms(&modules, dir.path(), 5).await?;
+    let change_ms = bench::config_change_ms(&setup, dir.path(), 5).await?;
 
     eprintln!("measuring planning");
     let literal = planning::snapshot(1000, 3, |_| planning::namespace_envs());
@@ -183,7 +212,16 @@ async fn run() -> Result<()> {
     ];
 
     let md = report(
-        &o, &version, &summaries, &ratios, &memory, &change_ms, &plans,
+        &o,
+        &version,
+        &Results {
+            summaries: &summaries,
+            ratios: &ratios,
+            ladder: &ladder,
+            memory: &memory,
+            change_ms: &change_ms,
+            plans: &plans,
+        },
     );
     std::fs::create_dir_all(&o.out)?;
     std::fs::write(o.out.join("results.md"), &md)?;
@@ -191,9 +229,11 @@ async fn run() -> Result<()> {
         "machine": machine(),
         "envoy": version,
         "rounds": o.rounds, "seconds": o.seconds, "connections": o.connections,
+        "upstream": o.upstream,
         "scenarios": summaries,
+        "ladder": ladder,
         "ratios": ratios.iter().map(|(k, (rps, cpu))| (k.clone(), json!({"rps": rps, "cpu": cpu}))).collect::<serde_json::Map<_, _>>(),
-        "memory_allocated_bytes": memory.iter().map(|(l, b)| json!({"envoy": l, "bytes": b})).collect::<Vec<_>>(),
+        "memory_allocated_bytes": memory.iter().map(|(l, one, two)| json!({"envoy": l, "one_worker": one, "two_workers": two})).collect::<Vec<_>>(),
         "config_change_ms": change_ms,
         "planning": plans,
     });
@@ -205,17 +245,31 @@ async fn run() -> Result<()> {
     Ok(())
 }
 
-fn report(
-    o: &Options,
-    version: &str,
-    summaries: &[bench::Summary],
-    ratios: &std::collections::BTreeMap<String, (f64, f64)>,
-    memory: &[(&str, u64)],
-    change_ms: &[f64],
-    plans: &[planning::PlanningResult],
-) -> String {
+/// Everything a run measured.
+struct Results<'a> {
+    summaries: &'a [bench::Summary],
+    ratios: &'a std::collections::BTreeMap<String, (f64, f64)>,
+    ladder: &'a [bench::Rung],
+    memory: &'a [(&'a str, u64, u64)],
+    change_ms: &'a [f64],
+    plans: &'a [planning::PlanningResult],
+}
+
+fn report(o: &Options, version: &str, r: &Results<'_>) -> String {
+    let Results {
+        summaries,
+        ratios,
+        ladder,
+        memory,
+        change_ms,
+        plans,
+    } = *r;
     let mut md = String::new();
-    let _ = writeln!(md, "Envoy {version}, `--concurrency 1` pinned to CPU 0; wrk (1 thread, {} connections, HTTP/1.1) on CPU 1; {} alternating rounds of {} s, medians. Machine: {}.\n", o.connections, o.rounds, o.seconds, machine());
+    let upstream = match o.upstream {
+        Upstream::Direct => "routes answer directly (`direct_response`)",
+        Upstream::Proxied => "routes proxy to an upstream listener of the same Envoy",
+    };
+    let _ = writeln!(md, "Envoy {version}, `--concurrency 1` pinned to CPU 0, {upstream}; wrk (1 thread, {} connections, HTTP/1.1) on CPU 1; {} alternating rounds of {} s, medians. Plugin config of 1,000 services; request env `{}`. Machine: {}.\n", o.connections, o.rounds, o.seconds, bench::REQUEST_ENV, machine());
     let _ = writeln!(md, "| scenario | env names | req/s | p50 (µs) | p99 (µs) | Envoy CPU µs / request |\n| :-- | --: | --: | --: | --: | --: |");
     for s in summaries {
         let envs = if s.scenario.envs == 0 {
@@ -236,13 +290,35 @@ fn report(
     for (name, (rps, cpu)) in ratios {
         let _ = writeln!(md, "| {name} | {rps:.2} | {cpu:.2} |");
     }
+    if !ladder.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n| ladder rung | adds | Envoy CPU µs / request | added (µs, median of per-round differences) |\n| :-- | :-- | --: | --: |"
+        );
+        for r in ladder {
+            let added = if r.added_us.is_nan() {
+                "-".to_owned()
+            } else {
+                format!("{:+.1}", r.added_us)
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} | {added} |",
+                r.scenario, r.step, r.cpu_us_per_request
+            );
+        }
+    }
     if !memory.is_empty() {
         let _ = writeln!(
             md,
-            "\n| Envoy memory (admin `/memory`, allocated) | bytes |\n| :-- | --: |"
+            "\n| Envoy memory (admin `/memory`, allocated) | 1 worker (bytes) | 2 workers (bytes) | per further worker (bytes) |\n| :-- | --: | --: | --: |"
         );
-        for (label, bytes) in memory {
-            let _ = writeln!(md, "| {label} | {bytes} |");
+        for (label, one, two) in memory {
+            let _ = writeln!(
+                md,
+                "| {label} | {one} | {two} | {} |",
+                *two as i64 - *one as i64
+            );
         }
     }
     if !change_ms.is_empty() {

@@ -53,18 +53,21 @@ demo: setup build
 	./target/debug/virtual-env-mesh demo --topology $(TOPOLOGY) $(if $(KEEP),--keep)
 
 # Benchmarks (see README, Performance): writes bench/results/results.{md,json}.
-# BENCH_ARGS="--rounds 3 --seconds 3" for a quicker, noisier run.
+# On the newest Envoy by default; BENCH_ENVOY=... for another. BENCH_ARGS="--rounds 3" for a
+# quicker, noisier run; "--upstream proxied" for a proxied upstream instead of direct
+# responses; "--candidate other.wasm" to compare another build of the filter.
+BENCH_ENVOY ?= $(call envoy_bin,$(lastword $(ENVOY_VERSIONS)))
 BENCH_ARGS ?= --rounds 9 --seconds 3 --connections 16
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 bench-tools:
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
 	@command -v taskset >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq util-linux; }
 
-bench: setup build bench-tools
+bench: setup build bench-tools $(BENCH_ENVOY)
 	cargo build -q -p virtual-env-empty-filter --target wasm32-wasip1 --release
 	cargo build -q -p virtual-env-ladder --target wasm32-wasip1 --release
 	cargo build -q --release -p virtual-env-e2e --bin virtual-env-bench
-	./target/release/virtual-env-bench $(BENCH_ARGS)
+	ENVOY=$(BENCH_ENVOY) ./target/release/virtual-env-bench $(BENCH_ARGS)
 
 test: setup build lint test-native test-envoy-versions
 

@@ -246,6 +246,8 @@ impl VirtualEnvironmentSpec {
             cluster_domain: None,
             direction: None,
             services: Default::default(),
+            env_names: Vec::new(),
+            service_envs: Default::default(),
         }
     }
 }

@@ -4,7 +4,7 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,13 +13,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ListParams};
 use kube::{Client, CustomResourceExt};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use virtual_env_controller::crd::VirtualEnvironment;
-use virtual_env_controller::leader::Elector;
+use virtual_env_controller::leader::{Elector, Timing};
 use virtual_env_controller::metrics::Metrics;
 use virtual_env_controller::module::FilterModule;
 use virtual_env_controller::offline;
-use virtual_env_controller::plan::{Settings, WasmSource};
+use virtual_env_controller::plan::{Settings, WasmSource, MAX_PLUGIN_CONFIG_BYTES};
 use virtual_env_controller::reconcile::{self, Context};
 use virtual_env_controller::server::{self, State};
 use virtual_env_controller::snapshot::Reader;
@@ -113,6 +113,7 @@ impl ModuleArgs {
         Ok(Settings {
             cluster_domain: self.cluster_domain.clone(),
             wasm,
+            max_plugin_config_bytes: MAX_PLUGIN_CONFIG_BYTES,
         })
     }
 }
@@ -249,6 +250,7 @@ async fn run_async(args: RunArgs) -> Result<()> {
         metrics: Arc::clone(&metrics),
         module,
         ready: Default::default(),
+        alive: AtomicBool::new(true),
     });
     let server = tokio::spawn(server::serve(args.listen, Arc::clone(&state)));
     let client = Client::try_default()
@@ -263,37 +265,49 @@ async fn run_async(args: RunArgs) -> Result<()> {
         .clone()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "virtual-env".into());
-    let elector = Elector::new(
+    let mut elector = Elector::new(
         Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
         "virtual-env-controller",
         &identity,
-        Duration::from_secs(15),
+        Timing::default(),
     );
     if !args.no_leader_election {
         info!(identity, "waiting for the leader lease");
-        elector.acquire(Duration::from_secs(5)).await;
+        elector.acquire().await;
     }
     metrics.set_leader(true);
 
     let ctx = Arc::new(Context::new(client, settings, metrics));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(reconcile::run(ctx, async move {
+    let mut controller = tokio::spawn(reconcile::run(ctx, async move {
         let _ = stopped.await;
     }));
-    let lost_lease = async {
-        if args.no_leader_election {
-            std::future::pending::<()>().await;
-        } else {
-            elector.keep(Duration::from_secs(5)).await;
-        }
-    };
+    let leading = !args.no_leader_election;
     let outcome = tokio::select! {
-        _ = shutdown_signal() => { info!("shutting down"); Ok(()) }
-        _ = lost_lease => Err(anyhow::anyhow!("lost the leader lease; exiting so a restart starts clean")),
+        _ = shutdown_signal() => {
+            info!("shutting down");
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(10), &mut controller).await;
+            if leading {
+                if let Err(e) = elector.release().await {
+                    warn!("could not release the leader lease: {e}");
+                }
+            }
+            Ok(())
+        }
+        // Past the renew deadline another replica may soon lead: stop writing now, no
+        // grace period, and exit so that a restart starts clean.
+        _ = async { if leading { elector.keep().await } else { std::future::pending().await } } => {
+            controller.abort();
+            Err(anyhow::anyhow!("lost the leader lease; stopped writing and exiting"))
+        }
+        // The controller is supervised: if it ends, so does the process.
+        result = &mut controller => Err(anyhow::anyhow!("the controller stopped: {result:?}")),
         result = server => Err(anyhow::anyhow!("http server stopped: {result:?}")),
     };
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+    if outcome.is_err() {
+        state.alive.store(false, Ordering::Relaxed);
+    }
     outcome
 }
 

@@ -43,6 +43,9 @@ pub struct WasmSource {
 pub struct Settings {
     pub cluster_domain: String,
     pub wasm: WasmSource,
+    /// The most plugin config bytes written into one WasmPlugin
+    /// ([`MAX_PLUGIN_CONFIG_BYTES`]); a namespace over it is reported, not applied.
+    pub max_plugin_config_bytes: usize,
 }
 
 /// What is in the namespace now.
@@ -88,6 +91,34 @@ pub enum PlanError {
     NoNamespace,
     #[error("a WasmPlugin named {1} exists in namespace {0} and is not managed by this VirtualEnvironment; rename or remove it")]
     WasmPluginTaken(String, &'static str),
+    #[error("the plugin config would be {bytes} bytes even in compact form, over the {max} bytes this controller writes into one object (Kubernetes stores at most ~1.5 MiB); nothing was changed. Split the namespace, or route fewer envs")]
+    ConfigTooLarge { bytes: usize, max: usize },
+}
+
+/// Above this many bytes the plugin config is written in compact form (env names interned):
+/// below it, the plain `services` table is easier to read with `kubectl`.
+pub const COMPACT_ABOVE_BYTES: usize = 128 * 1024;
+/// The most plugin config bytes written into one WasmPlugin: well under the API server's
+/// ~1.5 MiB object limit, leaving room for the rest of the object and for etcd's overhead.
+pub const MAX_PLUGIN_CONFIG_BYTES: usize = 1024 * 1024;
+
+/// The plugin config as the WasmPlugin carries it: plain, or compact when large.
+pub fn plugin_config_value(config: &PluginConfig) -> serde_json::Value {
+    let plain = config.to_json();
+    let wire = if plain.len() > COMPACT_ABOVE_BYTES {
+        config.compacted()
+    } else {
+        config.clone()
+    };
+    serde_json::to_value(&wire).unwrap_or_default()
+}
+
+/// A plugin config read back from a WasmPlugin, in either form.
+pub fn plugin_config_of(value: &serde_json::Value) -> Option<PluginConfig> {
+    serde_json::from_value::<PluginConfig>(value.clone())
+        .ok()?
+        .expanded()
+        .ok()
 }
 
 /// A stable stand-in for the route header's random suffix, from the VirtualEnvironment's
@@ -286,8 +317,14 @@ pub fn plan_namespace(
             .services
             .insert(host, envs.iter().map(|e| e.to_string()).collect());
     }
-    plan.wasm_plugin.spec.plugin_config =
-        serde_json::to_value(&plan.plugin_config).unwrap_or_default();
+    plan.wasm_plugin.spec.plugin_config = plugin_config_value(&plan.plugin_config);
+    let bytes = plan.wasm_plugin.spec.plugin_config.to_string().len();
+    if bytes > settings.max_plugin_config_bytes {
+        return Err(PlanError::ConfigTooLarge {
+            bytes,
+            max: settings.max_plugin_config_bytes,
+        });
+    }
     let wanted = |kind: Kind, name: &str| match kind {
         Kind::VirtualService => plan.virtual_services.iter().any(|o| o.name_any() == name),
         Kind::DestinationRule => plan.destination_rules.iter().any(|o| o.name_any() == name),
@@ -409,7 +446,7 @@ fn wasm_plugin(
             sha256: source.sha256,
             fail_strategy: "FAIL_OPEN".into(),
             traffic_selectors: vec![TrafficSelector { mode: mode.into() }],
-            plugin_config: serde_json::to_value(config).unwrap_or_default(),
+            plugin_config: plugin_config_value(config),
         },
     }
 }
@@ -509,7 +546,26 @@ pub mod fixtures {
                 url: "http://virtual-env.virtual-env-system.svc:8080/filter.wasm".into(),
                 sha256: Some("ab".repeat(32)),
             },
+            max_plugin_config_bytes: MAX_PLUGIN_CONFIG_BYTES,
         }
+    }
+
+    /// `services` services, each with a ready pod in each of `envs` envs whose names are
+    /// 30 characters long (`team-payments-feature-0000042`-like).
+    pub fn wide_snapshot(services: usize, envs: usize) -> Snapshot {
+        let names: Vec<String> = (0..envs)
+            .map(|e| format!("dev.team-payments-feat-{e:06}"))
+            .collect();
+        let mut snapshot = Snapshot::default();
+        for s in 0..services {
+            let svc = format!("svc-{s:04}");
+            snapshot.services.push(service(&svc));
+            for env in &names {
+                let name = format!("{svc}-{}", env.replace('.', "-"));
+                snapshot.pods.push(pod(&name, &svc, Some(env), true));
+            }
+        }
+        snapshot
     }
 }
 
@@ -522,6 +578,52 @@ mod tests {
 
     fn plan_of(ve: &VirtualEnvironment, snapshot: &Snapshot) -> Plan {
         plan_namespace(ve, snapshot, &settings()).unwrap()
+    }
+
+    #[test]
+    fn a_large_namespace_gets_the_compact_table_which_reads_back_the_same() {
+        // 300 services x 20 envs of 30 characters: ~200 KB plain, over the threshold.
+        let snapshot = wide_snapshot(300, 20);
+        let plan = plan_of(&seed_ve(), &snapshot);
+        let written = &plan.wasm_plugin.spec.plugin_config;
+        assert!(plan.plugin_config.to_json().len() > COMPACT_ABOVE_BYTES);
+        assert_eq!(
+            written["services"],
+            serde_json::json!({}),
+            "plain table written"
+        );
+        assert_eq!(written["envNames"].as_array().unwrap().len(), 20);
+        let bytes = written.to_string().len();
+        assert!(
+            bytes * 3 < plan.plugin_config.to_json().len(),
+            "{bytes} bytes"
+        );
+        assert_eq!(plugin_config_of(written).unwrap(), plan.plugin_config);
+        // What the filter parses is the same table.
+        let parsed = PluginConfig::from_json(written.to_string().as_bytes()).unwrap();
+        assert_eq!(parsed, plan.plugin_config);
+    }
+
+    #[test]
+    fn a_small_namespace_keeps_the_plain_table() {
+        let plan = plan_of(&seed_ve(), &seed_snapshot());
+        let written = &plan.wasm_plugin.spec.plugin_config;
+        assert!(written["services"].is_object());
+        assert!(written.get("envNames").is_none());
+    }
+
+    #[test]
+    fn a_config_over_the_limit_is_reported_and_nothing_is_planned() {
+        let settings = Settings {
+            max_plugin_config_bytes: 4_000,
+            ..settings()
+        };
+        let err = plan_namespace(&seed_ve(), &wide_snapshot(40, 5), &settings).unwrap_err();
+        assert!(
+            matches!(err, PlanError::ConfigTooLarge { max: 4_000, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("nothing was changed"), "{err}");
     }
 
     fn vs<'a>(plan: &'a Plan, name: &str) -> &'a VirtualService {

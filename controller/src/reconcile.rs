@@ -32,7 +32,8 @@ use crate::existing::{Existing, Kind};
 use crate::istio::{DestinationRule, VirtualService, WasmPlugin};
 use crate::metrics::Metrics;
 use crate::plan::{
-    plan_namespace, Plan, PlanError, Settings, Snapshot, INBOUND_WASM_PLUGIN_NAME, WASM_PLUGIN_NAME,
+    plan_namespace, plugin_config_of, plugin_config_value, Plan, PlanError, Settings, Snapshot,
+    INBOUND_WASM_PLUGIN_NAME, WASM_PLUGIN_NAME,
 };
 use crate::transition::{keep_failed_services, transition, Step};
 
@@ -176,6 +177,7 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
             warn!("not applying anything: {e}");
             let reason = match e {
                 PlanError::WasmPluginTaken(..) => "Conflict",
+                PlanError::ConfigTooLarge { .. } => "ConfigTooLarge",
                 _ => "InvalidSpec",
             };
             patch_status(&ves, &ve, not_ready(&ve, reason, &e.to_string())).await?;
@@ -206,14 +208,14 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
         let previous = owned
             .iter()
             .find(|e| e.kind == Kind::WasmPlugin && e.name == WASM_PLUGIN_NAME)
-            .and_then(|e| serde_json::from_value(e.spec["pluginConfig"].clone()).ok());
+            .and_then(|e| plugin_config_of(&e.spec["pluginConfig"]));
         let config = keep_failed_services(
             &plan.plugin_config,
             previous.as_ref(),
             &failed_services,
             |name| service_fqdn(name, &ns, &ctx.settings.cluster_domain),
         );
-        wasm_plugin.spec.plugin_config = serde_json::to_value(&config).unwrap_or_default();
+        wasm_plugin.spec.plugin_config = plugin_config_value(&config);
     }
     // The called side's plugin first: until the calling side's is updated, an older
     // controller's single plugin object still covers both sides. It routes nothing, so

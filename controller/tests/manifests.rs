@@ -282,6 +282,7 @@ fn the_controller_deployment_is_hardened_and_probes_what_it_serves() {
         metrics: Default::default(),
         module: None,
         ready: true.into(),
+        alive: true.into(),
     };
     for probe in [&container.liveness_probe, &container.readiness_probe] {
         let path = probe

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
-use virtual_env_core::PluginConfig;
+use virtual_env_core::{Direction, PluginConfig};
 
 use crate::envoy::{write_atomically, Envoy};
 use crate::http;
@@ -75,15 +75,26 @@ pub enum Kind {
     Candidate,
 }
 
-/// The ladder's rungs, in order, and what each adds to the one below.
-pub const RUNGS: [&str; 6] = [
+/// The ladder's rungs and what each adds: 1 to 4 each add to the rung below, which is
+/// the outbound work the design needs; 5 and 6 are measured alternatives to rung 4.
+pub const RUNGS: [&str; 7] = [
     "nothing (this module's floor)",
     "read the env header",
     "read `:authority`",
     "find the service, walk the env up its table",
     "write the route header",
-    "read `xds.listener_direction`",
+    "rung 4 + read `xds.listener_direction` (per request before the config said the side)",
+    "rung 4, both headers read in one call for all headers",
 ];
+
+/// The rung each ladder rung is compared with.
+fn rung_below(rung: usize) -> String {
+    match rung {
+        0 => "empty-filter".into(),
+        1..=5 => format!("ladder-{}", rung - 1),
+        _ => "ladder-4".into(),
+    }
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Scenario {
@@ -117,7 +128,6 @@ pub fn scenarios(env_counts: &[usize], candidate: bool) -> Vec<Scenario> {
             0,
         ));
     }
-    out.push(Scenario::new("ladder-6", Kind::Ladder(6), 0));
     for &n in env_counts {
         out.push(Scenario::new(
             format!("virtual-env-{n}"),
@@ -276,10 +286,14 @@ pub struct Setup<'a> {
 }
 
 impl Setup<'_> {
-    /// The plugin config a scenario's filter gets, as JSON.
+    /// The plugin config a scenario's filter gets, as JSON: the side's, as the controller
+    /// writes it (the called side's has no services table).
     pub fn plugin_config(&self, kind: Kind) -> String {
         let mut config = plugin_config(self.services);
+        config.direction = Some(Direction::Outbound);
         if let Kind::Inbound { correlation } = kind {
+            config.direction = Some(Direction::Inbound);
+            config.services.clear();
             if !correlation {
                 config.correlation_slots = 0;
             }
@@ -587,18 +601,20 @@ pub async fn allocated_bytes(envoy: &Envoy) -> Result<u64> {
         .context("no allocated in /memory")
 }
 
-/// Envoy's allocated bytes with `kind`'s filter and a `services`-service config, with one
-/// and with two workers: the difference is what each further worker holds (its VM and its
-/// copy of the route table).
+/// Envoy's memory with `kind`'s filter and a `services`-service config, with one and with
+/// two workers: the difference is what each further worker holds (its VM and its copy of
+/// the route table). Per Envoy: (allocated bytes, resident bytes). Both, because Envoy's
+/// allocator does not see the Wasm VMs' linear memory (V8 maps it itself); the resident
+/// set does, once touched.
 pub async fn memory(
     setup: &Setup<'_>,
     kind: Kind,
     services: usize,
     dir: &Path,
-) -> Result<(u64, u64)> {
+) -> Result<[(u64, u64); 2]> {
     let setup = Setup { services, ..*setup };
     let scenario = Scenario::new(format!("memory-{services}"), kind, 0);
-    let mut bytes = [0; 2];
+    let mut bytes = [(0, 0); 2];
     for (workers, bytes) in [1, 2].into_iter().zip(&mut bytes) {
         let config = bootstrap(
             routes(&scenario),
@@ -608,10 +624,21 @@ pub async fn memory(
             free_port()?,
         );
         let envoy = Envoy::start(&scenario.name, dir, config, workers).await?;
-        // One request per worker would be racy; the config is loaded at start on each.
-        *bytes = allocated_bytes(&envoy).await?;
+        // The config is loaded on each worker at start; no request is needed.
+        *bytes = (allocated_bytes(&envoy).await?, resident_bytes(envoy.pid())?);
     }
-    Ok((bytes[0], bytes[1]))
+    Ok(bytes)
+}
+
+/// A process's resident set (`VmRSS` of `/proc/<pid>/status`).
+pub fn resident_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")?;
+    Ok(kb * 1024)
 }
 
 /// Milliseconds from an ECDS file change to the new routing being in force, per run.
@@ -752,29 +779,44 @@ fn pair_ratio(v: &Summary, b: &Summary) -> (f64, f64) {
 pub struct Rung {
     pub scenario: String,
     pub step: String,
+    /// The scenario `added_us` is measured against.
+    pub compared_with: String,
     pub cpu_us_per_request: f64,
     pub added_us: f64,
 }
 
-/// The ladder from the empty filter to the full filter (`full`, a virtual-env scenario).
+/// The ladder from the empty filter to the full filter (`full`, a virtual-env scenario,
+/// compared with rung 4, the work the design needs).
 pub fn ladder(summaries: &[Summary], full: &str) -> Vec<Rung> {
     let get = |name: &str| summaries.iter().find(|s| s.scenario.name == name);
-    let mut names = vec![(
-        "empty-filter".to_owned(),
-        "the empty filter (the floor)".to_owned(),
+    let mut rows: Vec<(String, String, Option<String>)> = vec![(
+        "empty-filter".into(),
+        "the empty filter (the floor)".into(),
+        None,
     )];
-    for (rung, step) in RUNGS.iter().enumerate() {
-        names.push((format!("ladder-{rung}"), (*step).to_owned()));
+    for (rung, step) in RUNGS.iter().enumerate().take(5) {
+        rows.push((
+            format!("ladder-{rung}"),
+            (*step).into(),
+            Some(rung_below(rung)),
+        ));
     }
-    names.push((
-        full.to_owned(),
-        "the full filter (metrics, validation, env sources)".into(),
+    rows.push((
+        full.into(),
+        "the full filter: context, validation, counters, env sources".into(),
+        Some("ladder-4".into()),
     ));
+    for (rung, step) in RUNGS.iter().enumerate().skip(5) {
+        rows.push((
+            format!("ladder-{rung}"),
+            (*step).into(),
+            Some(rung_below(rung)),
+        ));
+    }
     let mut out = Vec::new();
-    let mut below: Option<&Summary> = None;
-    for (name, step) in names {
+    for (name, step, below) in rows {
         let Some(summary) = get(&name) else { continue };
-        let added_us = below.map_or(f64::NAN, |b| {
+        let added_us = below.as_deref().and_then(get).map_or(f64::NAN, |b| {
             median(
                 summary
                     .rounds
@@ -787,10 +829,10 @@ pub fn ladder(summaries: &[Summary], full: &str) -> Vec<Rung> {
         out.push(Rung {
             scenario: name,
             step,
+            compared_with: below.unwrap_or_default(),
             cpu_us_per_request: summary.cpu_us_per_request,
             added_us,
         });
-        below = Some(summary);
     }
     out
 }
@@ -860,7 +902,9 @@ pub mod planning {
     use serde::Serialize;
     use virtual_env_controller::crd::VirtualEnvironment;
     use virtual_env_controller::istio::{HttpMatchRequest, StringMatch, VirtualService};
-    use virtual_env_controller::plan::{plan_namespace, Plan, Settings, Snapshot, WasmSource};
+    use virtual_env_controller::plan::{
+        plan_namespace, Plan, Settings, Snapshot, WasmSource, MAX_PLUGIN_CONFIG_BYTES,
+    };
     use virtual_env_core::lineage;
 
     /// 100 env names: dev, 9 projects, 90 users (10 per project).
@@ -954,6 +998,7 @@ pub mod planning {
                 ),
                 sha256: Some("0".repeat(64)),
             },
+            max_plugin_config_bytes: MAX_PLUGIN_CONFIG_BYTES,
         }
     }
 
@@ -968,7 +1013,14 @@ pub mod planning {
     pub fn plan_bytes(plan: &Plan) -> usize {
         json_len(&plan.virtual_services)
             + json_len(&plan.destination_rules)
-            + json_len(std::slice::from_ref(&plan.wasm_plugin))
+            + json_len(&[&plan.wasm_plugin, &plan.inbound_wasm_plugin])
+    }
+
+    /// `n` env names of 30 characters, as teams name them (`dev.team-payments-feat-000042`).
+    pub fn long_env_names(n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("dev.team-payments-feat-{i:06}"))
+            .collect()
     }
 
     /// The original design for the same cluster: per service, an exact env-header route for
@@ -1027,9 +1079,20 @@ pub mod planning {
         pub plan_ms_median: f64,
         pub virtual_env_bytes: usize,
         pub original_bytes: usize,
+        /// The calling side's plugin config as written (compact when large), and in plain
+        /// form.
+        pub plugin_config_bytes: usize,
+        pub plugin_config_plain_bytes: usize,
     }
 
-    pub fn measure(case: &str, snapshot: &Snapshot, runs: usize) -> PlanningResult {
+    /// Plans `snapshot` `runs` times; `envs` are the namespace's env names (for the
+    /// original design's routes).
+    pub fn measure(
+        case: &str,
+        snapshot: &Snapshot,
+        envs: &[String],
+        runs: usize,
+    ) -> PlanningResult {
         let ve = virtual_environment();
         let settings = settings();
         let mut times = Vec::new();
@@ -1048,7 +1111,9 @@ pub mod planning {
             envs: plan.envs.len(),
             plan_ms_median: super::median(times),
             virtual_env_bytes: plan_bytes(&plan),
-            original_bytes: original_bytes(&plan, &namespace_envs()),
+            original_bytes: original_bytes(&plan, envs),
+            plugin_config_bytes: plan.wasm_plugin.spec.plugin_config.to_string().len(),
+            plugin_config_plain_bytes: plan.plugin_config.to_json().len(),
         }
     }
 }

@@ -25,7 +25,7 @@ use tempfile::TempDir;
 use virtual_env_controller::istio::{DestinationRule, VirtualService};
 use virtual_env_controller::plan::{
     plan_namespace, Plan, Settings, Snapshot, WasmSource, INBOUND_WASM_PLUGIN_NAME,
-    WASM_PLUGIN_NAME,
+    MAX_PLUGIN_CONFIG_BYTES, WASM_PLUGIN_NAME,
 };
 use virtual_env_core::service_fqdn;
 
@@ -252,6 +252,7 @@ impl Mesh {
                 url: format!("file://{}", self.wasm),
                 sha256: None,
             },
+            max_plugin_config_bytes: MAX_PLUGIN_CONFIG_BYTES,
         };
         Ok(plan_namespace(&ve, &snapshot, &settings)?)
     }

@@ -88,6 +88,25 @@ async fn the_configs_direction_decides_the_side_not_the_listener() -> Result<()>
 }
 
 #[tokio::test]
+async fn the_compact_services_table_routes_the_same() -> Result<()> {
+    // What the controller writes for a large namespace: env names once, indices per service.
+    let compact = format!(
+        r#"{{ "routeHeader": "{ROUTE_HEADER}", "envNames": ["dev", "dev.proj1", "dev.proj1.user1"],
+            "serviceEnvs": {{
+                "app-a.default.svc.cluster.local": [0, 1],
+                "app-b.default.svc.cluster.local": [0],
+                "app-c.default.svc.cluster.local": [0, 1, 2]
+            }} }}"#
+    );
+    let sidecar = Sidecar::start("dev", ENVS, &compact).await?;
+    let env = [("x-virtual-env", "dev.proj1.user1")];
+    assert_eq!(sidecar.route("app-c", &env).await?, "dev.proj1.user1");
+    assert_eq!(sidecar.route("app-a", &env).await?, "dev.proj1");
+    assert_eq!(sidecar.route("app-b", &env).await?, "dev");
+    Ok(())
+}
+
+#[tokio::test]
 async fn http2_requests_are_routed_the_same() -> Result<()> {
     let sidecar = Sidecar::start("dev", ENVS, &config("")).await?;
     let env = [("x-virtual-env", "dev.proj1")];

@@ -186,7 +186,7 @@ async fn run() -> Result<()> {
         ("virtual-env, 1,000 services", Kind::VirtualEnv, 1000),
         ("virtual-env, 10,000 services", Kind::VirtualEnv, 10_000),
     ] {
-        let (one, two) = bench::memory(&setup, kind, services, dir.path()).await?;
+        let [one, two] = bench::memory(&setup, kind, services, dir.path()).await?;
         memory.push((label, one, two));
     }
     eprintln!("measuring config change latency");
@@ -202,11 +202,25 @@ async fn run() -> Result<()> {
             format!("dev.p{p}.u{}", s % 10 + 1),
         ]
     });
+    let long = planning::long_env_names(100);
+    let wide = planning::snapshot(1000, 1, |_| long.clone());
     let plans = [
-        planning::measure("every service in every env", &literal, 3),
+        planning::measure(
+            "every service in every env",
+            &literal,
+            &planning::namespace_envs(),
+            3,
+        ),
         planning::measure(
             "every service in dev, one project, one user env",
             &sparse,
+            &planning::namespace_envs(),
+            3,
+        ),
+        planning::measure(
+            "every service in every env, 30-character env names",
+            &wide,
+            &long,
             3,
         ),
     ];
@@ -233,7 +247,7 @@ async fn run() -> Result<()> {
         "scenarios": summaries,
         "ladder": ladder,
         "ratios": ratios.iter().map(|(k, (rps, cpu))| (k.clone(), json!({"rps": rps, "cpu": cpu}))).collect::<serde_json::Map<_, _>>(),
-        "memory_allocated_bytes": memory.iter().map(|(l, one, two)| json!({"envoy": l, "one_worker": one, "two_workers": two})).collect::<Vec<_>>(),
+        "memory_bytes": memory.iter().map(|(l, one, two)| json!({"envoy": l, "allocated": [one.0, two.0], "resident": [one.1, two.1]})).collect::<Vec<_>>(),
         "config_change_ms": change_ms,
         "planning": plans,
     });
@@ -245,12 +259,15 @@ async fn run() -> Result<()> {
     Ok(())
 }
 
+/// An Envoy's (allocated, resident) bytes with one worker and with two.
+type MemoryRow<'a> = (&'a str, (u64, u64), (u64, u64));
+
 /// Everything a run measured.
 struct Results<'a> {
     summaries: &'a [bench::Summary],
     ratios: &'a std::collections::BTreeMap<String, (f64, f64)>,
     ladder: &'a [bench::Rung],
-    memory: &'a [(&'a str, u64, u64)],
+    memory: &'a [MemoryRow<'a>],
     change_ms: &'a [f64],
     plans: &'a [planning::PlanningResult],
 }
@@ -293,7 +310,7 @@ fn report(o: &Options, version: &str, r: &Results<'_>) -> String {
     if !ladder.is_empty() {
         let _ = writeln!(
             md,
-            "\n| ladder rung | adds | Envoy CPU µs / request | added (µs, median of per-round differences) |\n| :-- | :-- | --: | --: |"
+            "\n| ladder rung | adds | Envoy CPU µs / request | added (µs, median of per-round differences) | compared with |\n| :-- | :-- | --: | --: | :-- |"
         );
         for r in ladder {
             let added = if r.added_us.is_nan() {
@@ -303,21 +320,25 @@ fn report(o: &Options, version: &str, r: &Results<'_>) -> String {
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.1} | {added} |",
-                r.scenario, r.step, r.cpu_us_per_request
+                "| {} | {} | {:.1} | {added} | {} |",
+                r.scenario, r.step, r.cpu_us_per_request, r.compared_with
             );
         }
     }
     if !memory.is_empty() {
         let _ = writeln!(
             md,
-            "\n| Envoy memory (admin `/memory`, allocated) | 1 worker (bytes) | 2 workers (bytes) | per further worker (bytes) |\n| :-- | --: | --: | --: |"
+            "\n| Envoy memory | allocated, 1 worker | allocated, 2 workers | resident, 1 worker | resident, 2 workers | resident per further worker |\n| :-- | --: | --: | --: | --: | --: |"
         );
         for (label, one, two) in memory {
             let _ = writeln!(
                 md,
-                "| {label} | {one} | {two} | {} |",
-                *two as i64 - *one as i64
+                "| {label} | {} | {} | {} | {} | {} |",
+                one.0,
+                two.0,
+                one.1,
+                two.1,
+                two.1 as i64 - one.1 as i64
             );
         }
     }
@@ -330,18 +351,20 @@ fn report(o: &Options, version: &str, r: &Results<'_>) -> String {
         );
     }
     if !plans.is_empty() {
-        let _ = writeln!(md, "\n| planning case | services | pods | envs | plan time (ms) | virtual-env writes (bytes) | original design (bytes) |\n| :-- | --: | --: | --: | --: | --: | --: |");
+        let _ = writeln!(md, "\n| planning case | services | pods | envs | plan time (ms) | virtual-env writes (bytes) | original design (bytes) | plugin config as written (bytes) | plugin config, plain (bytes) |\n| :-- | --: | --: | --: | --: | --: | --: | --: | --: |");
         for p in plans {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {:.0} | {} | {} |",
+                "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} |",
                 p.case,
                 p.services,
                 p.pods,
                 p.envs,
                 p.plan_ms_median,
                 p.virtual_env_bytes,
-                p.original_bytes
+                p.original_bytes,
+                p.plugin_config_bytes,
+                p.plugin_config_plain_bytes
             );
         }
     }

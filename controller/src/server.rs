@@ -45,7 +45,10 @@ pub fn respond(state: &State, path: &str) -> Response<Full<Bytes>> {
         "/healthz" => text(StatusCode::SERVICE_UNAVAILABLE, "stopping\n".into()),
         "/readyz" if state.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n".into()),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
-        "/metrics" => text(StatusCode::OK, state.metrics.render()),
+        "/metrics" => Response::builder()
+            .header("content-type", crate::metrics::CONTENT_TYPE)
+            .body(Full::new(Bytes::from(state.metrics.render())))
+            .unwrap_or_default(),
         path if path == "/filter.wasm" || path.starts_with("/filter/") => match &state.module {
             Some(module) if path == "/filter.wasm" || path == module.path() => Response::builder()
                 .header("content-type", "application/wasm")

@@ -6,9 +6,11 @@
 //! whole list and stalled the namespace; so they are read as plain JSON, and only what
 //! the controller needs is taken out: name, ownership, and the hosts an object routes.
 
+use kube::api::ApiResource;
 use serde_json::Value;
 use virtual_env_core::{lowercase, ServiceHost};
 
+use crate::istio::{DestinationRule, VirtualService, WasmPlugin};
 use crate::plan::{MANAGED_BY, MANAGED_BY_LABEL};
 
 /// The kinds the controller writes.
@@ -25,6 +27,15 @@ impl Kind {
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::WasmPlugin => "WasmPlugin",
+        }
+    }
+
+    /// Group, version and plural, from the typed resources in `istio.rs` (their one home).
+    pub fn api_resource(self) -> ApiResource {
+        match self {
+            Kind::VirtualService => ApiResource::erase::<VirtualService>(&()),
+            Kind::DestinationRule => ApiResource::erase::<DestinationRule>(&()),
+            Kind::WasmPlugin => ApiResource::erase::<WasmPlugin>(&()),
         }
     }
 }

@@ -1,9 +1,9 @@
-//! Reconciling: read the namespace, plan, apply, prune, report.
+//! Reconciling: read the namespace, plan (pure, `plan.rs`), apply and prune (in the order
+//! `transition.rs` computes), report the status.
 //!
-//! Writes use server-side apply under one field manager with full objects. Subsets are
-//! applied before the routes that use them and routes are pruned before their subsets
-//! (make before break), and the WasmPlugin, which makes sidecars set route headers, goes
-//! last.
+//! Writes use server-side apply under one field manager with full objects. Subsets and
+//! routes an env needs exist before the plugin config selects them; those it no longer
+//! needs go after (make before break).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -12,10 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
-    PatchParams, Preconditions,
-};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -33,12 +30,11 @@ use crate::istio::{DestinationRule, VirtualService, WasmPlugin};
 use crate::metrics::Metrics;
 use crate::plan::{
     plan_namespace, plugin_config_of, plugin_config_value, Plan, PlanError, Settings, Snapshot,
-    INBOUND_WASM_PLUGIN_NAME, WASM_PLUGIN_NAME,
+    INBOUND_WASM_PLUGIN_NAME, MANAGED_BY, MANAGED_BY_LABEL, WASM_PLUGIN_NAME,
 };
 use crate::transition::{keep_failed_services, transition, Step};
 
 pub const FIELD_MANAGER: &str = "virtual-env-controller";
-const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=virtual-env";
 /// Re-plan now and then even without events, to repair drift.
 const RESYNC: Duration = Duration::from_secs(300);
 
@@ -123,20 +119,44 @@ pub async fn reconcile(ve: Arc<VirtualEnvironment>, ctx: Arc<Context>) -> Result
     result
 }
 
+/// The namespace's APIs one reconcile uses.
+struct NamespaceApi {
+    ns: String,
+    client: Client,
+    ves: Api<VirtualEnvironment>,
+    vss: Api<VirtualService>,
+    drs: Api<DestinationRule>,
+    wasm_plugins: Api<WasmPlugin>,
+}
+
+impl NamespaceApi {
+    fn new(client: &Client, ns: &str) -> Self {
+        Self {
+            ns: ns.to_owned(),
+            client: client.clone(),
+            ves: Api::namespaced(client.clone(), ns),
+            vss: Api::namespaced(client.clone(), ns),
+            drs: Api::namespaced(client.clone(), ns),
+            wasm_plugins: Api::namespaced(client.clone(), ns),
+        }
+    }
+}
+
+/// read -> plan (pure, `plan.rs`) -> apply and prune in the order of `transition.rs` ->
+/// status.
 async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Result<Action, Error> {
     let started = Instant::now();
     let ns = ve.namespace().ok_or(Error::NoNamespace)?;
-    let client = ctx.client.clone();
-    let ves: Api<VirtualEnvironment> = Api::namespaced(client.clone(), &ns);
+    let api = NamespaceApi::new(&ctx.client, &ns);
 
     // One VirtualEnvironment per namespace: the oldest one rules, the others say so.
-    let siblings = ves.list(&ListParams::default()).await?;
+    let siblings = api.ves.list(&ListParams::default()).await?;
     if let Some(ruler) = ruling(&siblings.items).filter(|r| r.name_any() != ve.name_any()) {
         let message = format!(
             "VirtualEnvironment {} already manages namespace {ns}; only one is used per namespace",
             ruler.name_any()
         );
-        patch_status(&ves, &ve, not_ready(&ve, "Conflict", &message)).await?;
+        patch_status(&api.ves, &ve, not_ready(&ve, "Conflict", &message)).await?;
         return Ok(Action::await_change());
     }
 
@@ -147,12 +167,51 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
         Arc::new((*ve).clone().with_route_header(random_suffix()?))
     };
 
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let vss: Api<VirtualService> = Api::namespaced(client.clone(), &ns);
-    let drs: Api<DestinationRule> = Api::namespaced(client.clone(), &ns);
-    let wasm_plugins: Api<WasmPlugin> = Api::namespaced(client.clone(), &ns);
+    let snapshot = read(&api).await?;
+    let plan = match plan_namespace(&ve, &snapshot, &ctx.settings) {
+        Ok(plan) => plan,
+        Err(e) => {
+            warn!("not applying anything: {e}");
+            let reason = match e {
+                PlanError::WasmPluginTaken(..) => "Conflict",
+                PlanError::ConfigTooLarge { .. } => "ConfigTooLarge",
+                _ => "InvalidSpec",
+            };
+            patch_status(&api.ves, &ve, not_ready(&ve, reason, &e.to_string())).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let failures = apply_plan(&api, ctx, &ve, &plan, &snapshot).await;
+    if !failures.is_empty() {
+        let message = format!(
+            "{} of the namespace's writes failed and are retried with backoff: {}",
+            failures.len(),
+            failures.join("; ")
+        );
+        warn!("{message}");
+        patch_status(&api.ves, &ve, not_ready(&ve, "ApplyFailed", &message)).await?;
+        return Err(Error::Apply {
+            failed: failures.len(),
+        });
+    }
 
+    patch_status(&api.ves, &ve, ready(&ve, &plan)).await?;
+    ctx.failures(&key(&ve), false);
+    ctx.metrics.reconciled(started.elapsed());
+    info!(
+        services = plan.virtual_services.len(),
+        envs = plan.envs.len(),
+        skipped = plan.skipped.len(),
+        "reconciled"
+    );
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Reads what is in the namespace: services, pods, and whatever VirtualServices,
+/// DestinationRules and WasmPlugins are there, whoever wrote them.
+async fn read(api: &NamespaceApi) -> Result<Snapshot, Error> {
+    let services: Api<Service> = Api::namespaced(api.client.clone(), &api.ns);
+    let pods: Api<Pod> = Api::namespaced(api.client.clone(), &api.ns);
     let services = services.list(&ListParams::default()).await?.items;
     let pods = pods.list(&ListParams::default()).await?.items;
     // Whatever users wrote is read untyped: one object outside the controller's own types
@@ -163,30 +222,25 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
         Kind::DestinationRule,
         Kind::WasmPlugin,
     ] {
-        existing.extend(list_existing(&client, &ns, kind).await?);
+        existing.extend(list_existing(&api.client, &api.ns, kind).await?);
     }
-    let snapshot = Snapshot {
+    Ok(Snapshot {
         services,
         pods,
         existing,
-    };
+    })
+}
 
-    let plan = match plan_namespace(&ve, &snapshot, &ctx.settings) {
-        Ok(plan) => plan,
-        Err(e) => {
-            warn!("not applying anything: {e}");
-            let reason = match e {
-                PlanError::WasmPluginTaken(..) => "Conflict",
-                PlanError::ConfigTooLarge { .. } => "ConfigTooLarge",
-                _ => "InvalidSpec",
-            };
-            patch_status(&ves, &ve, not_ready(&ve, reason, &e.to_string())).await?;
-            return Ok(Action::await_change());
-        }
-    };
-
-    // Make before break (transition.rs): union objects, the plugin config, then the new
-    // objects and the prunes. One failed object does not stop the others.
+/// Applies `plan` and prunes what it no longer needs, make before break
+/// (`transition.rs`): union objects, the plugin objects, then the new objects and the
+/// prunes. One failed write does not stop the others; returns what failed.
+async fn apply_plan(
+    api: &NamespaceApi,
+    ctx: &Context,
+    ve: &VirtualEnvironment,
+    plan: &Plan,
+    snapshot: &Snapshot,
+) -> Vec<String> {
     let owner_uid = ve.uid();
     let owned: Vec<Existing> = snapshot
         .existing
@@ -194,11 +248,11 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
         .filter(|e| e.managed_by(owner_uid.as_deref()))
         .cloned()
         .collect();
-    let steps = transition(&plan, &owned);
+    let steps = transition(plan, &owned);
     let mut failures = Vec::new();
     let mut failed_services = BTreeSet::new();
     for step in &steps.before {
-        if let Err(e) = write_step(step, &vss, &drs, &wasm_plugins, ctx).await {
+        if let Err(e) = write_step(step, api, ctx).await {
             failures.push(format!("{}: {e}", step.describe()));
             failed_services.extend(step.service());
         }
@@ -213,25 +267,25 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
             &plan.plugin_config,
             previous.as_ref(),
             &failed_services,
-            |name| service_fqdn(name, &ns, &ctx.settings.cluster_domain),
+            |name| service_fqdn(name, &api.ns, &ctx.settings.cluster_domain),
         );
         wasm_plugin.spec.plugin_config = plugin_config_value(&config);
     }
     // The called side's plugin first: until the calling side's is updated, an older
     // controller's single plugin object still covers both sides. It routes nothing, so
     // its failure holds nothing back.
-    match apply(&wasm_plugins, &plan.inbound_wasm_plugin, "WasmPlugin").await {
+    match apply(&api.wasm_plugins, &plan.inbound_wasm_plugin, "WasmPlugin").await {
         Ok(()) => ctx.metrics.applied("WasmPlugin"),
         Err(e) => failures.push(format!("WasmPlugin {INBOUND_WASM_PLUGIN_NAME}: {e}")),
     }
-    match apply(&wasm_plugins, &wasm_plugin, "WasmPlugin").await {
+    match apply(&api.wasm_plugins, &wasm_plugin, "WasmPlugin").await {
         Ok(()) => {
             ctx.metrics.applied("WasmPlugin");
             for step in &steps.after {
                 if step.service().is_some_and(|s| failed_services.contains(&s)) {
                     continue;
                 }
-                if let Err(e) = write_step(step, &vss, &drs, &wasm_plugins, ctx).await {
+                if let Err(e) = write_step(step, api, ctx).await {
                     failures.push(format!("{}: {e}", step.describe()));
                 }
             }
@@ -239,29 +293,7 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
         // The old config may still select what the later steps would remove: stop here.
         Err(e) => failures.push(format!("WasmPlugin {WASM_PLUGIN_NAME}: {e}")),
     }
-    if !failures.is_empty() {
-        let message = format!(
-            "{} of the namespace's writes failed and are retried with backoff: {}",
-            failures.len(),
-            failures.join("; ")
-        );
-        warn!("{message}");
-        patch_status(&ves, &ve, not_ready(&ve, "ApplyFailed", &message)).await?;
-        return Err(Error::Apply {
-            failed: failures.len(),
-        });
-    }
-
-    patch_status(&ves, &ve, ready(&ve, &plan)).await?;
-    ctx.failures(&key(&ve), false);
-    ctx.metrics.reconciled(started.elapsed());
-    info!(
-        services = plan.virtual_services.len(),
-        envs = plan.envs.len(),
-        skipped = plan.skipped.len(),
-        "reconciled"
-    );
-    Ok(Action::requeue(RESYNC))
+    failures
 }
 
 /// Retries with exponential backoff (5 s doubling to 5 min); `reconcile` has already
@@ -286,28 +318,22 @@ fn ruling(ves: &[VirtualEnvironment]) -> Option<&VirtualEnvironment> {
 }
 
 /// One write of a transition.
-async fn write_step(
-    step: &Step,
-    vss: &Api<VirtualService>,
-    drs: &Api<DestinationRule>,
-    wasm_plugins: &Api<WasmPlugin>,
-    ctx: &Context,
-) -> Result<(), Error> {
+async fn write_step(step: &Step, api: &NamespaceApi, ctx: &Context) -> Result<(), Error> {
     match step {
         Step::DestinationRule(dr) => {
-            apply(drs, dr, "DestinationRule").await?;
+            apply(&api.drs, dr, "DestinationRule").await?;
             ctx.metrics.applied("DestinationRule");
         }
         Step::VirtualService(vs) => {
-            apply(vss, vs, "VirtualService").await?;
+            apply(&api.vss, vs, "VirtualService").await?;
             ctx.metrics.applied("VirtualService");
         }
         Step::WasmPlugin => {}
         Step::Prune(object) => {
             let deleted = match object.kind {
-                Kind::VirtualService => prune(vss, object).await?,
-                Kind::DestinationRule => prune(drs, object).await?,
-                Kind::WasmPlugin => prune(wasm_plugins, object).await?,
+                Kind::VirtualService => prune(&api.vss, object).await?,
+                Kind::DestinationRule => prune(&api.drs, object).await?,
+                Kind::WasmPlugin => prune(&api.wasm_plugins, object).await?,
             };
             if deleted {
                 ctx.metrics.pruned(object.kind.name());
@@ -331,16 +357,7 @@ async fn timed<T>(
 
 /// Every object of `kind` in the namespace, read untyped.
 async fn list_existing(client: &Client, ns: &str, kind: Kind) -> Result<Vec<Existing>, Error> {
-    let (group, version, plural) = match kind {
-        Kind::VirtualService => ("networking.istio.io", "v1", "virtualservices"),
-        Kind::DestinationRule => ("networking.istio.io", "v1", "destinationrules"),
-        Kind::WasmPlugin => ("extensions.istio.io", "v1alpha1", "wasmplugins"),
-    };
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(group, version, kind.name()),
-        plural,
-    );
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &kind.api_resource());
     let list = api
         .list(&ListParams::default())
         .await
@@ -498,7 +515,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
+    let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let controller = Controller::new(
         Api::<VirtualEnvironment>::all(client.clone()),
         watcher::Config::default().any_semantic(),

@@ -159,72 +159,12 @@ async fn run() -> Result<()> {
     drop(running);
     let ladder = bench::ladder(&summaries, "virtual-env-1000");
 
-    if o.only.is_some() {
-        // A partial run (profiling): the throughput table only.
-        print!(
-            "{}",
-            report(
-                &o,
-                &version,
-                &Results {
-                    summaries: &summaries,
-                    ratios: &ratios,
-                    ladder: &ladder,
-                    memory: &[],
-                    change_ms: &[],
-                    plans: &[],
-                }
-            )
-        );
-        return Ok(());
-    }
-    eprintln!("measuring memory");
-    let mut memory = Vec::new();
-    for (label, kind, services) in [
-        ("bare", Kind::Bare, 0),
-        ("empty filter", Kind::EmptyFilter, 0),
-        ("virtual-env, 1,000 services", Kind::VirtualEnv, 1000),
-        ("virtual-env, 10,000 services", Kind::VirtualEnv, 10_000),
-    ] {
-        let [one, two] = bench::memory(&setup, kind, services, dir.path()).await?;
-        memory.push((label, one, two));
-    }
-    eprintln!("measuring config change latency");
-    let change_ms = bench::config_change_ms(&setup, dir.path(), 5).await?;
-
-    eprintln!("measuring planning");
-    let literal = planning::snapshot(1000, 3, |_| planning::namespace_envs());
-    let sparse = planning::snapshot(1000, 3, |s| {
-        let p = s % 9 + 1;
-        vec![
-            "dev".into(),
-            format!("dev.p{p}"),
-            format!("dev.p{p}.u{}", s % 10 + 1),
-        ]
-    });
-    let long = planning::long_env_names(100);
-    let wide = planning::snapshot(1000, 1, |_| long.clone());
-    let plans = [
-        planning::measure(
-            "every service in every env",
-            &literal,
-            &planning::namespace_envs(),
-            3,
-        ),
-        planning::measure(
-            "every service in dev, one project, one user env",
-            &sparse,
-            &planning::namespace_envs(),
-            3,
-        ),
-        planning::measure(
-            "every service in every env, 30-character env names",
-            &wide,
-            &long,
-            3,
-        ),
-    ];
-
+    // A partial run (profiling, `--only`): the throughput tables only.
+    let (memory, change_ms, plans) = if o.only.is_some() {
+        (Vec::new(), Vec::new(), Vec::new())
+    } else {
+        other_measurements(&setup, dir.path()).await?
+    };
     let md = report(
         &o,
         &version,
@@ -237,6 +177,10 @@ async fn run() -> Result<()> {
             plans: &plans,
         },
     );
+    if o.only.is_some() {
+        print!("{md}");
+        return Ok(());
+    }
     std::fs::create_dir_all(&o.out)?;
     std::fs::write(o.out.join("results.md"), &md)?;
     let json = json!({
@@ -257,6 +201,64 @@ async fn run() -> Result<()> {
     )?;
     print!("{md}");
     Ok(())
+}
+
+/// Memory, config change latency and planning (not in `--only` runs).
+async fn other_measurements(
+    setup: &Setup<'_>,
+    dir: &std::path::Path,
+) -> Result<(
+    Vec<MemoryRow<'static>>,
+    Vec<f64>,
+    Vec<planning::PlanningResult>,
+)> {
+    eprintln!("measuring memory");
+    let mut memory = Vec::new();
+    for (label, kind, services) in [
+        ("bare", Kind::Bare, 0),
+        ("empty filter", Kind::EmptyFilter, 0),
+        ("virtual-env, 1,000 services", Kind::VirtualEnv, 1000),
+        ("virtual-env, 10,000 services", Kind::VirtualEnv, 10_000),
+    ] {
+        let [one, two] = bench::memory(setup, kind, services, dir).await?;
+        memory.push((label, one, two));
+    }
+    eprintln!("measuring config change latency");
+    let change_ms = bench::config_change_ms(setup, dir, 5).await?;
+
+    eprintln!("measuring planning");
+    let literal = planning::snapshot(1000, 3, |_| planning::namespace_envs());
+    let sparse = planning::snapshot(1000, 3, |s| {
+        let p = s % 9 + 1;
+        vec![
+            "dev".into(),
+            format!("dev.p{p}"),
+            format!("dev.p{p}.u{}", s % 10 + 1),
+        ]
+    });
+    let long = planning::long_env_names(100);
+    let wide = planning::snapshot(1000, 1, |_| long.clone());
+    let plans = vec![
+        planning::measure(
+            "every service in every env",
+            &literal,
+            &planning::namespace_envs(),
+            3,
+        ),
+        planning::measure(
+            "every service in dev, one project, one user env",
+            &sparse,
+            &planning::namespace_envs(),
+            3,
+        ),
+        planning::measure(
+            "every service in every env, 30-character env names",
+            &wide,
+            &long,
+            3,
+        ),
+    ];
+    Ok((memory, change_ms, plans))
 }
 
 /// An Envoy's (allocated, resident) bytes with one worker and with two.

@@ -116,6 +116,9 @@ pub struct Elector {
     timing: Timing,
     /// The record last seen and when (our clock) it was first seen as it is.
     observed: Option<(Record, Instant)>,
+    /// When the last successful acquire or renewal was started (before its read): the
+    /// renew deadline counts from here, never from a later moment.
+    renewed_at: Option<Instant>,
 }
 
 impl Elector {
@@ -126,6 +129,7 @@ impl Elector {
             identity: identity.to_owned(),
             timing,
             observed: None,
+            renewed_at: None,
         }
     }
 
@@ -154,6 +158,7 @@ impl Elector {
 
     /// One round: returns whether we hold the lease afterwards.
     pub async fn try_hold(&mut self) -> Result<bool, ElectionError> {
+        let started = Instant::now();
         let current = self.call(self.api.get_opt(&self.name)).await?;
         let unchanged_for = match &current {
             Some(lease) => self.observe(Record::of(lease)),
@@ -199,6 +204,7 @@ impl Elector {
         match result {
             Ok(written) => {
                 self.observe(Record::of(&written));
+                self.renewed_at = Some(started);
                 if decision == Decision::Acquire {
                     info!(identity = self.identity, "acquired the leader lease");
                 }
@@ -223,29 +229,31 @@ impl Elector {
     }
 
     /// Renews every `retry` while it can; returns as soon as the lease is lost or was not
-    /// renewed within the renew deadline, counted from when the last successful renewal was
-    /// sent. The caller must stop writing at once.
+    /// renewed within the renew deadline, counted from when the last successful acquire or
+    /// renewal started. The caller must stop writing at once.
     pub async fn keep(&mut self) {
-        let mut renewed_at = Instant::now();
         loop {
-            tokio::time::sleep(self.timing.retry).await;
+            // Not held at all (no acquire): nothing to keep.
+            let Some(renewed_at) = self.renewed_at else {
+                return;
+            };
             let deadline = renewed_at + self.timing.renew_deadline;
-            let sent = Instant::now();
+            tokio::time::sleep_until((Instant::now() + self.timing.retry).min(deadline)).await;
+            if Instant::now() >= deadline {
+                warn!(
+                    "could not renew the leader lease within {:?}",
+                    self.timing.renew_deadline
+                );
+                return;
+            }
             match tokio::time::timeout_at(deadline, self.try_hold()).await {
-                Ok(Ok(true)) => renewed_at = sent,
+                Ok(Ok(true)) => {}
                 Ok(Ok(false)) => {
                     warn!("lost the leader lease to another replica");
                     return;
                 }
                 Ok(Err(e)) => warn!("renewing the leader lease: {e}"),
                 Err(_) => {}
-            }
-            if Instant::now() >= renewed_at + self.timing.renew_deadline {
-                warn!(
-                    "could not renew the leader lease within {:?}",
-                    self.timing.renew_deadline
-                );
-                return;
             }
         }
     }
@@ -469,20 +477,51 @@ mod tests {
         #[tokio::test(start_paused = true)]
         async fn a_leader_whose_renewals_hang_stops_within_the_renew_deadline() {
             let (mut elector, mut handle) = elector();
-            // The API server accepts every request and never answers.
+            // The lease is created; from then on the API server accepts every request and
+            // never answers.
             let server = tokio::spawn(async move {
+                let (_, send) = next(&mut handle, Method::GET).await;
+                send.send_response(reply(404, &not_found()));
+                let (created, send) = next(&mut handle, Method::POST).await;
+                send.send_response(reply(201, &created));
                 let mut pending = Vec::new();
                 while let Some((_, send)) = handle.next_request().await {
                     pending.push(send);
                 }
             });
             let started = Instant::now();
+            assert!(elector.try_hold().await.unwrap());
             elector.keep().await;
             let held_on = started.elapsed();
             assert!(held_on >= TIMING.renew_deadline, "{held_on:?}");
             // Stopped before any other replica could take over (a whole lease unchanged).
             assert!(held_on < TIMING.lease, "{held_on:?}");
             server.abort();
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_leader_renews_until_another_replica_holds_the_lease() {
+            let (mut elector, mut handle) = elector();
+            let server = tokio::spawn(async move {
+                let (_, send) = next(&mut handle, Method::GET).await;
+                send.send_response(reply(404, &not_found()));
+                let (created, send) = next(&mut handle, Method::POST).await;
+                send.send_response(reply(201, &created));
+                for rv in ["1", "2", "3"] {
+                    let (_, send) = next(&mut handle, Method::GET).await;
+                    send.send_response(reply(200, &lease("pod-a", rv)));
+                    let (renewed, send) = next(&mut handle, Method::PUT).await;
+                    assert_eq!(renewed["metadata"]["resourceVersion"], rv);
+                    assert_eq!(renewed["spec"]["holderIdentity"], "pod-a");
+                    send.send_response(reply(200, &renewed));
+                }
+                // Someone else holds it now (e.g. after a partition): stop.
+                let (_, send) = next(&mut handle, Method::GET).await;
+                send.send_response(reply(200, &lease("pod-b", "9")));
+            });
+            assert!(elector.try_hold().await.unwrap());
+            elector.keep().await;
+            server.await.unwrap();
         }
 
         #[tokio::test]

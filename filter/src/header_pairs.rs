@@ -11,8 +11,8 @@
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderPairs {
     bytes: Vec<u8>,
-    /// (key start, key len, value start, value len) per pair, checked against `bytes`.
-    index: Vec<(u32, u32, u32, u32)>,
+    /// (key start, key end, value start, value end) per pair, checked against `bytes`.
+    index: Vec<(usize, usize, usize, usize)>,
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> Option<usize> {
@@ -29,7 +29,7 @@ impl HeaderPairs {
         }
     }
 
-    fn index(bytes: &[u8]) -> Option<Vec<(u32, u32, u32, u32)>> {
+    fn index(bytes: &[u8]) -> Option<Vec<(usize, usize, usize, usize)>> {
         if bytes.is_empty() {
             return Some(Vec::new());
         }
@@ -49,13 +49,7 @@ impl HeaderPairs {
             if end > bytes.len() {
                 return None;
             }
-            let small = |n: usize| u32::try_from(n).ok();
-            index.push((
-                small(key)?,
-                small(key_len)?,
-                small(value)?,
-                small(value_len)?,
-            ));
+            index.push((key, key + key_len, value, value + value_len));
             data = end;
         }
         Some(index)
@@ -64,10 +58,12 @@ impl HeaderPairs {
     /// The first value of header `name` (lower case, as Envoy keeps header names).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         let name = name.as_bytes();
-        self.index.iter().find_map(|&(k, kl, v, vl)| {
-            let key = self.bytes.get(k as usize..(k + kl) as usize)?;
-            (key == name).then(|| self.bytes.get(v as usize..(v + vl) as usize))?
-        })
+        self.index
+            .iter()
+            .find_map(|&(key, key_end, value, value_end)| {
+                let key = self.bytes.get(key..key_end)?;
+                (key == name).then(|| self.bytes.get(value..value_end))?
+            })
     }
 
     pub fn len(&self) -> usize {

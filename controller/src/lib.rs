@@ -1,9 +1,10 @@
 //! The virtual-env controller: watches `VirtualEnvironment`s, pods and services, and writes
-//! the VirtualServices, DestinationRules and WasmPlugin that route each namespace by env.
+//! the VirtualServices, DestinationRules and WasmPlugins that route each namespace by env.
 //!
 //! `plan` is pure (no API calls) and shared by the reconciler and the offline commands;
 //! `reconcile` applies its output to the cluster.
 
+pub mod caches;
 pub mod crd;
 pub mod existing;
 pub mod istio;

@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -24,13 +24,14 @@ use thiserror::Error;
 use tracing::{info, instrument, warn};
 use virtual_env_core::service_fqdn;
 
+use crate::caches::{self, slim_object, slim_pod, slim_service, Caches, NotReady};
 use crate::crd::{VirtualEnvironment, VirtualEnvironmentStatus, ROUTE_HEADER_SUFFIX_LEN};
 use crate::existing::{Existing, Kind};
 use crate::istio::{DestinationRule, VirtualService, WasmPlugin};
 use crate::metrics::Metrics;
 use crate::plan::{
     plan_namespace, plugin_config_of, plugin_config_value, Plan, PlanError, Settings, Snapshot,
-    INBOUND_WASM_PLUGIN_NAME, MANAGED_BY, MANAGED_BY_LABEL, WASM_PLUGIN_NAME,
+    INBOUND_WASM_PLUGIN_NAME, WASM_PLUGIN_NAME,
 };
 use crate::transition::{keep_failed_services, transition, Step};
 
@@ -55,7 +56,12 @@ pub enum Error {
     Apply { failed: usize },
     #[error("the API server did not answer within {0:?}")]
     Timeout(Duration),
+    #[error(transparent)]
+    Cache(#[from] NotReady),
 }
+
+/// How long a reconcile waits for the watch caches' first fill.
+const CACHE_WAIT: Duration = Duration::from_secs(30);
 
 /// A random suffix for a new route header name.
 fn random_suffix() -> Result<[u8; ROUTE_HEADER_SUFFIX_LEN], Error> {
@@ -68,16 +74,19 @@ pub struct Context {
     pub client: Client,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
+    /// What reconciles read: the watch caches of pods, services and Istio objects.
+    pub caches: Caches,
     /// Consecutive failures per VirtualEnvironment, for backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Self {
+    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>, caches: Caches) -> Self {
         Self {
             client,
             settings,
             metrics,
+            caches,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -122,7 +131,6 @@ pub async fn reconcile(ve: Arc<VirtualEnvironment>, ctx: Arc<Context>) -> Result
 /// The namespace's APIs one reconcile uses.
 struct NamespaceApi {
     ns: String,
-    client: Client,
     ves: Api<VirtualEnvironment>,
     vss: Api<VirtualService>,
     drs: Api<DestinationRule>,
@@ -133,7 +141,6 @@ impl NamespaceApi {
     fn new(client: &Client, ns: &str) -> Self {
         Self {
             ns: ns.to_owned(),
-            client: client.clone(),
             ves: Api::namespaced(client.clone(), ns),
             vss: Api::namespaced(client.clone(), ns),
             drs: Api::namespaced(client.clone(), ns),
@@ -167,7 +174,7 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
         Arc::new((*ve).clone().with_route_header(random_suffix()?))
     };
 
-    let snapshot = read(&api).await?;
+    let snapshot = read(&api, ctx).await?;
     let plan = match plan_namespace(&ve, &snapshot, &ctx.settings) {
         Ok(plan) => plan,
         Err(e) => {
@@ -207,28 +214,12 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
     Ok(Action::requeue(RESYNC))
 }
 
-/// Reads what is in the namespace: services, pods, and whatever VirtualServices,
-/// DestinationRules and WasmPlugins are there, whoever wrote them.
-async fn read(api: &NamespaceApi) -> Result<Snapshot, Error> {
-    let services: Api<Service> = Api::namespaced(api.client.clone(), &api.ns);
-    let pods: Api<Pod> = Api::namespaced(api.client.clone(), &api.ns);
-    let services = services.list(&ListParams::default()).await?.items;
-    let pods = pods.list(&ListParams::default()).await?.items;
-    // Whatever users wrote is read untyped: one object outside the controller's own types
-    // must not fail the list (and stall the namespace).
-    let mut existing = Vec::new();
-    for kind in [
-        Kind::VirtualService,
-        Kind::DestinationRule,
-        Kind::WasmPlugin,
-    ] {
-        existing.extend(list_existing(&api.client, &api.ns, kind).await?);
-    }
-    Ok(Snapshot {
-        services,
-        pods,
-        existing,
-    })
+/// Reads what is in the namespace from the watch caches: services, pods, and whatever
+/// VirtualServices, DestinationRules and WasmPlugins are there, whoever wrote them (read
+/// untyped: one object outside the controller's own types must not stall the namespace).
+async fn read(api: &NamespaceApi, ctx: &Context) -> Result<Snapshot, Error> {
+    ctx.caches.ready(CACHE_WAIT).await?;
+    Ok(ctx.caches.snapshot(&api.ns))
 }
 
 /// Applies `plan` and prunes what it no longer needs, make before break
@@ -353,21 +344,6 @@ async fn timed<T>(
         .await
         .map_err(|_| Error::Timeout(WRITE_TIMEOUT))?
         .map_err(Error::from)
-}
-
-/// Every object of `kind` in the namespace, read untyped.
-async fn list_existing(client: &Client, ns: &str, kind: Kind) -> Result<Vec<Existing>, Error> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &kind.api_resource());
-    let list = api
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| istio_error(kind.name(), e))?;
-    Ok(list
-        .items
-        .iter()
-        .filter_map(|o| serde_json::to_value(o).ok())
-        .map(|v| Existing::from_json(kind, &v, ns))
-        .collect())
 }
 
 /// An Istio resource the API server does not know (404 on the collection) means Istio's
@@ -509,34 +485,53 @@ fn in_same_namespace<K: Resource>(
     }
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves: one watch per kind for the whole
+/// cluster fills the caches reconciles read, and any change in a namespace with a
+/// VirtualEnvironment (a pod, a service, anyone's VirtualService, DestinationRule or
+/// WasmPlugin) reconciles it.
 pub async fn run(
-    ctx: Arc<Context>,
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
-    let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let (caches, writers) = caches::caches();
+    let ctx = Arc::new(Context::new(client.clone(), settings, metrics, caches));
+    let all = watcher::Config::default;
     let controller = Controller::new(
         Api::<VirtualEnvironment>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
+        all().any_semantic(),
     )
     // Coalesce bursts (a rollout's pod events) into one reconcile.
     .with_config(ControllerConfig::default().debounce(Duration::from_secs(1)));
     let store = controller.store();
+    let pods = watcher(Api::<Pod>::all(client.clone()), all())
+        .modify(slim_pod)
+        .default_backoff()
+        .reflect(writers.pods)
+        .touched_objects();
+    let services = watcher(Api::<Service>::all(client.clone()), all())
+        .modify(slim_service)
+        .default_backoff()
+        .reflect(writers.services)
+        .touched_objects();
+    let mut controller = controller
+        .watches_stream(pods, in_same_namespace(store.clone()))
+        .watches_stream(services, in_same_namespace(store.clone()));
+    for (kind, writer) in writers.istio {
+        let resource = kind.api_resource();
+        let objects = watcher(
+            Api::<DynamicObject>::all_with(client.clone(), &resource),
+            all(),
+        )
+        .modify(slim_object)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+        controller =
+            controller.watches_stream_with(objects, in_same_namespace(store.clone()), resource);
+    }
     controller
-        .owns(Api::<VirtualService>::all(client.clone()), managed.clone())
-        .owns(Api::<DestinationRule>::all(client.clone()), managed.clone())
-        .owns(Api::<WasmPlugin>::all(client.clone()), managed)
-        .watches(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default(),
-            in_same_namespace(store.clone()),
-        )
-        .watches(
-            Api::<Service>::all(client),
-            watcher::Config::default(),
-            in_same_namespace(store),
-        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -563,11 +558,45 @@ mod tests {
 
     type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
-    fn mock_context() -> (Arc<Context>, Handle) {
+    /// A context whose watch caches hold `caches`, and the mock API server's handle.
+    fn mock_context(caches: Caches) -> (Arc<Context>, Handle) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, NS);
-        let ctx = Context::new(client, settings(), Arc::new(Metrics::default()));
+        let ctx = Context::new(client, settings(), Arc::new(Metrics::default()), caches);
         (Arc::new(ctx), handle)
+    }
+
+    /// The Istio objects of a namespace, by kind, for the caches.
+    fn istio_objects(vss: Vec<Value>, drs: Vec<Value>, wps: Vec<Value>) -> Vec<(Kind, Value)> {
+        let tagged = |kind, objects: Vec<Value>| objects.into_iter().map(move |o| (kind, o));
+        tagged(Kind::VirtualService, vss)
+            .chain(tagged(Kind::DestinationRule, drs))
+            .chain(tagged(Kind::WasmPlugin, wps))
+            .map(|(kind, mut o)| {
+                if o["metadata"]["namespace"].is_null() {
+                    o["metadata"]["namespace"] = json!(NS);
+                }
+                (kind, o)
+            })
+            .collect()
+    }
+
+    /// Caches of a namespace holding `snapshot` and these Istio objects.
+    fn namespace(snapshot: &Snapshot, vss: Vec<Value>, drs: Vec<Value>, wps: Vec<Value>) -> Caches {
+        crate::caches::testing::filled(snapshot, &istio_objects(vss, drs, wps))
+    }
+
+    /// The namespace where the controller applied the seed, and app-a's dev.proj1 pod has
+    /// gone since.
+    fn after_proj1_left_app_a() -> Caches {
+        let mut snapshot = seed_snapshot();
+        snapshot.pods.retain(|p| p.name_any() != "app-a-proj1");
+        namespace(
+            &snapshot,
+            applied_seed("VirtualService"),
+            applied_seed("DestinationRule"),
+            applied_seed("WasmPlugin"),
+        )
     }
 
     fn seed_ve_from_api() -> VirtualEnvironment {
@@ -679,18 +708,8 @@ mod tests {
             body
         }
 
-        async fn expect_status(&mut self, method: Method, path: &str, code: u16) {
-            let (_, send, _) = self.next_request(&method, path).await;
-            let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": "NotFound", "message": "not found"});
-            send.send_response(
-                Response::builder()
-                    .status(code)
-                    .body(Body::from(serde_json::to_vec(&status).unwrap()))
-                    .unwrap(),
-            );
-        }
-
-        /// The first read of every reconcile: the namespace's VirtualEnvironments.
+        /// The one read of every reconcile from the API server (the rest come from the
+        /// caches): the namespace's VirtualEnvironments.
         async fn list_virtual_environments(&mut self, ves: &[&VirtualEnvironment]) {
             let items = ves
                 .iter()
@@ -704,81 +723,10 @@ mod tests {
             .await;
         }
 
-        /// The reads every reconcile starts with, on the seed's namespace.
-        async fn reads(&mut self, ve: &VirtualEnvironment, vss: Vec<Value>, drs: Vec<Value>) {
-            self.reads_of(ve, seed_snapshot(), vss, drs, vec![]).await;
-        }
-
-        async fn reads_of(
-            &mut self,
-            ve: &VirtualEnvironment,
-            snap: Snapshot,
-            vss: Vec<Value>,
-            drs: Vec<Value>,
-            wps: Vec<Value>,
-        ) {
-            self.list_virtual_environments(&[ve]).await;
-            let services = snap
-                .services
-                .iter()
-                .map(|s| serde_json::to_value(s).unwrap())
-                .collect();
-            let pods = snap
-                .pods
-                .iter()
-                .map(|p| serde_json::to_value(p).unwrap())
-                .collect();
-            self.expect(
-                Method::GET,
-                "/api/v1/namespaces/default/services",
-                list("Service", services),
-            )
-            .await;
-            self.expect(
-                Method::GET,
-                "/api/v1/namespaces/default/pods",
-                list("Pod", pods),
-            )
-            .await;
-            self.expect(
-                Method::GET,
-                "/apis/networking.istio.io/v1/namespaces/default/virtualservices",
-                list("VirtualService", vss),
-            )
-            .await;
-            self.expect(
-                Method::GET,
-                "/apis/networking.istio.io/v1/namespaces/default/destinationrules",
-                list("DestinationRule", drs),
-            )
-            .await;
-            self.expect(
-                Method::GET,
-                "/apis/extensions.istio.io/v1alpha1/namespaces/default/wasmplugins",
-                list("WasmPlugin", wps),
-            )
-            .await;
-        }
-
         /// The status patch that ends a reconcile of the seed's VirtualEnvironment: its body.
         async fn expect_status_patch(&mut self) -> Value {
             let reply = serde_json::to_value(seed_ve_from_api()).unwrap();
             self.expect(Method::PATCH, STATUS, reply).await
-        }
-
-        /// The reads of a namespace where the controller applied the seed, and app-a's
-        /// dev.proj1 pod has gone since.
-        async fn reads_after_proj1_left_app_a(&mut self) {
-            let mut snapshot = seed_snapshot();
-            snapshot.pods.retain(|p| p.name_any() != "app-a-proj1");
-            self.reads_of(
-                &seed_ve_from_api(),
-                snapshot,
-                applied_seed("VirtualService"),
-                applied_seed("DestinationRule"),
-                applied_seed("WasmPlugin"),
-            )
-            .await;
         }
 
         /// The two plugin objects, the called side's first; returns the calling side's.
@@ -819,23 +767,23 @@ mod tests {
 
     #[tokio::test]
     async fn one_reconcile_applies_prunes_and_reports_in_order() {
-        let (ctx, handle) = mock_context();
+        // app-old is ours and no longer wanted; a user's VirtualService, under another
+        // name and in none of our shapes, routes app-b; app-stray is another
+        // VirtualEnvironment's.
+        let (ctx, handle) = mock_context(namespace(
+            &seed_snapshot(),
+            vec![
+                managed_object("app-old"),
+                users_virtual_service("b-canary", "app-b"),
+                managed_by_another("app-stray"),
+            ],
+            vec![managed_object("app-old"), managed_by_another("app-stray")],
+            vec![],
+        ));
         let ve = seed_ve_from_api();
         let server = tokio::spawn(async move {
             let mut api = ApiServerVerifier::new(handle);
-            // app-old is ours and no longer wanted; a user's VirtualService, under another
-            // name and in none of our shapes, routes app-b; app-stray is another
-            // VirtualEnvironment's.
-            api.reads(
-                &seed_ve_from_api(),
-                vec![
-                    managed_object("app-old"),
-                    users_virtual_service("b-canary", "app-b"),
-                    managed_by_another("app-stray"),
-                ],
-                vec![managed_object("app-old"), managed_by_another("app-stray")],
-            )
-            .await;
+            api.list_virtual_environments(&[&seed_ve_from_api()]).await;
             // Per service: its subsets, then its routes; then the plugin config.
             for name in ["app-a", "app-c"] {
                 let body = api.apply(DR, name).await;
@@ -886,9 +834,9 @@ mod tests {
         });
         let action = reconcile(Arc::new(ve), ctx.clone()).await.unwrap();
         assert_eq!(action, Action::requeue(RESYNC));
-        // 6 reads, 2 DestinationRules, 2 VirtualServices, the 2 WasmPlugins, 2 prunes, the
-        // status.
-        assert_eq!(server.await.unwrap(), 15);
+        // 1 read (the rest come from the caches), 2 DestinationRules, 2 VirtualServices,
+        // the 2 WasmPlugins, 2 prunes, the status.
+        assert_eq!(server.await.unwrap(), 10);
         let metrics = ctx.metrics.render();
         assert!(
             metrics
@@ -908,24 +856,34 @@ mod tests {
     /// the user's objects and named, nothing of the user's is touched.
     #[tokio::test]
     async fn a_namespace_with_istios_bookinfo_samples_is_reconciled_around_them() {
-        let (ctx, handle) = mock_context();
         let ve = seed_ve_from_api();
         let mut snapshot = seed_snapshot();
         snapshot.services.push(service("reviews"));
         for (name, env) in [("reviews-v1", "dev"), ("reviews-v2", "dev.proj1")] {
             snapshot.pods.push(pod(name, "reviews", Some(env), true));
         }
+        let (vss, drs) = (bookinfo("VirtualService"), bookinfo("DestinationRule"));
+        assert!(
+            vss.len() >= 15 && drs.len() >= 4,
+            "{} {}",
+            vss.len(),
+            drs.len()
+        );
+        // Every sample reaches the caches, whatever its shape; samples of different files
+        // that share a name are one object in a namespace, as in a cluster.
+        let names = |objects: &[Value], kind: &str| {
+            objects
+                .iter()
+                .map(|o| format!("{kind}/{}", o["metadata"]["name"]))
+                .collect::<BTreeSet<_>>()
+        };
+        let distinct = names(&vss, "vs").len() + names(&drs, "dr").len();
+        let caches = namespace(&snapshot, vss, drs, vec![]);
+        assert_eq!(caches.snapshot(NS).existing.len(), distinct, "a sample was lost");
+        let (ctx, handle) = mock_context(caches);
         let server = tokio::spawn(async move {
             let mut api = ApiServerVerifier::new(handle);
-            let (vss, drs) = (bookinfo("VirtualService"), bookinfo("DestinationRule"));
-            assert!(
-                vss.len() >= 15 && drs.len() >= 4,
-                "{} {}",
-                vss.len(),
-                drs.len()
-            );
-            api.reads_of(&seed_ve_from_api(), snapshot, vss, drs, vec![])
-                .await;
+            api.list_virtual_environments(&[&seed_ve_from_api()]).await;
             for name in ["app-a", "app-b", "app-c"] {
                 api.apply(DR, name).await;
                 api.apply(VS, name).await;
@@ -955,19 +913,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_wasm_plugin_of_ours_name_that_is_a_users_is_not_overwritten() {
-        let (ctx, handle) = mock_context();
+        let users = json!({"metadata": {"name": "virtual-env", "namespace": NS}, "spec": {"url": "oci://x"}});
+        let (ctx, handle) = mock_context(namespace(&seed_snapshot(), vec![], vec![], vec![users]));
         let ve = seed_ve_from_api();
         let server = tokio::spawn(async move {
             let mut api = ApiServerVerifier::new(handle);
-            let users = json!({"metadata": {"name": "virtual-env", "namespace": NS}, "spec": {"url": "oci://x"}});
-            api.reads_of(
-                &seed_ve_from_api(),
-                seed_snapshot(),
-                vec![],
-                vec![],
-                vec![users],
-            )
-            .await;
+            api.list_virtual_environments(&[&seed_ve_from_api()]).await;
             let body = api.expect_status_patch().await;
             assert_eq!(body["status"]["conditions"][0]["reason"], "Conflict");
             let message = body["status"]["conditions"][0]["message"].as_str().unwrap();
@@ -1028,10 +979,10 @@ mod tests {
     /// config no longer selects it, then the route goes, then the subset.
     #[tokio::test]
     async fn a_leaving_env_is_removed_route_first_after_the_plugin_config() {
-        let (ctx, handle) = mock_context();
+        let (ctx, handle) = mock_context(after_proj1_left_app_a());
         let server = tokio::spawn(async move {
             let mut api = ApiServerVerifier::new(handle);
-            api.reads_after_proj1_left_app_a().await;
+            api.list_virtual_environments(&[&seed_ve_from_api()]).await;
             let dr = api.apply(DR, "app-a").await;
             assert_eq!(
                 dr["spec"]["subsets"].as_array().unwrap().len(),
@@ -1079,10 +1030,10 @@ mod tests {
     /// steps, the status names every failure, and the reconcile fails for a retry.
     #[tokio::test(start_paused = true)]
     async fn failed_writes_do_not_stop_the_rest_and_are_named() {
-        let (ctx, handle) = mock_context();
+        let (ctx, handle) = mock_context(after_proj1_left_app_a());
         let server = tokio::spawn(async move {
             let mut api = ApiServerVerifier::new(handle);
-            api.reads_after_proj1_left_app_a().await;
+            api.list_virtual_environments(&[&seed_ve_from_api()]).await;
             reply_error(&mut api, Method::PATCH, &format!("{DR}/app-a"), 422).await;
             api.apply(VS, "app-a").await;
             api.apply(DR, "app-b").await;
@@ -1123,13 +1074,13 @@ mod tests {
 
     #[tokio::test]
     async fn an_invalid_spec_writes_nothing_but_the_status() {
-        let (ctx, handle) = mock_context();
+        let (ctx, handle) = mock_context(namespace(&seed_snapshot(), vec![], vec![], vec![]));
         let mut ve = ve("envLabel: {splitter: '::'}");
         ve.metadata.uid = Some("uid-1".into());
         let listed = ve.clone();
         let server = tokio::spawn(async move {
             let mut api = ApiServerVerifier::new(handle);
-            api.reads(&listed, vec![], vec![]).await;
+            api.list_virtual_environments(&[&listed]).await;
             let body = api
                 .expect(
                     Method::PATCH,
@@ -1149,36 +1100,34 @@ mod tests {
         server.await.unwrap();
     }
 
-    #[tokio::test]
+    /// Without Istio's CRDs the VirtualService watch keeps failing and its cache is never
+    /// filled: the reconcile says so (and what to install) instead of planning from an
+    /// empty cache. On tokio's paused clock: the 30 s wait passes at once.
+    #[tokio::test(start_paused = true)]
     async fn missing_istio_crds_are_an_error_that_says_what_to_install() {
-        let (ctx, handle) = mock_context();
+        let caches =
+            crate::caches::testing::filled_but(&seed_snapshot(), &[], Some(Kind::VirtualService));
+        let (ctx, handle) = mock_context(caches);
         let ve = seed_ve_from_api();
         let listed = ve.clone();
         let server = tokio::spawn(async move {
             let mut api = ApiServerVerifier::new(handle);
             api.list_virtual_environments(&[&listed]).await;
-            api.expect(
-                Method::GET,
-                "/api/v1/namespaces/default/services",
-                list("Service", vec![]),
-            )
-            .await;
-            api.expect(
-                Method::GET,
-                "/api/v1/namespaces/default/pods",
-                list("Pod", vec![]),
-            )
-            .await;
-            api.expect_status(Method::GET, VS, 404).await;
+            let body = api.expect_status_patch().await;
+            assert_eq!(body["status"]["conditions"][0]["reason"], "ReconcileError");
         });
         let err = reconcile(Arc::new(ve), ctx).await.unwrap_err();
-        assert!(err.to_string().contains("install Istio"), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("VirtualService cache") && message.contains("Istio"),
+            "{message}"
+        );
         server.await.unwrap();
     }
 
     #[tokio::test]
     async fn a_second_virtual_environment_in_a_namespace_stands_aside() {
-        let (ctx, handle) = mock_context();
+        let (ctx, handle) = mock_context(namespace(&seed_snapshot(), vec![], vec![], vec![]));
         let mut older = seed_ve_from_api();
         older.metadata.creation_timestamp = Some(Time("2026-01-01T00:00:00Z".parse().unwrap()));
         let mut newer = seed_ve_from_api();
@@ -1206,7 +1155,7 @@ mod tests {
 
     #[tokio::test]
     async fn failures_are_counted_per_object_until_a_success() {
-        let (ctx, _handle) = mock_context();
+        let (ctx, _handle) = mock_context(namespace(&seed_snapshot(), vec![], vec![], vec![]));
         let counts: Vec<u32> = (0..3).map(|_| ctx.failures("ns/ve", true)).collect();
         assert_eq!(counts, [1, 2, 3]);
         assert_eq!(ctx.failures("other/ve", true), 1);

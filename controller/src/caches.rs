@@ -1,0 +1,283 @@
+//! The controller's watch caches: the pods, services and Istio objects it plans from, kept
+//! by kube-runtime reflectors (one watch per kind for the whole cluster), so that a
+//! reconcile reads memory instead of listing five kinds from the API server on every event.
+//!
+//! Objects are slimmed before they are cached, to what planning reads: a pod keeps its
+//! name, labels, deletion mark and conditions (not its spec, annotations or container
+//! statuses); every object loses its managed fields and annotations. A 10,000-pod namespace
+//! then costs the controller a few MB (see the README's scale figures).
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, PodStatus, Service};
+use kube::api::DynamicObject;
+use kube::runtime::reflector::{store::Writer, Store};
+use kube::ResourceExt;
+
+use crate::existing::{Existing, Kind};
+use crate::plan::Snapshot;
+
+/// The caches one controller reads; cheap to clone (the stores are shared).
+#[derive(Clone)]
+pub struct Caches {
+    pub services: Store<Service>,
+    pub pods: Store<Pod>,
+    pub istio: [(Kind, Store<DynamicObject>); 3],
+}
+
+/// The writing ends of [`Caches`], for the reflectors (or a test) to fill.
+pub struct Writers {
+    pub services: Writer<Service>,
+    pub pods: Writer<Pod>,
+    pub istio: [(Kind, Writer<DynamicObject>); 3],
+}
+
+/// The Istio kinds the controller reads and writes.
+pub const ISTIO_KINDS: [Kind; 3] = [
+    Kind::VirtualService,
+    Kind::DestinationRule,
+    Kind::WasmPlugin,
+];
+
+/// Empty caches and their writers.
+pub fn caches() -> (Caches, Writers) {
+    let services = Writer::default();
+    let pods = Writer::default();
+    let istio = ISTIO_KINDS.map(|kind| (kind, Writer::new(kind.api_resource())));
+    let caches = Caches {
+        services: services.as_reader(),
+        pods: pods.as_reader(),
+        istio: [0, 1, 2].map(|i| (istio[i].0, istio[i].1.as_reader())),
+    };
+    (
+        caches,
+        Writers {
+            services,
+            pods,
+            istio,
+        },
+    )
+}
+
+/// Why a reconcile could not read the caches.
+#[derive(Debug, thiserror::Error)]
+#[error("the {kind} cache has not been filled after {waited:?}; the watch is failing (see the controller's log){hint}")]
+pub struct NotReady {
+    pub kind: &'static str,
+    pub waited: Duration,
+    pub hint: &'static str,
+}
+
+impl Caches {
+    /// Waits until every cache holds its first full list: an empty cache must never plan
+    /// a namespace away. Fails after `wait` (an Istio CRD missing keeps its watch failing).
+    pub async fn ready(&self, wait: Duration) -> Result<(), NotReady> {
+        let not_ready = |kind, hint| NotReady {
+            kind,
+            waited: wait,
+            hint,
+        };
+        if !filled_within(&self.services, wait).await {
+            return Err(not_ready("Service", ""));
+        }
+        if !filled_within(&self.pods, wait).await {
+            return Err(not_ready("Pod", ""));
+        }
+        for (kind, store) in &self.istio {
+            if !filled_within(store, wait).await {
+                return Err(not_ready(kind.name(), "; is Istio (its CRDs) installed?"));
+            }
+        }
+        Ok(())
+    }
+
+    /// What is in namespace `ns`, for planning.
+    pub fn snapshot(&self, ns: &str) -> Snapshot {
+        let here = |namespace: Option<String>| namespace.as_deref() == Some(ns);
+        let services = self
+            .services
+            .state()
+            .into_iter()
+            .filter(|s| here(s.namespace()))
+            .map(|s| (*s).clone())
+            .collect();
+        let pods = self
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| here(p.namespace()))
+            .map(|p| (*p).clone())
+            .collect();
+        let mut existing = Vec::new();
+        for (kind, store) in &self.istio {
+            for object in store.state().into_iter().filter(|o| here(o.namespace())) {
+                if let Ok(value) = serde_json::to_value(&*object) {
+                    existing.push(Existing::from_json(*kind, &value, ns));
+                }
+            }
+        }
+        Snapshot {
+            services,
+            pods,
+            existing,
+        }
+    }
+}
+
+async fn filled_within<K>(store: &Store<K>, wait: Duration) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    matches!(
+        tokio::time::timeout(wait, store.wait_until_ready()).await,
+        Ok(Ok(()))
+    )
+}
+
+/// A pod as planning reads it: name, namespace, labels, deletion mark, conditions.
+pub fn slim_pod(pod: &mut Pod) {
+    let meta = &mut pod.metadata;
+    meta.annotations = None;
+    meta.managed_fields = None;
+    pod.spec = None;
+    pod.status = pod.status.take().map(|status| PodStatus {
+        conditions: status.conditions,
+        ..PodStatus::default()
+    });
+}
+
+/// A service without managed fields and annotations.
+pub fn slim_service(service: &mut Service) {
+    service.metadata.annotations = None;
+    service.metadata.managed_fields = None;
+}
+
+/// An Istio object without managed fields and annotations (a `kubectl apply` annotation
+/// repeats the whole object).
+pub fn slim_object(object: &mut DynamicObject) {
+    object.metadata.annotations = None;
+    object.metadata.managed_fields = None;
+}
+
+#[cfg(test)]
+pub mod testing {
+    //! Caches filled as a reflector's first list fills them, for tests.
+
+    use kube::runtime::watcher::Event;
+
+    use super::*;
+
+    fn fill<K: Clone + kube::Resource>(writer: &mut Writer<K>, objects: Vec<K>)
+    where
+        K::DynamicType: Clone + Eq + std::hash::Hash,
+    {
+        writer.apply_watcher_event(&Event::Init);
+        for object in objects {
+            writer.apply_watcher_event(&Event::InitApply(object));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+    }
+
+    /// Caches holding `snapshot`'s services and pods and the Istio objects `istio`
+    /// (`(kind, object as JSON)`).
+    pub fn filled(snapshot: &Snapshot, istio: &[(Kind, serde_json::Value)]) -> Caches {
+        filled_but(snapshot, istio, None)
+    }
+
+    /// As [`filled`], but the cache of `unfilled` never gets its first list (its watch
+    /// fails, as when the cluster does not serve the kind).
+    pub fn filled_but(
+        snapshot: &Snapshot,
+        istio: &[(Kind, serde_json::Value)],
+        unfilled: Option<Kind>,
+    ) -> Caches {
+        let (caches, mut writers) = caches();
+        let mut pods = snapshot.pods.clone();
+        pods.iter_mut().for_each(slim_pod);
+        fill(&mut writers.services, snapshot.services.clone());
+        fill(&mut writers.pods, pods);
+        for (kind, writer) in &mut writers.istio {
+            if Some(*kind) == unfilled {
+                continue;
+            }
+            let objects = istio
+                .iter()
+                .filter(|(k, _)| k == kind)
+                .filter_map(|(_, v)| serde_json::from_value::<DynamicObject>(v.clone()).ok())
+                .collect();
+            fill(writer, objects);
+        }
+        caches
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::{Container, ContainerStatus, PodSpec};
+    use serde_json::json;
+
+    use super::testing::filled;
+    use super::*;
+    use crate::plan::fixtures::{pod, seed_snapshot};
+
+    #[test]
+    fn a_snapshot_holds_only_the_namespace_s_objects() {
+        let mut snapshot = seed_snapshot();
+        let mut elsewhere = pod("other-pod", "app-a", Some("dev"), true);
+        elsewhere.metadata.namespace = Some("other".into());
+        snapshot.pods.push(elsewhere);
+        let vs = |ns: &str| {
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                   "metadata": {"name": "reviews", "namespace": ns, "uid": "u"},
+                   "spec": {"hosts": ["reviews"]}})
+        };
+        let caches = filled(
+            &snapshot,
+            &[
+                (Kind::VirtualService, vs("default")),
+                (Kind::VirtualService, vs("other")),
+            ],
+        );
+        let here = caches.snapshot("default");
+        assert_eq!(here.services.len(), 3);
+        assert_eq!(here.pods.len(), 5);
+        assert!(here.pods.iter().all(|p| p.name_any() != "other-pod"));
+        assert_eq!(here.existing.len(), 1);
+        assert_eq!(here.existing[0].name, "reviews");
+        assert_eq!(here.existing[0].kind, Kind::VirtualService);
+    }
+
+    #[test]
+    fn a_slim_pod_keeps_what_planning_reads() {
+        let mut full = pod("p", "app-a", Some("dev.proj1"), true);
+        full.metadata.annotations = Some(BTreeMap::from([("big".into(), "x".repeat(4096))]));
+        full.spec = Some(PodSpec {
+            containers: vec![Container {
+                name: "app".into(),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        });
+        if let Some(status) = full.status.as_mut() {
+            status.container_statuses = Some(vec![ContainerStatus::default()]);
+        }
+        let mut slim = full.clone();
+        slim_pod(&mut slim);
+        assert!(slim.spec.is_none() && slim.metadata.annotations.is_none());
+        assert_eq!(slim.labels(), full.labels());
+        assert!(crate::plan::is_ready(&slim));
+        assert!(slim.status.unwrap().container_statuses.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_unfilled_cache_is_reported_not_planned_from() {
+        let (caches, _writers) = caches();
+        let err = caches.ready(Duration::from_millis(20)).await.unwrap_err();
+        assert_eq!(err.kind, "Service");
+        let caches = filled(&seed_snapshot(), &[]);
+        caches.ready(Duration::from_millis(20)).await.unwrap();
+    }
+}

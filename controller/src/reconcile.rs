@@ -879,7 +879,11 @@ mod tests {
         };
         let distinct = names(&vss, "vs").len() + names(&drs, "dr").len();
         let caches = namespace(&snapshot, vss, drs, vec![]);
-        assert_eq!(caches.snapshot(NS).existing.len(), distinct, "a sample was lost");
+        assert_eq!(
+            caches.snapshot(NS).existing.len(),
+            distinct,
+            "a sample was lost"
+        );
         let (ctx, handle) = mock_context(caches);
         let server = tokio::spawn(async move {
             let mut api = ApiServerVerifier::new(handle);

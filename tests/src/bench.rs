@@ -896,10 +896,11 @@ pub mod planning {
     use std::time::Instant;
 
     use k8s_openapi::api::core::v1::{
-        Pod, PodCondition, PodStatus, Service, ServicePort, ServiceSpec,
+        ContainerStatus, Pod, PodCondition, PodStatus, Service, ServicePort, ServiceSpec,
     };
     use kube::api::ObjectMeta;
     use serde::Serialize;
+    use serde_json::json;
     use virtual_env_controller::crd::VirtualEnvironment;
     use virtual_env_controller::istio::{HttpMatchRequest, StringMatch, VirtualService};
     use virtual_env_controller::plan::{
@@ -1068,6 +1069,106 @@ pub mod planning {
             vss.push(original);
         }
         json_len(&vss) + json_len(&plan.destination_rules)
+    }
+
+    /// A pod as the API server sends it to a watch: spec with the application and the
+    /// sidecar, Istio's annotations, container statuses (about 5 KB of JSON).
+    fn full_pod(name: String, service: &str, env: &str) -> Pod {
+        let mut pod = pod(name, service, env);
+        let value = json!({
+            "metadata": {"annotations": {
+                "sidecar.istio.io/status": format!("{{\"initContainers\":[\"istio-init\"],\"containers\":[\"istio-proxy\"],\"volumes\":[\"istio-envoy\",\"istio-data\",\"istio-podinfo\",\"istio-token\",\"istiod-ca-cert\"],\"imagePullSecrets\":null,\"revision\":\"default\"}}"),
+                "kubectl.kubernetes.io/default-container": service,
+                "prometheus.io/path": "/stats/prometheus", "prometheus.io/port": "15020", "prometheus.io/scrape": "true"}},
+            "spec": {"containers": [
+                {"name": service, "image": format!("registry.example/{service}:1.0.0"),
+                 "env": (0..10).map(|i| json!({"name": format!("VAR_{i}"), "value": "x".repeat(40)})).collect::<Vec<_>>(),
+                 "ports": [{"containerPort": 8080, "name": "http"}]},
+                {"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.30.0",
+                 "args": ["proxy", "sidecar", "--domain", "$(POD_NAMESPACE).svc.cluster.local", "--proxyLogLevel=warning"],
+                 "env": (0..25).map(|i| json!({"name": format!("ISTIO_META_{i}"), "value": "y".repeat(30)})).collect::<Vec<_>>()}
+            ]},
+        });
+        if let Ok(extra) = serde_json::from_value::<Pod>(value) {
+            pod.metadata.annotations = extra.metadata.annotations;
+            pod.spec = extra.spec;
+        }
+        if let Some(status) = pod.status.as_mut() {
+            status.container_statuses = Some(
+                ["app", "istio-proxy"]
+                    .map(|c| ContainerStatus {
+                        name: c.into(),
+                        image: "registry.example/image:1.0.0".into(),
+                        image_id: format!("registry.example/image@sha256:{}", "0".repeat(64)),
+                        ready: true,
+                        ..ContainerStatus::default()
+                    })
+                    .to_vec(),
+            );
+        }
+        pod
+    }
+
+    /// A process's peak resident set (`VmHWM`).
+    fn peak_resident_bytes() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_owned();
+                line.trim_start_matches("VmHWM:")
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// The controller's memory for one namespace of `services` services with
+    /// `pods_per_service` ready pods each: the watch caches filled as the reflectors fill
+    /// them (full objects in, slimmed objects kept), then one reconcile's snapshot and
+    /// plan. Returns (resident bytes the caches hold, peak resident bytes over the whole
+    /// process), both from `/proc/self`; run it before anything else big in the process.
+    pub fn controller_memory(services: usize, pods_per_service: usize) -> (u64, u64) {
+        use kube::runtime::watcher::Event;
+        use virtual_env_controller::caches::{caches, slim_pod, slim_service};
+
+        let before = super::resident_bytes(std::process::id()).unwrap_or(0);
+        let (caches, mut writers) = caches();
+        writers.pods.apply_watcher_event(&Event::Init);
+        writers.services.apply_watcher_event(&Event::Init);
+        let envs = ["dev", "dev.p1", "dev.p1.u1"];
+        for s in 0..services {
+            let name = format!("svc-{s}");
+            let mut service = snapshot(1, 0, |_| Vec::new()).services.remove(0);
+            service.metadata.name = Some(name.clone());
+            if let Some(spec) = service.spec.as_mut() {
+                spec.selector = Some(BTreeMap::from([("app".to_owned(), name.clone())]));
+            }
+            slim_service(&mut service);
+            writers
+                .services
+                .apply_watcher_event(&Event::InitApply(service));
+            for p in 0..pods_per_service {
+                let mut pod = full_pod(format!("{name}-{p}"), &name, envs[p % envs.len()]);
+                slim_pod(&mut pod);
+                writers.pods.apply_watcher_event(&Event::InitApply(pod));
+            }
+        }
+        writers.pods.apply_watcher_event(&Event::InitDone);
+        writers.services.apply_watcher_event(&Event::InitDone);
+        for (_, writer) in &mut writers.istio {
+            writer.apply_watcher_event(&Event::Init);
+            writer.apply_watcher_event(&Event::InitDone);
+        }
+        let cached = super::resident_bytes(std::process::id())
+            .unwrap_or(0)
+            .saturating_sub(before);
+        let snapshot = caches.snapshot("default");
+        let plan = plan_namespace(&virtual_environment(), &snapshot, &settings());
+        drop((plan, snapshot));
+        (cached, peak_resident_bytes())
     }
 
     #[derive(Debug, Clone, Serialize)]

@@ -12,6 +12,7 @@ pub mod leader;
 pub mod metrics;
 pub mod module;
 pub mod offline;
+pub mod peers;
 pub mod plan;
 pub mod rbac;
 pub mod reconcile;

@@ -4,7 +4,7 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use virtual_env_controller::leader::{Elector, Timing};
 use virtual_env_controller::metrics::Metrics;
 use virtual_env_controller::module::FilterModule;
 use virtual_env_controller::offline;
+use virtual_env_controller::peers::Peers;
 use virtual_env_controller::plan::{Settings, WasmSource, MAX_PLUGIN_CONFIG_BYTES};
 use virtual_env_controller::reconcile;
 use virtual_env_controller::server::{self, State};
@@ -174,6 +175,10 @@ struct RunArgs {
     /// This replica's name in the Lease.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// The other replicas, asked for a filter module this one does not hold (during a
+    /// rolling upgrade): comma-separated `host:port`s, typically a headless Service's name.
+    #[arg(long, env = "VIRTUAL_ENV_MODULE_PEERS")]
+    module_peers: Option<String>,
     /// Run without leader election (a single replica only).
     #[arg(long)]
     no_leader_election: bool,
@@ -246,12 +251,9 @@ async fn run_async(args: RunArgs) -> Result<()> {
     let settings = args.module.settings(module.as_ref())?;
     info!(url = settings.wasm.url, "filter module");
     let metrics = Arc::new(Metrics::default());
-    let state = Arc::new(State {
-        metrics: Arc::clone(&metrics),
-        module,
-        ready: Default::default(),
-        alive: AtomicBool::new(true),
-    });
+    let peers = args.module_peers.as_deref().map(Peers::new);
+    let own_digest = module.as_ref().map(|m| m.sha256.clone());
+    let state = Arc::new(State::new(Arc::clone(&metrics), module, peers.clone()));
     let server = tokio::spawn(server::serve(args.listen, Arc::clone(&state)));
     let client = Client::try_default()
         .await
@@ -271,6 +273,17 @@ async fn run_async(args: RunArgs) -> Result<()> {
         &identity,
         Timing::default(),
     );
+    // Lead (and so pin this build's module in the WasmPlugins) only once the Service hands
+    // the module out: this replica must first pass its readiness probe. Waiting here, before
+    // the lease, leaves the current leader undisturbed meanwhile.
+    if let (Some(peers), Some(digest), None) = (&peers, &own_digest, &args.module.wasm_url) {
+        if !peers
+            .wait_until_served(digest, Duration::from_secs(60))
+            .await
+        {
+            warn!("no ready replica serves this build's module after 60 s; going on");
+        }
+    }
     if !args.no_leader_election {
         info!(identity, "waiting for the leader lease");
         elector.acquire().await;

@@ -24,8 +24,16 @@ struct ObjectLabels {
     action: &'static str,
 }
 
+/// Labels of `virtual_env_module_peer_fetches_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FetchLabels {
+    /// `fetched`, `not_found` or `mismatch`.
+    result: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    peer_fetches: Family<FetchLabels, Counter>,
     reconciles: Counter,
     errors: Counter,
     duration: Histogram,
@@ -41,6 +49,7 @@ impl Default for Metrics {
         let duration = Histogram::new(BUCKETS);
         let objects = Family::<ObjectLabels, Counter>::default();
         let leader = Gauge::default();
+        let peer_fetches = Family::<FetchLabels, Counter>::default();
         registry.register(
             "reconciles",
             "Reconciles of VirtualEnvironments",
@@ -62,8 +71,14 @@ impl Default for Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        registry.register(
+            "module_peer_fetches",
+            "Filter modules this replica did not hold, asked of its peers, by result",
+            peer_fetches.clone(),
+        );
         Self {
             registry,
+            peer_fetches,
             reconciles,
             errors,
             duration,
@@ -94,6 +109,12 @@ impl Metrics {
     fn count_object(&self, kind: &'static str, action: &'static str) {
         self.objects
             .get_or_create(&ObjectLabels { kind, action })
+            .inc();
+    }
+
+    pub fn peer_fetch(&self, result: &'static str) {
+        self.peer_fetches
+            .get_or_create(&FetchLabels { result })
             .inc();
     }
 

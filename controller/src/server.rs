@@ -1,5 +1,6 @@
 //! The controller's HTTP endpoints: `/healthz`, `/readyz`, `/metrics`, and the filter module
-//! under `/filter/<sha256>.wasm` (and `/filter.wasm`), which the WasmPlugins point at.
+//! under `/filter/<sha256>.wasm` (and `/filter.wasm`), which the WasmPlugins point at. A
+//! digest this replica does not hold is asked of its peers (see [`crate::peers`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,53 +21,105 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
-use crate::module::FilterModule;
+use crate::module::{digest_in, FilterModule, ModuleStore};
+use crate::peers::{Peers, PEER_PREFIX};
 
 pub struct State {
     pub metrics: Arc<Metrics>,
-    pub module: Option<FilterModule>,
+    pub modules: ModuleStore,
+    /// The other replicas, asked for a module this one does not hold.
+    pub peers: Option<Peers>,
+    /// One peer fetch at a time: a burst of sidecars asking for a new digest makes one.
+    pub fetching: tokio::sync::Mutex<()>,
     /// Set once the VirtualEnvironment CRD is served and the controller can work.
     pub ready: AtomicBool,
     /// Cleared when the controller task or the leadership ends: the process is exiting.
     pub alive: AtomicBool,
 }
 
-/// Answers one request; pure of I/O, so it is tested directly.
-pub fn respond(state: &State, path: &str) -> Response<Full<Bytes>> {
-    let text = |status: StatusCode, body: String| {
-        Response::builder()
-            .status(status)
-            .header("content-type", "text/plain; charset=utf-8")
-            .body(Full::new(Bytes::from(body)))
-            .unwrap_or_default()
-    };
+impl State {
+    pub fn new(metrics: Arc<Metrics>, module: Option<FilterModule>, peers: Option<Peers>) -> Self {
+        Self {
+            metrics,
+            modules: ModuleStore::new(module),
+            peers,
+            fetching: tokio::sync::Mutex::new(()),
+            ready: AtomicBool::new(false),
+            alive: AtomicBool::new(true),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap_or_default()
+}
+
+/// Answers one request; tested directly, without a connection.
+pub async fn respond(state: &State, path: &str) -> Response<Full<Bytes>> {
     match path {
-        "/healthz" if state.alive.load(Ordering::Relaxed) => text(StatusCode::OK, "ok\n".into()),
-        "/healthz" => text(StatusCode::SERVICE_UNAVAILABLE, "stopping\n".into()),
-        "/readyz" if state.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n".into()),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+        "/healthz" if state.alive.load(Ordering::Relaxed) => text(StatusCode::OK, "ok\n"),
+        "/healthz" => text(StatusCode::SERVICE_UNAVAILABLE, "stopping\n"),
+        "/readyz" if state.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n"),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/metrics" => Response::builder()
             .header("content-type", crate::metrics::CONTENT_TYPE)
             .body(Full::new(Bytes::from(state.metrics.render())))
             .unwrap_or_default(),
-        path if path == "/filter.wasm" || path.starts_with("/filter/") => match &state.module {
-            Some(module) if path == "/filter.wasm" || path == module.path() => Response::builder()
-                .header("content-type", "application/wasm")
-                .header("cache-control", "public, max-age=31536000, immutable")
-                .body(Full::new(Bytes::from_static(module.bytes)))
-                .unwrap_or_default(),
-            // Another digest: another build's module, which this replica must not pass off.
-            Some(_) => text(
-                StatusCode::NOT_FOUND,
-                "no module with that digest here\n".into(),
-            ),
-            None => text(
-                StatusCode::NOT_FOUND,
-                "this controller was built without the filter module\n".into(),
-            ),
+        "/filter.wasm" => match state.modules.own() {
+            Some(own) => wasm(own.bytes.clone()),
+            None => text(StatusCode::NOT_FOUND, NO_MODULE),
         },
-        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+        path => match path.strip_prefix(PEER_PREFIX) {
+            // A peer asking: only what this replica holds, never asked further.
+            Some(path) => match digest_in(path).and_then(|d| state.modules.get(d)) {
+                Some(bytes) => wasm(bytes),
+                None => text(StatusCode::NOT_FOUND, "not found\n"),
+            },
+            None => match digest_in(path) {
+                Some(digest) => module(state, digest).await,
+                None => text(StatusCode::NOT_FOUND, "not found\n"),
+            },
+        },
     }
+}
+
+const NO_MODULE: &str = "this controller was built without the filter module\n";
+
+/// The module with `digest`: this replica's own, one fetched before, or one fetched now
+/// from a peer.
+async fn module(state: &State, digest: &str) -> Response<Full<Bytes>> {
+    if let Some(bytes) = state.modules.get(digest) {
+        return wasm(bytes);
+    }
+    let Some(peers) = &state.peers else {
+        return text(StatusCode::NOT_FOUND, "no module with that digest here\n");
+    };
+    let _one_at_a_time = state.fetching.lock().await;
+    // Fetched meanwhile by the request this one waited for?
+    if let Some(bytes) = state.modules.get(digest) {
+        return wasm(bytes);
+    }
+    let outcome = peers.fetch_into(&state.modules, digest).await;
+    state.metrics.peer_fetch(outcome.label());
+    match state.modules.get(digest) {
+        Some(bytes) => wasm(bytes),
+        None => text(
+            StatusCode::NOT_FOUND,
+            "no module with that digest here or at a peer\n",
+        ),
+    }
+}
+
+fn wasm(bytes: Bytes) -> Response<Full<Bytes>> {
+    Response::builder()
+        .header("content-type", "application/wasm")
+        .header("cache-control", "public, max-age=31536000, immutable")
+        .body(Full::new(bytes))
+        .unwrap_or_default()
 }
 
 /// Bounds on the server's connections: sidecars fetch the module through it, so a burst of
@@ -120,8 +173,8 @@ pub async fn serve_on(
         tokio::spawn(async move {
             let _permit = permit;
             let service = service_fn(move |req: Request<Incoming>| {
-                let response = respond(&state, req.uri().path());
-                async move { Ok::<_, Infallible>(response) }
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(respond(&state, req.uri().path()).await) }
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -205,12 +258,7 @@ mod tests {
     }
 
     fn state(module: Option<FilterModule>) -> State {
-        State {
-            metrics: Arc::new(Metrics::default()),
-            module,
-            ready: AtomicBool::new(false),
-            alive: AtomicBool::new(true),
-        }
+        State::new(Arc::new(Metrics::default()), module, None)
     }
 
     async fn body(r: Response<Full<Bytes>>) -> Bytes {
@@ -220,33 +268,193 @@ mod tests {
     #[tokio::test]
     async fn health_readiness_and_metrics() {
         let s = state(None);
-        assert_eq!(respond(&s, "/healthz").status(), 200);
-        assert_eq!(respond(&s, "/readyz").status(), 503);
+        assert_eq!(respond(&s, "/healthz").await.status(), 200);
+        assert_eq!(respond(&s, "/readyz").await.status(), 503);
         s.ready.store(true, Ordering::Relaxed);
-        assert_eq!(respond(&s, "/readyz").status(), 200);
+        assert_eq!(respond(&s, "/readyz").await.status(), 200);
         s.alive.store(false, Ordering::Relaxed);
-        assert_eq!(respond(&s, "/healthz").status(), 503);
-        let metrics = body(respond(&s, "/metrics")).await;
+        assert_eq!(respond(&s, "/healthz").await.status(), 503);
+        let metrics = body(respond(&s, "/metrics").await).await;
         assert!(String::from_utf8_lossy(&metrics).contains("virtual_env_reconciles_total 0"));
-        assert_eq!(respond(&s, "/nope").status(), 404);
+        assert_eq!(respond(&s, "/nope").await.status(), 404);
+    }
+
+    fn module(bytes: &'static [u8]) -> FilterModule {
+        FilterModule::new(Bytes::from_static(bytes))
     }
 
     #[tokio::test]
     async fn serves_the_module_only_under_its_own_digest() {
-        let module = FilterModule {
-            bytes: b"\0asm\x01\0\0\0",
-            sha256: "ab".repeat(32),
-        };
+        let module = module(b"\0asm\x01\0\0\0");
         let s = state(Some(module.clone()));
-        let r = respond(&s, &module.path());
+        let r = respond(&s, &module.path()).await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["content-type"], "application/wasm");
-        assert_eq!(&body(r).await[..], module.bytes);
-        assert_eq!(respond(&s, "/filter.wasm").status(), 200);
+        assert_eq!(body(r).await, module.bytes);
+        assert_eq!(respond(&s, "/filter.wasm").await.status(), 200);
+        let other = crate::module::path_of(&"cd".repeat(32));
+        assert_eq!(respond(&s, &other).await.status(), 404);
+        assert_eq!(respond(&state(None), "/filter.wasm").await.status(), 404);
+    }
+
+    /// A replica on loopback serving `module`, asking `peers` for other digests.
+    async fn replica(module: FilterModule, peers: &str) -> (SocketAddr, Arc<State>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peers = (!peers.is_empty()).then(|| Peers::new(peers));
+        let state = Arc::new(State::new(
+            Arc::new(Metrics::default()),
+            Some(module),
+            peers,
+        ));
+        tokio::spawn(serve_on(listener, Arc::clone(&state), Limits::default()));
+        (addr, state)
+    }
+
+    /// A replica's listener, bound before the replica exists, so that two replicas can
+    /// name each other as peers.
+    async fn listener() -> (TcpListener, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let name = listener.local_addr().unwrap().to_string();
+        (listener, name)
+    }
+
+    async fn get(addr: &str, path: &str) -> (u16, Bytes) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).await.unwrap();
+        let end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let status = std::str::from_utf8(&out[9..12]).unwrap().parse().unwrap();
+        (status, Bytes::copy_from_slice(&out[end..]))
+    }
+
+    /// Two replicas of two builds behind one Service, as during a rolling upgrade: a
+    /// sidecar's fetch of either build's digest succeeds on either replica.
+    #[tokio::test]
+    async fn during_a_rolling_upgrade_either_replica_serves_either_build() {
+        let old = module(b"\0asm old build");
+        let new = module(b"\0asm new build");
+        let ((old_listener, old_name), (new_listener, new_name)) =
+            (listener().await, listener().await);
+        let peers = format!("{old_name},{new_name}");
+        for (listener, module) in [(old_listener, &old), (new_listener, &new)] {
+            let state = Arc::new(State::new(
+                Arc::new(Metrics::default()),
+                Some(module.clone()),
+                Some(Peers::new(&peers)),
+            ));
+            tokio::spawn(serve_on(listener, state, Limits::default()));
+        }
+        for replica in [&old_name, &new_name] {
+            for module in [&old, &new] {
+                let (status, bytes) = get(replica, &module.path()).await;
+                assert_eq!(status, 200, "{} from {replica}", module.sha256);
+                assert_eq!(bytes, module.bytes);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_module_fetched_from_a_peer_is_kept_after_the_peer_is_gone() {
+        let theirs = module(b"\0asm theirs");
+        let (peer_listener, peer_name) = listener().await;
+        let peer = tokio::spawn(serve_on(
+            peer_listener,
+            Arc::new(state(Some(theirs.clone()))),
+            Limits::default(),
+        ));
+        let (addr, state) = replica(module(b"\0asm ours"), &peer_name).await;
+        let addr = addr.to_string();
         assert_eq!(
-            respond(&s, &format!("/filter/{}.wasm", "cd".repeat(32))).status(),
-            404
+            get(&addr, &theirs.path()).await,
+            (200, theirs.bytes.clone())
         );
-        assert_eq!(respond(&state(None), "/filter.wasm").status(), 404);
+        peer.abort();
+        let _ = peer.await;
+        assert_eq!(
+            get(&addr, &theirs.path()).await,
+            (200, theirs.bytes.clone())
+        );
+        // Unknown anywhere: asked, not found, counted.
+        let unknown = crate::module::path_of(&"ef".repeat(32));
+        assert_eq!(get(&addr, &unknown).await.0, 404);
+        let metrics = state.metrics.render();
+        assert!(
+            metrics.contains("virtual_env_module_peer_fetches_total{result=\"fetched\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("virtual_env_module_peer_fetches_total{result=\"not_found\"} 1"),
+            "{metrics}"
+        );
+    }
+
+    /// A peer asked for a digest serves only what it holds: it never asks its own peers,
+    /// so two replicas missing a module cannot ask each other in a loop.
+    #[tokio::test]
+    async fn a_peer_request_is_never_passed_on() {
+        let theirs = module(b"\0asm theirs");
+        let (far_listener, far_name) = listener().await;
+        tokio::spawn(serve_on(
+            far_listener,
+            Arc::new(state(Some(theirs.clone()))),
+            Limits::default(),
+        ));
+        let (addr, _) = replica(module(b"\0asm ours"), &far_name).await;
+        let peer_path = format!("{PEER_PREFIX}{}", theirs.path());
+        assert_eq!(get(&addr.to_string(), &peer_path).await.0, 404);
+        // Through the sidecars' path it is fetched, and then also held for peers.
+        assert_eq!(get(&addr.to_string(), &theirs.path()).await.0, 200);
+        assert_eq!(get(&addr.to_string(), &peer_path).await.0, 200);
+    }
+
+    /// A peer that answers with other bytes (a bug, a proxy in the way) is not believed.
+    #[tokio::test]
+    async fn bytes_that_do_not_have_the_digest_are_neither_served_nor_kept() {
+        let wanted = module(b"\0asm wanted");
+        let liar = Arc::new(State::new(
+            Arc::new(Metrics::default()),
+            Some(module(b"\0asm something else")),
+            None,
+        ));
+        // The liar holds other bytes under the wanted digest.
+        liar.modules.keep(FilterModule {
+            bytes: Bytes::from_static(b"\0asm something else"),
+            sha256: wanted.sha256.clone(),
+        });
+        let (liar_listener, liar_name) = listener().await;
+        tokio::spawn(serve_on(liar_listener, liar, Limits::default()));
+        let (addr, state) = replica(module(b"\0asm ours"), &liar_name).await;
+        assert_eq!(get(&addr.to_string(), &wanted.path()).await.0, 404);
+        assert_eq!(state.modules.get(&wanted.sha256), None);
+        assert!(state
+            .metrics
+            .render()
+            .contains("virtual_env_module_peer_fetches_total{result=\"mismatch\"} 1"));
+    }
+
+    #[tokio::test]
+    async fn the_leader_waits_until_its_module_is_served() {
+        let ours = module(b"\0asm ours");
+        let (listener, name) = listener().await;
+        let peers = Peers::new(&name);
+        // Nothing listens yet: not served within the limit.
+        let waited = peers
+            .wait_until_served(&ours.sha256, Duration::from_millis(10))
+            .await;
+        assert!(!waited);
+        tokio::spawn(serve_on(
+            listener,
+            Arc::new(state(Some(ours.clone()))),
+            Limits::default(),
+        ));
+        assert!(
+            peers
+                .wait_until_served(&ours.sha256, Duration::from_secs(5))
+                .await
+        );
     }
 }

@@ -250,8 +250,8 @@ fn the_sample_virtual_environments_pass_the_crd_schema() {
     assert_eq!(errors.len(), 2, "{errors:?}");
 }
 
-#[test]
-fn the_controller_deployment_is_hardened_and_probes_what_it_serves() {
+#[tokio::test]
+async fn the_controller_deployment_is_hardened_and_probes_what_it_serves() {
     let deployment: Deployment = one("Deployment");
     let spec = deployment.spec.unwrap();
     assert_eq!(spec.replicas, Some(2), "two replicas, one leader");
@@ -278,12 +278,10 @@ fn the_controller_deployment_is_hardened_and_probes_what_it_serves() {
     );
 
     // The probed paths answer as the probes expect.
-    let state = virtual_env_controller::server::State {
-        metrics: Default::default(),
-        module: None,
-        ready: true.into(),
-        alive: true.into(),
-    };
+    let state = virtual_env_controller::server::State::new(Default::default(), None, None);
+    state
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     for probe in [&container.liveness_probe, &container.readiness_probe] {
         let path = probe
             .as_ref()
@@ -295,13 +293,15 @@ fn the_controller_deployment_is_hardened_and_probes_what_it_serves() {
             .clone()
             .unwrap();
         assert_eq!(
-            virtual_env_controller::server::respond(&state, &path).status(),
+            virtual_env_controller::server::respond(&state, &path)
+                .await
+                .status(),
             200,
             "{path}"
         );
     }
     // The Service the WasmPlugins point at is where the controller says it is.
-    let service: Service = one("Service");
+    let service: Service = service("virtual-env");
     let url = container
         .env
         .iter()
@@ -330,4 +330,51 @@ fn a_misspelled_field_is_caught() {
     let mut lost = Vec::new();
     lost_fields(&doc, &serde_json::to_value(&object).unwrap(), "", &mut lost);
     assert_eq!(lost, [".spec.ports[0].targetPrt", ".spec.selectr"]);
+}
+
+fn service(name: &str) -> Service {
+    let docs = documents();
+    let (file, doc) = docs
+        .iter()
+        .find(|(f, d)| {
+            d["kind"] == "Service" && d["metadata"]["name"] == name && !f.contains("/demo/")
+        })
+        .unwrap_or_else(|| panic!("no Service {name} in deploy/"));
+    typed(file, doc)
+}
+
+/// A rolling upgrade never leaves sidecars without a replica serving their module: a new
+/// replica is ready before an old one stops, and the replicas find each other through a
+/// headless Service of exactly the controller's pods.
+#[test]
+fn replicas_find_each_other_for_modules_of_another_build() {
+    let deployment: Deployment = one("Deployment");
+    let spec = deployment.spec.unwrap();
+    let rolling = spec.strategy.unwrap().rolling_update.unwrap();
+    assert_eq!(
+        rolling.max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
+    );
+    let container = &spec.template.spec.unwrap().containers[0];
+    let peers = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "VIRTUAL_ENV_MODULE_PEERS")
+        .and_then(|e| e.value.clone())
+        .expect("VIRTUAL_ENV_MODULE_PEERS");
+    let headless = service("virtual-env-peers");
+    let ns = headless.metadata.namespace.clone().unwrap();
+    let headless_spec = headless.spec.unwrap();
+    assert_eq!(headless_spec.cluster_ip.as_deref(), Some("None"));
+    assert_ne!(headless_spec.publish_not_ready_addresses, Some(true));
+    assert_eq!(
+        headless_spec.selector, spec.selector.match_labels,
+        "the peers are the controller's pods"
+    );
+    let port = headless_spec.ports.unwrap()[0].port;
+    assert_eq!(
+        peers,
+        format!("virtual-env-peers.{ns}.svc.cluster.local:{port}")
+    );
 }

@@ -246,6 +246,9 @@ impl VirtualEnvironmentSpec {
             cluster_domain: None,
             direction: None,
             services: Default::default(),
+            // Both only in gateways' plugin objects, which planning fills in.
+            hosts: Default::default(),
+            edge_trust: None,
             env_names: Vec::new(),
             service_envs: Default::default(),
         }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::edge::{EdgeTrust, EdgeTrustError};
 use crate::env::{validate_env_name, EnvNameError, SPLITTER_CHOICES};
 use crate::service::service_key_of_fqdn;
 
@@ -66,6 +67,15 @@ pub struct PluginConfig {
     pub direction: Option<Direction>,
     /// Service FQDN -> envs in which the service has ready pods.
     pub services: BTreeMap<String, Vec<String>>,
+    /// Hosts that are not service names but reach a service through a gateway (the
+    /// service's `kt-virtual-environment/hosts`): host, lower case without port -> the
+    /// service's FQDN in `services`. Only gateways' plugin objects carry it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub hosts: BTreeMap<String, String>,
+    /// What a gateway does with an env arriving from outside the mesh (see
+    /// [`crate::edge`]). Only gateways' plugin objects carry it; absent: accept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge_trust: Option<EdgeTrust>,
     /// The services table in compact form, for large namespaces (see
     /// [`PluginConfig::compacted`]): every env name once...
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -104,6 +114,8 @@ impl Default for PluginConfig {
             cluster_domain: None,
             direction: None,
             services: BTreeMap::new(),
+            hosts: BTreeMap::new(),
+            edge_trust: None,
             env_names: Vec::new(),
             service_envs: BTreeMap::new(),
         }
@@ -152,6 +164,10 @@ pub enum ConfigError {
         index: u32,
         len: usize,
     },
+    #[error(transparent)]
+    EdgeTrust(#[from] EdgeTrustError),
+    #[error("hosts.{host}: {reason}")]
+    GatewayHost { host: String, reason: &'static str },
     #[error("{field}: {value} is out of range 0..={max}")]
     OutOfRange {
         field: &'static str,
@@ -321,8 +337,40 @@ impl PluginConfig {
                 check_env(format!("services.{fqdn}"), env, splitter)?;
             }
         }
+        for (host, fqdn) in &self.hosts {
+            let reason = if !is_dns_name(host) {
+                Some("not a lower-case DNS name without port or wildcard")
+            } else if !self.services.contains_key(fqdn) {
+                Some("names a service that is not in services")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(ConfigError::GatewayHost {
+                    host: host.clone(),
+                    reason,
+                });
+            }
+        }
+        if let Some(edge) = &self.edge_trust {
+            edge.validate(splitter)?;
+        }
         Ok(())
     }
+}
+
+/// A lower-case DNS name (RFC 1123 labels), as a gateway host without port.
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
 }
 
 fn check_env(field: String, env: &str, splitter: char) -> Result<(), ConfigError> {
@@ -420,6 +468,52 @@ mod tests {
         PluginConfig::from_json(json.as_bytes())
             .expect_err("config should be rejected")
             .to_string()
+    }
+
+    #[test]
+    fn gateway_hosts_and_edge_trust_are_checked() {
+        let base = r#""services": {"a.default.svc.cluster.local": ["dev"]}"#;
+        let ok = format!(
+            r#"{{{base}, "hosts": {{"demo.example.com": "a.default.svc.cluster.local"}},
+                "edgeTrust": {{"mode": "allowList", "allow": ["dev", "dev.proj1.*"]}}}}"#
+        );
+        let config = PluginConfig::from_json(ok.as_bytes()).unwrap();
+        assert_eq!(config.hosts.len(), 1);
+        assert!(config.edge_trust.unwrap().admits("dev.proj1.x"));
+        for (hosts, expected) in [
+            (
+                r#"{"Demo.example.com": "a.default.svc.cluster.local"}"#,
+                "not a lower-case DNS name",
+            ),
+            (
+                r#"{"demo.example.com:80": "a.default.svc.cluster.local"}"#,
+                "not a lower-case DNS name",
+            ),
+            (
+                r#"{"*.example.com": "a.default.svc.cluster.local"}"#,
+                "not a lower-case DNS name",
+            ),
+            (
+                r#"{"demo.example.com": "b.default.svc.cluster.local"}"#,
+                "not in services",
+            ),
+        ] {
+            let json = format!(r#"{{{base}, "hosts": {hosts}}}"#);
+            assert!(err(&json).contains(expected), "{hosts}: {}", err(&json));
+        }
+        let json = format!(r#"{{{base}, "edgeTrust": {{"mode": "allowList"}}}}"#);
+        assert!(err(&json).contains("at least one entry"), "{}", err(&json));
+        let json = format!(r#"{{{base}, "edgeTrust": {{"mode": "trustEveryone"}}}}"#);
+        assert!(err(&json).contains("not valid JSON"), "{}", err(&json));
+    }
+
+    #[test]
+    fn configs_without_the_gateway_fields_serialize_as_before() {
+        let json = PluginConfig::default().to_json();
+        assert!(
+            !json.contains("hosts") && !json.contains("edgeTrust"),
+            "{json}"
+        );
     }
 
     #[test]

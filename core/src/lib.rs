@@ -4,6 +4,7 @@
 //! Nothing here touches proxy-wasm or Kubernetes, so it builds natively and for wasm32.
 
 pub mod config;
+pub mod edge;
 pub mod env;
 #[cfg(test)]
 mod fuzz;
@@ -12,6 +13,7 @@ pub mod routing;
 pub mod service;
 
 pub use config::{ConfigError, Direction, PluginConfig};
+pub use edge::{EdgeMode, EdgeTrust};
 pub use env::{lineage, validate_env_name, EnvNameError};
 pub use routing::{Choice, RouteTable, ServiceEnvs, Target};
 pub use service::{lowercase, service_fqdn, service_key_of_fqdn, ServiceHost};

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use crate::config::PluginConfig;
 use crate::env::lineage;
 use crate::hash::FnvBuildHasher;
-use crate::service::{cluster_domain_of_fqdn, ServiceHost};
+use crate::service::{cluster_domain_of_fqdn, host_of, ServiceHost};
 
 type Map<K, V> = HashMap<K, V, FnvBuildHasher>;
 
@@ -86,6 +86,8 @@ pub struct RouteTable {
     /// namespace -> service name -> envs.
     namespaces: Map<Box<str>, Map<Box<str>, ServiceEnvs>>,
     cluster_domains: Vec<Box<str>>,
+    /// Gateway hosts (`hosts`): host -> (namespace, service name).
+    gateway_hosts: Map<Box<str>, (Box<str>, Box<str>)>,
     services: usize,
 }
 
@@ -125,6 +127,20 @@ impl RouteTable {
                 table.services += 1;
             }
         }
+        for (gateway_host, fqdn) in &config.hosts {
+            let fqdn = fqdn.to_ascii_lowercase();
+            if let Some(ServiceHost {
+                name,
+                namespace: Some(ns),
+                ..
+            }) = ServiceHost::parse(&fqdn)
+            {
+                table.gateway_hosts.insert(
+                    gateway_host.to_ascii_lowercase().into(),
+                    (ns.into(), name.into()),
+                );
+            }
+        }
         table.default_subset = config
             .default_subset
             .as_deref()
@@ -159,6 +175,16 @@ impl RouteTable {
     /// Where a request to `authority` (already lower case) from a pod in `own_namespace`
     /// goes. A spelled-out cluster domain must be one the table's services use.
     pub fn target(&self, authority: &str, own_namespace: &str) -> Target<'_> {
+        if !self.gateway_hosts.is_empty() {
+            let gateway_host = host_of(authority).and_then(|h| self.gateway_hosts.get(h));
+            if let Some((ns, name)) = gateway_host {
+                return self
+                    .namespaces
+                    .get(ns)
+                    .and_then(|services| services.get(name))
+                    .map_or(Target::Unrouted, Target::Service);
+            }
+        }
         let Some(host) = ServiceHost::parse(authority) else {
             return Target::Outside;
         };
@@ -293,6 +319,30 @@ mod tests {
         let t = table(None);
         assert_eq!(choose(&t, "b", Some("other")), "None");
         assert_eq!(choose(&t, "b", None), "None");
+    }
+
+    #[test]
+    fn gateway_hosts_reach_their_service_with_or_without_port() {
+        let mut config = PluginConfig::default();
+        config
+            .services
+            .insert("a.default.svc.cluster.local".into(), vec!["dev".into()]);
+        config.hosts.insert(
+            "demo.example.com".into(),
+            "a.default.svc.cluster.local".into(),
+        );
+        config.validate().unwrap();
+        let t = RouteTable::new(&config);
+        let a = t.service("a.default").unwrap();
+        for authority in ["demo.example.com", "demo.example.com:443"] {
+            assert_eq!(t.target(authority, "istio-system"), Target::Service(a));
+        }
+        assert_eq!(
+            t.target("other.example.com", "istio-system"),
+            Target::Outside
+        );
+        // Service names still resolve as before.
+        assert_eq!(t.target("a.default", "istio-system"), Target::Service(a));
     }
 
     #[test]

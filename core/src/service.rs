@@ -59,7 +59,7 @@ pub fn lowercase(authority: &str) -> Cow<'_, str> {
 }
 
 /// Strips the port from an `:authority` / `Host` value. IPv6 literals are not services.
-fn host_of(authority: &str) -> Option<&str> {
+pub(crate) fn host_of(authority: &str) -> Option<&str> {
     if authority.starts_with('[') {
         return None;
     }

@@ -11,6 +11,23 @@ pub fn baggage_member<'a>(header: &'a str, key: &str) -> Option<Cow<'a, str>> {
     })
 }
 
+/// The baggage header without its members named `key`; `None` when it has none.
+pub fn without_member(header: &str, key: &str) -> Option<String> {
+    let is_key = |member: &&str| {
+        let name = member.split(';').next().unwrap_or("");
+        name.split_once('=').is_some_and(|(k, _)| k.trim() == key)
+    };
+    if !header.split(',').any(|m| is_key(&m)) {
+        return None;
+    }
+    let kept: Vec<&str> = header
+        .split(',')
+        .filter(|m| !is_key(m))
+        .map(str::trim)
+        .collect();
+    Some(kept.join(","))
+}
+
 /// Decodes `%XX` escapes; `None` when an escape is malformed or the result is not UTF-8.
 fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
     if !s.contains('%') {
@@ -46,6 +63,21 @@ mod tests {
         assert_eq!(baggage_member(h, "serverNode").as_deref(), Some("DF 28"));
         assert_eq!(baggage_member(h, "userId").as_deref(), Some("alice"));
         assert_eq!(baggage_member(h, "missing"), None);
+    }
+
+    #[test]
+    fn removes_every_member_of_the_key_and_keeps_the_others() {
+        let h = "userId=alice, virtual-env=dev.proj1;ttl=3 ,serverNode=x,virtual-env=b";
+        assert_eq!(
+            without_member(h, "virtual-env").as_deref(),
+            Some("userId=alice,serverNode=x")
+        );
+        assert_eq!(
+            without_member("virtual-env=dev", "virtual-env").as_deref(),
+            Some("")
+        );
+        assert_eq!(without_member("userId=alice", "virtual-env"), None);
+        assert_eq!(without_member("virtual-env-x=1", "virtual-env"), None);
     }
 
     #[test]

@@ -14,9 +14,11 @@ use std::borrow::Cow;
 
 use log::debug;
 use virtual_env_core::hash::HashKey;
-use virtual_env_core::{lowercase, validate_env_name, Choice, PluginConfig, RouteTable, Target};
+use virtual_env_core::{
+    lowercase, validate_env_name, Choice, EdgeMode, EdgeTrust, PluginConfig, RouteTable, Target,
+};
 
-use crate::baggage::baggage_member;
+use crate::baggage::{baggage_member, without_member};
 use crate::correlation::CorrelationTable;
 use crate::host::Host;
 use crate::metrics::Metric;
@@ -87,6 +89,8 @@ pub struct FilterConfig {
     auto_inject: bool,
     splitter: char,
     direction: Option<Direction>,
+    /// Set in gateways' configs that do not accept every env from outside.
+    edge_trust: Option<EdgeTrust>,
     routes: RouteTable,
 }
 
@@ -112,6 +116,10 @@ impl FilterConfig {
             auto_inject: config.auto_inject,
             splitter: config.splitter_char(),
             direction: config.direction,
+            edge_trust: config
+                .edge_trust
+                .clone()
+                .filter(|edge| edge.mode != EdgeMode::Accept),
             routes: RouteTable::new(config),
         }
     }
@@ -171,8 +179,11 @@ impl FilterConfig {
             host.remove_request_header(&self.route_header);
             return;
         }
-        let resolved = self
-            .env_from_request(host)
+        let from_request = match &self.edge_trust {
+            None => self.env_from_request(host),
+            Some(edge) => self.env_at_edge(edge, host),
+        };
+        let resolved = from_request
             .or_else(|| self.env_from_trace(host).map(|env| (env, EnvSource::Trace)))
             .or_else(|| {
                 let own = node.own_env.as_ref().filter(|_| self.auto_inject)?;
@@ -205,6 +216,34 @@ impl FilterConfig {
             Some(subset) => host.set_request_header(&self.route_header, subset),
             None => host.remove_request_header(&self.route_header),
         }
+    }
+
+    /// At a gateway that does not accept every env: the request's env if the gateway's
+    /// `edgeTrust` admits it; else none, with every carrier of an env removed from the
+    /// request, so that no hop behind the gateway finds one.
+    fn env_at_edge(&self, edge: &EdgeTrust, host: &mut impl Host) -> Option<(String, EnvSource)> {
+        if let Some((env, source)) = self.env_from_request(host) {
+            if edge.admits(&env) {
+                return Some((env, source));
+            }
+            debug!("virtual-env: removing env {env:?} at the edge");
+            host.increment(Metric::EnvRemovedAtEdge);
+        }
+        host.remove_request_header(&self.env_header);
+        for alias in &self.header_aliases {
+            host.remove_request_header(alias);
+        }
+        if let Some(key) = &self.baggage_key {
+            let rest = self
+                .text(host, "baggage")
+                .and_then(|baggage| without_member(&baggage, key));
+            match rest.as_deref() {
+                Some("") => host.remove_request_header("baggage"),
+                Some(rest) => host.set_request_header("baggage", rest),
+                None => {}
+            }
+        }
+        None
     }
 
     fn on_inbound(&self, host: &mut impl Host) {

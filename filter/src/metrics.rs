@@ -25,10 +25,12 @@ pub enum Metric {
     /// Plugin configs accepted / rejected (counted once per config, not once per worker).
     ConfigLoaded,
     ConfigRejected,
+    /// Requests at a gateway whose env was removed by its `edgeTrust`.
+    EnvRemovedAtEdge,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 15] = [
+    pub const ALL: [Metric; 16] = [
         Metric::EnvFromHeader,
         Metric::EnvFromAlias,
         Metric::EnvFromBaggage,
@@ -44,6 +46,7 @@ impl Metric {
         Metric::TraceRecorded,
         Metric::ConfigLoaded,
         Metric::ConfigRejected,
+        Metric::EnvRemovedAtEdge,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +66,7 @@ impl Metric {
             Metric::TraceRecorded => "virtual_env.trace_recorded",
             Metric::ConfigLoaded => "virtual_env.config.loaded",
             Metric::ConfigRejected => "virtual_env.config.rejected",
+            Metric::EnvRemovedAtEdge => "virtual_env.edge.env_removed",
         }
     }
 

@@ -87,6 +87,60 @@ async fn the_configs_direction_decides_the_side_not_the_listener() -> Result<()>
     Ok(())
 }
 
+/// A gateway's plugin config: the seed's table, `demo.example.com` reaching app-a, the
+/// default subset `dev`, and `edge` (an `edgeTrust` or nothing).
+fn gateway_config(edge: &str) -> String {
+    config(&format!(
+        r#""direction": "outbound", "defaultSubset": "dev",
+           "hosts": {{"demo.example.com": "app-a.default.svc.cluster.local"}}, {edge}"#
+    ))
+}
+
+#[tokio::test]
+async fn a_gateway_routes_its_hosts_by_env_within_its_edge_trust() -> Result<()> {
+    let env = [("x-virtual-env", "dev.proj1.user1")];
+    let accept = Sidecar::start("", ENVS, &gateway_config("")).await?;
+    let r = accept.call("demo.example.com", &env).await?;
+    assert_eq!(r.text(), "dev.proj1", "fallback through a gateway host");
+    assert_eq!(r.header("x-seen-env"), Some("dev.proj1.user1"));
+    assert_eq!(accept.route("demo.example.com:443", &[]).await?, "dev");
+
+    let listed = r#""edgeTrust": {"mode": "allowList", "allow": ["dev.proj1.*"]},"#;
+    let allow = Sidecar::start("", ENVS, &gateway_config(listed)).await?;
+    assert_eq!(allow.route("demo.example.com", &env).await?, "dev.proj1");
+    let r = allow
+        .call(
+            "demo.example.com",
+            &[
+                ("x-virtual-env", "dev.proj1"),
+                ("baggage", "virtual-env=dev.proj1,k=v"),
+            ],
+        )
+        .await?;
+    assert_eq!(r.text(), "dev", "not listed: removed, the default subset");
+    assert_eq!(r.header("x-seen-env"), None, "no env left for the next hop");
+
+    let strip = Sidecar::start(
+        "",
+        ENVS,
+        &gateway_config(r#""edgeTrust": {"mode": "strip"},"#),
+    )
+    .await?;
+    let r = strip.call("demo.example.com", &env).await?;
+    assert_eq!(r.text(), "dev");
+    assert_eq!(r.header("x-seen-env"), None);
+    assert_eq!(strip.route("demo.example.com", &env).await?, "dev");
+    assert_eq!(
+        strip
+            .envoy
+            .stat_eventually("wasmcustom.virtual_env.edge.env_removed", 2)
+            .await?,
+        2,
+        "the two requests with an env"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_compact_services_table_routes_the_same() -> Result<()> {
     // What the controller writes for a large namespace: env names once, indices per service.

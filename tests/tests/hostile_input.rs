@@ -395,3 +395,39 @@ async fn many_distinct_trace_ids_keep_memory_flat_and_recent_traces_found() -> R
     );
     Ok(())
 }
+
+/// A gateway that strips envs from outside: hostile bytes in any env carrier are removed
+/// like a valid env, and nothing the client sends reaches the route or the next hop.
+#[tokio::test]
+async fn a_stripping_gateway_removes_hostile_env_carriers_and_keeps_running() -> Result<()> {
+    let gateway = format!(
+        r#"{{"routeHeader": "{ROUTE_HEADER}", "defaultSubset": "dev", "direction": "outbound",
+            "headerAliases": ["x-env", "x-env-two"],
+            "hosts": {{"demo.example.com": "app-a.default.svc.cluster.local"}},
+            "edgeTrust": {{"mode": "strip"}},
+            "services": {{"app-a.default.svc.cluster.local": ["dev", "dev.proj1"]}}}}"#
+    );
+    let sidecar = one_worker(&gateway).await?;
+    let mut conn = RawConnection::open(sidecar.outbound()).await?;
+    for header in [
+        "x-virtual-env",
+        ALIASES[0],
+        ALIASES[1],
+        "baggage",
+        ROUTE_HEADER,
+    ] {
+        for value in [NOT_UTF8, b"dev.proj1", b"virtual-env=dev.proj1"] {
+            let r = send(&mut conn, request(b"demo.example.com", &[(header, value)])).await?;
+            assert_eq!(r.text(), "dev", "{header}: {value:?}");
+            assert_eq!(r.header("x-seen-env"), None, "{header}: {value:?}");
+        }
+    }
+    // Still running: a forged route header is still overwritten with the default.
+    let r = send(
+        &mut conn,
+        request(b"demo.example.com", &[(ROUTE_HEADER, b"dev.proj1")]),
+    )
+    .await?;
+    assert_eq!(r.text(), "dev");
+    Ok(())
+}

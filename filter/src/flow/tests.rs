@@ -399,3 +399,99 @@ fn an_invalid_own_label_is_not_an_env() {
     assert_eq!(cfg.own_env(Some("dev..x".into())), None);
     assert_eq!(cfg.own_env(None), None);
 }
+
+/// A gateway's config: the seed's table, `demo.example.com` for app-a, and `edge`.
+fn gateway(edge: &str) -> FilterConfig {
+    seed(&format!(
+        r#""direction": "outbound", "defaultSubset": "dev", "headerAliases": ["x-env"],
+           "hosts": {{"demo.example.com": "app-a.default.svc.cluster.local"}}, {edge}"#
+    ))
+}
+
+fn at_gateway(cfg: &FilterConfig, headers: &[(&str, &str)]) -> MockHost {
+    let mut host = MockHost::new().with_header(":authority", "demo.example.com:443");
+    for (k, v) in headers {
+        host = host.with_header(k, v);
+    }
+    let gateway_node = Node {
+        namespace: "istio-system".into(),
+        own_env: None,
+    };
+    outbound(cfg, &gateway_node, host)
+}
+
+#[test]
+fn a_gateway_host_routes_its_service_by_env() {
+    let cfg = gateway("");
+    let h = at_gateway(&cfg, &[("x-virtual-env", "dev.proj1.alice")]);
+    assert_eq!(h.header(ROUTE), Some("dev.proj1"));
+    assert_eq!(h.header("x-virtual-env"), Some("dev.proj1.alice"));
+    let h = at_gateway(&cfg, &[("baggage", "virtual-env=dev.proj1")]);
+    assert_eq!(h.header(ROUTE), Some("dev.proj1"));
+    assert_eq!(h.header("x-virtual-env"), Some("dev.proj1"), "propagated");
+}
+
+#[test]
+fn edge_trust_accept_is_the_default_behaviour() {
+    let cfg = gateway(r#""edgeTrust": {"mode": "accept"},"#);
+    let h = at_gateway(&cfg, &[("x-virtual-env", "dev.proj1")]);
+    assert_eq!(h.header(ROUTE), Some("dev.proj1"));
+    assert_eq!(h.count(Metric::EnvRemovedAtEdge), 0);
+}
+
+#[test]
+fn edge_trust_strip_removes_every_carrier_and_takes_the_default() {
+    let cfg = gateway(r#""edgeTrust": {"mode": "strip"},"#);
+    let h = at_gateway(
+        &cfg,
+        &[
+            ("x-virtual-env", "dev.proj1"),
+            ("x-env", "dev.proj1"),
+            ("baggage", "userId=alice,virtual-env=dev.proj1"),
+            (ROUTE, "dev.proj1"),
+        ],
+    );
+    assert_eq!(h.header(ROUTE), Some("dev"), "the default subset");
+    assert_eq!(h.header("x-virtual-env"), None);
+    assert_eq!(h.header("x-env"), None);
+    assert_eq!(h.header("baggage"), Some("userId=alice"));
+    assert_eq!(h.count(Metric::EnvRemovedAtEdge), 1);
+    // Baggage with only the env member goes entirely; an invalid env goes too.
+    let h = at_gateway(
+        &cfg,
+        &[
+            ("baggage", "virtual-env=dev.proj1"),
+            ("x-virtual-env", ".."),
+        ],
+    );
+    assert_eq!(h.header("baggage"), None);
+    assert_eq!(h.header("x-virtual-env"), None);
+}
+
+#[test]
+fn edge_trust_allow_list_admits_listed_envs_only() {
+    let cfg = gateway(r#""edgeTrust": {"mode": "allowList", "allow": ["dev", "dev.proj1.*"]},"#);
+    let h = at_gateway(&cfg, &[("x-virtual-env", "dev.proj1.alice")]);
+    assert_eq!(h.header(ROUTE), Some("dev.proj1"));
+    assert_eq!(h.header("x-virtual-env"), Some("dev.proj1.alice"));
+    let h = at_gateway(&cfg, &[("x-env", "dev.proj1")]);
+    assert_eq!(
+        h.header(ROUTE),
+        Some("dev"),
+        "dev.proj1 itself is not listed"
+    );
+    assert_eq!(h.header("x-env"), None);
+    assert_eq!(h.header("x-virtual-env"), None);
+    assert_eq!(h.count(Metric::EnvRemovedAtEdge), 1);
+}
+
+#[test]
+fn edge_trust_leaves_hosts_outside_the_table_alone() {
+    let cfg = gateway(r#""edgeTrust": {"mode": "strip"},"#);
+    let mut host = MockHost::new()
+        .with_header(":authority", "elsewhere.example.com")
+        .with_header("x-virtual-env", "dev.proj1");
+    cfg.on_request_headers(&node(None), Direction::Outbound, &mut host);
+    assert_eq!(host.header("x-virtual-env"), Some("dev.proj1"));
+    assert_eq!(host.count(Metric::EnvRemovedAtEdge), 0);
+}

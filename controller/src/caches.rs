@@ -22,21 +22,22 @@ use crate::plan::Snapshot;
 pub struct Caches {
     pub services: Store<Service>,
     pub pods: Store<Pod>,
-    pub istio: [(Kind, Store<DynamicObject>); 3],
+    pub istio: [(Kind, Store<DynamicObject>); 4],
 }
 
 /// The writing ends of [`Caches`], for the reflectors (or a test) to fill.
 pub struct Writers {
     pub services: Writer<Service>,
     pub pods: Writer<Pod>,
-    pub istio: [(Kind, Writer<DynamicObject>); 3],
+    pub istio: [(Kind, Writer<DynamicObject>); 4],
 }
 
-/// The Istio kinds the controller reads and writes.
-pub const ISTIO_KINDS: [Kind; 3] = [
+/// The Istio kinds the controller reads (it writes all but Gateways).
+pub const ISTIO_KINDS: [Kind; 4] = [
     Kind::VirtualService,
     Kind::DestinationRule,
     Kind::WasmPlugin,
+    Kind::Gateway,
 ];
 
 /// Empty caches and their writers.
@@ -47,7 +48,7 @@ pub fn caches() -> (Caches, Writers) {
     let caches = Caches {
         services: services.as_reader(),
         pods: pods.as_reader(),
-        istio: [0, 1, 2].map(|i| (istio[i].0, istio[i].1.as_reader())),
+        istio: [0, 1, 2, 3].map(|i| (istio[i].0, istio[i].1.as_reader())),
     };
     (
         caches,
@@ -109,10 +110,24 @@ impl Caches {
             .map(|p| (*p).clone())
             .collect();
         let mut existing = Vec::new();
+        let mut elsewhere = Vec::new();
         for (kind, store) in &self.istio {
-            for object in store.state().into_iter().filter(|o| here(o.namespace())) {
-                if let Ok(value) = serde_json::to_value(&*object) {
-                    existing.push(Existing::from_json(*kind, &value, ns));
+            for object in store.state() {
+                let in_ns = here(object.namespace());
+                let gateway_plugin = *kind == Kind::WasmPlugin
+                    && !in_ns
+                    && crate::gateway::of_namespace(&object.name_any(), object.labels(), ns);
+                if !(in_ns || gateway_plugin || *kind == Kind::Gateway) {
+                    continue;
+                }
+                let Ok(value) = serde_json::to_value(&*object) else {
+                    continue;
+                };
+                let object = Existing::from_json(*kind, &value, ns);
+                if in_ns && *kind != Kind::Gateway {
+                    existing.push(object);
+                } else {
+                    elsewhere.push(object);
                 }
             }
         }
@@ -120,6 +135,7 @@ impl Caches {
             services,
             pods,
             existing,
+            elsewhere,
         }
     }
 }
@@ -147,9 +163,17 @@ pub fn slim_pod(pod: &mut Pod) {
     });
 }
 
-/// A service without managed fields and annotations.
+/// A service without managed fields, and of its annotations only the gateway ones.
 pub fn slim_service(service: &mut Service) {
-    service.metadata.annotations = None;
+    if let Some(annotations) = service.metadata.annotations.as_mut() {
+        annotations.retain(|k, _| {
+            k == crate::gateway::GATEWAYS_ANNOTATION || k == crate::gateway::HOSTS_ANNOTATION
+        });
+    }
+    service
+        .metadata
+        .annotations
+        .take_if(|annotations| annotations.is_empty());
     service.metadata.managed_fields = None;
 }
 

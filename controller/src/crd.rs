@@ -48,6 +48,60 @@ pub struct VirtualEnvironmentSpec {
     /// was built with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wasm_module: Option<WasmModule>,
+    /// Services entered through Istio Gateways, as the original project's Service
+    /// annotations `kt-virtual-environment/gateways` and `kt-virtual-environment/hosts` say
+    /// (both are read; an entry here adds to a service's annotations).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<GatewayEntry>,
+    /// What the gateways do with an env that arrives from outside the mesh. Default:
+    /// accept it, as the original project did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_trust: Option<EdgeTrustSpec>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayEntry {
+    /// The service, by its name in this namespace.
+    pub service: String,
+    /// Istio Gateways, as a VirtualService names them: `<namespace>/<name>`, or `<name>`
+    /// for one in this namespace.
+    pub gateways: Vec<String>,
+    /// Hosts the gateways serve the service under (e.g. `demo.example.com`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeTrustSpec {
+    /// `accept` any env, only an `allowList`'s, or `strip` them all.
+    pub mode: EdgeTrustMode,
+    /// For `allowList`: env names, or prefixes ending in `*` (`dev.proj1.*`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum EdgeTrustMode {
+    Accept,
+    AllowList,
+    Strip,
+}
+
+impl EdgeTrustSpec {
+    /// The plugin config's form.
+    pub fn to_config(&self) -> virtual_env_core::EdgeTrust {
+        virtual_env_core::EdgeTrust {
+            mode: match self.mode {
+                EdgeTrustMode::Accept => virtual_env_core::EdgeMode::Accept,
+                EdgeTrustMode::AllowList => virtual_env_core::EdgeMode::AllowList,
+                EdgeTrustMode::Strip => virtual_env_core::EdgeMode::Strip,
+            },
+            allow: self.allow.clone(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]

@@ -10,15 +10,16 @@ use kube::api::ApiResource;
 use serde_json::Value;
 use virtual_env_core::{lowercase, ServiceHost};
 
-use crate::istio::{DestinationRule, VirtualService, WasmPlugin};
-use crate::plan::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::istio::{DestinationRule, Gateway, VirtualService, WasmPlugin};
+use crate::plan::{MANAGED_BY, MANAGED_BY_LABEL, OWNER_UID_LABEL};
 
-/// The kinds the controller writes.
+/// The Istio kinds the controller writes, and Gateways, which it reads only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     VirtualService,
     DestinationRule,
     WasmPlugin,
+    Gateway,
 }
 
 impl Kind {
@@ -27,6 +28,7 @@ impl Kind {
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::WasmPlugin => "WasmPlugin",
+            Kind::Gateway => "Gateway",
         }
     }
 
@@ -36,6 +38,7 @@ impl Kind {
             Kind::VirtualService => ApiResource::erase::<VirtualService>(&()),
             Kind::DestinationRule => ApiResource::erase::<DestinationRule>(&()),
             Kind::WasmPlugin => ApiResource::erase::<WasmPlugin>(&()),
+            Kind::Gateway => ApiResource::erase::<Gateway>(&()),
         }
     }
 }
@@ -81,7 +84,7 @@ impl Existing {
                 )
             }
             Kind::DestinationRule => (text(&spec["host"]).into_iter().collect(), true),
-            Kind::WasmPlugin => (Vec::new(), true),
+            Kind::WasmPlugin | Kind::Gateway => (Vec::new(), true),
         };
         Self {
             kind,
@@ -89,11 +92,14 @@ impl Existing {
             namespace: text(&meta["namespace"]).unwrap_or_else(|| default_namespace.to_owned()),
             uid: text(&meta["uid"]),
             labelled: meta["labels"][MANAGED_BY_LABEL] == MANAGED_BY,
+            // Objects in other namespaces (a gateway's plugin) cannot have an owner
+            // reference; a label names their owner's UID instead.
             owners: meta["ownerReferences"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .filter_map(|r| text(&r["uid"]))
+                .chain(text(&meta["labels"][OWNER_UID_LABEL]))
                 .collect(),
             hosts,
             mesh,

@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 )]
 pub struct VirtualServiceSpec {
     pub hosts: Vec<String>,
+    /// Gateways the routes apply to (`mesh` for sidecars); absent: sidecars only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
     pub http: Vec<HttpRoute>,
 }
 
@@ -104,6 +107,10 @@ pub struct WasmPluginSpec {
     /// `FAIL_OPEN`: if the module cannot be fetched, traffic flows unrouted rather than
     /// failing.
     pub fail_strategy: String,
+    /// The workloads of the object's namespace that load the plugin (a gateway's pods);
+    /// absent: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<WorkloadSelector>,
     /// Which listeners get the plugin: one side each (`CLIENT` or `SERVER`).
     #[serde(rename = "match", default, skip_serializing_if = "Vec::is_empty")]
     pub traffic_selectors: Vec<TrafficSelector>,
@@ -116,4 +123,27 @@ pub struct WasmPluginSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TrafficSelector {
     pub mode: String,
+}
+
+/// Istio's `WorkloadSelector`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSelector {
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// `networking.istio.io/v1` Gateway: only read (its pods get a gateway's plugin object),
+/// never written.
+#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[kube(
+    group = "networking.istio.io",
+    version = "v1",
+    kind = "Gateway",
+    namespaced,
+    derive = "PartialEq"
+)]
+pub struct GatewaySpec {
+    /// The gateway pods' labels.
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
 }

@@ -32,7 +32,10 @@ pub fn render_plan(plan: &Plan) -> String {
     for line in plan
         .skipped
         .iter()
-        .map(|s| format!("skipped service {s}"))
+        .map(|s| match s.starts_with("gateway ") {
+            true => format!("skipped {s}"),
+            false => format!("skipped service {s}"),
+        })
         .chain(plan.ignored_pods.iter().map(|p| format!("ignored pod {p}")))
     {
         let _ = writeln!(out, "# {line}");
@@ -41,6 +44,7 @@ pub fn render_plan(plan: &Plan) -> String {
         to_yaml(&plan.wasm_plugin),
         to_yaml(&plan.inbound_wasm_plugin),
     ];
+    docs.extend(plan.gateway_plugins.iter().map(to_yaml));
     for (vs, dr) in plan.virtual_services.iter().zip(&plan.destination_rules) {
         docs.push(to_yaml(vs));
         docs.push(to_yaml(dr));

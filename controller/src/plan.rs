@@ -9,10 +9,13 @@ use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use thiserror::Error;
 use virtual_env_core::hash::fnv1a;
-use virtual_env_core::{service_fqdn, validate_env_name, ConfigError, Direction, PluginConfig};
+use virtual_env_core::{
+    lowercase, service_fqdn, validate_env_name, ConfigError, Direction, PluginConfig,
+};
 
 use crate::crd::{VirtualEnvironment, ROUTE_HEADER_SUFFIX_LEN};
 use crate::existing::{Existing, Kind};
+use crate::gateway::{self, GatewayName};
 use crate::istio::{
     Destination, DestinationRule, DestinationRuleSpec, HeaderOperations, Headers, HttpMatchRequest,
     HttpRoute, HttpRouteDestination, StringMatch, Subset, TrafficSelector, VirtualService,
@@ -24,6 +27,10 @@ use crate::subset::SubsetNames;
 /// The label that marks the objects virtual-env manages (and may prune).
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "virtual-env";
+/// On objects in other namespaces (a gateway's plugin), which cannot have an owner
+/// reference: the owning VirtualEnvironment's UID and namespace.
+pub const OWNER_UID_LABEL: &str = "env.alibaba.com/owner-uid";
+pub const OWNER_NAMESPACE_LABEL: &str = "env.alibaba.com/owner-namespace";
 /// The namespace's WasmPlugin for the calling side (outbound listeners and gateways): it
 /// routes, and carries the services table.
 pub const WASM_PLUGIN_NAME: &str = "virtual-env";
@@ -57,6 +64,9 @@ pub struct Snapshot {
     /// them: a service that another's object routes is left alone, and only the objects
     /// this VirtualEnvironment owns are pruned.
     pub existing: Vec<Existing>,
+    /// Outside the namespace: the cluster's Gateways, and the WasmPlugins under the names
+    /// of this namespace's gateway plugin objects (ours to prune, or someone else's).
+    pub elsewhere: Vec<Existing>,
 }
 
 /// The desired state of a namespace.
@@ -81,6 +91,9 @@ pub struct Plan {
     /// Objects this VirtualEnvironment owns and no longer needs: VirtualServices first,
     /// so that no route is left pointing at a subset that is gone.
     pub prune: Vec<Existing>,
+    /// The plugin objects of the gateways that expose the namespace's services, each in
+    /// its gateway's namespace (see `gateway.rs`).
+    pub gateway_plugins: Vec<WasmPlugin>,
 }
 
 #[derive(Debug, Error)]
@@ -91,6 +104,8 @@ pub enum PlanError {
     NoNamespace,
     #[error("a WasmPlugin named {1} exists in namespace {0} and is not managed by this VirtualEnvironment; rename or remove it")]
     WasmPluginTaken(String, &'static str),
+    #[error("invalid spec: {0}")]
+    InvalidEdgeTrust(#[from] virtual_env_core::edge::EdgeTrustError),
     #[error("the plugin config would be {bytes} bytes even in compact form, over the {max} bytes this controller writes into one object (Kubernetes stores at most ~1.5 MiB); nothing was changed. Split the namespace, or route fewer envs")]
     ConfigTooLarge { bytes: usize, max: usize },
 }
@@ -148,6 +163,9 @@ pub fn plan_namespace(
     let namespace = ve.namespace().ok_or(PlanError::NoNamespace)?;
     let mut plugin_config = ve.spec.plugin_config();
     plugin_config.validate()?;
+    if let Some(edge) = &ve.spec.edge_trust {
+        edge.to_config().validate(plugin_config.splitter_char())?;
+    }
     let owner_uid = ve.uid();
     let others: Vec<&Existing> = snapshot
         .existing
@@ -218,7 +236,11 @@ pub fn plan_namespace(
         ignored_pods,
         route_header: route_header.clone(),
         prune: Vec::new(),
+        gateway_plugins: Vec::new(),
     };
+    let (exposures, exposure_problems) = gateway::exposures(ve, &snapshot.services, &namespace);
+    plan.skipped.extend(exposure_problems);
+    let mut exposed = Vec::new();
     for service in services {
         let name = service.name_any();
         let Some(selector) = service
@@ -293,10 +315,42 @@ pub fn plan_namespace(
             route: vec![to(&host, default_route)],
             headers: strip.clone(),
         });
+        let mut hosts = vec![host.clone()];
+        let mut gateways = Vec::new();
+        if let Some(exposure) = exposures.get(&name) {
+            // A user's object for a gateway host would be merged with ours by Istio.
+            let mut taken: Vec<String> = others
+                .iter()
+                .filter(|e| e.kind == Kind::VirtualService)
+                .filter(|e| {
+                    e.hosts
+                        .iter()
+                        .any(|h| exposure.hosts.contains(&lowercase(h).into_owned()))
+                })
+                .map(|e| e.describe())
+                .collect();
+            taken.dedup();
+            if taken.is_empty() {
+                hosts.extend(exposure.hosts.iter().cloned());
+                gateways = exposure
+                    .gateways
+                    .iter()
+                    .map(GatewayName::reference)
+                    .collect();
+                gateways.push("mesh".into());
+                exposed.push((name.clone(), host.clone(), exposure));
+            } else {
+                plan.skipped.push(format!(
+                    "{name}: not exposed through gateways: its hosts are routed by {}, which this VirtualEnvironment does not manage",
+                    taken.join(", ")
+                ));
+            }
+        }
         plan.virtual_services.push(VirtualService {
             metadata: meta.clone(),
             spec: VirtualServiceSpec {
-                hosts: vec![host.clone()],
+                hosts,
+                gateways,
                 http,
             },
         });
@@ -325,15 +379,50 @@ pub fn plan_namespace(
             max: settings.max_plugin_config_bytes,
         });
     }
-    let wanted = |kind: Kind, name: &str| match kind {
-        Kind::VirtualService => plan.virtual_services.iter().any(|o| o.name_any() == name),
-        Kind::DestinationRule => plan.destination_rules.iter().any(|o| o.name_any() == name),
-        Kind::WasmPlugin => name == WASM_PLUGIN_NAME || name == INBOUND_WASM_PLUGIN_NAME,
+    let exposed: Vec<gateway::ExposedService<'_>> = exposed
+        .iter()
+        .map(|(name, fqdn, exposure)| gateway::ExposedService {
+            name,
+            fqdn: fqdn.clone(),
+            envs: plan
+                .plugin_config
+                .services
+                .get(fqdn)
+                .cloned()
+                .unwrap_or_default(),
+            exposure,
+        })
+        .collect();
+    let gateway_plans = gateway::plan_gateways(
+        ve,
+        &namespace,
+        &exposed,
+        &plan.plugin_config,
+        &snapshot.elsewhere,
+        &snapshot.elsewhere,
+        &wasm_source(ve, settings),
+    );
+    plan.gateway_plugins = gateway_plans.plugins;
+    plan.skipped.extend(gateway_plans.skipped);
+    let wanted = |e: &Existing| match e.kind {
+        Kind::VirtualService => plan.virtual_services.iter().any(|o| o.name_any() == e.name),
+        Kind::DestinationRule => plan
+            .destination_rules
+            .iter()
+            .any(|o| o.name_any() == e.name),
+        Kind::WasmPlugin if e.namespace == namespace => {
+            e.name == WASM_PLUGIN_NAME || e.name == INBOUND_WASM_PLUGIN_NAME
+        }
+        Kind::WasmPlugin => plan.gateway_plugins.iter().any(|o| {
+            o.name_any() == e.name && o.namespace().as_deref() == Some(e.namespace.as_str())
+        }),
+        Kind::Gateway => true,
     };
     let mut prune: Vec<Existing> = snapshot
         .existing
         .iter()
-        .filter(|e| e.managed_by(owner_uid.as_deref()) && !wanted(e.kind, &e.name))
+        .chain(&snapshot.elsewhere)
+        .filter(|e| e.managed_by(owner_uid.as_deref()) && !wanted(e))
         .cloned()
         .collect();
     prune.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
@@ -420,6 +509,17 @@ pub fn inbound(config: &PluginConfig) -> PluginConfig {
     }
 }
 
+/// Where sidecars fetch the module: the spec's `wasmModule`, else the controller's.
+fn wasm_source(ve: &VirtualEnvironment, settings: &Settings) -> WasmSource {
+    ve.spec.wasm_module.as_ref().map_or_else(
+        || settings.wasm.clone(),
+        |m| WasmSource {
+            url: m.url.clone(),
+            sha256: m.sha256.clone(),
+        },
+    )
+}
+
 /// A plugin object for `config`'s side. Istio applies CLIENT to outbound and gateway
 /// listeners and SERVER to inbound ones (`workloadModeForListenerClass` in istiod).
 fn wasm_plugin(
@@ -432,19 +532,14 @@ fn wasm_plugin(
         Some(Direction::Inbound) => (INBOUND_WASM_PLUGIN_NAME, "SERVER"),
         _ => (WASM_PLUGIN_NAME, "CLIENT"),
     };
-    let source = ve.spec.wasm_module.as_ref().map_or_else(
-        || settings.wasm.clone(),
-        |m| WasmSource {
-            url: m.url.clone(),
-            sha256: m.sha256.clone(),
-        },
-    );
+    let source = wasm_source(ve, settings);
     WasmPlugin {
         metadata: managed_meta(ve, name, namespace),
         spec: WasmPluginSpec {
             url: source.url,
             sha256: source.sha256,
             fail_strategy: "FAIL_OPEN".into(),
+            selector: None,
             traffic_selectors: vec![TrafficSelector { mode: mode.into() }],
             plugin_config: plugin_config_value(config),
         },
@@ -536,6 +631,7 @@ pub mod fixtures {
                 pod("app-c-proj1", "app-c", Some("dev.proj1"), true),
             ],
             existing: Vec::new(),
+            elsewhere: Vec::new(),
         }
     }
 
@@ -828,6 +924,7 @@ mod tests {
                 .map(|env| pod(&format!("app-{env}"), "app", Some(env), true))
                 .collect(),
             existing: Vec::new(),
+            elsewhere: Vec::new(),
         };
         let plan = plan_of(&seed_ve(), &snapshot);
         let subsets: BTreeSet<_> = dr(&plan, "app")
@@ -990,6 +1087,7 @@ mod tests {
                     .map(|(i, (svc, env, ready))| pod(&format!("p{i}"), &format!("svc{svc}"), Some(env), *ready))
                     .collect(),
                 existing: Vec::new(),
+                elsewhere: Vec::new(),
             };
             let plan = plan_of(&seed_ve(), &snapshot);
             for (vs, dr) in plan.virtual_services.iter().zip(&plan.destination_rules) {

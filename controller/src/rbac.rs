@@ -28,7 +28,12 @@ const fn uses(
 pub const CLUSTER: &[ApiUse] = &[
     uses("", "pods", &["list", "watch"]),
     uses("", "services", &["list", "watch"]),
-    uses("env.alibaba.com", "virtualenvironments", &["list", "watch"]),
+    // `patch`: the finalizer that deletes gateway plugin objects with the VirtualEnvironment.
+    uses(
+        "env.alibaba.com",
+        "virtualenvironments",
+        &["list", "watch", "patch"],
+    ),
     uses("env.alibaba.com", "virtualenvironments/status", &["patch"]),
     uses(
         "networking.istio.io",
@@ -43,8 +48,10 @@ pub const CLUSTER: &[ApiUse] = &[
     uses(
         "extensions.istio.io",
         "wasmplugins",
-        &["list", "watch", "create", "patch"],
+        &["list", "watch", "create", "patch", "delete"],
     ),
+    // Read only: a Gateway's selector names the pods that get its plugin object.
+    uses("networking.istio.io", "gateways", &["list", "watch"]),
 ];
 
 /// Granted by the Role in the controller's own namespace: leader election.
@@ -98,8 +105,9 @@ pub fn permits(rules: &[ApiUse], method: &str, path_and_query: &str) -> bool {
     let rule = rules
         .iter()
         .find(|r| r.group == group && r.resource == resource);
-    // Status applies never create: the object exists, only `patch` is checked.
-    let verbs: Vec<&str> = if resource.ends_with("/status") {
+    // Status applies and the finalizer patch never create: the VirtualEnvironment exists,
+    // only `patch` is checked.
+    let verbs: Vec<&str> = if resource.ends_with("/status") || resource == "virtualenvironments" {
         verbs.into_iter().filter(|v| *v != "create").collect()
     } else {
         verbs
@@ -164,15 +172,20 @@ mod tests {
             "PATCH",
             "/apis/env.alibaba.com/v1alpha1/namespaces/d/virtualenvironments/x/status"
         ));
-        assert!(!permits(
+        assert!(permits(
             CLUSTER,
             "DELETE",
             "/apis/extensions.istio.io/v1alpha1/namespaces/d/wasmplugins/a"
         ));
         assert!(!permits(
             CLUSTER,
-            "PATCH",
+            "DELETE",
             "/apis/env.alibaba.com/v1alpha1/namespaces/d/virtualenvironments/x"
+        ));
+        assert!(!permits(
+            CLUSTER,
+            "PATCH",
+            "/apis/networking.istio.io/v1/namespaces/d/gateways/g"
         ));
         assert!(!permits(CLUSTER, "GET", "/api/v1/namespaces/d/secrets"));
         assert!(permits(

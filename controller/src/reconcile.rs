@@ -27,6 +27,7 @@ use virtual_env_core::service_fqdn;
 use crate::caches::{self, slim_object, slim_pod, slim_service, Caches, NotReady};
 use crate::crd::{VirtualEnvironment, VirtualEnvironmentStatus, ROUTE_HEADER_SUFFIX_LEN};
 use crate::existing::{Existing, Kind};
+use crate::gateway::FINALIZER;
 use crate::istio::{DestinationRule, VirtualService, WasmPlugin};
 use crate::metrics::Metrics;
 use crate::plan::{
@@ -155,6 +156,9 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
     let started = Instant::now();
     let ns = ve.namespace().ok_or(Error::NoNamespace)?;
     let api = NamespaceApi::new(&ctx.client, &ns);
+    if ve.metadata.deletion_timestamp.is_some() {
+        return delete_elsewhere(&api, ctx, &ve).await;
+    }
 
     // One VirtualEnvironment per namespace: the oldest one rules, the others say so.
     let siblings = api.ves.list(&ListParams::default()).await?;
@@ -188,6 +192,19 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
             return Ok(Action::await_change());
         }
     };
+    // Objects in other namespaces have no owner reference to collect them: a finalizer
+    // deletes them with the VirtualEnvironment. Added before the first is written.
+    let owner_uid = ve.uid();
+    let owns_elsewhere = !plan.gateway_plugins.is_empty()
+        || snapshot
+            .elsewhere
+            .iter()
+            .any(|e| e.kind == Kind::WasmPlugin && e.managed_by(owner_uid.as_deref()));
+    if owns_elsewhere && !ve.finalizers().iter().any(|f| f == FINALIZER) {
+        let mut finalizers = ve.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_owned());
+        patch_finalizers(&api.ves, &ve, finalizers).await?;
+    }
     let failures = apply_plan(&api, ctx, &ve, &plan, &snapshot).await;
     if !failures.is_empty() {
         let message = format!(
@@ -272,6 +289,19 @@ async fn apply_plan(
     match apply(&api.wasm_plugins, &wasm_plugin, "WasmPlugin").await {
         Ok(()) => {
             ctx.metrics.applied("WasmPlugin");
+            // The gateways' plugins route by the same subsets and routes, so they go with
+            // the namespace's calling side.
+            for plugin in &plan.gateway_plugins {
+                let gateway_ns = plugin.namespace().unwrap_or_default();
+                let there = Api::<WasmPlugin>::namespaced(ctx.client.clone(), &gateway_ns);
+                match apply(&there, plugin, "WasmPlugin").await {
+                    Ok(()) => ctx.metrics.applied("WasmPlugin"),
+                    Err(e) => failures.push(format!(
+                        "WasmPlugin {} in namespace {gateway_ns}: {e}",
+                        plugin.name_any()
+                    )),
+                }
+            }
             for step in &steps.after {
                 if step.service().is_some_and(|s| failed_services.contains(&s)) {
                     continue;
@@ -285,6 +315,60 @@ async fn apply_plan(
         Err(e) => failures.push(format!("WasmPlugin {WASM_PLUGIN_NAME}: {e}")),
     }
     failures
+}
+
+/// A VirtualEnvironment being deleted: its objects in other namespaces go (those in its
+/// own namespace are collected through their owner references), then its finalizer.
+async fn delete_elsewhere(
+    api: &NamespaceApi,
+    ctx: &Context,
+    ve: &VirtualEnvironment,
+) -> Result<Action, Error> {
+    if !ve.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    ctx.caches.ready(CACHE_WAIT).await?;
+    let owner_uid = ve.uid();
+    for object in ctx
+        .caches
+        .snapshot(&api.ns)
+        .elsewhere
+        .iter()
+        .filter(|e| e.kind == Kind::WasmPlugin && e.managed_by(owner_uid.as_deref()))
+    {
+        let there = Api::<WasmPlugin>::namespaced(ctx.client.clone(), &object.namespace);
+        if prune(&there, object).await? {
+            ctx.metrics.pruned("WasmPlugin");
+        }
+    }
+    let rest: Vec<String> = ve
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    patch_finalizers(&api.ves, ve, rest).await?;
+    info!("deleted the gateway plugin objects; finalizer removed");
+    Ok(Action::await_change())
+}
+
+/// Sets the finalizers, if the object is still the version read (else 409: retried).
+async fn patch_finalizers(
+    api: &Api<VirtualEnvironment>,
+    ve: &VirtualEnvironment,
+    finalizers: Vec<String>,
+) -> Result<(), Error> {
+    let patch = json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": ve.resource_version(),
+    }});
+    timed(api.patch(
+        &ve.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    ))
+    .await?;
+    Ok(())
 }
 
 /// Retries with exponential backoff (5 s doubling to 5 min); `reconcile` has already
@@ -324,7 +408,16 @@ async fn write_step(step: &Step, api: &NamespaceApi, ctx: &Context) -> Result<()
             let deleted = match object.kind {
                 Kind::VirtualService => prune(&api.vss, object).await?,
                 Kind::DestinationRule => prune(&api.drs, object).await?,
-                Kind::WasmPlugin => prune(&api.wasm_plugins, object).await?,
+                Kind::WasmPlugin if object.namespace == api.ns => {
+                    prune(&api.wasm_plugins, object).await?
+                }
+                // A gateway's plugin object, in the gateway's namespace.
+                Kind::WasmPlugin => {
+                    let elsewhere =
+                        Api::<WasmPlugin>::namespaced(ctx.client.clone(), &object.namespace);
+                    prune(&elsewhere, object).await?
+                }
+                Kind::Gateway => false,
             };
             if deleted {
                 ctx.metrics.pruned(object.kind.name());
@@ -847,6 +940,150 @@ mod tests {
             metrics.contains("virtual_env_reconciles_total 1"),
             "{metrics}"
         );
+    }
+
+    const VE_PATH: &str =
+        "/apis/env.alibaba.com/v1alpha1/namespaces/default/virtualenvironments/example-virtualenv";
+    const GATEWAY_WP: &str =
+        "/apis/extensions.istio.io/v1alpha1/namespaces/istio-system/wasmplugins/virtual-env.default.public";
+
+    /// The seed's namespace with app-a annotated for the gateway `istio-system/public`,
+    /// which exists, and `extra` Istio objects.
+    fn exposed_through_a_gateway(extra: Vec<(Kind, Value)>) -> Caches {
+        let mut snapshot = seed_snapshot();
+        let a = snapshot
+            .services
+            .iter_mut()
+            .find(|s| s.name_any() == "app-a")
+            .unwrap();
+        a.metadata.annotations = Some(std::collections::BTreeMap::from([
+            (
+                crate::gateway::GATEWAYS_ANNOTATION.to_owned(),
+                "istio-system/public".to_owned(),
+            ),
+            (
+                crate::gateway::HOSTS_ANNOTATION.to_owned(),
+                "a.example.com".to_owned(),
+            ),
+        ]));
+        let mut istio = vec![(
+            Kind::Gateway,
+            json!({"metadata": {"name": "public", "namespace": "istio-system"},
+                "spec": {"selector": {"istio": "ingressgateway"}}}),
+        )];
+        istio.extend(extra);
+        crate::caches::testing::filled(&snapshot, &istio)
+    }
+
+    /// A gateway plugin object this VirtualEnvironment (uid-1) wrote earlier.
+    fn our_gateway_plugin() -> (Kind, Value) {
+        (
+            Kind::WasmPlugin,
+            json!({"metadata": {"name": "virtual-env.default.public", "namespace": "istio-system",
+                "uid": "gw-plugin-uid", "labels": {MANAGED_BY_LABEL: MANAGED_BY,
+                crate::plan::OWNER_UID_LABEL: "uid-1", crate::plan::OWNER_NAMESPACE_LABEL: NS}},
+                "spec": {}}),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_service_exposed_through_a_gateway_gets_the_finalizer_then_the_gateways_plugin() {
+        let (ctx, handle) = mock_context(exposed_through_a_gateway(vec![]));
+        let server = tokio::spawn(async move {
+            let mut api = ApiServerVerifier::new(handle);
+            api.list_virtual_environments(&[&seed_ve_from_api()]).await;
+            // The finalizer first: no object in another namespace exists without it.
+            let reply = serde_json::to_value(seed_ve_from_api()).unwrap();
+            let patch = api.expect(Method::PATCH, VE_PATH, reply).await;
+            assert_eq!(
+                patch["metadata"]["finalizers"],
+                json!([crate::gateway::FINALIZER])
+            );
+            api.apply(DR, "app-a").await;
+            let vs = api.apply(VS, "app-a").await;
+            assert_eq!(
+                vs["spec"]["gateways"],
+                json!(["istio-system/public", "mesh"])
+            );
+            assert_eq!(
+                vs["spec"]["hosts"],
+                json!(["app-a.default.svc.cluster.local", "a.example.com"])
+            );
+            for name in ["app-b", "app-c"] {
+                api.apply(DR, name).await;
+                let vs = api.apply(VS, name).await;
+                assert!(vs["spec"]["gateways"].is_null(), "only app-a is exposed");
+            }
+            let wp = api.apply_plugins().await;
+            // The gateway's plugin object, in the gateway's namespace, after the
+            // namespace's calling side: the same routes and route header.
+            let gateway = api
+                .answer(
+                    Method::PATCH,
+                    &format!("{GATEWAY_WP}?&force=true&fieldManager=virtual-env-controller"),
+                    None,
+                )
+                .await;
+            assert_eq!(
+                gateway["metadata"]["labels"][crate::plan::OWNER_UID_LABEL],
+                "uid-1"
+            );
+            assert!(gateway["metadata"]["ownerReferences"].is_null());
+            assert_eq!(
+                gateway["spec"]["selector"]["matchLabels"],
+                json!({"istio": "ingressgateway"})
+            );
+            let config = &gateway["spec"]["pluginConfig"];
+            assert_eq!(
+                config["routeHeader"],
+                wp["spec"]["pluginConfig"]["routeHeader"]
+            );
+            assert_eq!(
+                config["hosts"]["a.example.com"],
+                "app-a.default.svc.cluster.local"
+            );
+            assert_eq!(
+                config["services"],
+                json!({"app-a.default.svc.cluster.local": ["dev", "dev.proj1"]})
+            );
+            let status = api.expect_status_patch().await;
+            assert_eq!(status["status"]["conditions"][0]["status"], "True");
+            api.calls.len()
+        });
+        reconcile(Arc::new(seed_ve_from_api()), ctx).await.unwrap();
+        // The list, the finalizer, 6 routing objects, 2 + 1 plugin objects, the status.
+        assert_eq!(server.await.unwrap(), 12);
+    }
+
+    #[tokio::test]
+    async fn deleting_the_virtual_environment_deletes_its_gateway_plugins_then_the_finalizer() {
+        let (ctx, handle) = mock_context(exposed_through_a_gateway(vec![our_gateway_plugin()]));
+        let mut ve = seed_ve_from_api();
+        ve.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        ve.metadata.finalizers = Some(vec![
+            "example.com/keep".into(),
+            crate::gateway::FINALIZER.into(),
+        ]);
+        ve.metadata.resource_version = Some("41".into());
+        let reply = serde_json::to_value(&ve).unwrap();
+        let server = tokio::spawn(async move {
+            let mut api = ApiServerVerifier::new(handle);
+            let body = api
+                .expect(
+                    Method::DELETE,
+                    GATEWAY_WP,
+                    json!({"kind": "Status", "status": "Success"}),
+                )
+                .await;
+            assert_eq!(body["preconditions"]["uid"], "gw-plugin-uid");
+            let patch = api.expect(Method::PATCH, VE_PATH, reply).await;
+            assert_eq!(patch["metadata"]["finalizers"], json!(["example.com/keep"]));
+            assert_eq!(patch["metadata"]["resourceVersion"], "41");
+            api.calls.len()
+        });
+        let action = reconcile(Arc::new(ve), ctx).await.unwrap();
+        assert_eq!(action, Action::await_change());
+        assert_eq!(server.await.unwrap(), 2, "nothing else is written");
     }
 
     /// A namespace holding every VirtualService and DestinationRule of Istio's Bookinfo

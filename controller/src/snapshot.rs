@@ -93,6 +93,7 @@ impl Reader {
             "VirtualService" => self.existing.push((Kind::VirtualService, value)),
             "DestinationRule" => self.existing.push((Kind::DestinationRule, value)),
             "WasmPlugin" => self.existing.push((Kind::WasmPlugin, value)),
+            "Gateway" => self.existing.push((Kind::Gateway, value)),
             // Anything else (deployments, the WasmPlugin, ...) plays no part in planning.
             _ => {}
         }
@@ -113,6 +114,20 @@ impl Reader {
             .unwrap_or_else(|| default_namespace.to_owned());
         ve.metadata.namespace = Some(ns.clone());
         let in_ns = |obj_ns: Option<String>| obj_ns.as_deref().unwrap_or(default_namespace) == ns;
+        let (mut existing_here, mut elsewhere) = (Vec::new(), Vec::new());
+        for (kind, value) in &self.existing {
+            let object = Existing::from_json(*kind, value, default_namespace);
+            let labels: std::collections::BTreeMap<String, String> =
+                serde_json::from_value(value["metadata"]["labels"].clone()).unwrap_or_default();
+            match kind {
+                Kind::Gateway => elsewhere.push(object),
+                _ if object.namespace == ns => existing_here.push(object),
+                Kind::WasmPlugin if crate::gateway::of_namespace(&object.name, &labels, &ns) => {
+                    elsewhere.push(object)
+                }
+                _ => {}
+            }
+        }
         Ok(NamespaceSnapshot {
             virtual_environment: ve,
             snapshot: Snapshot {
@@ -126,12 +141,8 @@ impl Reader {
                     .into_iter()
                     .filter(|p| in_ns(p.namespace()))
                     .collect(),
-                existing: self
-                    .existing
-                    .iter()
-                    .map(|(kind, value)| Existing::from_json(*kind, value, default_namespace))
-                    .filter(|e| in_ns(Some(e.namespace.clone())))
-                    .collect(),
+                existing: existing_here,
+                elsewhere,
             },
         })
     }

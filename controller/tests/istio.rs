@@ -182,3 +182,83 @@ proptest! {
         }
     }
 }
+
+fn gateway_files() -> Vec<String> {
+    [
+        "tests/snapshots/gateway/virtualenvironment.yaml",
+        "tests/snapshots/seed/cluster.yaml",
+        "tests/snapshots/gateway/entry.yaml",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Golden: the seed's namespace with app-c exposed through `spec.gateways` and a web front
+/// end through the original's annotations. Every object is valid for Istio's CRDs; the
+/// VirtualServices are bound to the gateway and `mesh` with the extra hosts; the gateway's
+/// plugin object selects its pods and carries only what enters there.
+#[test]
+fn services_exposed_through_a_gateway_render_its_plugin_object() {
+    let out = render(&gateway_files());
+    let path = repo().join("tests/snapshots/gateway/render.golden.yaml");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &out).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        expected == out,
+        "{} differs from the output:\n{out}",
+        path.display()
+    );
+    let objects = docs(&out);
+    for object in &objects {
+        let errors = check_against_istio(object);
+        assert!(errors.is_empty(), "{errors:#?}");
+    }
+    let find = |kind: &str, name: &str| {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}:\n{out}"))
+    };
+    let web = find("VirtualService", "web");
+    assert_eq!(
+        web["spec"]["gateways"],
+        serde_json::json!(["istio-system/public-gateway", "mesh"])
+    );
+    assert_eq!(
+        web["spec"]["hosts"],
+        serde_json::json!([
+            "web.default.svc.cluster.local",
+            "web.example.com",
+            "www.example.com"
+        ])
+    );
+    assert!(find("VirtualService", "app-a")["spec"]["gateways"].is_null());
+    let plugin = find("WasmPlugin", "virtual-env.default.public-gateway");
+    assert_eq!(plugin["metadata"]["namespace"], "istio-system");
+    assert_eq!(
+        plugin["spec"]["selector"]["matchLabels"],
+        serde_json::json!({"istio": "ingressgateway"})
+    );
+    let config: PluginConfig =
+        serde_json::from_value(plugin["spec"]["pluginConfig"].clone()).unwrap();
+    config.validate().unwrap();
+    let services: Vec<&str> = config.services.keys().map(String::as_str).collect();
+    assert_eq!(
+        services,
+        [
+            "app-c.default.svc.cluster.local",
+            "web.default.svc.cluster.local"
+        ]
+    );
+    assert_eq!(
+        config.hosts["c.example.com"],
+        "app-c.default.svc.cluster.local"
+    );
+    assert!(config.edge_trust.unwrap().admits("dev.proj1.alice"));
+    // The namespace's own plugin objects carry no edge policy and no gateway hosts.
+    let own = find("WasmPlugin", "virtual-env");
+    assert!(own["spec"]["pluginConfig"]["edgeTrust"].is_null());
+    assert!(own["spec"]["pluginConfig"]["hosts"].is_null());
+}

@@ -245,6 +245,7 @@ impl Mesh {
             services,
             pods,
             existing: Vec::new(),
+            elsewhere: Vec::new(),
         };
         let settings = Settings {
             cluster_domain: CLUSTER_DOMAIN.into(),

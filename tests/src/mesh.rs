@@ -22,6 +22,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tempfile::TempDir;
+use virtual_env_controller::existing::{Existing, Kind};
 use virtual_env_controller::istio::{DestinationRule, VirtualService};
 use virtual_env_controller::plan::{
     plan_namespace, Plan, Settings, Snapshot, WasmSource, INBOUND_WASM_PLUGIN_NAME,
@@ -39,6 +40,8 @@ pub const APP_PORT: u16 = 8080;
 pub const INBOUND_PORT: u16 = 15006;
 pub const OUTBOUND_PORT: u16 = 15001;
 const CLUSTER_DOMAIN: &str = "cluster.local";
+/// The Gateway the mesh's gateway Envoy serves: Istio's default ingress gateway.
+pub const INGRESS_GATEWAY: (&str, &str) = ("istio-system", "ingressgateway");
 
 #[derive(Debug, Clone)]
 pub struct MeshOptions {
@@ -75,6 +78,9 @@ struct RoutingFiles {
     /// resource per WasmPlugin to the listeners its `match` mode selects.
     ecds: PathBuf,
     ecds_inbound: PathBuf,
+    /// The gateway's plugin: the plugin object the controller writes for the gateway when
+    /// the topology exposes services through it; else the calling side's.
+    ecds_gateway: PathBuf,
 }
 
 impl RoutingFiles {
@@ -89,6 +95,7 @@ impl RoutingFiles {
             rds: file("rds")?,
             ecds: file("ecds")?,
             ecds_inbound: file("ecds-inbound")?,
+            ecds_gateway: file("ecds-gateway")?,
         })
     }
 }
@@ -241,11 +248,20 @@ impl Mesh {
     /// The controller's plan for the topology as it is now.
     pub fn plan(&self) -> Result<Plan> {
         let (ve, services, pods) = self.topology.to_kubernetes();
+        // The mesh's gateway Envoy is the pod of Istio's default ingress Gateway.
+        let ingress = serde_json::json!({
+            "metadata": {"name": INGRESS_GATEWAY.1, "namespace": INGRESS_GATEWAY.0},
+            "spec": {"selector": {"istio": "ingressgateway"}}
+        });
         let snapshot = Snapshot {
             services,
             pods,
             existing: Vec::new(),
-            elsewhere: Vec::new(),
+            elsewhere: vec![Existing::from_json(
+                Kind::Gateway,
+                &ingress,
+                INGRESS_GATEWAY.0,
+            )],
         };
         let settings = Settings {
             cluster_domain: CLUSTER_DOMAIN.into(),
@@ -269,13 +285,19 @@ impl Mesh {
             Side::Inbound,
             &plan.inbound_wasm_plugin.spec.plugin_config.to_string(),
         )?;
-        self.push_side(Side::Outbound, &plan.plugin_config.to_json())
+        self.push_side(Side::Outbound, &plan.plugin_config.to_json())?;
+        let gateway = plan.gateway_plugins.first().map_or_else(
+            || plan.plugin_config.to_json(),
+            |p| p.spec.plugin_config.to_string(),
+        );
+        self.push_side(Side::Gateway, &gateway)
     }
 
-    /// Replaces both plugin configs (ECDS) with `json`, valid or not.
+    /// Replaces every plugin config (ECDS) with `json`, valid or not.
     pub fn push_plugin_config(&self, json: &str) -> Result<()> {
         self.push_side(Side::Inbound, json)?;
-        self.push_side(Side::Outbound, json)
+        self.push_side(Side::Outbound, json)?;
+        self.push_side(Side::Gateway, json)
     }
 
     fn push_side(&self, side: Side, json: &str) -> Result<()> {
@@ -291,7 +313,15 @@ impl Mesh {
         match side {
             Side::Inbound => (INBOUND_WASM_PLUGIN_NAME, &self.files.ecds_inbound),
             Side::Outbound => (WASM_PLUGIN_NAME, &self.files.ecds),
+            Side::Gateway => ("virtual-env-gateway", &self.files.ecds_gateway),
         }
+    }
+
+    /// Whether the topology exposes services through the gateway (it then runs the
+    /// gateway's own plugin object, in the gateway's namespace).
+    fn gateway_exposes(&self) -> bool {
+        self.plan()
+            .is_ok_and(|plan| !plan.gateway_plugins.is_empty())
     }
 
     /// Marks a pod ready or not (its processes keep running) and pushes the new routing.
@@ -319,6 +349,14 @@ impl Mesh {
         let mut all = vec![("host", host.as_str())];
         all.extend_from_slice(headers);
         decode(http::request(protocol, self.gateway, "/", &all).await?)
+    }
+
+    /// A request entering through the gateway for `host` (a gateway host, e.g.
+    /// `shop.example.com`).
+    pub async fn request_host(&self, host: &str, headers: &[(&str, &str)]) -> Result<Hop> {
+        let mut all = vec![("host", host)];
+        all.extend_from_slice(headers);
+        decode(http::request(Protocol::Http1, self.gateway, "/", &all).await?)
     }
 
     /// A request straight into a pod (its sidecar's inbound listener), as from another pod.
@@ -467,6 +505,14 @@ impl Mesh {
                     "route": {"cluster": self.cluster_name(&service.name, None)}
                 })],
             };
+            // The hosts a gateway-bound VirtualService adds get the same routes, as istiod
+            // builds a virtual host per host of a VirtualService.
+            let extra: Vec<&String> = vs.map_or(Vec::new(), |vs| {
+                vs.spec.hosts.iter().filter(|h| **h != fqdn).collect()
+            });
+            if !extra.is_empty() {
+                hosts.push(json!({"name": format!("{fqdn}|gateway"), "domains": extra, "routes": routes.clone()}));
+            }
             hosts.push(json!({"name": fqdn, "domains": domains, "routes": routes}));
         }
         json!({"resources": [{
@@ -487,12 +533,16 @@ impl Mesh {
     }
 
     fn outbound_listener(&self, name: &str, address: IpAddr, direction: Option<&str>) -> Value {
+        let side = match direction {
+            Some(_) => Side::Outbound,
+            None => Side::Gateway,
+        };
         let mut listener = json!({
             "name": name,
             "address": {"socket_address": {"address": address.to_string(), "port_value": OUTBOUND_PORT}},
             "filter_chains": [{"filters": [hcm(name, json!({
                 "rds": {"route_config_name": "outbound", "config_source": watched(&self.files.rds)}
-            }), self.filters(Side::Outbound))]}]
+            }), self.filters(side))]}]
         });
         if let Some(direction) = direction {
             listener["traffic_direction"] = json!(direction);
@@ -534,13 +584,20 @@ impl Mesh {
         })
     }
 
-    /// The gateway: an outbound-style listener with no direction, no pod labels.
+    /// The gateway: an outbound-style listener with no direction, no pod labels. When the
+    /// topology exposes services through it, it is Istio's ingress gateway in
+    /// `istio-system` with its own plugin object; else a client of the namespace.
     fn gateway_bootstrap(&self) -> Value {
+        let ns = if self.gateway_exposes() {
+            INGRESS_GATEWAY.0
+        } else {
+            self.topology.namespace.as_str()
+        };
         json!({
             "node": {
-                "id": format!("router~{}~gateway.{ns}~{ns}.svc.{CLUSTER_DOMAIN}", self.gateway.ip(), ns = self.topology.namespace),
+                "id": format!("router~{}~gateway.{ns}~{ns}.svc.{CLUSTER_DOMAIN}", self.gateway.ip()),
                 "cluster": "gateway",
-                "metadata": {"NAMESPACE": self.topology.namespace}
+                "metadata": {"NAMESPACE": ns, "LABELS": {"istio": "ingressgateway"}}
             },
             "static_resources": {"listeners": [self.outbound_listener("gateway", self.gateway.ip(), None)]},
             "dynamic_resources": {"cds_config": watched(&self.files.cds)}
@@ -553,6 +610,8 @@ impl Mesh {
 enum Side {
     Inbound,
     Outbound,
+    /// The gateway's own plugin object.
+    Gateway,
 }
 
 fn hcm(name: &str, routes: Value, filters: Value) -> Value {

@@ -322,3 +322,75 @@ async fn the_demo_table_shows_the_seed_chain() -> Result<()> {
     assert!(!table.contains("error"), "{table}");
     Ok(())
 }
+
+const SHOP: &str = "shop.example.com";
+const PROJ1_CHAIN: [&str; 3] = ["app-a-proj1", "app-b-dev", "app-c-proj1"];
+const DEV_CHAIN: [&str; 3] = ["app-a-dev", "app-b-dev", "app-c-dev"];
+
+/// The gateway Envoy runs the plugin object the controller writes for Istio's ingress
+/// gateway (in `istio-system`, only the exposed service, its host): a request for
+/// `shop.example.com` with an env from any source gets the fallback at every hop.
+#[tokio::test]
+async fn entering_through_the_gateway_with_an_env_from_any_source_falls_back_at_every_hop(
+) -> Result<()> {
+    let _serial = serial().await;
+    let mesh = Mesh::start(topology("gateway.yaml"), options()).await?;
+    for source in [
+        (ENV, "dev.proj1"),
+        ("x-env", "dev.proj1"),
+        ("baggage", "userId=alice,virtual-env=dev.proj1"),
+    ] {
+        let hop = mesh.request_host(SHOP, &[source]).await?;
+        assert_eq!(hop.pods(), PROJ1_CHAIN, "{source:?}");
+        assert_eq!(hop.chain()[0].received_env.as_deref(), Some("dev.proj1"));
+    }
+    let hop = mesh.request_host(SHOP, &[(ENV, "dev.proj1.alice")]).await?;
+    assert_eq!(hop.pods(), PROJ1_CHAIN, "two levels of fallback");
+    let hop = mesh.request_host(SHOP, &[]).await?;
+    assert_eq!(hop.pods(), DEV_CHAIN, "no env: the default subset");
+    let gateway = mesh.envoy("gateway").unwrap();
+    assert_eq!(
+        gateway
+            .stat_eventually("wasmcustom.virtual_env.route.exact", 3)
+            .await?,
+        3
+    );
+    Ok(())
+}
+
+/// What each edge-trust mode lets in from outside.
+#[tokio::test]
+async fn the_gateways_edge_trust_decides_which_envs_enter() -> Result<()> {
+    let _serial = serial().await;
+    for (edge, proj1_enters, alice_enters) in [
+        ("{mode: accept}", true, true),
+        ("{mode: allowList, allow: [dev.proj1.*]}", false, true),
+        ("{mode: strip}", false, false),
+    ] {
+        let mut topology = topology("gateway.yaml");
+        topology.virtual_environment.edge_trust = Some(serde_yaml::from_str(edge)?);
+        let mesh = Mesh::start(topology, options()).await?;
+        for (env, enters) in [
+            ("dev.proj1", proj1_enters),
+            ("dev.proj1.alice", alice_enters),
+        ] {
+            let hop = mesh
+                .request_host(
+                    SHOP,
+                    &[(ENV, env), ("baggage", &format!("virtual-env={env}"))],
+                )
+                .await?;
+            let (want, seen) = match enters {
+                true => (PROJ1_CHAIN, Some(env)),
+                false => (DEV_CHAIN, None),
+            };
+            assert_eq!(hop.pods(), want, "{edge}: {env}");
+            assert_eq!(
+                hop.chain()[0].received_env.as_deref(),
+                seen,
+                "{edge}: {env}"
+            );
+        }
+    }
+    Ok(())
+}

@@ -14,6 +14,8 @@ use crate::topology::Topology;
 
 pub const DEMO_NAMESPACE: &str = "virtual-env-demo";
 pub const DEMO_IMAGE: &str = "ghcr.io/virtual-env/demo-app:0.1.0";
+/// The client the README's requests are sent from, as Istio's own `samples/curl` runs it.
+pub const CURL_IMAGE: &str = "curlimages/curl:8.11.1";
 
 /// Multi-document YAML of the demo's objects.
 pub fn demo_manifests(topology: &Topology, namespace: &str, image: &str) -> String {
@@ -76,6 +78,38 @@ pub fn demo_manifests(topology: &Topology, namespace: &str, image: &str) -> Stri
             }
         }));
     }
+    // A client in the mesh: its sidecar intercepts its calls, so they are routed as any
+    // pod's (a `curl` in the `istio-proxy` container is not redirected by Istio and would
+    // bypass the sidecar). No env label: its requests carry only the env they are sent with.
+    docs.push(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "curl", "namespace": namespace, "labels": {"app": "curl"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "curl"}},
+            "template": {
+                "metadata": {"labels": {"app": "curl"}},
+                "spec": {
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 100, "runAsGroup": 101},
+                    "containers": [{
+                        "name": "curl",
+                        "image": CURL_IMAGE,
+                        "command": ["/bin/sleep", "infinity"],
+                        "resources": {
+                            "requests": {"cpu": "10m", "memory": "16Mi"},
+                            "limits": {"cpu": "200m", "memory": "64Mi"}
+                        },
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true,
+                            "capabilities": {"drop": ["ALL"]}
+                        }
+                    }]
+                }
+            }
+        }
+    }));
     let mut out = String::from(
         "# Generated from tests/topologies/seed.yaml by `make demo-manifests`; do not edit.\n",
     );
@@ -99,6 +133,44 @@ mod tests {
         assert!(
             generated == committed,
             "deploy/demo/demo.yaml is stale: run `make demo-manifests`"
+        );
+    }
+
+    /// The README's requests come from a client whose sidecar intercepts them, in the
+    /// injected namespace, without an env label of its own.
+    #[test]
+    fn the_demo_has_a_client_in_the_mesh_without_an_env() {
+        let topology = Topology::load(&repo_root().join("tests/topologies/seed.yaml")).unwrap();
+        let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&demo_manifests(
+            &topology,
+            DEMO_NAMESPACE,
+            DEMO_IMAGE,
+        ))
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+        let namespace = docs.iter().find(|d| d["kind"] == "Namespace").unwrap();
+        assert_eq!(
+            namespace["metadata"]["labels"]["istio-injection"],
+            "enabled"
+        );
+        let curl = docs
+            .iter()
+            .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "curl")
+            .unwrap();
+        let labels = &curl["spec"]["template"]["metadata"]["labels"];
+        assert!(labels["virtual-env"].is_null(), "{labels}");
+        assert_ne!(
+            curl["spec"]["template"]["metadata"]["annotations"]["sidecar.istio.io/inject"],
+            "false"
+        );
+        let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+        assert!(
+            readme.contains("exec deploy/curl -c curl -- curl"),
+            "README sends from the client"
+        );
+        assert!(
+            !readme.contains("-c istio-proxy -- \\\n    curl"),
+            "not from the proxy container"
         );
     }
 }

@@ -15,6 +15,7 @@ use kube::runtime::reflector::{store::Writer, Store};
 use kube::ResourceExt;
 
 use crate::existing::{Existing, Kind};
+use crate::extension::ExtensionApi;
 use crate::plan::Snapshot;
 
 /// The caches one controller reads; cheap to clone (the stores are shared).
@@ -22,33 +23,30 @@ use crate::plan::Snapshot;
 pub struct Caches {
     pub services: Store<Service>,
     pub pods: Store<Pod>,
-    pub istio: [(Kind, Store<DynamicObject>); 4],
+    pub istio: Vec<(Kind, Store<DynamicObject>)>,
 }
 
 /// The writing ends of [`Caches`], for the reflectors (or a test) to fill.
 pub struct Writers {
     pub services: Writer<Service>,
     pub pods: Writer<Pod>,
-    pub istio: [(Kind, Writer<DynamicObject>); 4],
+    pub istio: Vec<(Kind, Writer<DynamicObject>)>,
 }
 
-/// The Istio kinds the controller reads (it writes all but Gateways).
-pub const ISTIO_KINDS: [Kind; 4] = [
-    Kind::VirtualService,
-    Kind::DestinationRule,
-    Kind::WasmPlugin,
-    Kind::Gateway,
-];
-
-/// Empty caches and their writers.
-pub fn caches() -> (Caches, Writers) {
+/// Empty caches of the Istio kinds the controller reads with `api` (see
+/// [`ExtensionApi::watched_kinds`]), and their writers.
+pub fn caches(api: ExtensionApi) -> (Caches, Writers) {
     let services = Writer::default();
     let pods = Writer::default();
-    let istio = ISTIO_KINDS.map(|kind| (kind, Writer::new(kind.api_resource())));
+    let istio: Vec<(Kind, Writer<DynamicObject>)> = api
+        .watched_kinds()
+        .into_iter()
+        .map(|kind| (kind, Writer::new(kind.api_resource())))
+        .collect();
     let caches = Caches {
         services: services.as_reader(),
         pods: pods.as_reader(),
-        istio: [0, 1, 2, 3].map(|i| (istio[i].0, istio[i].1.as_reader())),
+        istio: istio.iter().map(|(k, w)| (*k, w.as_reader())).collect(),
     };
     (
         caches,
@@ -114,7 +112,7 @@ impl Caches {
         for (kind, store) in &self.istio {
             for object in store.state() {
                 let in_ns = here(object.namespace());
-                let gateway_plugin = *kind == Kind::WasmPlugin
+                let gateway_plugin = kind.is_plugin()
                     && !in_ns
                     && crate::gateway::of_namespace(&object.name_any(), object.labels(), ns);
                 if !(in_ns || gateway_plugin || *kind == Kind::Gateway) {
@@ -206,7 +204,7 @@ pub mod testing {
     /// Caches holding `snapshot`'s services and pods and the Istio objects `istio`
     /// (`(kind, object as JSON)`).
     pub fn filled(snapshot: &Snapshot, istio: &[(Kind, serde_json::Value)]) -> Caches {
-        filled_but(snapshot, istio, None)
+        filled_for(ExtensionApi::WasmPlugin, snapshot, istio, None)
     }
 
     /// As [`filled`], but the cache of `unfilled` never gets its first list (its watch
@@ -216,7 +214,17 @@ pub mod testing {
         istio: &[(Kind, serde_json::Value)],
         unfilled: Option<Kind>,
     ) -> Caches {
-        let (caches, mut writers) = caches();
+        filled_for(ExtensionApi::WasmPlugin, snapshot, istio, unfilled)
+    }
+
+    /// As [`filled_but`], for a controller that writes plugin objects with `api`.
+    pub fn filled_for(
+        api: ExtensionApi,
+        snapshot: &Snapshot,
+        istio: &[(Kind, serde_json::Value)],
+        unfilled: Option<Kind>,
+    ) -> Caches {
+        let (caches, mut writers) = caches(api);
         let mut pods = snapshot.pods.clone();
         pods.iter_mut().for_each(slim_pod);
         fill(&mut writers.services, snapshot.services.clone());
@@ -298,7 +306,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unfilled_cache_is_reported_not_planned_from() {
-        let (caches, _writers) = caches();
+        let (caches, _writers) = caches(ExtensionApi::WasmPlugin);
         let err = caches.ready(Duration::from_millis(20)).await.unwrap_err();
         assert_eq!(err.kind, "Service");
         let caches = filled(&seed_snapshot(), &[]);

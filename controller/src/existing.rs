@@ -10,7 +10,7 @@ use kube::api::ApiResource;
 use serde_json::Value;
 use virtual_env_core::{lowercase, ServiceHost};
 
-use crate::istio::{DestinationRule, Gateway, VirtualService, WasmPlugin};
+use crate::istio::{DestinationRule, Gateway, TrafficExtension, VirtualService, WasmPlugin};
 use crate::plan::{MANAGED_BY, MANAGED_BY_LABEL, OWNER_UID_LABEL};
 
 /// The Istio kinds the controller writes, and Gateways, which it reads only.
@@ -20,6 +20,7 @@ pub enum Kind {
     DestinationRule,
     WasmPlugin,
     Gateway,
+    TrafficExtension,
 }
 
 impl Kind {
@@ -29,6 +30,7 @@ impl Kind {
             Kind::DestinationRule => "DestinationRule",
             Kind::WasmPlugin => "WasmPlugin",
             Kind::Gateway => "Gateway",
+            Kind::TrafficExtension => "TrafficExtension",
         }
     }
 
@@ -39,7 +41,13 @@ impl Kind {
             Kind::DestinationRule => ApiResource::erase::<DestinationRule>(&()),
             Kind::WasmPlugin => ApiResource::erase::<WasmPlugin>(&()),
             Kind::Gateway => ApiResource::erase::<Gateway>(&()),
+            Kind::TrafficExtension => ApiResource::erase::<TrafficExtension>(&()),
         }
+    }
+
+    /// A plugin object: a WasmPlugin or its successor, a TrafficExtension.
+    pub fn is_plugin(self) -> bool {
+        matches!(self, Kind::WasmPlugin | Kind::TrafficExtension)
     }
 }
 
@@ -84,7 +92,7 @@ impl Existing {
                 )
             }
             Kind::DestinationRule => (text(&spec["host"]).into_iter().collect(), true),
-            Kind::WasmPlugin | Kind::Gateway => (Vec::new(), true),
+            Kind::WasmPlugin | Kind::Gateway | Kind::TrafficExtension => (Vec::new(), true),
         };
         Self {
             kind,

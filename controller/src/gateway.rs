@@ -180,16 +180,16 @@ pub struct GatewayPlans {
 
 /// One plugin object per gateway that exposes a routed service of `namespace`.
 /// `namespace_config` is the namespace's calling-side plugin config (route header, cluster
-/// domain and settings in force); `gateways` the Gateway objects of the cluster;
-/// `elsewhere` the plugin objects already in other namespaces under our names.
+/// domain and settings in force); `elsewhere` the cluster's Gateway objects and the plugin
+/// objects already in other namespaces under our names (of kind `plugin_kind`).
 pub fn plan_gateways(
     ve: &VirtualEnvironment,
     namespace: &str,
     exposed: &[ExposedService<'_>],
     namespace_config: &PluginConfig,
-    gateways: &[Existing],
     elsewhere: &[Existing],
     source: &WasmSource,
+    plugin_kind: Kind,
 ) -> GatewayPlans {
     let mut plans = GatewayPlans {
         plugins: Vec::new(),
@@ -200,7 +200,7 @@ pub fn plan_gateways(
     let owner_uid = ve.uid();
     for gateway in referenced {
         let reference = gateway.reference();
-        let Some(object) = gateways.iter().find(|g| {
+        let Some(object) = elsewhere.iter().find(|g| {
             g.kind == Kind::Gateway && g.namespace == gateway.namespace && g.name == gateway.name
         }) else {
             plans.skipped.push(format!(
@@ -224,7 +224,7 @@ pub fn plan_gateways(
             continue;
         }
         if let Some(other) = elsewhere.iter().find(|e| {
-            e.kind == Kind::WasmPlugin
+            e.kind == plugin_kind
                 && e.namespace == gateway.namespace
                 && e.name == name
                 && !e.managed_by(owner_uid.as_deref())

@@ -125,6 +125,37 @@ pub struct TrafficSelector {
     pub mode: String,
 }
 
+/// `extensions.istio.io/v1alpha1` TrafficExtension (Istio 1.30+), which replaces
+/// WasmPlugin: the same plugin object, with the module's fields under `wasm`. Written
+/// instead of WasmPlugins where the cluster serves it (see `extension.rs`).
+#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[kube(
+    group = "extensions.istio.io",
+    version = "v1alpha1",
+    kind = "TrafficExtension",
+    namespaced,
+    derive = "PartialEq"
+)]
+pub struct TrafficExtensionSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<WorkloadSelector>,
+    #[serde(rename = "match", default, skip_serializing_if = "Vec::is_empty")]
+    pub traffic_selectors: Vec<TrafficSelector>,
+    pub wasm: WasmConfig,
+}
+
+/// TrafficExtension's `wasm`: WasmPlugin's module fields.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WasmConfig {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    pub fail_strategy: String,
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
+    pub plugin_config: serde_json::Value,
+}
+
 /// Istio's `WorkloadSelector`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -7,6 +7,7 @@
 pub mod caches;
 pub mod crd;
 pub mod existing;
+pub mod extension;
 pub mod gateway;
 pub mod istio;
 pub mod leader;

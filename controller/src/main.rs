@@ -15,6 +15,7 @@ use kube::api::{Api, ListParams};
 use kube::{Client, CustomResourceExt};
 use tracing::{error, info, warn};
 use virtual_env_controller::crd::VirtualEnvironment;
+use virtual_env_controller::extension::ExtensionApi;
 use virtual_env_controller::leader::{Elector, Timing};
 use virtual_env_controller::metrics::Metrics;
 use virtual_env_controller::module::FilterModule;
@@ -94,6 +95,22 @@ struct ModuleArgs {
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// The API of the plugin objects: `auto` (TrafficExtension where the cluster serves
+    /// it, Istio 1.30+; else WasmPlugin; offline: WasmPlugin), or one of the two.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        env = "VIRTUAL_ENV_EXTENSION_API"
+    )]
+    extension_api: ExtensionApiArg,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ExtensionApiArg {
+    Auto,
+    WasmPlugin,
+    TrafficExtension,
 }
 
 impl ModuleArgs {
@@ -115,6 +132,10 @@ impl ModuleArgs {
             cluster_domain: self.cluster_domain.clone(),
             wasm,
             max_plugin_config_bytes: MAX_PLUGIN_CONFIG_BYTES,
+            extension_api: match self.extension_api {
+                ExtensionApiArg::TrafficExtension => ExtensionApi::TrafficExtension,
+                ExtensionApiArg::Auto | ExtensionApiArg::WasmPlugin => ExtensionApi::WasmPlugin,
+            },
         })
     }
 }
@@ -248,7 +269,7 @@ fn run(args: RunArgs) -> Result<()> {
 
 async fn run_async(args: RunArgs) -> Result<()> {
     let module = FilterModule::embedded();
-    let settings = args.module.settings(module.as_ref())?;
+    let mut settings = args.module.settings(module.as_ref())?;
     info!(url = settings.wasm.url, "filter module");
     let metrics = Arc::new(Metrics::default());
     let peers = args.module_peers.as_deref().map(Peers::new);
@@ -260,6 +281,10 @@ async fn run_async(args: RunArgs) -> Result<()> {
         .context("connecting to the Kubernetes API")?;
 
     wait_for_crd(&client).await;
+    if args.module.extension_api == ExtensionApiArg::Auto {
+        settings.extension_api = detect_extension_api(&client).await;
+    }
+    info!(api = ?settings.extension_api, "plugin objects");
     state.ready.store(true, Ordering::Relaxed);
 
     let identity = args
@@ -321,6 +346,23 @@ async fn run_async(args: RunArgs) -> Result<()> {
         state.alive.store(false, Ordering::Relaxed);
     }
     outcome
+}
+
+/// TrafficExtension where the cluster serves it; WasmPlugin otherwise, and when discovery
+/// fails (every Istio with Wasm serves WasmPlugin).
+async fn detect_extension_api(client: &Client) -> ExtensionApi {
+    match kube::discovery::group(client, "extensions.istio.io").await {
+        Ok(group) => ExtensionApi::detect(
+            group
+                .recommended_resources()
+                .iter()
+                .map(|(resource, _)| resource.plural.as_str()),
+        ),
+        Err(e) => {
+            warn!("discovering extensions.istio.io: {e}; writing WasmPlugins");
+            ExtensionApi::WasmPlugin
+        }
+    }
 }
 
 /// Retries until the VirtualEnvironment CRD is served, saying how to install it.

@@ -8,6 +8,8 @@ use virtual_env_core::{lowercase, service_fqdn, validate_env_name, Choice, Servi
 use virtual_env_filter::dry_run::{self, Route};
 use virtual_env_filter::{EnvSource, FilterConfig, Node};
 
+use crate::extension::{traffic_extension, ExtensionApi};
+use crate::istio::WasmPlugin;
 use crate::plan::{plan_namespace, Plan, PlanError, Settings};
 use crate::snapshot::NamespaceSnapshot;
 
@@ -23,11 +25,12 @@ pub fn render(ns: &NamespaceSnapshot, settings: &Settings) -> Result<String, Pla
             plan.route_header
         );
     }
-    out.push_str(&render_plan(&plan));
+    out.push_str(&render_plan(&plan, settings.extension_api));
     Ok(out)
 }
 
-pub fn render_plan(plan: &Plan) -> String {
+/// The plan as YAML, plugin objects in `api` (what the controller would write).
+pub fn render_plan(plan: &Plan, api: ExtensionApi) -> String {
     let mut out = String::new();
     for line in plan
         .skipped
@@ -40,11 +43,12 @@ pub fn render_plan(plan: &Plan) -> String {
     {
         let _ = writeln!(out, "# {line}");
     }
-    let mut docs = vec![
-        to_yaml(&plan.wasm_plugin),
-        to_yaml(&plan.inbound_wasm_plugin),
-    ];
-    docs.extend(plan.gateway_plugins.iter().map(to_yaml));
+    let plugin = |p: &WasmPlugin| match api {
+        ExtensionApi::WasmPlugin => to_yaml(p),
+        ExtensionApi::TrafficExtension => to_yaml(&traffic_extension(p)),
+    };
+    let mut docs = vec![plugin(&plan.wasm_plugin), plugin(&plan.inbound_wasm_plugin)];
+    docs.extend(plan.gateway_plugins.iter().map(plugin));
     for (vs, dr) in plan.virtual_services.iter().zip(&plan.destination_rules) {
         docs.push(to_yaml(vs));
         docs.push(to_yaml(dr));

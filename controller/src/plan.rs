@@ -15,6 +15,7 @@ use virtual_env_core::{
 
 use crate::crd::{VirtualEnvironment, ROUTE_HEADER_SUFFIX_LEN};
 use crate::existing::{Existing, Kind};
+use crate::extension::ExtensionApi;
 use crate::gateway::{self, GatewayName};
 use crate::istio::{
     Destination, DestinationRule, DestinationRuleSpec, HeaderOperations, Headers, HttpMatchRequest,
@@ -53,6 +54,8 @@ pub struct Settings {
     /// The most plugin config bytes written into one WasmPlugin
     /// ([`MAX_PLUGIN_CONFIG_BYTES`]); a namespace over it is reported, not applied.
     pub max_plugin_config_bytes: usize,
+    /// The API the plugin objects are written in (WasmPlugin, or TrafficExtension).
+    pub extension_api: ExtensionApi,
 }
 
 /// What is in the namespace now.
@@ -102,8 +105,8 @@ pub enum PlanError {
     InvalidSpec(#[from] ConfigError),
     #[error("the VirtualEnvironment has no namespace")]
     NoNamespace,
-    #[error("a WasmPlugin named {1} exists in namespace {0} and is not managed by this VirtualEnvironment; rename or remove it")]
-    WasmPluginTaken(String, &'static str),
+    #[error("a {2} named {1} exists in namespace {0} and is not managed by this VirtualEnvironment; rename or remove it")]
+    WasmPluginTaken(String, &'static str, &'static str),
     #[error("invalid spec: {0}")]
     InvalidEdgeTrust(#[from] virtual_env_core::edge::EdgeTrustError),
     #[error("the plugin config would be {bytes} bytes even in compact form, over the {max} bytes this controller writes into one object (Kubernetes stores at most ~1.5 MiB); nothing was changed. Split the namespace, or route fewer envs")]
@@ -175,9 +178,10 @@ pub fn plan_namespace(
     for ours in [WASM_PLUGIN_NAME, INBOUND_WASM_PLUGIN_NAME] {
         if others
             .iter()
-            .any(|e| e.kind == Kind::WasmPlugin && e.name == ours)
+            .any(|e| e.kind == settings.extension_api.kind() && e.name == ours)
         {
-            return Err(PlanError::WasmPluginTaken(namespace, ours));
+            let kind = settings.extension_api.kind().name();
+            return Err(PlanError::WasmPluginTaken(namespace, ours, kind));
         }
     }
     let prefix = plugin_config.route_header.to_ascii_lowercase();
@@ -270,7 +274,7 @@ pub fn plan_namespace(
         let mut held_by: Vec<String> = others
             .iter()
             .filter(|e| {
-                (e.kind != Kind::WasmPlugin && e.name == name)
+                (matches!(e.kind, Kind::VirtualService | Kind::DestinationRule) && e.name == name)
                     || e.routes_service(&name, &namespace, &settings.cluster_domain)
             })
             .map(|e| e.describe())
@@ -399,8 +403,8 @@ pub fn plan_namespace(
         &exposed,
         &plan.plugin_config,
         &snapshot.elsewhere,
-        &snapshot.elsewhere,
         &wasm_source(ve, settings),
+        settings.extension_api.kind(),
     );
     plan.gateway_plugins = gateway_plans.plugins;
     plan.skipped.extend(gateway_plans.skipped);
@@ -410,10 +414,12 @@ pub fn plan_namespace(
             .destination_rules
             .iter()
             .any(|o| o.name_any() == e.name),
-        Kind::WasmPlugin if e.namespace == namespace => {
+        // Plugin objects of the other API are ours from before a switch: pruned.
+        kind if kind.is_plugin() && kind != settings.extension_api.kind() => false,
+        Kind::WasmPlugin | Kind::TrafficExtension if e.namespace == namespace => {
             e.name == WASM_PLUGIN_NAME || e.name == INBOUND_WASM_PLUGIN_NAME
         }
-        Kind::WasmPlugin => plan.gateway_plugins.iter().any(|o| {
+        Kind::WasmPlugin | Kind::TrafficExtension => plan.gateway_plugins.iter().any(|o| {
             o.name_any() == e.name && o.namespace().as_deref() == Some(e.namespace.as_str())
         }),
         Kind::Gateway => true,
@@ -643,6 +649,7 @@ pub mod fixtures {
                 sha256: Some("ab".repeat(32)),
             },
             max_plugin_config_bytes: MAX_PLUGIN_CONFIG_BYTES,
+            extension_api: Default::default(),
         }
     }
 
@@ -712,6 +719,7 @@ mod tests {
     fn a_config_over_the_limit_is_reported_and_nothing_is_planned() {
         let settings = Settings {
             max_plugin_config_bytes: 4_000,
+            extension_api: Default::default(),
             ..settings()
         };
         let err = plan_namespace(&seed_ve(), &wide_snapshot(40, 5), &settings).unwrap_err();

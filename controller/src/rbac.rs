@@ -50,6 +50,12 @@ pub const CLUSTER: &[ApiUse] = &[
         "wasmplugins",
         &["list", "watch", "create", "patch", "delete"],
     ),
+    // Istio 1.30's successor of WasmPlugin, written instead where the cluster serves it.
+    uses(
+        "extensions.istio.io",
+        "trafficextensions",
+        &["list", "watch", "create", "patch", "delete"],
+    ),
     // Read only: a Gateway's selector names the pods that get its plugin object.
     uses("networking.istio.io", "gateways", &["list", "watch"]),
 ];

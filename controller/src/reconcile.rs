@@ -27,8 +27,9 @@ use virtual_env_core::service_fqdn;
 use crate::caches::{self, slim_object, slim_pod, slim_service, Caches, NotReady};
 use crate::crd::{VirtualEnvironment, VirtualEnvironmentStatus, ROUTE_HEADER_SUFFIX_LEN};
 use crate::existing::{Existing, Kind};
+use crate::extension::{traffic_extension, ExtensionApi};
 use crate::gateway::FINALIZER;
-use crate::istio::{DestinationRule, VirtualService, WasmPlugin};
+use crate::istio::{DestinationRule, TrafficExtension, VirtualService, WasmPlugin};
 use crate::metrics::Metrics;
 use crate::plan::{
     plan_namespace, plugin_config_of, plugin_config_value, Plan, PlanError, Settings, Snapshot,
@@ -135,7 +136,6 @@ struct NamespaceApi {
     ves: Api<VirtualEnvironment>,
     vss: Api<VirtualService>,
     drs: Api<DestinationRule>,
-    wasm_plugins: Api<WasmPlugin>,
 }
 
 impl NamespaceApi {
@@ -145,7 +145,6 @@ impl NamespaceApi {
             ves: Api::namespaced(client.clone(), ns),
             vss: Api::namespaced(client.clone(), ns),
             drs: Api::namespaced(client.clone(), ns),
-            wasm_plugins: Api::namespaced(client.clone(), ns),
         }
     }
 }
@@ -199,7 +198,7 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
         || snapshot
             .elsewhere
             .iter()
-            .any(|e| e.kind == Kind::WasmPlugin && e.managed_by(owner_uid.as_deref()));
+            .any(|e| e.kind.is_plugin() && e.managed_by(owner_uid.as_deref()));
     if owns_elsewhere && !ve.finalizers().iter().any(|f| f == FINALIZER) {
         let mut finalizers = ve.finalizers().to_vec();
         finalizers.push(FINALIZER.to_owned());
@@ -269,8 +268,16 @@ async fn apply_plan(
     if !failed_services.is_empty() {
         let previous = owned
             .iter()
-            .find(|e| e.kind == Kind::WasmPlugin && e.name == WASM_PLUGIN_NAME)
-            .and_then(|e| plugin_config_of(&e.spec["pluginConfig"]));
+            .find(|e| e.kind == ctx.settings.extension_api.kind() && e.name == WASM_PLUGIN_NAME)
+            .and_then(|e| {
+                // A TrafficExtension keeps it under `wasm`.
+                let wasm = &e.spec["wasm"]["pluginConfig"];
+                plugin_config_of(if wasm.is_null() {
+                    &e.spec["pluginConfig"]
+                } else {
+                    wasm
+                })
+            });
         let config = keep_failed_services(
             &plan.plugin_config,
             previous.as_ref(),
@@ -279,26 +286,26 @@ async fn apply_plan(
         );
         wasm_plugin.spec.plugin_config = plugin_config_value(&config);
     }
+    let kind = ctx.settings.extension_api.kind().name();
     // The called side's plugin first: until the calling side's is updated, an older
     // controller's single plugin object still covers both sides. It routes nothing, so
     // its failure holds nothing back.
-    match apply(&api.wasm_plugins, &plan.inbound_wasm_plugin, "WasmPlugin").await {
-        Ok(()) => ctx.metrics.applied("WasmPlugin"),
-        Err(e) => failures.push(format!("WasmPlugin {INBOUND_WASM_PLUGIN_NAME}: {e}")),
+    match apply_plugin(ctx, &plan.inbound_wasm_plugin).await {
+        Ok(()) => ctx.metrics.applied(kind),
+        Err(e) => failures.push(format!("{kind} {INBOUND_WASM_PLUGIN_NAME}: {e}")),
     }
-    match apply(&api.wasm_plugins, &wasm_plugin, "WasmPlugin").await {
+    match apply_plugin(ctx, &wasm_plugin).await {
         Ok(()) => {
-            ctx.metrics.applied("WasmPlugin");
+            ctx.metrics.applied(kind);
             // The gateways' plugins route by the same subsets and routes, so they go with
             // the namespace's calling side.
             for plugin in &plan.gateway_plugins {
-                let gateway_ns = plugin.namespace().unwrap_or_default();
-                let there = Api::<WasmPlugin>::namespaced(ctx.client.clone(), &gateway_ns);
-                match apply(&there, plugin, "WasmPlugin").await {
-                    Ok(()) => ctx.metrics.applied("WasmPlugin"),
+                match apply_plugin(ctx, plugin).await {
+                    Ok(()) => ctx.metrics.applied(kind),
                     Err(e) => failures.push(format!(
-                        "WasmPlugin {} in namespace {gateway_ns}: {e}",
-                        plugin.name_any()
+                        "{kind} {} in namespace {}: {e}",
+                        plugin.name_any(),
+                        plugin.namespace().unwrap_or_default()
                     )),
                 }
             }
@@ -312,7 +319,7 @@ async fn apply_plan(
             }
         }
         // The old config may still select what the later steps would remove: stop here.
-        Err(e) => failures.push(format!("WasmPlugin {WASM_PLUGIN_NAME}: {e}")),
+        Err(e) => failures.push(format!("{kind} {WASM_PLUGIN_NAME}: {e}")),
     }
     failures
 }
@@ -334,11 +341,10 @@ async fn delete_elsewhere(
         .snapshot(&api.ns)
         .elsewhere
         .iter()
-        .filter(|e| e.kind == Kind::WasmPlugin && e.managed_by(owner_uid.as_deref()))
+        .filter(|e| e.kind.is_plugin() && e.managed_by(owner_uid.as_deref()))
     {
-        let there = Api::<WasmPlugin>::namespaced(ctx.client.clone(), &object.namespace);
-        if prune(&there, object).await? {
-            ctx.metrics.pruned("WasmPlugin");
+        if prune_plugin(ctx, object).await? {
+            ctx.metrics.pruned(object.kind.name());
         }
     }
     let rest: Vec<String> = ve
@@ -408,15 +414,8 @@ async fn write_step(step: &Step, api: &NamespaceApi, ctx: &Context) -> Result<()
             let deleted = match object.kind {
                 Kind::VirtualService => prune(&api.vss, object).await?,
                 Kind::DestinationRule => prune(&api.drs, object).await?,
-                Kind::WasmPlugin if object.namespace == api.ns => {
-                    prune(&api.wasm_plugins, object).await?
-                }
-                // A gateway's plugin object, in the gateway's namespace.
-                Kind::WasmPlugin => {
-                    let elsewhere =
-                        Api::<WasmPlugin>::namespaced(ctx.client.clone(), &object.namespace);
-                    prune(&elsewhere, object).await?
-                }
+                // In the namespace, or a gateway's plugin object in the gateway's.
+                Kind::WasmPlugin | Kind::TrafficExtension => prune_plugin(ctx, object).await?,
                 Kind::Gateway => false,
             };
             if deleted {
@@ -464,6 +463,42 @@ where
     {
         Ok(result) => result.map(drop).map_err(|e| istio_error(kind, e)),
         Err(_) => Err(Error::Timeout(WRITE_TIMEOUT)),
+    }
+}
+
+/// Applies a plugin object, in its own namespace, in the API the cluster serves.
+async fn apply_plugin(ctx: &Context, plugin: &WasmPlugin) -> Result<(), Error> {
+    let ns = plugin.namespace().unwrap_or_default();
+    match ctx.settings.extension_api {
+        ExtensionApi::WasmPlugin => {
+            let api = Api::<WasmPlugin>::namespaced(ctx.client.clone(), &ns);
+            apply(&api, plugin, "WasmPlugin").await
+        }
+        ExtensionApi::TrafficExtension => {
+            let api = Api::<TrafficExtension>::namespaced(ctx.client.clone(), &ns);
+            apply(&api, &traffic_extension(plugin), "TrafficExtension").await
+        }
+    }
+}
+
+/// Deletes a plugin object of either API, in its namespace.
+async fn prune_plugin(ctx: &Context, object: &Existing) -> Result<bool, Error> {
+    let client = ctx.client.clone();
+    match object.kind {
+        Kind::TrafficExtension => {
+            prune(
+                &Api::<TrafficExtension>::namespaced(client, &object.namespace),
+                object,
+            )
+            .await
+        }
+        _ => {
+            prune(
+                &Api::<WasmPlugin>::namespaced(client, &object.namespace),
+                object,
+            )
+            .await
+        }
     }
 }
 
@@ -588,7 +623,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (caches, writers) = caches::caches();
+    let (caches, writers) = caches::caches(settings.extension_api);
     let ctx = Arc::new(Context::new(client.clone(), settings, metrics, caches));
     let all = watcher::Config::default;
     let controller = Controller::new(
@@ -1084,6 +1119,69 @@ mod tests {
         let action = reconcile(Arc::new(ve), ctx).await.unwrap();
         assert_eq!(action, Action::await_change());
         assert_eq!(server.await.unwrap(), 2, "nothing else is written");
+    }
+
+    /// On a cluster that serves Istio 1.30's TrafficExtension the plugin objects are
+    /// written as TrafficExtensions, and the WasmPlugins this VirtualEnvironment wrote
+    /// before are deleted once they are in place.
+    #[tokio::test]
+    async fn with_traffic_extension_the_plugins_switch_api_and_the_old_ones_go_after() {
+        let old_plugins = vec![
+            managed_object("virtual-env"),
+            managed_object("virtual-env-inbound"),
+        ];
+        let istio = istio_objects(vec![], vec![], old_plugins);
+        let caches = crate::caches::testing::filled_for(
+            ExtensionApi::TrafficExtension,
+            &seed_snapshot(),
+            &istio,
+            None,
+        );
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let settings = Settings {
+            extension_api: ExtensionApi::TrafficExtension,
+            ..settings()
+        };
+        let ctx = Arc::new(Context::new(
+            Client::new(service, NS),
+            settings,
+            Arc::new(Metrics::default()),
+            caches,
+        ));
+        const TE: &str = "/apis/extensions.istio.io/v1alpha1/namespaces/default/trafficextensions";
+        let server = tokio::spawn(async move {
+            let mut api = ApiServerVerifier::new(handle);
+            api.list_virtual_environments(&[&seed_ve_from_api()]).await;
+            for name in ["app-a", "app-b", "app-c"] {
+                api.apply(DR, name).await;
+                api.apply(VS, name).await;
+            }
+            let inbound = api.apply(TE, "virtual-env-inbound").await;
+            assert_eq!(inbound["kind"], "TrafficExtension");
+            assert_eq!(inbound["spec"]["match"], json!([{"mode": "SERVER"}]));
+            let outbound = api.apply(TE, "virtual-env").await;
+            assert_eq!(outbound["spec"]["wasm"]["failStrategy"], "FAIL_OPEN");
+            assert_eq!(
+                outbound["spec"]["wasm"]["pluginConfig"]["services"]
+                    ["app-a.default.svc.cluster.local"],
+                json!(["dev", "dev.proj1"])
+            );
+            for name in ["virtual-env", "virtual-env-inbound"] {
+                let body = api
+                    .expect(
+                        Method::DELETE,
+                        &format!("{WP}/{name}"),
+                        json!({"kind": "Status", "status": "Success"}),
+                    )
+                    .await;
+                assert_eq!(body["preconditions"]["uid"], format!("obj-{name}"));
+            }
+            let status = api.expect_status_patch().await;
+            assert_eq!(status["status"]["conditions"][0]["status"], "True");
+            api.calls.len()
+        });
+        reconcile(Arc::new(seed_ve_from_api()), ctx).await.unwrap();
+        assert_eq!(server.await.unwrap(), 12);
     }
 
     /// A namespace holding every VirtualService and DestinationRule of Istio's Bookinfo

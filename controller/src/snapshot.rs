@@ -94,6 +94,7 @@ impl Reader {
             "DestinationRule" => self.existing.push((Kind::DestinationRule, value)),
             "WasmPlugin" => self.existing.push((Kind::WasmPlugin, value)),
             "Gateway" => self.existing.push((Kind::Gateway, value)),
+            "TrafficExtension" => self.existing.push((Kind::TrafficExtension, value)),
             // Anything else (deployments, the WasmPlugin, ...) plays no part in planning.
             _ => {}
         }
@@ -122,7 +123,9 @@ impl Reader {
             match kind {
                 Kind::Gateway => elsewhere.push(object),
                 _ if object.namespace == ns => existing_here.push(object),
-                Kind::WasmPlugin if crate::gateway::of_namespace(&object.name, &labels, &ns) => {
+                kind if kind.is_plugin()
+                    && crate::gateway::of_namespace(&object.name, &labels, &ns) =>
+                {
                     elsewhere.push(object)
                 }
                 _ => {}

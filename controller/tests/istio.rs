@@ -262,3 +262,67 @@ fn services_exposed_through_a_gateway_render_its_plugin_object() {
     assert!(own["spec"]["pluginConfig"]["edgeTrust"].is_null());
     assert!(own["spec"]["pluginConfig"]["hosts"].is_null());
 }
+
+/// Where the cluster serves Istio 1.30's TrafficExtension, the plugin objects are
+/// TrafficExtensions, valid for Istio's CRD, carrying exactly what the WasmPlugins carry.
+#[test]
+fn with_traffic_extension_the_plugin_objects_are_valid_traffic_extensions() {
+    let mut args = gateway_files();
+    let wasm_plugins = docs(&render(&args));
+    args.push("--extension-api=traffic-extension".into());
+    let out = virtual_env(
+        &std::iter::once("render")
+            .chain(args.iter().flat_map(|f| {
+                if f.starts_with("--") {
+                    vec![f.as_str()]
+                } else {
+                    vec!["-f", f.as_str()]
+                }
+            }))
+            .chain([
+                "--wasm-url",
+                "oci://registry.example/virtual-env-filter:0.1.0",
+            ])
+            .collect::<Vec<_>>(),
+    );
+    let objects = docs(&out);
+    let kinds: Vec<&str> = objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect();
+    assert!(!kinds.contains(&"WasmPlugin"), "{kinds:?}");
+    let extensions: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "TrafficExtension")
+        .collect();
+    let plugins: Vec<&Value> = wasm_plugins
+        .iter()
+        .filter(|o| o["kind"] == "WasmPlugin")
+        .collect();
+    assert_eq!(
+        extensions.len(),
+        3,
+        "calling side, called side, the gateway's"
+    );
+    for (te, wp) in extensions.iter().zip(&plugins) {
+        assert_eq!(te["metadata"], wp["metadata"]);
+        assert_eq!(
+            te["spec"]["wasm"]["pluginConfig"],
+            wp["spec"]["pluginConfig"]
+        );
+        assert_eq!(te["spec"]["wasm"]["url"], wp["spec"]["url"]);
+        assert_eq!(te["spec"]["match"], wp["spec"]["match"]);
+        assert_eq!(te["spec"]["selector"], wp["spec"]["selector"]);
+    }
+    for object in &objects {
+        let errors = check_against_istio(object);
+        assert!(errors.is_empty(), "{errors:#?}");
+    }
+    // The check sees a TrafficExtension with two kinds of filter, and a bad mode.
+    let mut broken = extensions[0].clone();
+    broken["spec"]["lua"] = serde_json::json!({"inlineCode": "function envoy_on_request(h) end"});
+    broken["spec"]["match"][0]["mode"] = "SIDEWAYS".into();
+    let errors = check_against_istio(&broken);
+    assert!(errors.iter().any(|e| e.contains("oneOf")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("SIDEWAYS")), "{errors:?}");
+}

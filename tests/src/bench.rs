@@ -1000,6 +1000,7 @@ pub mod planning {
                 sha256: Some("0".repeat(64)),
             },
             max_plugin_config_bytes: MAX_PLUGIN_CONFIG_BYTES,
+            extension_api: Default::default(),
         }
     }
 
@@ -1135,7 +1136,8 @@ pub mod planning {
         use virtual_env_controller::caches::{caches, slim_pod, slim_service};
 
         let before = super::resident_bytes(std::process::id()).unwrap_or(0);
-        let (caches, mut writers) = caches();
+        let (caches, mut writers) =
+            caches(virtual_env_controller::extension::ExtensionApi::WasmPlugin);
         writers.pods.apply_watcher_event(&Event::Init);
         writers.services.apply_watcher_event(&Event::Init);
         let envs = ["dev", "dev.p1", "dev.p1.u1"];

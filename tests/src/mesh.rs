@@ -270,6 +270,7 @@ impl Mesh {
                 sha256: None,
             },
             max_plugin_config_bytes: MAX_PLUGIN_CONFIG_BYTES,
+            extension_api: Default::default(),
         };
         Ok(plan_namespace(&ve, &snapshot, &settings)?)
     }

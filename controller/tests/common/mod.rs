@@ -28,8 +28,9 @@ pub fn virtual_env(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// A structural-schema check: types, required fields, and no field the schema does not
-/// declare (what `kubectl apply --validate=strict`, kubectl's default, rejects).
+/// A structural-schema check: types, enums, string patterns of the simple kind, required
+/// fields (also those a `oneOf` branch requires), and no field the schema does not declare
+/// (what `kubectl apply --validate=strict`, kubectl's default, rejects).
 pub fn check_schema(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
     if schema["x-kubernetes-preserve-unknown-fields"] == true {
         return;
@@ -52,6 +53,27 @@ pub fn check_schema(schema: &Value, value: &Value, path: &str, errors: &mut Vec<
     if !ok {
         errors.push(format!("{path}: expected {}, got {value}", schema["type"]));
         return;
+    }
+    if let Some(allowed) = schema["enum"].as_array() {
+        if !allowed.contains(value) {
+            errors.push(format!("{path}: {value} is not one of {allowed:?}"));
+        }
+    }
+    // `oneOf` of `required` sets (protobuf oneofs: TrafficExtension's wasm / lua): at most
+    // one holds, and exactly one unless a `not: anyOf` branch admits none.
+    if let (Some(branches), Some(obj)) = (schema["oneOf"].as_array(), value.as_object()) {
+        let holds = |branch: &Value| {
+            branch["required"].as_array().is_some_and(|r| {
+                r.iter()
+                    .all(|k| obj.contains_key(k.as_str().unwrap_or_default()))
+            })
+        };
+        let with_required = branches.iter().filter(|b| b["required"].is_array()).count();
+        let held = branches.iter().filter(|b| holds(b)).count();
+        let none_allowed = branches.iter().any(|b| b["not"].is_object());
+        if with_required > 0 && (held > 1 || (held == 0 && !none_allowed)) {
+            errors.push(format!("{path}: {held} of the oneOf branches hold"));
+        }
     }
     if let (Some(props), Some(obj)) = (schema["properties"].as_object(), value.as_object()) {
         for (key, v) in obj {

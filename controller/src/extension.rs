@@ -1,0 +1,117 @@
+//! Which Istio API carries the plugin objects. WasmPlugin is served by every Istio with
+//! Wasm support; Istio 1.30 introduced TrafficExtension (`extensions.istio.io/v1alpha1`),
+//! which replaces it as the primary extension API (and also reaches ambient-mode
+//! waypoints). The controller writes TrafficExtensions where the cluster serves them
+//! (found at start-up, or forced by `--extension-api`) and WasmPlugins elsewhere.
+//!
+//! Planning always builds WasmPlugin objects; [`traffic_extension`] translates one into
+//! the same plugin object in the newer API, field for field.
+
+use kube::ResourceExt;
+
+use crate::existing::Kind;
+use crate::istio::{TrafficExtension, TrafficExtensionSpec, WasmConfig, WasmPlugin};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExtensionApi {
+    #[default]
+    WasmPlugin,
+    TrafficExtension,
+}
+
+impl ExtensionApi {
+    /// The kind of the plugin objects written.
+    pub fn kind(self) -> Kind {
+        match self {
+            ExtensionApi::WasmPlugin => Kind::WasmPlugin,
+            ExtensionApi::TrafficExtension => Kind::TrafficExtension,
+        }
+    }
+
+    /// From the resources the cluster serves in `extensions.istio.io` (plural names):
+    /// TrafficExtension where it is served.
+    pub fn detect<'a>(served: impl IntoIterator<Item = &'a str>) -> Self {
+        if served.into_iter().any(|r| r == "trafficextensions") {
+            ExtensionApi::TrafficExtension
+        } else {
+            ExtensionApi::WasmPlugin
+        }
+    }
+
+    /// The Istio kinds the controller watches with this API: after a switch to
+    /// TrafficExtension it still reads WasmPlugins, to prune the ones it wrote before.
+    pub fn watched_kinds(self) -> Vec<Kind> {
+        let mut kinds = vec![
+            Kind::VirtualService,
+            Kind::DestinationRule,
+            Kind::WasmPlugin,
+            Kind::Gateway,
+        ];
+        if self == ExtensionApi::TrafficExtension {
+            kinds.push(Kind::TrafficExtension);
+        }
+        kinds
+    }
+}
+
+/// The same plugin object as a TrafficExtension.
+pub fn traffic_extension(plugin: &WasmPlugin) -> TrafficExtension {
+    let spec = &plugin.spec;
+    let mut object = TrafficExtension::new(
+        &plugin.name_any(),
+        TrafficExtensionSpec {
+            selector: spec.selector.clone(),
+            traffic_selectors: spec.traffic_selectors.clone(),
+            wasm: WasmConfig {
+                url: spec.url.clone(),
+                sha256: spec.sha256.clone(),
+                fail_strategy: spec.fail_strategy.clone(),
+                plugin_config: spec.plugin_config.clone(),
+            },
+        },
+    );
+    object.metadata = plugin.metadata.clone();
+    object
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::fixtures::{seed_snapshot, seed_ve, settings};
+    use crate::plan::plan_namespace;
+
+    #[test]
+    fn traffic_extensions_are_detected_by_what_the_cluster_serves() {
+        assert_eq!(
+            ExtensionApi::detect(["wasmplugins", "trafficextensions"]),
+            ExtensionApi::TrafficExtension
+        );
+        assert_eq!(
+            ExtensionApi::detect(["wasmplugins"]),
+            ExtensionApi::WasmPlugin
+        );
+        assert_eq!(ExtensionApi::detect([]), ExtensionApi::WasmPlugin);
+    }
+
+    #[test]
+    fn a_traffic_extension_carries_the_plugin_objects_fields() {
+        let plan = plan_namespace(&seed_ve(), &seed_snapshot(), &settings()).unwrap();
+        let wp = &plan.wasm_plugin;
+        let te = traffic_extension(wp);
+        let json = serde_json::to_value(&te).unwrap();
+        assert_eq!(json["apiVersion"], "extensions.istio.io/v1alpha1");
+        assert_eq!(json["kind"], "TrafficExtension");
+        assert_eq!(
+            json["metadata"],
+            serde_json::to_value(&wp.metadata).unwrap()
+        );
+        assert_eq!(
+            json["spec"]["match"],
+            serde_json::json!([{"mode": "CLIENT"}])
+        );
+        assert_eq!(json["spec"]["wasm"]["url"], wp.spec.url);
+        assert_eq!(json["spec"]["wasm"]["failStrategy"], "FAIL_OPEN");
+        assert_eq!(json["spec"]["wasm"]["pluginConfig"], wp.spec.plugin_config);
+        assert!(json["spec"]["url"].is_null());
+    }
+}

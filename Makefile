@@ -19,7 +19,7 @@ export ENVOY
 WASM := target/wasm32-wasip1/release/virtual_env_filter.wasm
 export VIRTUAL_ENV_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: all setup rust-target envoy envoys build demo bench bench-tools test test-native test-envoy-versions fuzz soak lint fmt crd demo-manifests image demo-app-image wasm-image clean
+.PHONY: all setup rust-target envoy envoys build demo bench bench-controller bench-tools test test-native test-envoy-versions fuzz soak lint fmt crd demo-manifests image demo-app-image wasm-image clean
 
 all: build
 
@@ -68,6 +68,11 @@ bench: setup build bench-tools $(BENCH_ENVOY)
 	cargo build -q -p virtual-env-ladder --target wasm32-wasip1 --release
 	cargo build -q --release -p virtual-env-e2e --bin virtual-env-bench
 	ENVOY=$(BENCH_ENVOY) ./target/release/virtual-env-bench $(BENCH_ARGS)
+
+# Only the controller's memory at 1,000 services and 10,000 pods (also part of `make bench`).
+bench-controller: build
+	cargo build -q --release -p virtual-env-e2e --bin virtual-env-bench
+	./target/release/virtual-env-bench --controller-memory
 
 test: setup build lint test-native test-envoy-versions
 

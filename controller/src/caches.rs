@@ -3,13 +3,14 @@
 //! reconcile reads memory instead of listing five kinds from the API server on every event.
 //!
 //! Objects are slimmed before they are cached, to what planning reads: a pod keeps its
-//! name, labels, deletion mark and conditions (not its spec, annotations or container
-//! statuses); every object loses its managed fields and annotations. A 10,000-pod namespace
-//! then costs the controller a few MB (see the README's scale figures).
+//! name, namespace, labels, deletion mark and Ready condition, nothing else; every object
+//! loses its managed fields and annotations (a Service keeps the gateway ones). See the
+//! README's scale figures for what 10,000 pods cost (`make bench-controller`).
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, PodStatus, Service};
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DynamicObject;
 use kube::runtime::reflector::{store::Writer, Store};
 use kube::ResourceExt;
@@ -149,14 +150,34 @@ where
     )
 }
 
-/// A pod as planning reads it: name, namespace, labels, deletion mark, conditions.
+/// A pod as planning reads it: name, namespace, labels, deletion mark, and whether it is
+/// Ready (its Ready condition's type and status only). Everything else goes: at 10,000
+/// pods the rest (spec, other conditions and their messages and timestamps, owner
+/// references, uid, resource version) is most of the cache.
 pub fn slim_pod(pod: &mut Pod) {
-    let meta = &mut pod.metadata;
-    meta.annotations = None;
-    meta.managed_fields = None;
+    let meta = std::mem::take(&mut pod.metadata);
+    pod.metadata = ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        labels: meta.labels,
+        deletion_timestamp: meta.deletion_timestamp,
+        ..ObjectMeta::default()
+    };
     pod.spec = None;
-    pod.status = pod.status.take().map(|status| PodStatus {
-        conditions: status.conditions,
+    let ready = pod
+        .status
+        .take()
+        .and_then(|status| status.conditions)
+        .into_iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| PodCondition {
+            type_: c.type_,
+            status: c.status,
+            ..PodCondition::default()
+        });
+    pod.status = ready.map(|c| PodStatus {
+        conditions: Some(vec![c]),
         ..PodStatus::default()
     });
 }
@@ -301,7 +322,16 @@ mod tests {
         assert!(slim.spec.is_none() && slim.metadata.annotations.is_none());
         assert_eq!(slim.labels(), full.labels());
         assert!(crate::plan::is_ready(&slim));
-        assert!(slim.status.unwrap().container_statuses.is_none());
+        let status = slim.status.unwrap();
+        assert!(status.container_statuses.is_none());
+        assert_eq!(
+            status.conditions.as_ref().map(Vec::len),
+            Some(1),
+            "only Ready"
+        );
+        let mut not_ready = pod("q", "app-a", Some("dev"), false);
+        slim_pod(&mut not_ready);
+        assert!(!crate::plan::is_ready(&not_ready));
     }
 
     #[tokio::test]

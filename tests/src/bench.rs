@@ -1129,13 +1129,21 @@ pub mod planning {
     /// The controller's memory for one namespace of `services` services with
     /// `pods_per_service` ready pods each: the watch caches filled as the reflectors fill
     /// them (full objects in, slimmed objects kept), then one reconcile's snapshot and
-    /// plan. Returns (resident bytes the caches hold, peak resident bytes over the whole
-    /// process), both from `/proc/self`; run it before anything else big in the process.
-    pub fn controller_memory(services: usize, pods_per_service: usize) -> (u64, u64) {
+    /// plan. Returns (what the caches add to the process's resident memory, which includes
+    /// what the allocator keeps of the full objects parsed meanwhile; the heap bytes the
+    /// caches hold, by `live_heap`, the process's allocator's count; the peak resident
+    /// bytes over the whole process), from `/proc/self` and `live_heap`; run it before
+    /// anything else big in the process.
+    pub fn controller_memory(
+        services: usize,
+        pods_per_service: usize,
+        live_heap: &dyn Fn() -> u64,
+    ) -> (u64, u64, u64) {
         use kube::runtime::watcher::Event;
         use virtual_env_controller::caches::{caches, slim_pod, slim_service};
 
         let before = super::resident_bytes(std::process::id()).unwrap_or(0);
+        let heap_before = live_heap();
         let (caches, mut writers) =
             caches(virtual_env_controller::extension::ExtensionApi::WasmPlugin);
         writers.pods.apply_watcher_event(&Event::Init);
@@ -1167,10 +1175,11 @@ pub mod planning {
         let cached = super::resident_bytes(std::process::id())
             .unwrap_or(0)
             .saturating_sub(before);
+        let cached_heap = live_heap().saturating_sub(heap_before);
         let snapshot = caches.snapshot("default");
         let plan = plan_namespace(&virtual_environment(), &snapshot, &settings());
         drop((plan, snapshot));
-        (cached, peak_resident_bytes())
+        (cached, cached_heap, peak_resident_bytes())
     }
 
     #[derive(Debug, Clone, Serialize)]

@@ -8,8 +8,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use virtual_env_core::config::{
-    PluginConfig, DEFAULT_BAGGAGE_KEY, DEFAULT_CORRELATION_SLOTS, DEFAULT_CORRELATION_TTL_SECONDS,
-    DEFAULT_ENV_LABEL, DEFAULT_ROUTE_HEADER, DEFAULT_SPLITTER, DEFAULT_TRACE_HEADERS,
+    HeaderPattern, PluginConfig, DEFAULT_BAGGAGE_KEY, DEFAULT_CORRELATION_SLOTS,
+    DEFAULT_CORRELATION_TTL_SECONDS, DEFAULT_ENV_LABEL, DEFAULT_ROUTE_HEADER, DEFAULT_SPLITTER,
+    DEFAULT_TRACE_HEADERS,
 };
 
 /// The seed's default env header spelling.
@@ -113,9 +114,11 @@ pub struct EnvHeader {
     /// Whether the sidecar injects the pod's own env when a request has none.
     #[serde(default)]
     pub auto_inject: bool,
-    /// Other headers that carry the env, tried after `name`.
+    /// Other headers that carry the env, tried after `name`: a header name, or (the
+    /// original project's v1alpha2 form) `{name, pattern, placeholder}` for an env inside
+    /// the header's value, e.g. a cookie.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub aliases: Vec<String>,
+    pub aliases: Vec<HeaderAlias>,
     /// W3C baggage member that carries the env; empty disables baggage.
     #[serde(default = "default_baggage_key")]
     pub baggage_key: String,
@@ -129,6 +132,47 @@ impl Default for EnvHeader {
             aliases: Vec::new(),
             baggage_key: default_baggage_key(),
         }
+    }
+}
+
+/// One `envHeader.aliases` entry, in either API version's form.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(untagged)]
+pub enum HeaderAlias {
+    /// A header whose whole value is the env (v1alpha1).
+    Name(String),
+    /// The env inside the header's value (v1alpha2): `pattern` is a regular expression
+    /// (the subset in `virtual_env_core::pattern`) with `placeholder` (default `(@)`)
+    /// where the env stands; an empty pattern is the whole value.
+    Pattern {
+        name: String,
+        #[serde(default)]
+        pattern: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        placeholder: Option<String>,
+    },
+    /// Anything else: the schema cannot reject it (it admits both forms), so it is read
+    /// as is, never failing the watch of every VirtualEnvironment, and reported by
+    /// planning as an invalid spec.
+    Invalid(serde_json::Value),
+}
+
+/// Both forms in one schema: a string or an object (so that v1alpha1 and v1alpha2 have
+/// the same schema and need no conversion webhook); the controller validates the entry.
+impl JsonSchema for HeaderAlias {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "HeaderAlias".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A header name, or {name, pattern, placeholder}: the env inside the header's value, matched by pattern (placeholder, default (@), where the env stands)",
+            "x-kubernetes-preserve-unknown-fields": true
+        })
     }
 }
 
@@ -232,6 +276,52 @@ pub struct VirtualEnvironmentStatus {
     pub route_header: Option<String>,
 }
 
+/// The original project's last API version, served beside v1alpha1 with the same schema
+/// (so a CR written for the original applies unchanged); v1alpha1 is stored, and since the
+/// schemas are equal the API server converts between them by changing `apiVersion` only.
+pub mod v1alpha2 {
+    use kube::CustomResource;
+    use schemars::JsonSchema;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(
+        CustomResource, Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema,
+    )]
+    #[kube(
+        group = "env.alibaba.com",
+        version = "v1alpha2",
+        kind = "VirtualEnvironment",
+        plural = "virtualenvironments",
+        shortname = "venv",
+        namespaced,
+        derive = "PartialEq",
+        status = "super::VirtualEnvironmentStatus",
+        printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+        printcolumn = r#"{"name":"Services","type":"integer","jsonPath":".status.services"}"#,
+        printcolumn = r#"{"name":"Envs","type":"integer","jsonPath":".status.envs"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )]
+    pub struct VirtualEnvironmentSpec {
+        #[serde(flatten)]
+        pub spec: super::VirtualEnvironmentSpec,
+    }
+}
+
+/// The CRD: v1alpha1 (stored) and v1alpha2, one schema.
+pub fn custom_resource_definition(
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    // Both come from derives of one group, kind and scope: the merge cannot fail.
+    kube::core::crd::merge_crds(
+        vec![
+            VirtualEnvironment::crd(),
+            v1alpha2::VirtualEnvironment::crd(),
+        ],
+        "v1alpha1",
+    )
+    .unwrap_or_else(|_| VirtualEnvironment::crd())
+}
+
 /// Length of the route header's random suffix: 12 of `[a-z0-9]`, about 62 bits.
 pub const ROUTE_HEADER_SUFFIX_LEN: usize = 12;
 
@@ -292,7 +382,37 @@ impl VirtualEnvironmentSpec {
                 .clone()
                 .filter(|s| !s.is_empty()),
             auto_inject: self.env_header.auto_inject,
-            header_aliases: self.env_header.aliases.clone(),
+            header_aliases: self
+                .env_header
+                .aliases
+                .iter()
+                .filter_map(|alias| match alias {
+                    HeaderAlias::Name(name) => Some(name.clone()),
+                    HeaderAlias::Pattern { name, pattern, .. } if pattern.is_empty() => {
+                        Some(name.clone())
+                    }
+                    HeaderAlias::Pattern { .. } | HeaderAlias::Invalid(_) => None,
+                })
+                .collect(),
+            header_patterns: self
+                .env_header
+                .aliases
+                .iter()
+                .filter_map(|alias| match alias {
+                    HeaderAlias::Pattern {
+                        name,
+                        pattern,
+                        placeholder,
+                    } if !pattern.is_empty() => Some(HeaderPattern {
+                        name: name.clone(),
+                        pattern: pattern.clone(),
+                        placeholder: placeholder.clone().unwrap_or_else(|| {
+                            virtual_env_core::pattern::DEFAULT_PLACEHOLDER.to_owned()
+                        }),
+                    }),
+                    _ => None,
+                })
+                .collect(),
             baggage_key: self.env_header.baggage_key.clone(),
             trace_headers: self.trace_correlation.headers.clone(),
             correlation_slots: self.trace_correlation.slots,

@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ListParams};
-use kube::{Client, CustomResourceExt};
+use kube::Client;
 use tracing::{error, info, warn};
 use virtual_env_controller::crd::VirtualEnvironment;
 use virtual_env_controller::extension::ExtensionApi;
@@ -211,9 +211,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
-        Command::Crd => serde_yaml::to_string(&VirtualEnvironment::crd())
-            .map(|yaml| print!("{yaml}"))
-            .map_err(Into::into),
+        Command::Crd => {
+            serde_yaml::to_string(&virtual_env_controller::crd::custom_resource_definition())
+                .map(|yaml| print!("{yaml}"))
+                .map_err(Into::into)
+        }
         Command::Render(input) => render(&input),
         Command::Explain {
             input,

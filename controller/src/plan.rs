@@ -13,7 +13,7 @@ use virtual_env_core::{
     lowercase, service_fqdn, validate_env_name, ConfigError, Direction, PluginConfig,
 };
 
-use crate::crd::{VirtualEnvironment, ROUTE_HEADER_SUFFIX_LEN};
+use crate::crd::{HeaderAlias, VirtualEnvironment, ROUTE_HEADER_SUFFIX_LEN};
 use crate::existing::{Existing, Kind};
 use crate::extension::ExtensionApi;
 use crate::gateway::{self, GatewayName};
@@ -105,6 +105,8 @@ pub enum PlanError {
     InvalidSpec(#[from] ConfigError),
     #[error("the VirtualEnvironment has no namespace")]
     NoNamespace,
+    #[error("invalid spec: envHeader.aliases: {0} is neither a header name nor {{name, pattern, placeholder}}")]
+    InvalidAlias(String),
     #[error("a {2} named {1} exists in namespace {0} and is not managed by this VirtualEnvironment; rename or remove it")]
     WasmPluginTaken(String, &'static str, &'static str),
     #[error("invalid spec: {0}")]
@@ -164,6 +166,15 @@ pub fn plan_namespace(
     settings: &Settings,
 ) -> Result<Plan, PlanError> {
     let namespace = ve.namespace().ok_or(PlanError::NoNamespace)?;
+    if let Some(HeaderAlias::Invalid(entry)) = ve
+        .spec
+        .env_header
+        .aliases
+        .iter()
+        .find(|a| matches!(a, HeaderAlias::Invalid(_)))
+    {
+        return Err(PlanError::InvalidAlias(entry.to_string()));
+    }
     let mut plugin_config = ve.spec.plugin_config();
     plugin_config.validate()?;
     if let Some(edge) = &ve.spec.edge_trust {
@@ -1048,6 +1059,20 @@ mod tests {
         let bad = ve("envLabel: {splitter: '::'}");
         let err = plan_namespace(&bad, &seed_snapshot(), &settings()).unwrap_err();
         assert!(err.to_string().contains("splitter"), "{err}");
+        // An alias entry of neither form is read (the watch of every VirtualEnvironment
+        // must not fail on it) and reported.
+        let bad = ve("envHeader: {aliases: [x-env, {nmae: cookie}]}");
+        let err = plan_namespace(&bad, &seed_snapshot(), &settings()).unwrap_err();
+        assert!(err.to_string().contains("envHeader.aliases"), "{err}");
+        // A pattern the filter cannot match is an invalid spec too, naming the character.
+        let bad = ve("envHeader: {aliases: [{name: cookie, pattern: '[a-z]+=(@)'}]}");
+        let err = plan_namespace(&bad, &seed_snapshot(), &settings()).unwrap_err();
+        assert!(err.to_string().contains("'['"), "{err}");
+        // Both forms, as the original project's v1alpha2 wrote them, plan.
+        let good = ve("envHeader: {aliases: [x-env, {name: cookie, pattern: '.*env=(@);?.*'}, {name: x-whole, pattern: ''}]}");
+        let plan = plan_of(&good, &seed_snapshot());
+        assert_eq!(plan.plugin_config.header_aliases, ["x-env", "x-whole"]);
+        assert_eq!(plan.plugin_config.header_patterns[0].placeholder, "(@)");
     }
 
     #[test]

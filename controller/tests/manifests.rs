@@ -220,33 +220,75 @@ fn rbac_grants_exactly_what_the_controller_uses() {
 #[test]
 fn the_sample_virtual_environments_pass_the_crd_schema() {
     let crd: CustomResourceDefinition = one("CustomResourceDefinition");
-    let schema = serde_json::to_value(
-        &crd.spec.versions[0]
-            .schema
-            .as_ref()
-            .unwrap()
-            .open_api_v3_schema,
-    )
-    .unwrap();
+    let schema_of = |version: &str| {
+        let v = crd
+            .spec
+            .versions
+            .iter()
+            .find(|v| v.name == version && v.served)
+            .unwrap_or_else(|| panic!("the CRD does not serve {version}"));
+        serde_json::to_value(&v.schema.as_ref().unwrap().open_api_v3_schema).unwrap()
+    };
     let samples: Vec<(String, Value)> = documents()
         .into_iter()
         .filter(|(_, d)| d["kind"] == "VirtualEnvironment")
         .collect();
-    assert_eq!(samples.len(), 2, "the seed's sample and the demo's");
+    assert_eq!(
+        samples.len(),
+        3,
+        "the seed's sample, the original project's v1alpha2 sample and the demo's"
+    );
     for (file, sample) in samples {
+        let version = sample["apiVersion"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap();
         let mut errors = Vec::new();
         check_schema(
-            &schema["properties"]["spec"],
+            &schema_of(version)["properties"]["spec"],
             &sample["spec"],
             "spec",
             &mut errors,
         );
         assert!(errors.is_empty(), "{file}: {errors:?}");
+        // And the controller reads it (the API server serves it as v1alpha1 too) into a
+        // valid plugin config.
+        let mut as_stored = sample.clone();
+        as_stored["apiVersion"] = "env.alibaba.com/v1alpha1".into();
+        let ve: virtual_env_controller::crd::VirtualEnvironment =
+            serde_json::from_value(as_stored).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let config = ve.spec.plugin_config();
+        config.validate().unwrap_or_else(|e| panic!("{file}: {e}"));
+        if version == "v1alpha2" {
+            assert_eq!(config.header_patterns.len(), 1, "{file}");
+            let pattern = config.header_patterns[0].compile().unwrap();
+            assert_eq!(
+                pattern.extract("a=1;VirtualEnv=dev.proj1;b=2"),
+                Some("dev.proj1")
+            );
+        }
     }
+    // Both versions have one schema, so the API server converts without a webhook.
+    assert_eq!(schema_of("v1alpha1"), schema_of("v1alpha2"));
+    let stored: Vec<&str> = crd
+        .spec
+        .versions
+        .iter()
+        .filter(|v| v.storage)
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(stored, ["v1alpha1"]);
     // The check itself catches what strict validation would.
     let mut errors = Vec::new();
     let bad: Value = serde_json::json!({"envHeader": {"nmae": "x", "autoInject": "yes"}});
-    check_schema(&schema["properties"]["spec"], &bad, "spec", &mut errors);
+    check_schema(
+        &schema_of("v1alpha1")["properties"]["spec"],
+        &bad,
+        "spec",
+        &mut errors,
+    );
     assert_eq!(errors.len(), 2, "{errors:?}");
 }
 

@@ -11,6 +11,7 @@ use thiserror::Error;
 
 use crate::edge::{EdgeTrust, EdgeTrustError};
 use crate::env::{validate_env_name, EnvNameError, SPLITTER_CHOICES};
+use crate::pattern::{EnvPattern, PatternError};
 use crate::service::service_key_of_fqdn;
 
 pub const DEFAULT_ENV_HEADER: &str = "x-virtual-env";
@@ -47,6 +48,10 @@ pub struct PluginConfig {
     pub auto_inject: bool,
     /// Other headers that carry the env, consulted after `envHeader`.
     pub header_aliases: Vec<String>,
+    /// Headers whose value holds the env inside other text (the original project's alias
+    /// `pattern`, e.g. a cookie), consulted after `headerAliases`; see [`crate::pattern`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub header_patterns: Vec<HeaderPattern>,
     /// W3C baggage member that carries the env; empty disables baggage.
     pub baggage_key: String,
     /// Headers whose value identifies a trace, in the order they are tried.
@@ -86,6 +91,29 @@ pub struct PluginConfig {
     pub service_envs: BTreeMap<String, Vec<u32>>,
 }
 
+/// A header whose value holds the env inside other text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderPattern {
+    /// The header (e.g. `cookie`).
+    pub name: String,
+    /// A regular expression of the supported subset with `placeholder` where the env is.
+    pub pattern: String,
+    /// Default `(@)`, as in the original project.
+    #[serde(default = "default_placeholder")]
+    pub placeholder: String,
+}
+
+fn default_placeholder() -> String {
+    crate::pattern::DEFAULT_PLACEHOLDER.to_owned()
+}
+
+impl HeaderPattern {
+    pub fn compile(&self) -> Result<EnvPattern, PatternError> {
+        EnvPattern::parse(&self.pattern, &self.placeholder)
+    }
+}
+
 /// The side of the sidecar a plugin object filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -107,6 +135,7 @@ impl Default for PluginConfig {
             default_subset: None,
             auto_inject: false,
             header_aliases: Vec::new(),
+            header_patterns: Vec::new(),
             baggage_key: DEFAULT_BAGGAGE_KEY.into(),
             trace_headers: DEFAULT_TRACE_HEADERS.map(String::from).to_vec(),
             correlation_slots: DEFAULT_CORRELATION_SLOTS,
@@ -166,6 +195,8 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     EdgeTrust(#[from] EdgeTrustError),
+    #[error("headerPatterns.{name}: {source}")]
+    Pattern { name: String, source: PatternError },
     #[error("hosts.{host}: {reason}")]
     GatewayHost { host: String, reason: &'static str },
     #[error("{field}: {value} is out of range 0..={max}")]
@@ -287,6 +318,25 @@ impl PluginConfig {
                     other: "routeHeader",
                 });
             }
+        }
+        check_count(
+            "headerPatterns",
+            self.header_patterns.len(),
+            MAX_HEADER_ALIASES,
+        )?;
+        for pattern in &self.header_patterns {
+            check_header("headerPatterns", &pattern.name)?;
+            if pattern.name.eq_ignore_ascii_case(&self.route_header) {
+                return Err(ConfigError::HeaderReused {
+                    field: "headerPatterns",
+                    value: pattern.name.clone(),
+                    other: "routeHeader",
+                });
+            }
+            pattern.compile().map_err(|source| ConfigError::Pattern {
+                name: pattern.name.clone(),
+                source,
+            })?;
         }
         check_count("traceHeaders", self.trace_headers.len(), MAX_TRACE_HEADERS)?;
         for header in &self.trace_headers {

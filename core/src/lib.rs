@@ -9,10 +9,11 @@ pub mod env;
 #[cfg(test)]
 mod fuzz;
 pub mod hash;
+pub mod pattern;
 pub mod routing;
 pub mod service;
 
-pub use config::{ConfigError, Direction, PluginConfig};
+pub use config::{ConfigError, Direction, HeaderPattern, PluginConfig};
 pub use edge::{EdgeMode, EdgeTrust};
 pub use env::{lineage, validate_env_name, EnvNameError};
 pub use routing::{Choice, RouteTable, ServiceEnvs, Target};

@@ -14,6 +14,7 @@ use std::borrow::Cow;
 
 use log::debug;
 use virtual_env_core::hash::HashKey;
+use virtual_env_core::pattern::EnvPattern;
 use virtual_env_core::{
     lowercase, validate_env_name, Choice, EdgeMode, EdgeTrust, PluginConfig, RouteTable, Target,
 };
@@ -83,6 +84,8 @@ pub struct FilterConfig {
     env_header: String,
     route_header: String,
     header_aliases: Vec<String>,
+    /// Headers that hold the env inside other text, lower case, with their pattern.
+    header_patterns: Vec<(String, EnvPattern)>,
     baggage_key: Option<String>,
     trace_headers: Vec<String>,
     correlation: Option<CorrelationTable>,
@@ -104,6 +107,12 @@ impl FilterConfig {
             env_header: config.env_header.to_ascii_lowercase(),
             route_header: config.route_header.to_ascii_lowercase(),
             header_aliases: lower(&config.header_aliases),
+            // The config passed validation, so every pattern compiles.
+            header_patterns: config
+                .header_patterns
+                .iter()
+                .filter_map(|p| Some((p.name.to_ascii_lowercase(), p.compile().ok()?)))
+                .collect(),
             baggage_key: Some(config.baggage_key.clone()).filter(|k| !k.is_empty()),
             trace_headers: lower(&config.trace_headers),
             correlation: correlation_key.and_then(|key| {
@@ -233,6 +242,16 @@ impl FilterConfig {
         for alias in &self.header_aliases {
             host.remove_request_header(alias);
         }
+        // A pattern's header also carries other things (a cookie): only the env goes.
+        for (header, pattern) in &self.header_patterns {
+            let Some(value) = self.text(host, header) else {
+                continue;
+            };
+            if let Some((start, end)) = pattern.span(&value) {
+                let rest = format!("{}{}", &value[..start], &value[end..]);
+                host.set_request_header(header, &rest);
+            }
+        }
         if let Some(key) = &self.baggage_key {
             let rest = self
                 .text(host, "baggage")
@@ -322,6 +341,16 @@ impl FilterConfig {
         for alias in &self.header_aliases {
             if let Some(env) = self.header_env(host, alias) {
                 return Some((env, EnvSource::Alias));
+            }
+        }
+        for (header, pattern) in &self.header_patterns {
+            let Some(value) = self.text(host, header) else {
+                continue;
+            };
+            if let Some(env) = pattern.extract(&value) {
+                if let Some(env) = self.accept(host, header, Cow::Borrowed(env)) {
+                    return Some((env, EnvSource::Alias));
+                }
             }
         }
         let key = self.baggage_key.as_deref()?;

@@ -403,6 +403,7 @@ async fn a_stripping_gateway_removes_hostile_env_carriers_and_keeps_running() ->
     let gateway = format!(
         r#"{{"routeHeader": "{ROUTE_HEADER}", "defaultSubset": "dev", "direction": "outbound",
             "headerAliases": ["x-env", "x-env-two"],
+            "headerPatterns": [{{"name": "cookie", "pattern": ".*env=(@);?.*"}}],
             "hosts": {{"demo.example.com": "app-a.default.svc.cluster.local"}},
             "edgeTrust": {{"mode": "strip"}},
             "services": {{"app-a.default.svc.cluster.local": ["dev", "dev.proj1"]}}}}"#
@@ -414,6 +415,7 @@ async fn a_stripping_gateway_removes_hostile_env_carriers_and_keeps_running() ->
         ALIASES[0],
         ALIASES[1],
         "baggage",
+        "cookie",
         ROUTE_HEADER,
     ] {
         for value in [NOT_UTF8, b"dev.proj1", b"virtual-env=dev.proj1"] {
@@ -422,6 +424,14 @@ async fn a_stripping_gateway_removes_hostile_env_carriers_and_keeps_running() ->
             assert_eq!(r.header("x-seen-env"), None, "{header}: {value:?}");
         }
     }
+    // A cookie past the pattern's search limit, the env at its end: not searched.
+    let long = format!("{}; env=dev.proj1", "k=v".repeat(16_000));
+    let r = send(
+        &mut conn,
+        request(b"demo.example.com", &[("cookie", long.as_bytes())]),
+    )
+    .await?;
+    assert_eq!(r.text(), "dev");
     // Still running: a forged route header is still overwritten with the default.
     let r = send(
         &mut conn,

@@ -339,6 +339,7 @@ async fn entering_through_the_gateway_with_an_env_from_any_source_falls_back_at_
         (ENV, "dev.proj1"),
         ("x-env", "dev.proj1"),
         ("baggage", "userId=alice,virtual-env=dev.proj1"),
+        ("cookie", "session=42; env=dev.proj1; theme=dark"),
     ] {
         let hop = mesh.request_host(SHOP, &[source]).await?;
         assert_eq!(hop.pods(), PROJ1_CHAIN, "{source:?}");
@@ -351,9 +352,9 @@ async fn entering_through_the_gateway_with_an_env_from_any_source_falls_back_at_
     let gateway = mesh.envoy("gateway").unwrap();
     assert_eq!(
         gateway
-            .stat_eventually("wasmcustom.virtual_env.route.exact", 3)
+            .stat_eventually("wasmcustom.virtual_env.route.exact", 4)
             .await?,
-        3
+        4
     );
     Ok(())
 }

@@ -495,3 +495,52 @@ fn edge_trust_leaves_hosts_outside_the_table_alone() {
     assert_eq!(host.header("x-virtual-env"), Some("dev.proj1"));
     assert_eq!(host.count(Metric::EnvRemovedAtEdge), 0);
 }
+
+/// The original project's alias pattern: the env inside a cookie.
+fn with_cookie_pattern(extra: &str) -> FilterConfig {
+    seed(&format!(
+        r#""headerPatterns": [{{"name": "Cookie", "pattern": ".*env=(@);?.*"}}], {extra}"#
+    ))
+}
+
+#[test]
+fn the_env_in_a_cookie_routes_and_is_propagated_as_the_header() {
+    let cfg = with_cookie_pattern("");
+    let h = call(
+        &cfg,
+        "app-a",
+        &[("cookie", "session=abc; env=dev.proj1; theme=dark")],
+    );
+    assert_eq!(h.header(ROUTE), Some("dev.proj1"));
+    assert_eq!(h.header("x-virtual-env"), Some("dev.proj1"));
+    assert_eq!(h.count(Metric::EnvFromAlias), 1);
+    // The env header comes first; a cookie without the env is no env.
+    let h = call(
+        &cfg,
+        "app-a",
+        &[("x-virtual-env", "dev"), ("cookie", "env=dev.proj1")],
+    );
+    assert_eq!(h.header(ROUTE), Some("dev"));
+    let h = call(&cfg, "app-b", &[("cookie", "session=abc")]);
+    assert_eq!(h.count(Metric::EnvFromNowhere), 1);
+    // What the pattern captures must still be a valid env name.
+    let h = call(&cfg, "app-a", &[("cookie", "env=-bad-")]);
+    assert_eq!(h.count(Metric::HeaderRejected), 1);
+}
+
+#[test]
+fn a_stripping_gateway_removes_only_the_env_from_a_cookie() {
+    let cfg = seed(
+        r#""direction": "outbound", "defaultSubset": "dev",
+           "headerPatterns": [{"name": "cookie", "pattern": ".*env=(@);?.*"}],
+           "hosts": {"demo.example.com": "app-a.default.svc.cluster.local"},
+           "edgeTrust": {"mode": "strip"},"#,
+    );
+    let h = at_gateway(
+        &cfg,
+        &[("cookie", "session=abc; env=dev.proj1; theme=dark")],
+    );
+    assert_eq!(h.header(ROUTE), Some("dev"));
+    assert_eq!(h.header("cookie"), Some("session=abc; env=; theme=dark"));
+    assert_eq!(h.count(Metric::EnvRemovedAtEdge), 1);
+}

@@ -3,6 +3,10 @@
 //! its own sidecar's outbound listener and includes their answers, so the whole call chain
 //! comes back in one response.
 //!
+//! It answers gRPC too (a unary call to [`http::GRPC_PATH`]: the same answer as the
+//! message, `grpc-status` in the trailers), and makes its own calls in the protocol it is
+//! configured with, so a gRPC call chain runs through the sidecars.
+//!
 //! It forwards the tracing headers it received, as an instrumented application does;
 //! whether it also forwards the env header is a switch, so that propagation without it
 //! (baggage, trace correlation) is tested.
@@ -13,7 +17,8 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::StreamBody;
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -46,6 +51,17 @@ pub struct AppConfig {
     pub forward_env_header: bool,
     /// Other headers forwarded from the incoming request to every call.
     pub forward: Vec<String>,
+    /// The protocol of its own calls.
+    #[serde(default = "http1", skip_serializing_if = "is_http1")]
+    pub call_protocol: Protocol,
+}
+
+fn http1() -> Protocol {
+    Protocol::Http1
+}
+
+fn is_http1(protocol: &Protocol) -> bool {
+    *protocol == Protocol::Http1
 }
 
 impl AppConfig {
@@ -81,6 +97,7 @@ impl AppConfig {
                 .to_ascii_lowercase(),
             forward_env_header: true,
             forward: TRACING_HEADERS.map(String::from).to_vec(),
+            call_protocol: Protocol::Http1,
         }
     }
 }
@@ -97,6 +114,9 @@ pub struct Hop {
     pub received_env: Option<String>,
     /// HTTP version of the request as the application received it.
     pub protocol: String,
+    /// Whether it was a gRPC call (`content-type: application/grpc`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub grpc: bool,
     /// Route headers (`x-virtual-env-route*`) that reached the application: there should
     /// be none, the caller's sidecar strips them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -138,7 +158,35 @@ impl Hop {
     }
 }
 
-async fn handle(config: Arc<AppConfig>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+type Body = StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+
+async fn handle(config: Arc<AppConfig>, req: Request<Incoming>) -> Response<Body> {
+    let grpc = req
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let hop = answer(&config, &req).await;
+    let json = Bytes::from(serde_json::to_vec(&hop).unwrap_or_default());
+    let (content_type, frames) = if grpc {
+        let mut trailers = hyper::HeaderMap::new();
+        trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+        (
+            "application/grpc",
+            vec![
+                Ok(Frame::data(http::grpc_frame(&json))),
+                Ok(Frame::trailers(trailers)),
+            ],
+        )
+    } else {
+        ("application/json", vec![Ok(Frame::data(json))])
+    };
+    Response::builder()
+        .header("content-type", content_type)
+        .body(StreamBody::new(futures::stream::iter(frames)))
+        .unwrap_or_else(|_| Response::new(StreamBody::new(futures::stream::iter(Vec::new()))))
+}
+
+async fn answer(config: &AppConfig, req: &Request<Incoming>) -> Hop {
     let header = |name: &str| {
         req.headers()
             .get(name)
@@ -170,7 +218,11 @@ async fn handle(config: Arc<AppConfig>, req: Request<Incoming>) -> Response<Full
     for target in &config.calls {
         let mut with_host = vec![("host", target.as_str())];
         with_host.extend_from_slice(&headers);
-        let answer = match call(config.outbound, target, &with_host).await {
+        let answer = match call(config.call_protocol, config.outbound, target, &with_host).await {
+            Ok(r) if r.protocol_error().is_some() => Err(format!(
+                "{target}: {}",
+                r.protocol_error().unwrap_or_default()
+            )),
             Ok(r) if r.status == 200 => {
                 serde_json::from_slice::<Hop>(&r.body).map_err(|e| format!("{target}: {e}"))
             }
@@ -182,24 +234,23 @@ async fn handle(config: Arc<AppConfig>, req: Request<Incoming>) -> Response<Full
             Err(error) => Call::Failed { error },
         });
     }
-    let hop = Hop {
+    Hop {
         service: config.service.clone(),
         pod: config.pod.clone(),
         env: config.env.clone(),
         received_env,
         protocol: format!("{:?}", req.version()),
+        grpc: req
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
         route_headers,
         calls,
-    };
-    Response::builder()
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(
-            serde_json::to_vec(&hop).unwrap_or_default(),
-        )))
-        .unwrap_or_default()
+    }
 }
 
 async fn call(
+    protocol: Protocol,
     outbound: Option<SocketAddr>,
     target: &str,
     headers: &[(&str, &str)],
@@ -211,7 +262,7 @@ async fn call(
             .next()
             .ok_or_else(|| anyhow::anyhow!("{target} does not resolve"))?,
     };
-    http::request(Protocol::Http1, addr, "/", headers).await
+    http::request(protocol, addr, "/", headers).await
 }
 
 /// Serves until the process ends. HTTP/1.1 and HTTP/2 (h2c) on the same port.
@@ -244,6 +295,7 @@ mod tests {
             env: Some("dev".into()),
             received_env: None,
             protocol: "HTTP/1.1".into(),
+            grpc: false,
             route_headers: Vec::new(),
             calls,
         }

@@ -49,6 +49,9 @@ pub struct MeshOptions {
     pub app_binary: PathBuf,
     /// How sidecars talk to each other.
     pub sidecar_protocol: Protocol,
+    /// How applications call (HTTP/1.1, or gRPC: then every hop is HTTP/2, the sidecars'
+    /// own connections to their application too).
+    pub app_protocol: Protocol,
     /// Whether applications forward the env header they received.
     pub forward_env_header: bool,
     /// Other headers applications forward (their tracing headers).
@@ -62,6 +65,7 @@ impl MeshOptions {
         Self {
             app_binary,
             sidecar_protocol: Protocol::Http1,
+            app_protocol: Protocol::Http1,
             forward_env_header: true,
             forward: TRACING_HEADERS.map(String::from).to_vec(),
             dir: None,
@@ -226,6 +230,7 @@ impl Mesh {
         let config = AppConfig {
             forward_env_header: self.options.forward_env_header,
             forward: self.options.forward.clone(),
+            call_protocol: self.options.app_protocol,
             ..AppConfig::for_pod(
                 &self.topology,
                 pod,
@@ -441,13 +446,8 @@ impl Mesh {
                         "endpoints": [{"lb_endpoints": endpoints}]
                     }
                 });
-                if self.options.sidecar_protocol == Protocol::H2c {
-                    cluster["typed_extension_protocol_options"] = json!({
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}}
-                        }
-                    });
+                if self.options.sidecar_protocol != Protocol::Http1 {
+                    cluster["typed_extension_protocol_options"] = http2_options();
                 }
                 clusters.push(cluster);
             }
@@ -554,7 +554,7 @@ impl Mesh {
     fn sidecar_bootstrap(&self, index: usize, pod: &TopologyPod) -> Value {
         let ip = self.pod_ip(index);
         let ns = &self.topology.namespace;
-        let app = json!({
+        let mut app = json!({
             "name": "inbound|app",
             "type": "STATIC",
             "connect_timeout": "1s",
@@ -562,6 +562,9 @@ impl Mesh {
                 {"endpoint": {"address": {"socket_address": {"address": ip.to_string(), "port_value": APP_PORT}}}}
             ]}]}
         });
+        if self.options.app_protocol == Protocol::Grpc {
+            app["typed_extension_protocol_options"] = http2_options();
+        }
         let inbound = json!({
             "name": "inbound",
             "traffic_direction": "INBOUND",
@@ -615,6 +618,16 @@ enum Side {
     Gateway,
 }
 
+/// A cluster's upstream protocol: HTTP/2 (h2c).
+fn http2_options() -> Value {
+    json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}
+        }
+    })
+}
+
 fn hcm(name: &str, routes: Value, filters: Value) -> Value {
     let mut config = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -631,6 +644,9 @@ fn hcm(name: &str, routes: Value, filters: Value) -> Value {
 fn decode(response: http::Response) -> Result<Hop> {
     if response.status != 200 {
         bail!("HTTP {}: {}", response.status, response.text());
+    }
+    if let Some(error) = response.protocol_error() {
+        bail!("{error}");
     }
     serde_json::from_slice(&response.body).with_context(|| response.text())
 }

@@ -182,6 +182,34 @@ async fn sidecars_talk_http2_to_each_other_and_clients_may_too() -> Result<()> {
     Ok(())
 }
 
+/// A gRPC call chain (HTTP/2 all the way, `application/grpc`, the status in trailers):
+/// every application calls the next over gRPC, and the env falls back at every hop.
+#[tokio::test]
+async fn a_grpc_call_chain_keeps_its_env_and_falls_back() -> Result<()> {
+    let _serial = serial().await;
+    let mut options = options();
+    options.sidecar_protocol = Protocol::H2c;
+    options.app_protocol = Protocol::Grpc;
+    let mesh = Mesh::start(topology("seed.yaml"), options).await?;
+    let hop = mesh
+        .request_with(Protocol::Grpc, "app-a", &[(ENV, "dev.proj1")])
+        .await?;
+    assert_eq!(hop.first_error(), None);
+    assert_eq!(hop.pods(), ["app-a-proj1", "app-b-dev", "app-c-proj1"]);
+    assert!(
+        hop.chain().iter().all(|h| h.grpc
+            && h.protocol == "HTTP/2.0"
+            && h.received_env.as_deref() == Some("dev.proj1")),
+        "{hop:?}"
+    );
+    let hop = mesh
+        .request_with(Protocol::Grpc, "app-a", &[(ENV, "dev.proj9")])
+        .await?;
+    assert_eq!(hop.pods(), ["app-a-dev", "app-b-dev", "app-c-dev"]);
+    assert!(hop.chain().iter().all(|h| h.grpc), "{hop:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_route_header_forged_by_the_client_selects_nothing_and_reaches_no_application(
 ) -> Result<()> {

@@ -393,7 +393,7 @@ mod tests {
         );
     }
 
-    use crate::plan::fixtures::{seed_snapshot, settings};
+    use crate::plan::fixtures::{seed_exposed_through, settings};
     use crate::plan::{plan_namespace, Snapshot};
 
     fn object(kind: Kind, value: serde_json::Value) -> Existing {
@@ -408,33 +408,28 @@ mod tests {
         )
     }
 
-    /// The seed's namespace with app-a exposed at `istio-system/public` and `gateways`.
+    /// The seed's namespace with app-a exposed through `gateways`, and the Gateway
+    /// `istio-system/public`.
     fn exposed(gateways: &str) -> (VirtualEnvironment, Snapshot) {
-        let mut snapshot = seed_snapshot();
-        let a = snapshot
-            .services
-            .iter_mut()
-            .find(|s| s.name_any() == "app-a")
-            .unwrap();
-        a.metadata.annotations = Some(BTreeMap::from([
-            (GATEWAYS_ANNOTATION.to_owned(), gateways.to_owned()),
-            (HOSTS_ANNOTATION.to_owned(), "a.example.com".to_owned()),
-        ]));
+        let mut snapshot = seed_exposed_through(gateways);
         snapshot.elsewhere.push(public_gateway());
         let mut ve = seed_ve();
         ve.metadata.uid = Some("ve-uid".into());
         (ve, snapshot)
     }
 
+    fn route_of_app_a(plan: &crate::plan::Plan) -> &crate::istio::VirtualService {
+        plan.virtual_services
+            .iter()
+            .find(|v| v.name_any() == "app-a")
+            .unwrap()
+    }
+
     #[test]
     fn a_missing_gateway_is_bound_and_reported_but_gets_no_plugin() {
         let (ve, snapshot) = exposed("istio-system/public,istio-system/missing");
         let plan = plan_namespace(&ve, &snapshot, &settings()).unwrap();
-        let vs = plan
-            .virtual_services
-            .iter()
-            .find(|v| v.name_any() == "app-a")
-            .unwrap();
+        let vs = route_of_app_a(&plan);
         assert_eq!(
             vs.spec.gateways,
             ["istio-system/missing", "istio-system/public", "mesh"]
@@ -481,11 +476,7 @@ mod tests {
                 "spec": {"hosts": ["A.example.com"], "gateways": ["istio-system/public"]}}),
         ));
         let plan = plan_namespace(&ve, &snapshot, &settings()).unwrap();
-        let vs = plan
-            .virtual_services
-            .iter()
-            .find(|v| v.name_any() == "app-a")
-            .unwrap();
+        let vs = route_of_app_a(&plan);
         assert!(
             vs.spec.gateways.is_empty(),
             "still routed in the mesh, not at the gateway"

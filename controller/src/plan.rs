@@ -637,6 +637,29 @@ pub mod fixtures {
     }
 
     /// The seed's example: A, B, C in `dev`; A' and C' in `dev.proj1`.
+    /// The seed's namespace with app-a annotated to be entered through `gateways` under
+    /// the host `a.example.com` (the original project's Service annotations).
+    pub fn seed_exposed_through(gateways: &str) -> Snapshot {
+        let mut snapshot = seed_snapshot();
+        if let Some(a) = snapshot
+            .services
+            .iter_mut()
+            .find(|s| s.name_any() == "app-a")
+        {
+            a.metadata.annotations = Some(BTreeMap::from([
+                (
+                    crate::gateway::GATEWAYS_ANNOTATION.to_owned(),
+                    gateways.to_owned(),
+                ),
+                (
+                    crate::gateway::HOSTS_ANNOTATION.to_owned(),
+                    "a.example.com".to_owned(),
+                ),
+            ]));
+        }
+        snapshot
+    }
+
     pub fn seed_snapshot() -> Snapshot {
         Snapshot {
             services: ["app-a", "app-b", "app-c"].map(service).to_vec(),

@@ -985,22 +985,7 @@ mod tests {
     /// The seed's namespace with app-a annotated for the gateway `istio-system/public`,
     /// which exists, and `extra` Istio objects.
     fn exposed_through_a_gateway(extra: Vec<(Kind, Value)>) -> Caches {
-        let mut snapshot = seed_snapshot();
-        let a = snapshot
-            .services
-            .iter_mut()
-            .find(|s| s.name_any() == "app-a")
-            .unwrap();
-        a.metadata.annotations = Some(std::collections::BTreeMap::from([
-            (
-                crate::gateway::GATEWAYS_ANNOTATION.to_owned(),
-                "istio-system/public".to_owned(),
-            ),
-            (
-                crate::gateway::HOSTS_ANNOTATION.to_owned(),
-                "a.example.com".to_owned(),
-            ),
-        ]));
+        let snapshot = seed_exposed_through("istio-system/public");
         let mut istio = vec![(
             Kind::Gateway,
             json!({"metadata": {"name": "public", "namespace": "istio-system"},

@@ -67,6 +67,20 @@ fn check_against_istio(object: &Value) -> Vec<String> {
     errors
 }
 
+/// `out` is the committed golden file at `path` (`UPDATE_GOLDEN=1` rewrites it).
+fn same_as_golden(out: &str, path: &str) {
+    let path = repo().join(path);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, out).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        expected == out,
+        "{} differs from the output:\n{out}",
+        path.display()
+    );
+}
+
 fn bookinfo_files() -> Vec<String> {
     let mut files: Vec<String> = std::fs::read_dir(repo().join("tests/istio/bookinfo-networking"))
         .unwrap()
@@ -136,16 +150,7 @@ fn the_schema_check_catches_what_istio_would_reject() {
 #[test]
 fn a_namespace_with_the_bookinfo_samples_renders_around_them() {
     let out = render(&bookinfo_files());
-    let path = repo().join("tests/snapshots/bookinfo/render.golden.yaml");
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &out).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path).unwrap();
-    assert!(
-        expected == out,
-        "{} differs from the output:\n{out}",
-        path.display()
-    );
+    same_as_golden(&out, "tests/snapshots/bookinfo/render.golden.yaml");
     assert!(
         out.contains(
             "# skipped service ratings: left to DestinationRule ratings, VirtualService ratings"
@@ -200,16 +205,7 @@ fn gateway_files() -> Vec<String> {
 #[test]
 fn services_exposed_through_a_gateway_render_its_plugin_object() {
     let out = render(&gateway_files());
-    let path = repo().join("tests/snapshots/gateway/render.golden.yaml");
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &out).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path).unwrap();
-    assert!(
-        expected == out,
-        "{} differs from the output:\n{out}",
-        path.display()
-    );
+    same_as_golden(&out, "tests/snapshots/gateway/render.golden.yaml");
     let objects = docs(&out);
     for object in &objects {
         let errors = check_against_istio(object);

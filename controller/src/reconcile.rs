@@ -35,7 +35,7 @@ use crate::plan::{
     plan_namespace, plugin_config_of, plugin_config_value, Plan, PlanError, Settings, Snapshot,
     INBOUND_WASM_PLUGIN_NAME, WASM_PLUGIN_NAME,
 };
-use crate::transition::{keep_failed_services, transition, Step};
+use crate::transition::{already, keep_failed_services, transition, Step};
 
 pub const FIELD_MANAGER: &str = "virtual-env-controller";
 /// Re-plan now and then even without events, to repair drift.
@@ -290,17 +290,42 @@ async fn apply_plan(
     // The called side's plugin first: until the calling side's is updated, an older
     // controller's single plugin object still covers both sides. It routes nothing, so
     // its failure holds nothing back.
-    match apply_plugin(ctx, &plan.inbound_wasm_plugin).await {
+    let elsewhere: Vec<&Existing> = snapshot
+        .elsewhere
+        .iter()
+        .filter(|e| e.managed_by(owner_uid.as_deref()))
+        .collect();
+    let current = |plugin: &WasmPlugin| {
+        owned
+            .iter()
+            .chain(elsewhere.iter().copied())
+            .find(|e| {
+                e.kind == ctx.settings.extension_api.kind()
+                    && e.name == plugin.name_any()
+                    && Some(e.namespace.as_str()) == plugin.namespace().as_deref()
+            })
+            .is_some_and(|e| match ctx.settings.extension_api {
+                ExtensionApi::WasmPlugin => already(&plugin.spec, Some(e)),
+                ExtensionApi::TrafficExtension => already(&traffic_extension(plugin).spec, Some(e)),
+            })
+    };
+    match apply_plugin(
+        ctx,
+        &plan.inbound_wasm_plugin,
+        current(&plan.inbound_wasm_plugin),
+    )
+    .await
+    {
         Ok(()) => ctx.metrics.applied(kind),
         Err(e) => failures.push(format!("{kind} {INBOUND_WASM_PLUGIN_NAME}: {e}")),
     }
-    match apply_plugin(ctx, &wasm_plugin).await {
+    match apply_plugin(ctx, &wasm_plugin, current(&wasm_plugin)).await {
         Ok(()) => {
             ctx.metrics.applied(kind);
             // The gateways' plugins route by the same subsets and routes, so they go with
             // the namespace's calling side.
             for plugin in &plan.gateway_plugins {
-                match apply_plugin(ctx, plugin).await {
+                match apply_plugin(ctx, plugin, current(plugin)).await {
                     Ok(()) => ctx.metrics.applied(kind),
                     Err(e) => failures.push(format!(
                         "{kind} {} in namespace {}: {e}",
@@ -466,8 +491,12 @@ where
     }
 }
 
-/// Applies a plugin object, in its own namespace, in the API the cluster serves.
-async fn apply_plugin(ctx: &Context, plugin: &WasmPlugin) -> Result<(), Error> {
+/// Applies a plugin object, in its own namespace, in the API the cluster serves; not when
+/// it is `current` already.
+async fn apply_plugin(ctx: &Context, plugin: &WasmPlugin, current: bool) -> Result<(), Error> {
+    if current {
+        return Ok(());
+    }
     let ns = plugin.namespace().unwrap_or_default();
     match ctx.settings.extension_api {
         ExtensionApi::WasmPlugin => {
@@ -1300,30 +1329,16 @@ mod tests {
     }
 
     /// A namespace where dev.proj1 left app-a: its subset and route stay until the plugin
-    /// config no longer selects it, then the route goes, then the subset.
+    /// config no longer selects it, then the route goes, then the subset. Only what
+    /// changes is written: the union objects are what is there already (app-a still has
+    /// both), app-b and app-c and the called side's plugin are unchanged.
     #[tokio::test]
     async fn a_leaving_env_is_removed_route_first_after_the_plugin_config() {
         let (ctx, handle) = mock_context(after_proj1_left_app_a());
         let server = tokio::spawn(async move {
             let mut api = ApiServerVerifier::new(handle);
             api.list_virtual_environments(&[&seed_ve_from_api()]).await;
-            let dr = api.apply(DR, "app-a").await;
-            assert_eq!(
-                dr["spec"]["subsets"].as_array().unwrap().len(),
-                2,
-                "union: {dr}"
-            );
-            let vs = api.apply(VS, "app-a").await;
-            assert_eq!(
-                vs["spec"]["http"].as_array().unwrap().len(),
-                3,
-                "union: {vs}"
-            );
-            for name in ["app-b", "app-c"] {
-                api.apply(DR, name).await;
-                api.apply(VS, name).await;
-            }
-            let wp = api.apply_plugins().await;
+            let wp = api.apply(WP, "virtual-env").await;
             assert_eq!(
                 wp["spec"]["pluginConfig"]["services"]["app-a.default.svc.cluster.local"],
                 json!(["dev"])
@@ -1334,6 +1349,7 @@ mod tests {
             assert_eq!(dr["spec"]["subsets"].as_array().unwrap().len(), 1, "{dr}");
             let body = api.expect_status_patch().await;
             assert_eq!(body["status"]["conditions"][0]["reason"], "Applied");
+            api.calls.len()
         });
         // The route header recorded earlier, so that only dev.proj1's leaving differs.
         let mut ve = seed_ve_from_api();
@@ -1346,7 +1362,36 @@ mod tests {
             ..VirtualEnvironmentStatus::default()
         });
         reconcile(Arc::new(ve), ctx).await.unwrap();
-        server.await.unwrap();
+        // The list, the calling side's plugin, app-a's route and rule, the status.
+        assert_eq!(server.await.unwrap(), 5);
+    }
+
+    /// A resync of a namespace that is as planned writes nothing but the status.
+    #[tokio::test]
+    async fn an_unchanged_namespace_is_not_written_again() {
+        let mut ve = seed_ve_from_api();
+        ve.status = Some(VirtualEnvironmentStatus {
+            route_header: Some(
+                crate::plan::plan_namespace(&seed_ve_from_api(), &seed_snapshot(), &settings())
+                    .unwrap()
+                    .route_header,
+            ),
+            ..VirtualEnvironmentStatus::default()
+        });
+        let (ctx, handle) = mock_context(namespace(
+            &seed_snapshot(),
+            applied_seed("VirtualService"),
+            applied_seed("DestinationRule"),
+            applied_seed("WasmPlugin"),
+        ));
+        let server = tokio::spawn(async move {
+            let mut api = ApiServerVerifier::new(handle);
+            api.list_virtual_environments(&[&seed_ve_from_api()]).await;
+            api.expect_status_patch().await;
+            api.calls.len()
+        });
+        reconcile(Arc::new(ve), ctx).await.unwrap();
+        assert_eq!(server.await.unwrap(), 2);
     }
 
     /// 422 on one service's rule, 500 on another's routes, a timeout on nothing: the rest is
@@ -1354,7 +1399,16 @@ mod tests {
     /// steps, the status names every failure, and the reconcile fails for a retry.
     #[tokio::test(start_paused = true)]
     async fn failed_writes_do_not_stop_the_rest_and_are_named() {
-        let (ctx, handle) = mock_context(after_proj1_left_app_a());
+        // The rules are gone (so each is written, and can fail); the routes and the plugin
+        // config are the ones applied before dev.proj1 left app-a.
+        let mut snapshot = seed_snapshot();
+        snapshot.pods.retain(|p| p.name_any() != "app-a-proj1");
+        let (ctx, handle) = mock_context(namespace(
+            &snapshot,
+            applied_seed("VirtualService"),
+            vec![],
+            applied_seed("WasmPlugin"),
+        ));
         let server = tokio::spawn(async move {
             let mut api = ApiServerVerifier::new(handle);
             api.list_virtual_environments(&[&seed_ve_from_api()]).await;

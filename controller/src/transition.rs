@@ -14,6 +14,9 @@
 //!
 //! When a service's step 1 fails, its old entry of the plugin config is kept and its
 //! step 3 is skipped; when the plugin config fails, no step 3 runs.
+//!
+//! A write whose object is already there as planned (the cached spec equals it) is left
+//! out, so that a resync of an unchanged namespace writes nothing.
 
 use std::collections::BTreeSet;
 
@@ -78,13 +81,22 @@ pub fn transition(plan: &Plan, owned: &[Existing]) -> Transition {
         if vs_union != *vs {
             after_vss.push(Step::VirtualService(vs.clone()));
         }
-        t.before.push(Step::DestinationRule(dr_union));
-        t.before.push(Step::VirtualService(vs_union));
+        if !already(&dr_union.spec, old(Kind::DestinationRule, &name)) {
+            t.before.push(Step::DestinationRule(dr_union));
+        }
+        if !already(&vs_union.spec, old(Kind::VirtualService, &name)) {
+            t.before.push(Step::VirtualService(vs_union));
+        }
     }
     t.after.extend(after_vss);
     t.after.extend(after_drs);
     t.after.extend(plan.prune.iter().cloned().map(Step::Prune));
     t
+}
+
+/// Whether `old`, one of this VirtualEnvironment's objects, already has `spec`.
+pub fn already<S: serde::Serialize>(spec: &S, old: Option<&Existing>) -> bool {
+    old.is_some_and(|old| serde_json::to_value(spec).is_ok_and(|spec| spec == old.spec))
 }
 
 /// An object the controller applied before, in its own type; `None` if there is none or
@@ -186,9 +198,13 @@ mod tests {
     }
 
     #[test]
-    fn nothing_changes_in_two_steps_when_nothing_leaves() {
+    fn nothing_is_written_when_nothing_changed() {
         let now = plan(&seed_snapshot());
         let t = transition(&now, &applied(&now));
+        assert!(t.before.is_empty(), "{:?}", t.before);
+        assert!(t.after.is_empty(), "{:?}", t.after);
+        // From nothing: every rule and route, in one step each.
+        let t = transition(&now, &[]);
         assert_eq!(t.before.len(), 6);
         assert!(t.after.is_empty(), "{:?}", t.after);
     }
@@ -201,19 +217,33 @@ mod tests {
         let now = plan(&snapshot);
         let t = transition(&now, &applied(&before));
         let proj1 = before.destination_rules[0].spec.subsets[1].name.clone();
-        // Before the plugin config: app-a's rule and routes still have dev.proj1.
-        let app_a: Vec<&Step> = t
-            .before
-            .iter()
-            .filter(|s| s.service().as_deref() == Some("app-a"))
-            .collect();
-        assert!(
-            subsets(app_a[0]).contains(&proj1),
-            "{:?}",
-            subsets(app_a[0])
+        // Before the plugin config, app-a's rule and routes must still have dev.proj1:
+        // the union of old and new, which is what is there already, so nothing is written.
+        let old = applied(&before);
+        let union = union_rule(
+            &now.destination_rules[0],
+            old.iter()
+                .find(|e| e.kind == Kind::DestinationRule && e.name == "app-a"),
         );
-        assert!(subsets(app_a[1]).contains(&format!("env-{proj1}")));
-        assert_eq!(subsets(app_a[1]).last().unwrap(), "default");
+        assert!(union.spec.subsets.iter().any(|s| s.name == proj1));
+        let routes = union_service(
+            &now.virtual_services[0],
+            old.iter()
+                .find(|e| e.kind == Kind::VirtualService && e.name == "app-a"),
+        );
+        let names: Vec<&str> = routes.spec.http.iter().map(|r| r.name.as_str()).collect();
+        assert!(
+            names.contains(&format!("env-{proj1}").as_str()),
+            "{names:?}"
+        );
+        assert_eq!(names.last(), Some(&"default"));
+        assert!(
+            !t.before
+                .iter()
+                .any(|s| s.service().as_deref() == Some("app-a")),
+            "{:?}",
+            t.before
+        );
         // After it: the route goes first, then the subset.
         let after: Vec<String> = t.after.iter().map(Step::describe).collect();
         assert_eq!(after, ["VirtualService app-a", "DestinationRule app-a"]);

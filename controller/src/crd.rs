@@ -371,6 +371,30 @@ impl VirtualEnvironmentSpec {
     /// The filter's settings; the `services` table is filled in by planning, and the route
     /// header is the spec's name until planning puts the one in force.
     pub fn plugin_config(&self) -> PluginConfig {
+        // Whole-value aliases (a name, or a pattern left empty) and pattern aliases.
+        let mut header_aliases = Vec::new();
+        let mut header_patterns = Vec::new();
+        for alias in &self.env_header.aliases {
+            match alias {
+                HeaderAlias::Name(name) => header_aliases.push(name.clone()),
+                HeaderAlias::Pattern { name, pattern, .. } if pattern.is_empty() => {
+                    header_aliases.push(name.clone())
+                }
+                HeaderAlias::Pattern {
+                    name,
+                    pattern,
+                    placeholder,
+                } => header_patterns.push(HeaderPattern {
+                    name: name.clone(),
+                    pattern: pattern.clone(),
+                    placeholder: placeholder.clone().unwrap_or_else(|| {
+                        virtual_env_core::pattern::DEFAULT_PLACEHOLDER.to_owned()
+                    }),
+                }),
+                // Reported by planning as an invalid spec.
+                HeaderAlias::Invalid(_) => {}
+            }
+        }
         PluginConfig {
             env_header: self.env_header.name.clone(),
             route_header: self.route_header.name.clone(),
@@ -382,37 +406,8 @@ impl VirtualEnvironmentSpec {
                 .clone()
                 .filter(|s| !s.is_empty()),
             auto_inject: self.env_header.auto_inject,
-            header_aliases: self
-                .env_header
-                .aliases
-                .iter()
-                .filter_map(|alias| match alias {
-                    HeaderAlias::Name(name) => Some(name.clone()),
-                    HeaderAlias::Pattern { name, pattern, .. } if pattern.is_empty() => {
-                        Some(name.clone())
-                    }
-                    HeaderAlias::Pattern { .. } | HeaderAlias::Invalid(_) => None,
-                })
-                .collect(),
-            header_patterns: self
-                .env_header
-                .aliases
-                .iter()
-                .filter_map(|alias| match alias {
-                    HeaderAlias::Pattern {
-                        name,
-                        pattern,
-                        placeholder,
-                    } if !pattern.is_empty() => Some(HeaderPattern {
-                        name: name.clone(),
-                        pattern: pattern.clone(),
-                        placeholder: placeholder.clone().unwrap_or_else(|| {
-                            virtual_env_core::pattern::DEFAULT_PLACEHOLDER.to_owned()
-                        }),
-                    }),
-                    _ => None,
-                })
-                .collect(),
+            header_aliases,
+            header_patterns,
             baggage_key: self.env_header.baggage_key.clone(),
             trace_headers: self.trace_correlation.headers.clone(),
             correlation_slots: self.trace_correlation.slots,

@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use crate::module::{path_of, sha256_hex, FilterModule, ModuleStore};
+use crate::module::{path_of, FilterModule, ModuleStore};
 
 /// Peers are asked for `/peer/filter/<sha256>.wasm`.
 pub const PEER_PREFIX: &str = "/peer";
@@ -86,25 +86,20 @@ impl Peers {
     /// Asks each peer in turn for the module with `sha256` and keeps the first whose bytes
     /// have that digest in `store`.
     pub async fn fetch_into(&self, store: &ModuleStore, sha256: &str) -> Fetch {
-        let path = format!("{PEER_PREFIX}{}", path_of(sha256));
         let mut outcome = Fetch::NotFound;
         for addr in self.addresses().await {
-            let bytes = match get(addr, &path).await {
-                Ok(Some(bytes)) => bytes,
-                Ok(None) => continue,
-                Err(e) => {
-                    debug!(%addr, "asking a peer for a module: {e}");
-                    continue;
+            match ask(addr, sha256).await {
+                Asked::Held(module) => {
+                    info!(%addr, sha256, bytes = module.bytes.len(), "fetched a module from a peer");
+                    store.keep(module);
+                    return Fetch::Fetched;
                 }
-            };
-            if sha256_hex(&bytes) != sha256 {
-                warn!(%addr, sha256, "a peer answered with a module of another digest");
-                outcome = Fetch::Mismatch;
-                continue;
+                Asked::OtherDigest => {
+                    warn!(%addr, sha256, "a peer answered with a module of another digest");
+                    outcome = Fetch::Mismatch;
+                }
+                Asked::NotHeld => {}
             }
-            info!(%addr, sha256, bytes = bytes.len(), "fetched a module from a peer");
-            store.keep(FilterModule::new(bytes));
-            return Fetch::Fetched;
         }
         outcome
     }
@@ -113,20 +108,46 @@ impl Peers {
     /// `limit`), so that a leader pins its module in the WasmPlugins only once the Service
     /// can hand it out. Returns whether it did.
     pub async fn wait_until_served(&self, sha256: &str, limit: Duration) -> bool {
-        let path = format!("{PEER_PREFIX}{}", path_of(sha256));
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             for addr in self.addresses().await {
-                if let Ok(Some(bytes)) = get(addr, &path).await {
-                    if sha256_hex(&bytes) == sha256 {
-                        return true;
-                    }
+                if let Asked::Held(_) = ask(addr, sha256).await {
+                    return true;
                 }
             }
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// What one peer answered for a digest.
+enum Asked {
+    /// The module, its bytes checked against the digest.
+    Held(FilterModule),
+    /// Bytes of another digest (a bug, a proxy in the way): not to be believed.
+    OtherDigest,
+    /// Not held, or no answer.
+    NotHeld,
+}
+
+async fn ask(addr: SocketAddr, sha256: &str) -> Asked {
+    let path = format!("{PEER_PREFIX}{}", path_of(sha256));
+    match get(addr, &path).await {
+        Ok(Some(bytes)) => {
+            let module = FilterModule::new(bytes);
+            if module.sha256 == sha256 {
+                Asked::Held(module)
+            } else {
+                Asked::OtherDigest
+            }
+        }
+        Ok(None) => Asked::NotHeld,
+        Err(e) => {
+            debug!(%addr, "asking a peer for a module: {e}");
+            Asked::NotHeld
         }
     }
 }

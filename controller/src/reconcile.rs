@@ -756,6 +756,21 @@ mod tests {
         )
     }
 
+    /// The seed's VirtualEnvironment with the route header recorded in its status that
+    /// `applied_seed`'s objects use, as after an earlier reconcile.
+    fn seed_ve_with_its_route_header() -> VirtualEnvironment {
+        let mut ve = seed_ve_from_api();
+        ve.status = Some(VirtualEnvironmentStatus {
+            route_header: Some(
+                crate::plan::plan_namespace(&seed_ve_from_api(), &seed_snapshot(), &settings())
+                    .unwrap()
+                    .route_header,
+            ),
+            ..VirtualEnvironmentStatus::default()
+        });
+        ve
+    }
+
     fn seed_ve_from_api() -> VirtualEnvironment {
         let mut ve = seed_ve();
         ve.metadata.uid = Some("uid-1".into());
@@ -1352,15 +1367,7 @@ mod tests {
             api.calls.len()
         });
         // The route header recorded earlier, so that only dev.proj1's leaving differs.
-        let mut ve = seed_ve_from_api();
-        ve.status = Some(VirtualEnvironmentStatus {
-            route_header: Some(
-                crate::plan::plan_namespace(&seed_ve_from_api(), &seed_snapshot(), &settings())
-                    .unwrap()
-                    .route_header,
-            ),
-            ..VirtualEnvironmentStatus::default()
-        });
+        let ve = seed_ve_with_its_route_header();
         reconcile(Arc::new(ve), ctx).await.unwrap();
         // The list, the calling side's plugin, app-a's route and rule, the status.
         assert_eq!(server.await.unwrap(), 5);
@@ -1369,15 +1376,7 @@ mod tests {
     /// A resync of a namespace that is as planned writes nothing but the status.
     #[tokio::test]
     async fn an_unchanged_namespace_is_not_written_again() {
-        let mut ve = seed_ve_from_api();
-        ve.status = Some(VirtualEnvironmentStatus {
-            route_header: Some(
-                crate::plan::plan_namespace(&seed_ve_from_api(), &seed_snapshot(), &settings())
-                    .unwrap()
-                    .route_header,
-            ),
-            ..VirtualEnvironmentStatus::default()
-        });
+        let ve = seed_ve_with_its_route_header();
         let (ctx, handle) = mock_context(namespace(
             &seed_snapshot(),
             applied_seed("VirtualService"),

@@ -75,7 +75,8 @@ struct Atom {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvPattern {
     before: Vec<Atom>,
-    after: Vec<Atom>,
+    /// What follows the placeholder, last atom first: it is matched from the value's end.
+    after_reversed: Vec<Atom>,
 }
 
 impl EnvPattern {
@@ -98,9 +99,11 @@ impl EnvPattern {
             Some(rest) if !rest.ends_with('\\') => rest,
             _ => after,
         };
+        let mut after_reversed = atoms(after, after_offset)?;
+        after_reversed.reverse();
         Ok(Self {
             before: atoms(before, before_offset)?,
-            after: atoms(after, after_offset)?,
+            after_reversed,
         })
     }
 
@@ -116,10 +119,8 @@ impl EnvPattern {
             return None;
         }
         let starts = accepted_prefixes(&self.before, bytes.iter().copied());
-        let mut after_rev = self.after.clone();
-        after_rev.reverse();
         // ends[k]: what follows the placeholder matches value[k..].
-        let mut ends = accepted_prefixes(&after_rev, bytes.iter().rev().copied());
+        let mut ends = accepted_prefixes(&self.after_reversed, bytes.iter().rev().copied());
         ends.reverse();
         for (i, _) in starts.iter().enumerate().rev().filter(|(_, ok)| **ok) {
             let run = bytes[i..]

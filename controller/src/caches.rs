@@ -135,6 +135,8 @@ impl Caches {
             pods,
             existing,
             elsewhere,
+            // Filled in by the reconciler from what the other namespaces published.
+            peers: Default::default(),
         }
     }
 }

@@ -418,6 +418,8 @@ impl VirtualEnvironmentSpec {
             // Both only in gateways' plugin objects, which planning fills in.
             hosts: Default::default(),
             edge_trust: None,
+            // Filled in by the controller from the other namespaces' plans.
+            peers: Default::default(),
             env_names: Vec::new(),
             service_envs: Default::default(),
         }

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::ObjectMeta;
 use kube::ResourceExt;
+use virtual_env_core::service::is_dns_label;
 use virtual_env_core::{Direction, PluginConfig};
 
 use crate::crd::VirtualEnvironment;
@@ -244,6 +245,8 @@ pub fn plan_gateways(
             services: BTreeMap::new(),
             hosts: BTreeMap::new(),
             edge_trust: ve.spec.edge_trust.as_ref().map(|e| e.to_config()),
+            // A gateway calls only the exposed services of this namespace.
+            peers: BTreeMap::new(),
             env_names: Vec::new(),
             service_envs: BTreeMap::new(),
             ..namespace_config.clone()
@@ -301,15 +304,6 @@ pub fn plan_gateways(
         });
     }
     plans
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 fn is_dns_subdomain(s: &str) -> bool {

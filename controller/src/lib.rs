@@ -14,6 +14,7 @@ pub mod leader;
 pub mod metrics;
 pub mod module;
 pub mod offline;
+pub mod peer_namespaces;
 pub mod peers;
 pub mod plan;
 pub mod rbac;

@@ -233,7 +233,7 @@ pub fn explain(
         }
         _ => {}
     }
-    let route_header = filter.route_header();
+    let route_header = &outcome.route_header_name;
     let _ = match (outcome.route, &outcome.route_header) {
         (Some(Route::Exact), Some(e)) => writeln!(out, "chosen: {e} (exact)\nroute header: {route_header}: {e}"),
         (Some(Route::Fallback), Some(e)) => writeln!(out, "chosen: {e} (fallback)\nroute header: {route_header}: {e}"),

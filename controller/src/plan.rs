@@ -22,6 +22,7 @@ use crate::istio::{
     HttpRoute, HttpRouteDestination, StringMatch, Subset, TrafficSelector, VirtualService,
     VirtualServiceSpec, WasmPlugin, WasmPluginSpec,
 };
+use crate::peer_namespaces::{add_peers, Published};
 use crate::routable::not_routable;
 use crate::subset::SubsetNames;
 
@@ -70,6 +71,9 @@ pub struct Snapshot {
     /// Outside the namespace: the cluster's Gateways, and the WasmPlugins under the names
     /// of this namespace's gateway plugin objects (ours to prune, or someone else's).
     pub elsewhere: Vec<Existing>,
+    /// What the other namespaces with a VirtualEnvironment publish for their callers (see
+    /// `peer_namespaces.rs`), by namespace.
+    pub peers: BTreeMap<String, Published>,
 }
 
 /// The desired state of a namespace.
@@ -386,7 +390,21 @@ pub fn plan_namespace(
             .services
             .insert(host, envs.iter().map(|e| e.to_string()).collect());
     }
+    let own_table = plan.plugin_config.clone();
+    let peers_skipped = add_peers(&mut plan.plugin_config, &namespace, &snapshot.peers);
     plan.wasm_plugin.spec.plugin_config = plugin_config_value(&plan.plugin_config);
+    let bytes = plan.wasm_plugin.spec.plugin_config.to_string().len();
+    if bytes > settings.max_plugin_config_bytes && !plan.plugin_config.peers.is_empty() {
+        // The namespace's own routing goes first: calls into the others lose their env.
+        plan.skipped.push(format!(
+            "calls into other namespaces are not routed by env: with their tables the plugin config would be {bytes} bytes, over {}",
+            settings.max_plugin_config_bytes
+        ));
+        plan.plugin_config = own_table;
+        plan.wasm_plugin.spec.plugin_config = plugin_config_value(&plan.plugin_config);
+    } else {
+        plan.skipped.extend(peers_skipped);
+    }
     let bytes = plan.wasm_plugin.spec.plugin_config.to_string().len();
     if bytes > settings.max_plugin_config_bytes {
         return Err(PlanError::ConfigTooLarge {
@@ -522,6 +540,7 @@ pub fn inbound(config: &PluginConfig) -> PluginConfig {
     PluginConfig {
         direction: Some(Direction::Inbound),
         services: Default::default(),
+        peers: Default::default(),
         ..config.clone()
     }
 }
@@ -670,8 +689,7 @@ pub mod fixtures {
                 pod("app-a-proj1", "app-a", Some("dev.proj1"), true),
                 pod("app-c-proj1", "app-c", Some("dev.proj1"), true),
             ],
-            existing: Vec::new(),
-            elsewhere: Vec::new(),
+            ..Snapshot::default()
         }
     }
 
@@ -965,8 +983,7 @@ mod tests {
                 .iter()
                 .map(|env| pod(&format!("app-{env}"), "app", Some(env), true))
                 .collect(),
-            existing: Vec::new(),
-            elsewhere: Vec::new(),
+            ..Snapshot::default()
         };
         let plan = plan_of(&seed_ve(), &snapshot);
         let subsets: BTreeSet<_> = dr(&plan, "app")
@@ -1142,8 +1159,7 @@ mod tests {
                     .enumerate()
                     .map(|(i, (svc, env, ready))| pod(&format!("p{i}"), &format!("svc{svc}"), Some(env), *ready))
                     .collect(),
-                existing: Vec::new(),
-                elsewhere: Vec::new(),
+                ..Snapshot::default()
             };
             let plan = plan_of(&seed_ve(), &snapshot);
             for (vs, dr) in plan.virtual_services.iter().zip(&plan.destination_rules) {

@@ -31,6 +31,7 @@ use crate::extension::{traffic_extension, ExtensionApi};
 use crate::gateway::FINALIZER;
 use crate::istio::{DestinationRule, TrafficExtension, VirtualService, WasmPlugin};
 use crate::metrics::Metrics;
+use crate::peer_namespaces::{published, PeerDirectory};
 use crate::plan::{
     plan_namespace, plugin_config_of, plugin_config_value, Plan, PlanError, Settings, Snapshot,
     INBOUND_WASM_PLUGIN_NAME, WASM_PLUGIN_NAME,
@@ -78,17 +79,26 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// What reconciles read: the watch caches of pods, services and Istio objects.
     pub caches: Caches,
+    /// What each namespace's plan published for callers in the others.
+    pub peers: PeerDirectory,
     /// Consecutive failures per VirtualEnvironment, for backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>, caches: Caches) -> Self {
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        caches: Caches,
+        peers: PeerDirectory,
+    ) -> Self {
         Self {
             client,
             settings,
             metrics,
             caches,
+            peers,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -156,6 +166,7 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
     let ns = ve.namespace().ok_or(Error::NoNamespace)?;
     let api = NamespaceApi::new(&ctx.client, &ns);
     if ve.metadata.deletion_timestamp.is_some() {
+        ctx.peers.publish(&ns, None);
         return delete_elsewhere(&api, ctx, &ve).await;
     }
 
@@ -177,9 +188,13 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
         Arc::new((*ve).clone().with_route_header(random_suffix()?))
     };
 
-    let snapshot = read(&api, ctx).await?;
+    let mut snapshot = read(&api, ctx).await?;
+    snapshot.peers = ctx.peers.others(&ns);
     let plan = match plan_namespace(&ve, &snapshot, &ctx.settings) {
-        Ok(plan) => plan,
+        Ok(plan) => {
+            ctx.peers.publish(&ns, Some(published(&plan.plugin_config)));
+            plan
+        }
         Err(e) => {
             warn!("not applying anything: {e}");
             let reason = match e {
@@ -653,7 +668,6 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (caches, writers) = caches::caches(settings.extension_api);
-    let ctx = Arc::new(Context::new(client.clone(), settings, metrics, caches));
     let all = watcher::Config::default;
     let controller = Controller::new(
         Api::<VirtualEnvironment>::all(client.clone()),
@@ -662,6 +676,15 @@ pub async fn run(
     // Coalesce bursts (a rollout's pod events) into one reconcile.
     .with_config(ControllerConfig::default().debounce(Duration::from_secs(1)));
     let store = controller.store();
+    let (replan, replans) = futures::channel::mpsc::unbounded();
+    let peers = PeerDirectory::new(store.clone(), replan);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        settings,
+        metrics,
+        caches,
+        peers,
+    ));
     let pods = watcher(Api::<Pod>::all(client.clone()), all())
         .modify(slim_pod)
         .default_backoff()
@@ -673,6 +696,8 @@ pub async fn run(
         .reflect(writers.services)
         .touched_objects();
     let mut controller = controller
+        // Another namespace published a change its callers must learn.
+        .reconcile_on(replans)
         .watches_stream(pods, in_same_namespace(store.clone()))
         .watches_stream(services, in_same_namespace(store.clone()));
     for (kind, writer) in writers.istio {
@@ -712,15 +737,36 @@ mod tests {
     use super::*;
     use crate::plan::fixtures::*;
     use crate::plan::{MANAGED_BY, MANAGED_BY_LABEL};
+    use virtual_env_core::PluginConfig;
 
     type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
     /// A context whose watch caches hold `caches`, and the mock API server's handle.
     fn mock_context(caches: Caches) -> (Arc<Context>, Handle) {
+        mock_context_with(caches, settings(), no_peers())
+    }
+
+    fn mock_context_with(
+        caches: Caches,
+        settings: Settings,
+        peers: PeerDirectory,
+    ) -> (Arc<Context>, Handle) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, NS);
-        let ctx = Context::new(client, settings(), Arc::new(Metrics::default()), caches);
+        let ctx = Context::new(
+            client,
+            settings,
+            Arc::new(Metrics::default()),
+            caches,
+            peers,
+        );
         (Arc::new(ctx), handle)
+    }
+
+    /// A directory of no other namespaces (the controller knows no VirtualEnvironments).
+    fn no_peers() -> PeerDirectory {
+        let store = kube::runtime::reflector::store::Writer::default().as_reader();
+        PeerDirectory::new(store, futures::channel::mpsc::unbounded().0)
     }
 
     /// The Istio objects of a namespace, by kind, for the caches.
@@ -1166,17 +1212,11 @@ mod tests {
             &istio,
             None,
         );
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let settings = Settings {
             extension_api: ExtensionApi::TrafficExtension,
             ..settings()
         };
-        let ctx = Arc::new(Context::new(
-            Client::new(service, NS),
-            settings,
-            Arc::new(Metrics::default()),
-            caches,
-        ));
+        let (ctx, handle) = mock_context_with(caches, settings, no_peers());
         const TE: &str = "/apis/extensions.istio.io/v1alpha1/namespaces/default/trafficextensions";
         let server = tokio::spawn(async move {
             let mut api = ApiServerVerifier::new(handle);
@@ -1371,6 +1411,67 @@ mod tests {
         reconcile(Arc::new(ve), ctx).await.unwrap();
         // The list, the calling side's plugin, app-a's route and rule, the status.
         assert_eq!(server.await.unwrap(), 5);
+    }
+
+    /// Namespace `pay` has a VirtualEnvironment and published its table: the seed's
+    /// namespace, otherwise as applied, writes only its calling side's plugin object, now
+    /// with pay's table, and its own first publication queues pay for a reconcile.
+    #[tokio::test]
+    async fn a_namespace_takes_in_the_table_another_published() {
+        let mut ves = kube::runtime::reflector::store::Writer::default();
+        let mut pay_ve = seed_ve();
+        pay_ve.metadata.namespace = Some("pay".into());
+        for ve in [seed_ve_from_api(), pay_ve] {
+            ves.apply_watcher_event(&watcher::Event::Apply(ve));
+        }
+        let (replan, mut replans) = futures::channel::mpsc::unbounded();
+        let peers = PeerDirectory::new(ves.as_reader(), replan);
+        let pay = PluginConfig {
+            route_header: "x-virtual-env-route-pay123".into(),
+            default_subset: Some("dev".into()),
+            services: [("ledger", vec!["dev", "dev.proj1"]), ("fx", vec!["dev"])]
+                .into_iter()
+                .map(|(name, envs)| {
+                    let envs = envs.into_iter().map(String::from).collect();
+                    (format!("{name}.pay.svc.cluster.local"), envs)
+                })
+                .collect(),
+            ..PluginConfig::default()
+        };
+        peers.publish("pay", Some(published(&pay)));
+        while replans.try_recv().is_ok() {}
+        let caches = namespace(
+            &seed_snapshot(),
+            applied_seed("VirtualService"),
+            applied_seed("DestinationRule"),
+            applied_seed("WasmPlugin"),
+        );
+        let (ctx, handle) = mock_context_with(caches, settings(), peers);
+        let server = tokio::spawn(async move {
+            let mut api = ApiServerVerifier::new(handle);
+            api.list_virtual_environments(&[&seed_ve_from_api()]).await;
+            let wp = api.apply(WP, "virtual-env").await;
+            let config = &wp["spec"]["pluginConfig"];
+            assert_eq!(
+                config["peers"],
+                json!({"pay": {"routeHeader": "x-virtual-env-route-pay123", "defaultSubset": "dev",
+                               "services": {"ledger": ["dev", "dev.proj1"]}}}),
+                "{config}"
+            );
+            api.expect_status_patch().await;
+            api.calls.len()
+        });
+        reconcile(Arc::new(seed_ve_with_its_route_header()), ctx)
+            .await
+            .unwrap();
+        assert_eq!(
+            server.await.unwrap(),
+            3,
+            "the list, the plugin object, the status"
+        );
+        let queued = replans.try_recv().expect("pay is planned again");
+        assert_eq!(queued.namespace.as_deref(), Some("pay"));
+        assert!(replans.try_recv().is_err(), "only pay");
     }
 
     /// A resync of a namespace that is as planned writes nothing but the status.

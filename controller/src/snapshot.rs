@@ -146,6 +146,8 @@ impl Reader {
                     .collect(),
                 existing: existing_here,
                 elsewhere,
+                // One namespace at a time here: no calls into others are routed.
+                peers: Default::default(),
             },
         })
     }

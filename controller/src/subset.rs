@@ -11,17 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use virtual_env_core::hash::fnv1a;
+use virtual_env_core::service::is_dns_label;
 
 const MAX_LEN: usize = 63;
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_LEN
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
 
 /// The subset name of `env` with a hash suffix of `hash_len` hex digits where one is needed.
 fn subset_name(env: &str, hash_len: usize) -> String {

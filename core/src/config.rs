@@ -12,7 +12,8 @@ use thiserror::Error;
 use crate::edge::{EdgeTrust, EdgeTrustError};
 use crate::env::{validate_env_name, EnvNameError, SPLITTER_CHOICES};
 use crate::pattern::{EnvPattern, PatternError};
-use crate::service::service_key_of_fqdn;
+use crate::peer::PeerNamespace;
+use crate::service::{is_dns_label, service_key_of_fqdn};
 
 pub const DEFAULT_ENV_HEADER: &str = "x-virtual-env";
 pub const DEFAULT_ROUTE_HEADER: &str = "x-virtual-env-route";
@@ -81,6 +82,11 @@ pub struct PluginConfig {
     /// [`crate::edge`]). Only gateways' plugin objects carry it; absent: accept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub edge_trust: Option<EdgeTrust>,
+    /// Other namespaces with a VirtualEnvironment, by name: their route header, default
+    /// subset and services, so that a call into one is routed by its table (see
+    /// [`crate::peer`]). Absent: calls into other namespaces are not routed by env.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub peers: BTreeMap<String, PeerNamespace>,
     /// The services table in compact form, for large namespaces (see
     /// [`PluginConfig::compacted`]): every env name once...
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -145,6 +151,7 @@ impl Default for PluginConfig {
             services: BTreeMap::new(),
             hosts: BTreeMap::new(),
             edge_trust: None,
+            peers: BTreeMap::new(),
             env_names: Vec::new(),
             service_envs: BTreeMap::new(),
         }
@@ -187,8 +194,9 @@ pub enum ConfigError {
         max: usize,
         got: usize,
     },
-    #[error("serviceEnvs.{service}: env index {index} is not in envNames ({len} names)")]
+    #[error("{field}.{service}: env index {index} is not in envNames ({len} names)")]
     EnvIndex {
+        field: String,
         service: String,
         index: u32,
         len: usize,
@@ -197,6 +205,8 @@ pub enum ConfigError {
     EdgeTrust(#[from] EdgeTrustError),
     #[error("headerPatterns.{name}: {source}")]
     Pattern { name: String, source: PatternError },
+    #[error("peers.{namespace}: {reason}")]
+    Peer { namespace: String, reason: String },
     #[error("hosts.{host}: {reason}")]
     GatewayHost { host: String, reason: &'static str },
     #[error("{field}: {value} is out of range 0..={max}")]
@@ -222,56 +232,57 @@ impl PluginConfig {
     /// env name is written once instead of once per service that has it. At 1,000
     /// services x 100 envs of 30 characters that is a tenth of the bytes.
     pub fn compacted(&self) -> Self {
-        let names: std::collections::BTreeSet<&String> = self.services.values().flatten().collect();
+        let peer_envs = self.peers.values().flat_map(|p| p.services.values());
+        let names: std::collections::BTreeSet<&String> =
+            self.services.values().chain(peer_envs).flatten().collect();
         let env_names: Vec<String> = names.into_iter().cloned().collect();
         let index: BTreeMap<&str, u32> = env_names
             .iter()
             .enumerate()
             .map(|(i, name)| (name.as_str(), i as u32))
             .collect();
-        let service_envs = self
-            .services
+        let ids = |table: &BTreeMap<String, Vec<String>>| -> BTreeMap<String, Vec<u32>> {
+            table
+                .iter()
+                .map(|(service, envs)| {
+                    let ids = envs.iter().filter_map(|e| index.get(e.as_str()).copied());
+                    (service.clone(), ids.collect())
+                })
+                .collect()
+        };
+        let peers = self
+            .peers
             .iter()
-            .map(|(fqdn, envs)| {
-                let ids = envs.iter().filter_map(|e| index.get(e.as_str()).copied());
-                (fqdn.clone(), ids.collect())
+            .map(|(ns, peer)| {
+                let compact = PeerNamespace {
+                    services: BTreeMap::new(),
+                    service_envs: ids(&peer.services),
+                    ..peer.clone()
+                };
+                (ns.clone(), compact)
             })
             .collect();
         Self {
             services: BTreeMap::new(),
+            service_envs: ids(&self.services),
+            peers,
             env_names,
-            service_envs,
             ..self.clone()
         }
     }
 
-    /// Moves the compact services table into `services`.
+    /// Moves the compact services tables (the own one and the peers') into `services`.
     pub fn expanded(mut self) -> Result<Self, ConfigError> {
         let names = std::mem::take(&mut self.env_names);
         for name in &names {
             check_env("envNames".into(), name, self.splitter_char())?;
         }
-        for (fqdn, ids) in std::mem::take(&mut self.service_envs) {
-            let envs = ids
-                .iter()
-                .map(|&index| {
-                    names
-                        .get(index as usize)
-                        .cloned()
-                        .ok_or(ConfigError::EnvIndex {
-                            service: fqdn.clone(),
-                            index,
-                            len: names.len(),
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            if self.services.contains_key(&fqdn) {
-                return Err(ConfigError::ServiceTwice {
-                    first: fqdn.clone(),
-                    second: fqdn,
-                });
-            }
-            self.services.insert(fqdn, envs);
+        let compact = std::mem::take(&mut self.service_envs);
+        expand_into(&mut self.services, compact, &names, "serviceEnvs")?;
+        for (ns, peer) in &mut self.peers {
+            let compact = std::mem::take(&mut peer.service_envs);
+            let field = format!("peers.{ns}.serviceEnvs");
+            expand_into(&mut peer.services, compact, &names, &field)?;
         }
         Ok(self)
     }
@@ -405,22 +416,100 @@ impl PluginConfig {
         if let Some(edge) = &self.edge_trust {
             edge.validate(splitter)?;
         }
+        self.validate_peers(splitter, &keys)
+    }
+
+    /// Each peer: a namespace name that the own table does not use, a route header that
+    /// is not one of the headers the env is read from, service names, env names.
+    fn validate_peers(
+        &self,
+        splitter: char,
+        own_keys: &BTreeMap<&str, &String>,
+    ) -> Result<(), ConfigError> {
+        let own_namespaces: std::collections::BTreeSet<&str> = own_keys
+            .keys()
+            .filter_map(|key| key.split_once('.').map(|(_, ns)| ns))
+            .collect();
+        for (ns, peer) in &self.peers {
+            let fail = |reason: String| ConfigError::Peer {
+                namespace: ns.clone(),
+                reason,
+            };
+            if !is_dns_label(ns) {
+                return Err(fail("not a namespace name".into()));
+            }
+            if own_namespaces.contains(ns.as_str()) {
+                return Err(fail("the namespace is also in services".into()));
+            }
+            if !is_token(&peer.route_header) {
+                return Err(fail(format!(
+                    "routeHeader {:?} is not a header name",
+                    peer.route_header
+                )));
+            }
+            let read_from = std::iter::once(&self.env_header)
+                .chain(&self.header_aliases)
+                .chain(self.header_patterns.iter().map(|p| &p.name));
+            for header in read_from {
+                if header.eq_ignore_ascii_case(&peer.route_header) {
+                    return Err(fail(format!(
+                        "routeHeader {:?} is also a header the env is read from",
+                        peer.route_header
+                    )));
+                }
+            }
+            if let Some(env) = &peer.default_subset {
+                check_env(format!("peers.{ns}.defaultSubset"), env, splitter)?;
+            }
+            for (service, envs) in &peer.services {
+                if !is_dns_label(service) {
+                    return Err(fail(format!("{service:?} is not a service name")));
+                }
+                for env in envs {
+                    check_env(format!("peers.{ns}.services.{service}"), env, splitter)?;
+                }
+            }
+        }
         Ok(())
     }
 }
 
+/// Moves a compact table (service -> indices into `names`) into its plain form.
+fn expand_into(
+    services: &mut BTreeMap<String, Vec<String>>,
+    compact: BTreeMap<String, Vec<u32>>,
+    names: &[String],
+    field: &str,
+) -> Result<(), ConfigError> {
+    for (service, ids) in compact {
+        let envs = ids
+            .iter()
+            .map(|&index| {
+                names
+                    .get(index as usize)
+                    .cloned()
+                    .ok_or(ConfigError::EnvIndex {
+                        field: field.to_owned(),
+                        service: service.clone(),
+                        index,
+                        len: names.len(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if services.contains_key(&service) {
+            return Err(ConfigError::ServiceTwice {
+                first: service.clone(),
+                second: service,
+            });
+        }
+        services.insert(service, envs);
+    }
+    Ok(())
+}
+
 /// A lower-case DNS name (RFC 1123 labels), as a gateway host without port.
 fn is_dns_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 fn check_env(field: String, env: &str, splitter: char) -> Result<(), ConfigError> {
@@ -629,6 +718,68 @@ mod tests {
         assert_eq!(PluginConfig::from_json(json.as_bytes()).unwrap(), plain);
         // The plain form is written as before: no empty compact fields.
         assert!(!plain.to_json().contains("envNames"));
+    }
+
+    const WITH_PEERS: &str = r#"{
+      "defaultSubset": "dev",
+      "services": {"a.default.svc.cluster.local": ["dev", "dev.proj1"]},
+      "peers": {"pay": {"routeHeader": "x-route-pay", "defaultSubset": "dev",
+                        "services": {"ledger": ["dev", "dev.proj2"]}}}
+    }"#;
+
+    #[test]
+    fn peers_share_the_compact_env_names() {
+        let plain = PluginConfig::from_json(WITH_PEERS.as_bytes()).unwrap();
+        let compact = plain.compacted();
+        assert_eq!(compact.env_names, ["dev", "dev.proj1", "dev.proj2"]);
+        assert_eq!(compact.peers["pay"].service_envs["ledger"], [0, 2]);
+        assert!(compact.peers["pay"].services.is_empty());
+        let json = compact.to_json();
+        assert_eq!(PluginConfig::from_json(json.as_bytes()).unwrap(), plain);
+        // Configs without peers are written as before.
+        assert!(!PluginConfig::default().to_json().contains("peers"));
+    }
+
+    #[test]
+    fn peers_are_checked() {
+        let with = |peer: &str| {
+            format!(
+                r#"{{"services": {{"a.default.svc.cluster.local": ["dev"]}}, "peers": {peer}}}"#
+            )
+        };
+        for (peer, expected) in [
+            (
+                r#"{"Pay": {"routeHeader": "x-r"}}"#,
+                "peers.Pay: not a namespace name",
+            ),
+            (r#"{"default": {"routeHeader": "x-r"}}"#, "also in services"),
+            (r#"{"pay": {"routeHeader": "x r"}}"#, "not a header name"),
+            (
+                r#"{"pay": {"routeHeader": "X-Virtual-Env"}}"#,
+                "the env is read from",
+            ),
+            (
+                r#"{"pay": {"routeHeader": "x-r", "services": {"a.b": ["dev"]}}}"#,
+                "not a service name",
+            ),
+            (
+                r#"{"pay": {"routeHeader": "x-r", "services": {"a": ["dev/x"]}}}"#,
+                "peers.pay.services.a: env",
+            ),
+            (
+                r#"{"pay": {"routeHeader": "x-r", "defaultSubset": ".dev"}}"#,
+                "peers.pay.defaultSubset",
+            ),
+            (
+                r#"{"pay": {"routeHeader": "x-r", "serviceEnvs": {"a": [3]}}}"#,
+                "peers.pay.serviceEnvs.a: env index 3",
+            ),
+            (r#"{"pay": {"routeHeader": "x-r", "colour": 1}}"#, "colour"),
+            (r#"{"pay": {}}"#, "routeHeader"),
+        ] {
+            let msg = err(&with(peer));
+            assert!(msg.contains(expected), "{peer}: {msg}");
+        }
     }
 
     #[test]

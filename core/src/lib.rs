@@ -10,11 +10,13 @@ pub mod env;
 mod fuzz;
 pub mod hash;
 pub mod pattern;
+pub mod peer;
 pub mod routing;
 pub mod service;
 
 pub use config::{ConfigError, Direction, HeaderPattern, PluginConfig};
 pub use edge::{EdgeMode, EdgeTrust};
 pub use env::{lineage, validate_env_name, EnvNameError};
+pub use peer::PeerNamespace;
 pub use routing::{Choice, RouteTable, ServiceEnvs, Target};
 pub use service::{lowercase, service_fqdn, service_key_of_fqdn, ServiceHost};

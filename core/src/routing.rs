@@ -18,6 +18,11 @@ use crate::service::{cluster_domain_of_fqdn, host_of, ServiceHost};
 
 type Map<K, V> = HashMap<K, V, FnvBuildHasher>;
 
+static NO_ROUTING: Routing = Routing {
+    route_header: None,
+    default_subset: None,
+};
+
 /// What the walk chose for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Choice<'a> {
@@ -41,27 +46,41 @@ impl<'a> Choice<'a> {
     }
 }
 
-/// The envs in which one service has ready pods, as sorted interned ids.
+/// The envs in which one service has ready pods, as sorted interned ids, and which
+/// namespace's routing (route header, default subset) applies to it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServiceEnvs(Box<[u32]>);
+pub struct ServiceEnvs {
+    envs: Box<[u32]>,
+    /// Index into [`RouteTable::routings`]: 0 is the config's own namespace.
+    routing: u32,
+}
 
 impl ServiceEnvs {
     fn has_id(&self, id: u32) -> bool {
         // Most services have a handful of envs: a linear scan beats a binary search there.
-        if self.0.len() <= 8 {
-            self.0.contains(&id)
+        if self.envs.len() <= 8 {
+            self.envs.contains(&id)
         } else {
-            self.0.binary_search(&id).is_ok()
+            self.envs.binary_search(&id).is_ok()
         }
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.envs.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.envs.is_empty()
     }
+}
+
+/// How the services of one namespace are routed: the own namespace's (the config's route
+/// header and default subset), or a peer's (see [`crate::peer`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Routing {
+    /// `None`: the config's own route header.
+    route_header: Option<Box<str>>,
+    default_subset: Option<u32>,
 }
 
 /// Where an outbound request goes, as far as routing by env is concerned.
@@ -80,7 +99,8 @@ pub enum Target<'t> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteTable {
     splitter: char,
-    default_subset: Option<u32>,
+    /// The own namespace's routing first, then one per peer namespace.
+    routings: Vec<Routing>,
     env_ids: Map<Box<str>, u32>,
     env_names: Vec<Box<str>>,
     /// namespace -> service name -> envs.
@@ -103,6 +123,11 @@ impl RouteTable {
                 .cluster_domains
                 .push(domain.to_ascii_lowercase().into());
         }
+        let own = Routing {
+            route_header: None,
+            default_subset: config.default_subset.as_deref().map(|d| table.intern(d)),
+        };
+        table.routings.push(own);
         for (fqdn, envs) in &config.services {
             let fqdn = fqdn.to_ascii_lowercase();
             let Some(host) = ServiceHost::parse(&fqdn) else {
@@ -116,15 +141,19 @@ impl RouteTable {
                     table.cluster_domains.push(domain.into());
                 }
             }
-            let mut ids: Vec<u32> = envs.iter().map(|e| table.intern(e)).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            let services = table.namespaces.entry(ns.into()).or_default();
-            if services
-                .insert(host.name.into(), ServiceEnvs(ids.into()))
-                .is_none()
-            {
-                table.services += 1;
+            table.insert(ns, host.name, envs, 0);
+        }
+        for (ns, peer) in &config.peers {
+            let routing = Routing {
+                route_header: Some(peer.route_header.to_ascii_lowercase().into()),
+                default_subset: peer.default_subset.as_deref().map(|d| table.intern(d)),
+            };
+            let index = u32::try_from(table.routings.len()).unwrap_or(u32::MAX);
+            table.routings.push(routing);
+            // Known even without services: a call into it carries the env on.
+            table.namespaces.entry(ns.as_str().into()).or_default();
+            for (name, envs) in &peer.services {
+                table.insert(ns, name, envs, index);
             }
         }
         for (gateway_host, fqdn) in &config.hosts {
@@ -141,11 +170,21 @@ impl RouteTable {
                 );
             }
         }
-        table.default_subset = config
-            .default_subset
-            .as_deref()
-            .and_then(|d| table.env_ids.get(d).copied());
         table
+    }
+
+    fn insert(&mut self, ns: &str, name: &str, envs: &[String], routing: u32) {
+        let mut ids: Vec<u32> = envs.iter().map(|e| self.intern(e)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let services = self.namespaces.entry(ns.into()).or_default();
+        let envs = ServiceEnvs {
+            envs: ids.into(),
+            routing,
+        };
+        if services.insert(name.into(), envs).is_none() {
+            self.services += 1;
+        }
     }
 
     fn intern(&mut self, env: &str) -> u32 {
@@ -209,6 +248,22 @@ impl RouteTable {
         self.namespaces.get(ns)?.get(name)
     }
 
+    /// The route header a request to `service` carries its choice in, when it is not the
+    /// config's own: a service of a peer namespace is routed by that namespace's
+    /// VirtualServices, which match its route header.
+    pub fn peer_route_header(&self, service: &ServiceEnvs) -> Option<&str> {
+        self.routing(service).route_header.as_deref()
+    }
+
+    fn routing(&self, service: &ServiceEnvs) -> &Routing {
+        // Every ServiceEnvs comes from this table, so its index is in range; the own
+        // routing is a harmless answer for one that is not.
+        self.routings
+            .get(service.routing as usize)
+            .or(self.routings.first())
+            .unwrap_or(&NO_ROUTING)
+    }
+
     /// Whether `service` has pods in `env`.
     pub fn has(&self, service: &ServiceEnvs, env: &str) -> bool {
         self.env_ids.get(env).is_some_and(|&id| service.has_id(id))
@@ -217,7 +272,7 @@ impl RouteTable {
     /// The env names of a service, sorted by name.
     pub fn envs_of(&self, service: &ServiceEnvs) -> Vec<&str> {
         let mut names: Vec<&str> = service
-            .0
+            .envs
             .iter()
             .filter_map(|&id| self.env_names.get(id as usize).map(|n| &**n))
             .collect();
@@ -236,7 +291,7 @@ impl RouteTable {
                 return Choice::Fallback(ancestor);
             }
         }
-        match self.default_subset {
+        match self.routing(service).default_subset {
             Some(id) if service.has_id(id) => self
                 .env_names
                 .get(id as usize)
@@ -343,6 +398,50 @@ mod tests {
         );
         // Service names still resolve as before.
         assert_eq!(t.target("a.default", "istio-system"), Target::Service(a));
+    }
+
+    /// A config of namespace `default` that also carries the table of namespace `pay`.
+    fn with_peer() -> RouteTable {
+        let json = r#"{
+          "routeHeader": "x-route-own", "defaultSubset": "dev",
+          "services": {"a.default.svc.cluster.local": ["dev", "dev.proj1"]},
+          "peers": {
+            "pay": {"routeHeader": "X-Route-Pay", "defaultSubset": "base",
+                    "services": {"ledger": ["base", "dev.proj1"], "fx": ["dev"]}},
+            "empty": {"routeHeader": "x-route-empty"}
+          }
+        }"#;
+        RouteTable::new(&PluginConfig::from_json(json.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn a_peer_namespace_is_routed_by_its_own_table_and_header() {
+        let t = with_peer();
+        let Target::Service(ledger) = t.target("ledger.pay:8080", "default") else {
+            panic!("ledger.pay is a service of the table");
+        };
+        assert_eq!(t.peer_route_header(ledger), Some("x-route-pay"));
+        assert_eq!(
+            t.choose(ledger, Some("dev.proj1.user1")),
+            Choice::Fallback("dev.proj1")
+        );
+        // The peer's default subset, not the own one.
+        assert_eq!(t.choose(ledger, Some("dev")), Choice::Default("base"));
+        let fx = t.service("fx.pay").unwrap();
+        assert_eq!(t.choose(fx, Some("other")), Choice::None);
+        // The own namespace keeps its own header and default.
+        let a = t.service("a.default").unwrap();
+        assert_eq!(t.peer_route_header(a), None);
+        assert_eq!(t.choose(a, Some("other")), Choice::Default("dev"));
+        // A peer's service it does not route, and a peer without routed services: the env
+        // travels on; a namespace without a VirtualEnvironment stays outside.
+        assert_eq!(t.target("other.pay", "default"), Target::Unrouted);
+        assert_eq!(
+            t.target("x.empty.svc.cluster.local", "default"),
+            Target::Unrouted
+        );
+        assert_eq!(t.target("x.nowhere", "default"), Target::Outside);
+        assert_eq!(t.len(), 3);
     }
 
     #[test]

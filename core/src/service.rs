@@ -101,6 +101,11 @@ pub fn cluster_domain_of_fqdn(fqdn: &str) -> Option<&str> {
     ServiceHost::parse(fqdn)?.domain
 }
 
+/// A Kubernetes namespace or service name, or one label of a DNS name (RFC 1123 label).
+pub fn is_dns_label(s: &str) -> bool {
+    is_label(s) && !s.starts_with('-') && !s.ends_with('-')
+}
+
 /// The fully qualified name of a service, as the config and Istio objects spell it.
 pub fn service_fqdn(name: &str, namespace: &str, cluster_domain: &str) -> String {
     format!("{name}.{namespace}.svc.{cluster_domain}")

@@ -2,6 +2,8 @@
 //! say exactly what a sidecar would do (`virtual-env explain`, the demo's table): the same
 //! code decides, so they cannot drift from the filter.
 
+use virtual_env_core::{lowercase, Target};
+
 use crate::flow::{Direction, EnvSource, FilterConfig, Node};
 use crate::host::mock::MockHost;
 use crate::metrics::Metric;
@@ -17,6 +19,8 @@ pub struct Outcome {
     pub route: Option<Route>,
     /// The route header after the filter: the chosen env, or `None` (removed).
     pub route_header: Option<String>,
+    /// Which header that is: the config's own, or a peer namespace's for its services.
+    pub route_header_name: String,
 }
 
 /// How the fallback walk ended for a routed service.
@@ -49,6 +53,17 @@ pub fn outbound(config: &FilterConfig, node: &Node, headers: &[(&str, &[u8])]) -
     .find(|(m, _)| count(*m) > 0)
     .map(|(_, source)| source);
     let text = |name: &str| host.header(name).map(str::to_owned);
+    let routes = config.routes();
+    let route_header_name = host
+        .header(":authority")
+        .and_then(
+            |authority| match routes.target(&lowercase(authority), &node.namespace) {
+                Target::Service(service) => routes.peer_route_header(service),
+                _ => None,
+            },
+        )
+        .unwrap_or(config.route_header())
+        .to_owned();
     let route = [
         (Metric::RouteExact, Route::Exact),
         (Metric::RouteFallback, Route::Fallback),
@@ -62,7 +77,8 @@ pub fn outbound(config: &FilterConfig, node: &Node, headers: &[(&str, &[u8])]) -
         env: source.and_then(|s| Some((text(config.env_header())?, s))),
         rejected: count(Metric::HeaderRejected),
         route,
-        route_header: text(config.route_header()),
+        route_header: text(&route_header_name),
+        route_header_name,
     }
 }
 

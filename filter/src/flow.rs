@@ -221,9 +221,19 @@ impl FilterConfig {
             Choice::None => Metric::RouteNone,
         });
         debug!("virtual-env: env={env:?} from {source:?} -> {choice:?}");
+        // A service of another namespace is routed by that namespace's VirtualService,
+        // which matches its own route header; ours has no business there.
+        let route_header = match self.routes.peer_route_header(service) {
+            None => self.route_header.as_str(),
+            Some(peer) => {
+                host.increment(Metric::RoutePeer);
+                host.remove_request_header(&self.route_header);
+                peer
+            }
+        };
         match choice.env() {
-            Some(subset) => host.set_request_header(&self.route_header, subset),
-            None => host.remove_request_header(&self.route_header),
+            Some(subset) => host.set_request_header(route_header, subset),
+            None => host.remove_request_header(route_header),
         }
     }
 

@@ -27,10 +27,13 @@ pub enum Metric {
     ConfigRejected,
     /// Requests at a gateway whose env was removed by its `edgeTrust`.
     EnvRemovedAtEdge,
+    /// Outbound requests routed by another namespace's table (`peers`), counted besides
+    /// their routing outcome.
+    RoutePeer,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 16] = [
+    pub const ALL: [Metric; 17] = [
         Metric::EnvFromHeader,
         Metric::EnvFromAlias,
         Metric::EnvFromBaggage,
@@ -47,6 +50,7 @@ impl Metric {
         Metric::ConfigLoaded,
         Metric::ConfigRejected,
         Metric::EnvRemovedAtEdge,
+        Metric::RoutePeer,
     ];
 
     pub fn name(self) -> &'static str {
@@ -67,6 +71,7 @@ impl Metric {
             Metric::ConfigLoaded => "virtual_env.config.loaded",
             Metric::ConfigRejected => "virtual_env.config.rejected",
             Metric::EnvRemovedAtEdge => "virtual_env.edge.env_removed",
+            Metric::RoutePeer => "virtual_env.route.peer_namespace",
         }
     }
 

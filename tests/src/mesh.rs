@@ -262,6 +262,7 @@ impl Mesh {
             services,
             pods,
             existing: Vec::new(),
+            peers: Default::default(),
             elsewhere: vec![Existing::from_json(
                 Kind::Gateway,
                 &ingress,

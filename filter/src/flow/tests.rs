@@ -544,3 +544,57 @@ fn a_stripping_gateway_removes_only_the_env_from_a_cookie() {
     assert_eq!(h.header("cookie"), Some("session=abc; env=; theme=dark"));
     assert_eq!(h.count(Metric::EnvRemovedAtEdge), 1);
 }
+
+/// The seed's namespace, whose pods also call namespace `pay` (its own route header and
+/// default subset `base`).
+fn with_peer(extra: &str) -> FilterConfig {
+    seed(&format!(
+        r#"{extra} "peers": {{"pay": {{"routeHeader": "x-virtual-env-route-pay",
+            "defaultSubset": "base", "services": {{"ledger": ["base", "dev.proj1"]}}}}}},"#
+    ))
+}
+
+#[test]
+fn a_call_into_a_peer_namespace_is_routed_by_its_table_and_header() {
+    let cfg = with_peer("");
+    let forged = [("x-virtual-env", "dev.proj1.user1"), (ROUTE, "prod")];
+    let h = call(&cfg, "ledger.pay:8080", &forged);
+    assert_eq!(h.header("x-virtual-env-route-pay"), Some("dev.proj1"));
+    // Our own route header (here forged by the application) does not go along.
+    assert_eq!(h.header(ROUTE), None);
+    assert_eq!(h.count(Metric::RouteFallback), 1);
+    assert_eq!(h.count(Metric::RoutePeer), 1);
+    // Nothing of the lineage there: the peer's default subset, not ours.
+    let h = call(
+        &cfg,
+        "ledger.pay.svc.cluster.local",
+        &[("x-virtual-env", "dev")],
+    );
+    assert_eq!(h.header("x-virtual-env-route-pay"), Some("base"));
+    // A call in the own namespace is as before.
+    let h = call(&cfg, "app-b", &[("x-virtual-env", "dev.proj1")]);
+    assert_eq!(h.header(ROUTE), Some("dev"));
+    assert_eq!(h.header("x-virtual-env-route-pay"), None);
+    assert_eq!(h.count(Metric::RoutePeer), 0);
+}
+
+#[test]
+fn a_peer_service_without_a_table_entry_carries_the_env_on() {
+    let cfg = with_peer(r#""autoInject": true,"#);
+    let h = outbound(
+        &cfg,
+        &node(Some("dev.proj1")),
+        MockHost::new()
+            .with_header(":authority", "fx.pay:8080")
+            .with_header(ROUTE, "prod"),
+    );
+    assert_eq!(h.header("x-virtual-env"), Some("dev.proj1"));
+    assert_eq!(h.header(ROUTE), None);
+    // A namespace without a VirtualEnvironment is outside: no env leaks into it.
+    let h = outbound(
+        &cfg,
+        &node(Some("dev.proj1")),
+        MockHost::new().with_header(":authority", "x.elsewhere:8080"),
+    );
+    assert_eq!(h.header("x-virtual-env"), None);
+}

@@ -45,9 +45,11 @@ build: rust-target
 	cargo build -p virtual-env-filter --target wasm32-wasip1 --release
 	@echo "filter: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
 
-# The seed's example on a local mesh of real Envoy sidecars: prints the call chains.
-# KEEP=1 keeps the mesh running for manual curl; TOPOLOGY=tests/topologies/deep.yaml for three levels.
-TOPOLOGY ?= tests/topologies/seed.yaml
+# The seed's example entered through the ingress gateway, with a hop into a second
+# namespace, on a local mesh of real Envoy sidecars: prints the call chains. KEEP=1 keeps
+# the mesh running for manual curl; TOPOLOGY=tests/topologies/seed.yaml for the seed alone,
+# tests/topologies/deep.yaml for three levels.
+TOPOLOGY ?= tests/topologies/demo.yaml
 demo: setup build
 	cargo build -q -p virtual-env-e2e --bin virtual-env-mesh
 	./target/debug/virtual-env-mesh demo --topology $(TOPOLOGY) $(if $(KEEP),--keep)

@@ -67,34 +67,39 @@ fn is_http1(protocol: &Protocol) -> bool {
 impl AppConfig {
     /// The application of `pod`: its service, env and the services it calls, forwarding the
     /// env header and [`TRACING_HEADERS`].
+    /// The application of `pod` of namespace `ns` in the mesh `mesh` (whose namespaces
+    /// its calls may name).
     pub fn for_pod(
-        topology: &Topology,
+        mesh: &Topology,
+        ns: &Topology,
         pod: &TopologyPod,
         listen: SocketAddr,
         outbound: Option<SocketAddr>,
     ) -> Self {
-        let service = topology
+        let service = ns
             .services_of(pod)
             .next()
             .map_or_else(|| pod.name.clone(), |s| s.name.clone());
         let calls = pod
             .calls
             .iter()
-            .filter_map(|name| topology.service(name))
-            .map(|s| format!("{}:{}", s.name, s.port))
+            .filter_map(|call| {
+                let (target, s) = mesh.call_target(ns, call)?;
+                Some(if target.namespace == ns.namespace {
+                    format!("{}:{}", s.name, s.port)
+                } else {
+                    format!("{}.{}:{}", s.name, target.namespace, s.port)
+                })
+            })
             .collect();
         Self {
             listen,
             service,
             pod: pod.name.clone(),
-            env: topology.env_of(pod),
+            env: ns.env_of(pod),
             outbound,
             calls,
-            env_header: topology
-                .virtual_environment
-                .env_header
-                .name
-                .to_ascii_lowercase(),
+            env_header: ns.virtual_environment.env_header.name.to_ascii_lowercase(),
             forward_env_header: true,
             forward: TRACING_HEADERS.map(String::from).to_vec(),
             call_protocol: Protocol::Http1,

@@ -2,7 +2,7 @@
 //! call chains (which pod served each hop, and whether its env was an exact hit, a fallback
 //! up the hierarchy, or the default subset).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 use anyhow::Result;
@@ -10,7 +10,9 @@ use virtual_env_filter::dry_run::{self, Route};
 use virtual_env_filter::{FilterConfig, Node};
 
 use crate::app::Hop;
-use crate::mesh::Mesh;
+use virtual_env_controller::plan::plugin_config_of;
+
+use crate::mesh::{Mesh, INGRESS_GATEWAY};
 
 /// How a hop was routed, as the filter's own request flow decides it for the call that
 /// reached it (the caller's node, the env header the caller had): `exact`, `fallback`,
@@ -37,14 +39,14 @@ pub fn outcome(
     }
 }
 
-/// The envs to try: every env with pods, shallow first, one that nobody deploys, and none.
+/// The envs to try: every env with pods in any namespace, shallow first, one that nobody
+/// deploys, and none.
 pub fn request_envs(mesh: &Mesh) -> Vec<Option<String>> {
     let topology = &mesh.topology;
     let splitter = topology.virtual_environment.env_label.splitter.clone();
     let envs: BTreeSet<(usize, String)> = topology
-        .pods
-        .iter()
-        .filter_map(|p| topology.env_of(p))
+        .all_pods()
+        .filter_map(|(ns, p)| ns.env_of(p))
         .map(|e| (e.matches(splitter.as_str()).count(), e))
         .collect();
     let mut out: Vec<Option<String>> = envs.iter().map(|(_, e)| Some(e.clone())).collect();
@@ -55,35 +57,85 @@ pub fn request_envs(mesh: &Mesh) -> Vec<Option<String>> {
     out
 }
 
-/// Sends one request per env through the gateway to the first service, and tabulates the
-/// chains.
+/// Sends one request per env into the first service: through the ingress gateway under
+/// its gateway host when the topology exposes it there, else through the gateway acting
+/// as a client of the namespace. Tabulates the chains.
 pub async fn run(mesh: &Mesh) -> Result<String> {
-    let entry = mesh
-        .topology
-        .services
-        .first()
-        .map(|s| s.name.clone())
-        .unwrap_or_default();
     let env_header = mesh.topology.virtual_environment.env_header.name.clone();
+    let entry = Entry::of(mesh);
     let mut rows = Vec::new();
     for env in request_envs(mesh) {
         let headers: Vec<(&str, &str)> = env
             .iter()
             .map(|e| (env_header.as_str(), e.as_str()))
             .collect();
-        let hop = mesh.request(&entry, &headers).await?;
+        let hop = match &entry {
+            Entry::GatewayHost(host) => mesh.request_host(host, &headers).await?,
+            Entry::Service(service) => mesh.request(service, &headers).await?,
+        };
         rows.push((env, hop));
     }
     table(mesh, &rows)
 }
 
+/// How the demo's requests enter the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// Through the ingress gateway, under a host it serves the first service at.
+    GatewayHost(String),
+    /// To the first service by name, from the gateway acting as a client of the namespace.
+    Service(String),
+}
+
+impl Entry {
+    pub fn of(mesh: &Mesh) -> Self {
+        let topology = &mesh.topology;
+        let entry = topology
+            .services
+            .first()
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        let host = topology
+            .virtual_environment
+            .gateways
+            .iter()
+            .filter(|g| g.service == entry)
+            .flat_map(|g| &g.hosts)
+            .find(|h| !h.starts_with('*'));
+        match host {
+            Some(host) => Self::GatewayHost(host.clone()),
+            None => Self::Service(entry),
+        }
+    }
+}
+
 pub fn table(mesh: &Mesh, rows: &[(Option<String>, Hop)]) -> Result<String> {
-    let filter = FilterConfig::new(&mesh.plan()?.plugin_config, None);
-    let namespace = mesh.topology.namespace.clone();
+    let plans = mesh.plans()?;
+    // Each namespace's calling side, and the gateway's plugin object when it has its own.
+    let filters: BTreeMap<&str, FilterConfig> = plans
+        .iter()
+        .map(|(ns, plan)| (ns.as_str(), FilterConfig::new(&plan.plugin_config, None)))
+        .collect();
+    let first = mesh.topology.namespace.as_str();
+    let entry = Entry::of(mesh);
+    let gateway = match &entry {
+        Entry::GatewayHost(_) => plans[first]
+            .gateway_plugins
+            .first()
+            .and_then(|p| plugin_config_of(&p.spec.plugin_config))
+            .map(|config| (FilterConfig::new(&config, None), INGRESS_GATEWAY.0)),
+        Entry::Service(_) => None,
+    };
+    let namespace_of = |pod: &str| {
+        mesh.topology
+            .all_pods()
+            .find(|(_, p)| p.name == pod)
+            .map_or(first, |(ns, _)| ns.namespace.as_str())
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<18} {:>3}  {:<8} {:<14} {:<18} outcome",
+        "{:<18} {:>3}  {:<11} {:<14} {:<18} outcome",
         "request env", "hop", "service", "served by", "pod env"
     );
     for (env, hop) in rows {
@@ -91,33 +143,50 @@ pub fn table(mesh: &Mesh, rows: &[(Option<String>, Hop)]) -> Result<String> {
         let chain = hop.chain();
         for (i, h) in chain.iter().enumerate() {
             let pod_env = h.env.as_deref();
+            let callee_ns = namespace_of(&h.pod);
             // The first call comes from the gateway (no env label) with the request's env;
             // each next one from the pod before, with the env header that pod received.
-            let (caller, env_header) = match i.checked_sub(1).map(|p| chain[p]) {
-                None => (
-                    Node {
-                        namespace: namespace.clone(),
+            let (filter, caller, env_header) = match i.checked_sub(1).map(|p| chain[p]) {
+                None => {
+                    let (filter, ns) = match &gateway {
+                        Some((filter, ns)) => (filter, *ns),
+                        None => (&filters[first], first),
+                    };
+                    let node = Node {
+                        namespace: ns.to_owned(),
                         own_env: None,
-                    },
-                    env.as_deref(),
-                ),
-                Some(previous) => (
-                    Node {
-                        namespace: namespace.clone(),
+                    };
+                    (filter, node, env.as_deref())
+                }
+                Some(previous) => {
+                    let ns = namespace_of(&previous.pod);
+                    let filter = &filters[ns];
+                    let node = Node {
+                        namespace: ns.to_owned(),
                         own_env: filter.own_env(previous.env.clone()),
-                    },
-                    previous.received_env.as_deref(),
-                ),
+                    };
+                    (filter, node, previous.received_env.as_deref())
+                }
+            };
+            // What the caller's application called: the gateway host, the short name in
+            // its own namespace, `name.namespace` in another.
+            let (authority, service) = match (&entry, i) {
+                (Entry::GatewayHost(host), 0) => (host.clone(), h.service.clone()),
+                _ if callee_ns == caller.namespace => (h.service.clone(), h.service.clone()),
+                _ => {
+                    let name = format!("{}.{callee_ns}", h.service);
+                    (name.clone(), name)
+                }
             };
             let _ = writeln!(
                 out,
-                "{:<18} {:>3}  {:<8} {:<14} {:<18} {}",
+                "{:<18} {:>3}  {:<11} {:<14} {:<18} {}",
                 if i == 0 { label.as_str() } else { "" },
                 i + 1,
-                h.service,
+                service,
                 h.pod,
                 pod_env.unwrap_or("-"),
-                outcome(&filter, &caller, &h.service, env_header, pod_env)
+                outcome(filter, &caller, &authority, env_header, pod_env)
             );
         }
         if let Some(error) = hop.first_error() {

@@ -40,7 +40,13 @@ pub fn demo_manifests(topology: &Topology, namespace: &str, image: &str) -> Stri
     }
     for pod in &topology.pods {
         // In a cluster the sidecar intercepts calls to the service itself: no outbound.
-        let config = AppConfig::for_pod(topology, pod, ([0, 0, 0, 0], APP_PORT).into(), None);
+        let config = AppConfig::for_pod(
+            topology,
+            topology,
+            pod,
+            ([0, 0, 0, 0], APP_PORT).into(),
+            None,
+        );
         let labels: BTreeMap<&str, &str> = pod
             .labels
             .iter()

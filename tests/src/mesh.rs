@@ -20,10 +20,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use kube::ResourceExt;
 use serde_json::{json, Value};
 use tempfile::TempDir;
+use virtual_env_controller::crd::VirtualEnvironment;
 use virtual_env_controller::existing::{Existing, Kind};
 use virtual_env_controller::istio::{DestinationRule, VirtualService};
+use virtual_env_controller::peer_namespaces;
 use virtual_env_controller::plan::{
     plan_namespace, Plan, Settings, Snapshot, WasmSource, INBOUND_WASM_PLUGIN_NAME,
     MAX_PLUGIN_CONFIG_BYTES, WASM_PLUGIN_NAME,
@@ -34,7 +37,7 @@ use crate::app::{AppConfig, Hop, TRACING_HEADERS};
 use crate::envoy::{filter_wasm, poll_until, write_atomically, Envoy, Guarded};
 use crate::http::{self, Protocol};
 use crate::sidecar::{ecds_resource_named, http_filters_named};
-use crate::topology::{selects, Topology, TopologyPod};
+use crate::topology::{selects, Topology, TopologyPod, TopologyService};
 
 pub const APP_PORT: u16 = 8080;
 pub const INBOUND_PORT: u16 = 15006;
@@ -73,32 +76,50 @@ impl MeshOptions {
     }
 }
 
-/// The routing files every Envoy of the mesh watches.
+/// The routing files the Envoys of the mesh watch.
 struct RoutingFiles {
+    /// Clusters: the same for every Envoy.
     cds: PathBuf,
-    rds: PathBuf,
-    /// The calling side's plugin (outbound listeners and the gateway), and the called
-    /// side's (inbound listeners): one file per plugin object, as istiod sends one ECDS
+    /// Per namespace: its sidecars' routes (short names resolve in their own namespace),
+    /// and its plugin objects: the calling side's (outbound listeners) and the called
+    /// side's (inbound listeners), one file per plugin object, as istiod sends one ECDS
     /// resource per WasmPlugin to the listeners its `match` mode selects.
-    ecds: PathBuf,
-    ecds_inbound: PathBuf,
+    namespaces: BTreeMap<String, NamespaceFiles>,
     /// The gateway's plugin: the plugin object the controller writes for the gateway when
-    /// the topology exposes services through it; else the calling side's.
+    /// the topology exposes services through it; else the first namespace's calling side.
     ecds_gateway: PathBuf,
 }
 
+struct NamespaceFiles {
+    rds: PathBuf,
+    ecds: PathBuf,
+    ecds_inbound: PathBuf,
+}
+
 impl RoutingFiles {
-    fn new(root: &Path) -> Result<Self> {
+    fn new(root: &Path, topology: &Topology) -> Result<Self> {
         let file = |kind: &str| -> Result<PathBuf> {
             let dir = root.join(kind);
             std::fs::create_dir_all(&dir)?;
             Ok(dir.join(format!("{kind}.json")))
         };
+        let mut namespaces = BTreeMap::new();
+        for (i, ns) in topology.all().enumerate() {
+            // The first namespace keeps the file names the mesh always had.
+            let kind = |kind: &str| match i {
+                0 => kind.to_owned(),
+                _ => format!("{kind}-{}", ns.namespace),
+            };
+            let files = NamespaceFiles {
+                rds: file(&kind("rds"))?,
+                ecds: file(&kind("ecds"))?,
+                ecds_inbound: file(&kind("ecds-inbound"))?,
+            };
+            namespaces.insert(ns.namespace.clone(), files);
+        }
         Ok(Self {
             cds: file("cds")?,
-            rds: file("rds")?,
-            ecds: file("ecds")?,
-            ecds_inbound: file("ecds-inbound")?,
+            namespaces,
             ecds_gateway: file("ecds-gateway")?,
         })
     }
@@ -140,7 +161,7 @@ impl Mesh {
                 (Some(tmp), root)
             }
         };
-        let files = RoutingFiles::new(&root)?;
+        let files = RoutingFiles::new(&root, &topology)?;
         let wasm = filter_wasm()?.display().to_string();
         let net = random_net();
         let gateway = SocketAddr::new(ip(net, 2), OUTBOUND_PORT);
@@ -159,14 +180,14 @@ impl Mesh {
         mesh.write_routing()?;
 
         let mut apps = Vec::new();
-        for (i, pod) in mesh.topology.pods.iter().enumerate() {
-            apps.push(mesh.spawn_app(i, pod)?);
+        for (i, (ns, pod)) in mesh.topology.all_pods().enumerate() {
+            apps.push(mesh.spawn_app(i, ns, pod)?);
         }
         mesh._apps = apps;
 
         let mut starts = Vec::new();
-        for (i, pod) in mesh.topology.pods.iter().enumerate() {
-            let config = mesh.sidecar_bootstrap(i, pod);
+        for (i, (ns, pod)) in mesh.topology.all_pods().enumerate() {
+            let config = mesh.sidecar_bootstrap(i, ns, pod);
             starts.push(Envoy::start(&pod.name, &mesh.root, config, 1));
         }
         starts.push(Envoy::start(
@@ -178,15 +199,15 @@ impl Mesh {
         let started = futures::future::try_join_all(starts).await?;
         let names = mesh
             .topology
-            .pods
-            .iter()
-            .map(|p| p.name.clone())
-            .chain(["gateway".to_owned()]);
-        mesh.envoys = names.zip(started).collect();
+            .all_pods()
+            .map(|(_, p)| p.name.clone())
+            .chain(["gateway".to_owned()])
+            .collect::<Vec<_>>();
+        mesh.envoys = names.into_iter().zip(started).collect();
         for envoy in mesh.envoys.values() {
             envoy.check_wasm_runtime().await?;
         }
-        for i in 0..mesh.topology.pods.len() {
+        for i in 0..mesh.topology.all_pods().count() {
             wait_for_port(SocketAddr::new(mesh.pod_ip(i), APP_PORT)).await?;
         }
         Ok(mesh)
@@ -198,9 +219,8 @@ impl Mesh {
 
     fn pod_index(&self, name: &str) -> Result<usize> {
         self.topology
-            .pods
-            .iter()
-            .position(|p| p.name == name)
+            .all_pods()
+            .position(|(_, p)| p.name == name)
             .with_context(|| format!("no pod {name}"))
     }
 
@@ -224,7 +244,7 @@ impl Mesh {
         &self.root
     }
 
-    fn spawn_app(&self, index: usize, pod: &TopologyPod) -> Result<Guarded> {
+    fn spawn_app(&self, index: usize, ns: &Topology, pod: &TopologyPod) -> Result<Guarded> {
         let ip = self.pod_ip(index);
         let outbound = SocketAddr::new(ip, OUTBOUND_PORT);
         let config = AppConfig {
@@ -233,6 +253,7 @@ impl Mesh {
             call_protocol: self.options.app_protocol,
             ..AppConfig::for_pod(
                 &self.topology,
+                ns,
                 pod,
                 SocketAddr::new(ip, APP_PORT),
                 Some(outbound),
@@ -250,25 +271,15 @@ impl Mesh {
         .with_context(|| format!("starting {}", self.options.app_binary.display()))
     }
 
-    /// The controller's plan for the topology as it is now.
+    /// The controller's plan for the first namespace as it is now.
     pub fn plan(&self) -> Result<Plan> {
-        let (ve, services, pods) = self.topology.to_kubernetes();
-        // The mesh's gateway Envoy is the pod of Istio's default ingress Gateway.
-        let ingress = serde_json::json!({
-            "metadata": {"name": INGRESS_GATEWAY.1, "namespace": INGRESS_GATEWAY.0},
-            "spec": {"selector": {"istio": "ingressgateway"}}
-        });
-        let snapshot = Snapshot {
-            services,
-            pods,
-            existing: Vec::new(),
-            peers: Default::default(),
-            elsewhere: vec![Existing::from_json(
-                Kind::Gateway,
-                &ingress,
-                INGRESS_GATEWAY.0,
-            )],
-        };
+        let mut plans = self.plans()?;
+        Ok(plans.remove(&self.topology.namespace).context("no plan")?)
+    }
+
+    /// The controller's plans of every namespace, by namespace, as its reconciles end up
+    /// after each has published its table to the others (`peer_namespaces.rs`).
+    pub fn plans(&self) -> Result<BTreeMap<String, Plan>> {
         let settings = Settings {
             cluster_domain: CLUSTER_DOMAIN.into(),
             wasm: WasmSource {
@@ -278,23 +289,44 @@ impl Mesh {
             max_plugin_config_bytes: MAX_PLUGIN_CONFIG_BYTES,
             extension_api: Default::default(),
         };
-        Ok(plan_namespace(&ve, &snapshot, &settings)?)
+        let snapshots: Vec<(VirtualEnvironment, Snapshot)> =
+            self.topology.all().map(snapshot_of).collect();
+        let mut published = BTreeMap::new();
+        for (ve, snapshot) in &snapshots {
+            let plan = plan_namespace(ve, snapshot, &settings)?;
+            let ns = ve.namespace().unwrap_or_default();
+            published.insert(ns, peer_namespaces::published(&plan.plugin_config));
+        }
+        let mut plans = BTreeMap::new();
+        for (ve, mut snapshot) in snapshots {
+            snapshot.peers = published.clone();
+            let ns = ve.namespace().unwrap_or_default();
+            plans.insert(ns, plan_namespace(&ve, &snapshot, &settings)?);
+        }
+        Ok(plans)
     }
 
     /// Writes clusters, then routes, then the plugin config: subsets exist before routes use
     /// them, and routes before the filter sends traffic to them (as the controller orders
     /// its writes).
     pub fn write_routing(&self) -> Result<()> {
-        let plan = self.plan()?;
-        write_atomically(&self.files.cds, &serde_json::to_vec(&self.clusters(&plan))?)?;
-        write_atomically(&self.files.rds, &serde_json::to_vec(&self.routes(&plan))?)?;
-        self.push_side(
-            Side::Inbound,
-            &plan.inbound_wasm_plugin.spec.plugin_config.to_string(),
+        let plans = self.plans()?;
+        write_atomically(
+            &self.files.cds,
+            &serde_json::to_vec(&self.clusters(&plans))?,
         )?;
-        self.push_side(Side::Outbound, &plan.plugin_config.to_json())?;
-        let gateway = plan.gateway_plugins.first().map_or_else(
-            || plan.plugin_config.to_json(),
+        for ns in self.topology.all() {
+            let files = self.files_of(&ns.namespace)?;
+            write_atomically(&files.rds, &serde_json::to_vec(&self.routes(ns, &plans))?)?;
+        }
+        for (ns, plan) in &plans {
+            let inbound = plan.inbound_wasm_plugin.spec.plugin_config.to_string();
+            self.push_side(Side::Inbound(ns), &inbound)?;
+            self.push_side(Side::Outbound(ns), &plan.plugin_config.to_json())?;
+        }
+        let first = &plans[&self.topology.namespace];
+        let gateway = first.gateway_plugins.first().map_or_else(
+            || first.plugin_config.to_json(),
             |p| p.spec.plugin_config.to_string(),
         );
         self.push_side(Side::Gateway, &gateway)
@@ -302,26 +334,35 @@ impl Mesh {
 
     /// Replaces every plugin config (ECDS) with `json`, valid or not.
     pub fn push_plugin_config(&self, json: &str) -> Result<()> {
-        self.push_side(Side::Inbound, json)?;
-        self.push_side(Side::Outbound, json)?;
+        for ns in self.topology.all() {
+            self.push_side(Side::Inbound(&ns.namespace), json)?;
+            self.push_side(Side::Outbound(&ns.namespace), json)?;
+        }
         self.push_side(Side::Gateway, json)
     }
 
-    fn push_side(&self, side: Side, json: &str) -> Result<()> {
-        let (name, path) = self.plugin(side);
+    fn push_side(&self, side: Side<'_>, json: &str) -> Result<()> {
+        let (name, path) = self.plugin(side)?;
         write_atomically(
             path,
             &serde_json::to_vec(&ecds_resource_named(name, &self.wasm, json))?,
         )
     }
 
+    fn files_of(&self, namespace: &str) -> Result<&NamespaceFiles> {
+        self.files
+            .namespaces
+            .get(namespace)
+            .with_context(|| format!("no namespace {namespace} in the mesh"))
+    }
+
     /// The plugin object's name and ECDS file for a side.
-    fn plugin(&self, side: Side) -> (&'static str, &Path) {
-        match side {
-            Side::Inbound => (INBOUND_WASM_PLUGIN_NAME, &self.files.ecds_inbound),
-            Side::Outbound => (WASM_PLUGIN_NAME, &self.files.ecds),
+    fn plugin(&self, side: Side<'_>) -> Result<(&'static str, &Path)> {
+        Ok(match side {
+            Side::Inbound(ns) => (INBOUND_WASM_PLUGIN_NAME, &self.files_of(ns)?.ecds_inbound),
+            Side::Outbound(ns) => (WASM_PLUGIN_NAME, &self.files_of(ns)?.ecds),
             Side::Gateway => ("virtual-env-gateway", &self.files.ecds_gateway),
-        }
+        })
     }
 
     /// Whether the topology exposes services through the gateway (it then runs the
@@ -390,28 +431,25 @@ impl Mesh {
         Ok(())
     }
 
-    fn host(&self, service: &str) -> String {
-        service_fqdn(service, &self.topology.namespace, CLUSTER_DOMAIN)
-    }
-
-    fn cluster_name(&self, service: &str, subset: Option<&str>) -> String {
-        let port = self.topology.service(service).map_or(APP_PORT, |s| s.port);
+    fn cluster_name(ns: &Topology, service: &TopologyService, subset: Option<&str>) -> String {
         format!(
-            "outbound|{port}|{}|{}",
+            "outbound|{}|{}|{}",
+            service.port,
             subset.unwrap_or(""),
-            self.host(service)
+            service_fqdn(&service.name, &ns.namespace, CLUSTER_DOMAIN)
         )
     }
 
     /// One cluster per service and per DestinationRule subset; endpoints are the sidecars
     /// of the ready pods the service (and the subset's labels) select.
-    fn clusters(&self, plan: &Plan) -> Value {
+    fn clusters(&self, plans: &BTreeMap<String, Plan>) -> Value {
         let mut clusters = Vec::new();
-        for service in &self.topology.services {
-            let dr: Option<&DestinationRule> = plan
-                .destination_rules
-                .iter()
-                .find(|d| d.metadata.name.as_deref() == Some(&service.name));
+        for (ns, service) in self.services() {
+            let dr: Option<&DestinationRule> = plans.get(&ns.namespace).and_then(|plan| {
+                plan.destination_rules
+                    .iter()
+                    .find(|d| d.metadata.name.as_deref() == Some(&service.name))
+            });
             let mut subsets = vec![(None, BTreeMap::new())];
             if let Some(dr) = dr {
                 subsets.extend(
@@ -424,11 +462,11 @@ impl Mesh {
             for (subset, labels) in subsets {
                 let endpoints: Vec<Value> = self
                     .topology
-                    .pods
-                    .iter()
+                    .all_pods()
                     .enumerate()
-                    .filter(|(_, p)| {
-                        p.ready
+                    .filter(|(_, (pod_ns, p))| {
+                        pod_ns.namespace == ns.namespace
+                            && p.ready
                             && selects(&service.selector, &p.labels)
                             && selects(&labels, &p.labels)
                     })
@@ -437,13 +475,14 @@ impl Mesh {
                         "address": self.pod_ip(i).to_string(), "port_value": INBOUND_PORT}}}})
                     })
                     .collect();
+                let name = Self::cluster_name(ns, service, subset);
                 let mut cluster = json!({
                     "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-                    "name": self.cluster_name(&service.name, subset),
+                    "name": name,
                     "type": "STATIC",
                     "connect_timeout": "1s",
                     "load_assignment": {
-                        "cluster_name": self.cluster_name(&service.name, subset),
+                        "cluster_name": name,
                         "endpoints": [{"lb_endpoints": endpoints}]
                     }
                 });
@@ -456,28 +495,40 @@ impl Mesh {
         json!({"resources": clusters})
     }
 
-    /// A virtual host per service, answering every DNS spelling of it; its routes are the
-    /// VirtualService's (exact route-header matches, then the default), or one default
-    /// route for a service the controller does not route.
-    fn routes(&self, plan: &Plan) -> Value {
+    /// Every service of the mesh with its namespace.
+    fn services(&self) -> impl Iterator<Item = (&Topology, &TopologyService)> {
+        self.topology
+            .all()
+            .flat_map(|ns| ns.services.iter().map(move |s| (ns, s)))
+    }
+
+    /// The routes of the sidecars of namespace `own`: a virtual host per service of the
+    /// mesh, answering every DNS spelling of it (its short name only in its own
+    /// namespace); its routes are the VirtualService's of the service's namespace (exact
+    /// route-header matches, then the default), or one default route for a service the
+    /// controller does not route.
+    fn routes(&self, own: &Topology, plans: &BTreeMap<String, Plan>) -> Value {
         let mut hosts = Vec::new();
-        for service in &self.topology.services {
-            let ns = &self.topology.namespace;
-            let fqdn = self.host(&service.name);
-            let names = [
-                service.name.clone(),
+        for (service_ns, service) in self.services() {
+            let ns = &service_ns.namespace;
+            let fqdn = service_fqdn(&service.name, ns, CLUSTER_DOMAIN);
+            let mut names = vec![
                 format!("{}.{ns}", service.name),
                 format!("{}.{ns}.svc", service.name),
                 fqdn.clone(),
             ];
+            if *ns == own.namespace {
+                names.push(service.name.clone());
+            }
             let domains: Vec<String> = names
                 .iter()
                 .flat_map(|n| [n.clone(), format!("{n}:{}", service.port)])
                 .collect();
-            let vs: Option<&VirtualService> = plan
-                .virtual_services
-                .iter()
-                .find(|v| v.metadata.name.as_deref() == Some(&service.name));
+            let vs: Option<&VirtualService> = plans.get(ns).and_then(|plan| {
+                plan.virtual_services
+                    .iter()
+                    .find(|v| v.metadata.name.as_deref() == Some(&service.name))
+            });
             let routes: Vec<Value> = match vs {
                 Some(vs) => vs
                     .spec
@@ -496,7 +547,7 @@ impl Mesh {
                         json!({
                             "name": route.name,
                             "match": {"prefix": "/", "headers": headers},
-                            "route": {"cluster": self.cluster_name(&service.name, subset)},
+                            "route": {"cluster": Self::cluster_name(service_ns, service, subset)},
                             "request_headers_to_remove": remove
                         })
                     })
@@ -504,7 +555,7 @@ impl Mesh {
                 None => vec![json!({
                     "name": "default",
                     "match": {"prefix": "/"},
-                    "route": {"cluster": self.cluster_name(&service.name, None)}
+                    "route": {"cluster": Self::cluster_name(service_ns, service, None)}
                 })],
             };
             // The hosts a gateway-bound VirtualService adds get the same routes, as istiod
@@ -524,8 +575,11 @@ impl Mesh {
         }]})
     }
 
-    fn filters(&self, side: Side) -> Value {
-        let (name, path) = self.plugin(side);
+    fn filters(&self, side: Side<'_>) -> Value {
+        // Every namespace and side got its file at start.
+        let Ok((name, path)) = self.plugin(side) else {
+            return json!([]);
+        };
         let dir = path.parent().unwrap_or(path);
         http_filters_named(
             name,
@@ -534,16 +588,27 @@ impl Mesh {
         )
     }
 
-    fn outbound_listener(&self, name: &str, address: IpAddr, direction: Option<&str>) -> Value {
+    /// The outbound listener of a sidecar of namespace `ns` (a `direction`), or the
+    /// gateway's (none; it routes as a client of the first namespace).
+    fn outbound_listener(
+        &self,
+        name: &str,
+        ns: &str,
+        address: IpAddr,
+        direction: Option<&str>,
+    ) -> Value {
         let side = match direction {
-            Some(_) => Side::Outbound,
+            Some(_) => Side::Outbound(ns),
             None => Side::Gateway,
         };
+        let rds = self
+            .files_of(ns)
+            .map_or_else(|_| PathBuf::new(), |files| files.rds.clone());
         let mut listener = json!({
             "name": name,
             "address": {"socket_address": {"address": address.to_string(), "port_value": OUTBOUND_PORT}},
             "filter_chains": [{"filters": [hcm(name, json!({
-                "rds": {"route_config_name": "outbound", "config_source": watched(&self.files.rds)}
+                "rds": {"route_config_name": "outbound", "config_source": watched(&rds)}
             }), self.filters(side))]}]
         });
         if let Some(direction) = direction {
@@ -552,9 +617,9 @@ impl Mesh {
         listener
     }
 
-    fn sidecar_bootstrap(&self, index: usize, pod: &TopologyPod) -> Value {
+    fn sidecar_bootstrap(&self, index: usize, namespace: &Topology, pod: &TopologyPod) -> Value {
         let ip = self.pod_ip(index);
-        let ns = &self.topology.namespace;
+        let ns = &namespace.namespace;
         let mut app = json!({
             "name": "inbound|app",
             "type": "STATIC",
@@ -573,7 +638,7 @@ impl Mesh {
             "filter_chains": [{"filters": [hcm("inbound", json!({"route_config": {"virtual_hosts": [{
                 "name": "inbound", "domains": ["*"],
                 "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "inbound|app"}}]
-            }]}}), self.filters(Side::Inbound))]}]
+            }]}}), self.filters(Side::Inbound(ns)))]}]
         });
         json!({
             "node": {
@@ -582,7 +647,7 @@ impl Mesh {
                 "metadata": {"NAMESPACE": ns, "LABELS": pod.labels}
             },
             "static_resources": {
-                "listeners": [inbound, self.outbound_listener("outbound", ip, Some("OUTBOUND"))],
+                "listeners": [inbound, self.outbound_listener("outbound", ns, ip, Some("OUTBOUND"))],
                 "clusters": [app]
             },
             "dynamic_resources": {"cds_config": watched(&self.files.cds)}
@@ -604,19 +669,41 @@ impl Mesh {
                 "cluster": "gateway",
                 "metadata": {"NAMESPACE": ns, "LABELS": {"istio": "ingressgateway"}}
             },
-            "static_resources": {"listeners": [self.outbound_listener("gateway", self.gateway.ip(), None)]},
+            "static_resources": {"listeners": [self.outbound_listener("gateway", &self.topology.namespace, self.gateway.ip(), None)]},
             "dynamic_resources": {"cds_config": watched(&self.files.cds)}
         })
     }
 }
 
-/// The side of a sidecar a plugin object is for (Istio's `match` mode SERVER or CLIENT).
+/// The side of a sidecar a plugin object is for (Istio's `match` mode SERVER or CLIENT),
+/// in a namespace.
 #[derive(Clone, Copy)]
-enum Side {
-    Inbound,
-    Outbound,
+enum Side<'a> {
+    Inbound(&'a str),
+    Outbound(&'a str),
     /// The gateway's own plugin object.
     Gateway,
+}
+
+/// What the controller reads of namespace `ns`: its objects, and the mesh's ingress
+/// Gateway (the mesh's gateway Envoy is the pod of Istio's default ingress Gateway).
+fn snapshot_of(ns: &Topology) -> (VirtualEnvironment, Snapshot) {
+    let (ve, services, pods) = ns.to_kubernetes();
+    let ingress = json!({
+        "metadata": {"name": INGRESS_GATEWAY.1, "namespace": INGRESS_GATEWAY.0},
+        "spec": {"selector": {"istio": "ingressgateway"}}
+    });
+    let snapshot = Snapshot {
+        services,
+        pods,
+        elsewhere: vec![Existing::from_json(
+            Kind::Gateway,
+            &ingress,
+            INGRESS_GATEWAY.0,
+        )],
+        ..Snapshot::default()
+    };
+    (ve, snapshot)
 }
 
 /// A cluster's upstream protocol: HTTP/2 (h2c).

@@ -13,7 +13,15 @@
 //!     labels: {app: app-a, virtual-env: dev}
 //!     calls: [app-b]             # services its application calls for each request
 //!     ready: true                # default; a pod that is not ready gets no traffic
+//! namespaces:                    # more namespaces, each written as the top level
+//!   - namespace: pay
+//!     virtualEnvironment: {envLabel: {defaultSubset: dev}}
+//!     services: [{name: ledger}]
+//!     pods: [{name: ledger-dev, labels: {app: ledger, virtual-env: dev}}]
 //! ```
+//!
+//! A pod calls a service of its own namespace by name (`app-b`) and one of another
+//! namespace as `name.namespace` (`ledger.pay`), as applications do in Kubernetes.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -33,6 +41,10 @@ pub struct Topology {
     pub virtual_environment: VirtualEnvironmentSpec,
     pub services: Vec<TopologyService>,
     pub pods: Vec<TopologyPod>,
+    /// More namespaces of the mesh, each with its own VirtualEnvironment (their own
+    /// `namespaces` must be empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<Topology>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,25 +89,42 @@ impl Topology {
 
     pub fn parse(text: &str) -> Result<Self> {
         let mut topology: Self = serde_yaml::from_str(text)?;
-        for service in &mut topology.services {
-            if service.selector.is_empty() {
-                service.selector.insert("app".into(), service.name.clone());
+        let default_selectors = |services: &mut Vec<TopologyService>| {
+            for service in services {
+                if service.selector.is_empty() {
+                    service.selector.insert("app".into(), service.name.clone());
+                }
             }
+        };
+        default_selectors(&mut topology.services);
+        for ns in &mut topology.namespaces {
+            default_selectors(&mut ns.services);
         }
         topology.check()?;
         Ok(topology)
     }
 
     fn check(&self) -> Result<()> {
-        for pod in &self.pods {
-            for call in &pod.calls {
-                if self.service(call).is_none() {
-                    bail!("pod {} calls {call}, which is not a service", pod.name);
-                }
+        let mut namespaces = std::collections::BTreeSet::new();
+        for ns in self.all() {
+            if !namespaces.insert(&ns.namespace) {
+                bail!("namespace {} appears twice", ns.namespace);
+            }
+            if ns.namespace != self.namespace && !ns.namespaces.is_empty() {
+                bail!(
+                    "namespace {}: namespaces are listed at the top level only",
+                    ns.namespace
+                );
             }
         }
         let mut names = std::collections::BTreeSet::new();
-        for pod in &self.pods {
+        for (ns, pod) in self.all_pods() {
+            for call in &pod.calls {
+                if self.call_target(ns, call).is_none() {
+                    bail!("pod {} calls {call}, which is not a service", pod.name);
+                }
+            }
+            // Pods are named across the mesh (they are its processes).
             if !names.insert(&pod.name) {
                 bail!("pod {} appears twice", pod.name);
             }
@@ -103,16 +132,50 @@ impl Topology {
         Ok(())
     }
 
+    /// This namespace and the others of the mesh.
+    pub fn all(&self) -> impl Iterator<Item = &Topology> {
+        std::iter::once(self).chain(&self.namespaces)
+    }
+
+    /// Every pod of the mesh with its namespace, in a fixed order (the mesh's addresses).
+    pub fn all_pods(&self) -> impl Iterator<Item = (&Topology, &TopologyPod)> {
+        self.all()
+            .flat_map(|ns| ns.pods.iter().map(move |p| (ns, p)))
+    }
+
+    /// The namespace `name` of the mesh.
+    pub fn namespace_named(&self, name: &str) -> Option<&Topology> {
+        self.all().find(|ns| ns.namespace == name)
+    }
+
+    /// What a pod of namespace `from` reaches by calling `call` (`name` or
+    /// `name.namespace`): the service's namespace and the service.
+    pub fn call_target<'a>(
+        &'a self,
+        from: &'a Topology,
+        call: &str,
+    ) -> Option<(&'a Topology, &'a TopologyService)> {
+        let (name, ns) = match call.split_once('.') {
+            Some((name, ns)) => (name, self.namespace_named(ns)?),
+            None => (call, from),
+        };
+        Some((ns, ns.service(name)?))
+    }
+
     pub fn service(&self, name: &str) -> Option<&TopologyService> {
         self.services.iter().find(|s| s.name == name)
     }
 
+    /// A pod of any namespace of the mesh.
     pub fn pod(&self, name: &str) -> Option<&TopologyPod> {
-        self.pods.iter().find(|p| p.name == name)
+        self.all_pods().map(|(_, p)| p).find(|p| p.name == name)
     }
 
     pub fn pod_mut(&mut self, name: &str) -> Option<&mut TopologyPod> {
-        self.pods.iter_mut().find(|p| p.name == name)
+        std::iter::once(&mut self.pods)
+            .chain(self.namespaces.iter_mut().map(|ns| &mut ns.pods))
+            .flat_map(|pods| pods.iter_mut())
+            .find(|p| p.name == name)
     }
 
     /// The pod's env, by the VirtualEnvironment's env label.
@@ -189,7 +252,7 @@ mod tests {
     #[test]
     fn the_shipped_topologies_parse() {
         let dir = crate::envoy::repo_root().join("tests/topologies");
-        for name in ["seed.yaml", "deep.yaml"] {
+        for name in ["seed.yaml", "deep.yaml", "gateway.yaml", "demo.yaml"] {
             let t = Topology::load(&dir.join(name)).unwrap();
             assert!(!t.pods.is_empty(), "{name}");
         }
@@ -204,5 +267,17 @@ mod tests {
         assert!(err.to_string().contains("calls b"), "{err}");
         let err = Topology::parse("services: []\npods: []\nextra: 1\n").unwrap_err();
         assert!(err.to_string().contains("extra"), "{err}");
+        let two = "services: [{name: a}]\npods: [{name: p, labels: {app: a}, calls: [b.pay]}]\n";
+        let err = Topology::parse(two).unwrap_err();
+        assert!(err.to_string().contains("calls b.pay"), "{err}");
+        let with_pay =
+            format!("{two}namespaces: [{{namespace: pay, services: [{{name: b}}], pods: []}}]\n");
+        let t = Topology::parse(&with_pay).unwrap();
+        let (ns, service) = t.call_target(&t, "b.pay").unwrap();
+        assert_eq!((ns.namespace.as_str(), service.name.as_str()), ("pay", "b"));
+        assert_eq!(
+            service.selector["app"], "b",
+            "selectors default in every namespace"
+        );
     }
 }

@@ -6,7 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use anyhow::Result;
-use virtual_env_e2e::envoy::repo_root;
+use std::time::Duration;
+
+use virtual_env_e2e::envoy::{poll_until, repo_root};
 use virtual_env_e2e::http::Protocol;
 use virtual_env_e2e::mesh::{Mesh, MeshOptions};
 use virtual_env_e2e::topology::{Topology, TopologyPod};
@@ -421,5 +423,48 @@ async fn the_gateways_edge_trust_decides_which_envs_enter() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// The demo's topology: the seed entered at shop.example.com, app-c calling the ledger of
+/// namespace `pay`, which has its own VirtualEnvironment (route header, table). The env
+/// falls back by the table of the namespace each hop is in, on both sides.
+#[tokio::test]
+async fn a_call_into_another_namespace_is_routed_by_that_namespaces_table() -> Result<()> {
+    let _serial = serial().await;
+    let mut mesh = Mesh::start(topology("demo.yaml"), options()).await?;
+    // dev.proj1 has no ledger in pay: pay's fallback to dev.
+    let hop = mesh.request_host(SHOP, &[(ENV, "dev.proj1")]).await?;
+    assert_eq!(
+        hop.pods(),
+        ["app-a-proj1", "app-b-dev", "app-c-proj1", "ledger-dev"]
+    );
+    // dev.proj2 has only a ledger: fallbacks in default, exact in pay, where only pay's
+    // route header, which app-c's sidecar set, can have sent it.
+    let hop = mesh.request_host(SHOP, &[(ENV, "dev.proj2")]).await?;
+    assert_eq!(
+        hop.pods(),
+        ["app-a-dev", "app-b-dev", "app-c-dev", "ledger-proj2"]
+    );
+    assert_eq!(hop.chain()[3].received_env.as_deref(), Some("dev.proj2"));
+    // No route header, ours or pay's, reaches an application.
+    for h in hop.chain() {
+        assert!(
+            h.route_headers.is_empty(),
+            "{}: {:?}",
+            h.pod,
+            h.route_headers
+        );
+    }
+    let caller = mesh.envoy("app-c-dev").unwrap();
+    let peer = "wasmcustom.virtual_env.route.peer_namespace";
+    assert!(caller.stat_eventually(peer, 1).await? >= 1);
+    // pay's table changes (its dev.proj2 ledger is no longer ready): the callers in
+    // default learn it, and dev.proj2 falls back to dev in pay too.
+    mesh.set_ready("ledger-proj2", false)?;
+    let probe = async || mesh.request_host(SHOP, &[(ENV, "dev.proj2")]).await;
+    let want = ["app-a-dev", "app-b-dev", "app-c-dev", "ledger-dev"];
+    let (hop, reached) = poll_until(Duration::from_secs(10), probe, |h| h.pods() == want).await?;
+    assert!(reached, "chain is still {:?}", hop.pods());
     Ok(())
 }

@@ -68,7 +68,7 @@ fn main() -> ExitCode {
 }
 
 async fn demo(args: &[String]) -> Result<()> {
-    let mut topology_path = repo_root().join("tests/topologies/seed.yaml");
+    let mut topology_path = repo_root().join("tests/topologies/demo.yaml");
     let mut keep = false;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -82,26 +82,36 @@ async fn demo(args: &[String]) -> Result<()> {
     let envoy = envoy_binary()?;
     println!(
         "Starting {} pods (application + Envoy {} sidecar each) and a gateway on loopback, topology {}",
-        topology.pods.len(),
+        topology.all_pods().count(),
         envoy_version(&envoy)?,
         topology_path.display()
     );
     let options = MeshOptions::new(std::env::current_exe()?);
     let mesh = Mesh::start(topology, options).await?;
-    println!(
-        "Requests through the gateway to {}:\n",
-        mesh.topology.services[0].name
-    );
+    let entry = virtual_env_e2e::demo::Entry::of(&mesh);
+    match &entry {
+        virtual_env_e2e::demo::Entry::GatewayHost(host) => println!(
+            "Requests through the ingress gateway to {host} ({}):\n",
+            mesh.topology.services[0].name
+        ),
+        virtual_env_e2e::demo::Entry::Service(service) => {
+            println!("Requests through the gateway to {service}:\n")
+        }
+    }
     print!("{}", virtual_env_e2e::demo::run(&mesh).await?);
     if keep {
         let gw = mesh.gateway();
-        let entry = &mesh.topology.services[0];
+        let first = &mesh.topology.services[0];
+        let host = match &entry {
+            virtual_env_e2e::demo::Entry::GatewayHost(host) => host.clone(),
+            virtual_env_e2e::demo::Entry::Service(_) => format!("{}:{}", first.name, first.port),
+        };
         println!(
             "\nThe mesh keeps running (files and logs in {}). Try:",
             mesh.root().display()
         );
-        println!("  curl -s -H 'host: {}:{}' -H 'x-virtual-env: dev.proj1' http://{gw}/ | python3 -m json.tool", entry.name, entry.port);
-        println!("  curl -s -H 'host: {}:{}' -H 'baggage: virtual-env=dev.proj1' http://{gw}/ | python3 -m json.tool", entry.name, entry.port);
+        println!("  curl -s -H 'host: {host}' -H 'x-virtual-env: dev.proj1' http://{gw}/ | python3 -m json.tool");
+        println!("  curl -s -H 'host: {host}' -H 'baggage: virtual-env=dev.proj1' http://{gw}/ | python3 -m json.tool");
         if let Some(envoy) = mesh.envoy("gateway") {
             println!(
                 "  curl -s http://{}/stats | grep virtual_env",

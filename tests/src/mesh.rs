@@ -274,7 +274,7 @@ impl Mesh {
     /// The controller's plan for the first namespace as it is now.
     pub fn plan(&self) -> Result<Plan> {
         let mut plans = self.plans()?;
-        Ok(plans.remove(&self.topology.namespace).context("no plan")?)
+        plans.remove(&self.topology.namespace).context("no plan")
     }
 
     /// The controller's plans of every namespace, by namespace, as its reconciles end up

@@ -127,6 +127,33 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores")
 }
 
+/// The plugin config of one namespace among 20 namespaces of 200 services and 50 envs
+/// (30-character names), with the other 19's tables: every service in every env (the
+/// worst case), and every service in dev with each other env deploying 4 services.
+fn cross_namespace_lines() -> Vec<String> {
+    let long = planning::long_env_names(50);
+    let every = planning::cross_namespace_bytes(20, 200, |_| long.clone());
+    let projects = planning::cross_namespace_bytes(20, 200, |s| {
+        // dev everywhere; env e (1..50) deploys services 4(e-1) .. 4e-1.
+        let mut envs = vec!["dev".to_owned()];
+        if let Some(env) = long.get(s / 4 + 1) {
+            envs.push(env.clone());
+        }
+        envs
+    });
+    [("every service in every env", every), ("every service in dev, each other env 4 services", projects)]
+        .iter()
+        .map(|(case, (own, all))| {
+            format!(
+                "cross-namespace plugin config, 20 namespaces x 200 services x 50 envs, {case}: {:.1} KB with its own table, {:.1} KB with the other 19 namespaces' tables (written compact above 128 KiB; limit {} KiB)",
+                *own as f64 / 1e3,
+                *all as f64 / 1e3,
+                virtual_env_controller::plan::MAX_PLUGIN_CONFIG_BYTES / 1024
+            )
+        })
+        .collect()
+}
+
 async fn run() -> Result<()> {
     if std::env::args().nth(1).as_deref() == Some("--controller-memory") {
         // First and alone in this process: its peak is the measurement.
@@ -137,6 +164,9 @@ async fn run() -> Result<()> {
             cached as f64 / 1e6,
             peak as f64 / 1e6
         );
+        for line in cross_namespace_lines() {
+            println!("{line}");
+        }
         return Ok(());
     }
     let o = options()?;

@@ -657,6 +657,19 @@ fn in_same_namespace<K: Resource>(
     }
 }
 
+/// Every `VirtualEnvironment`, whatever the object.
+fn every<K>(
+    store: Store<VirtualEnvironment>,
+) -> impl Fn(K) -> Vec<ObjectRef<VirtualEnvironment>> + Send + Sync + Clone + 'static {
+    move |_: K| {
+        store
+            .state()
+            .iter()
+            .map(|ve| ObjectRef::from_obj(&**ve))
+            .collect()
+    }
+}
+
 /// Runs the controller until `shutdown` resolves: one watch per kind for the whole
 /// cluster fills the caches reconciles read, and any change in a namespace with a
 /// VirtualEnvironment (a pod, a service, anyone's VirtualService, DestinationRule or
@@ -710,8 +723,13 @@ pub async fn run(
         .default_backoff()
         .reflect(writer)
         .touched_objects();
-        controller =
-            controller.watches_stream_with(objects, in_same_namespace(store.clone()), resource);
+        controller = if kind == Kind::Gateway {
+            // A Gateway (its selector) decides where the gateway plugin objects of any
+            // namespace go; Gateways change rarely.
+            controller.watches_stream_with(objects, every(store.clone()), resource)
+        } else {
+            controller.watches_stream_with(objects, in_same_namespace(store.clone()), resource)
+        };
     }
     controller
         .graceful_shutdown_on(shutdown)
@@ -1472,6 +1490,27 @@ mod tests {
         let queued = replans.try_recv().expect("pay is planned again");
         assert_eq!(queued.namespace.as_deref(), Some("pay"));
         assert!(replans.try_recv().is_err(), "only pay");
+    }
+
+    /// A Gateway in istio-system reconciles the VirtualEnvironments of every namespace
+    /// (they may expose services through it); a pod only its own namespace's.
+    #[test]
+    fn a_gateway_change_reaches_every_namespace() {
+        let mut ves = kube::runtime::reflector::store::Writer::default();
+        for ns in ["default", "pay"] {
+            let mut ve = seed_ve();
+            ve.metadata.namespace = Some(ns.into());
+            ves.apply_watcher_event(&watcher::Event::Apply(ve));
+        }
+        let gateway: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+            "metadata": {"name": "ingressgateway", "namespace": "istio-system"}
+        }))
+        .unwrap();
+        assert_eq!(every(ves.as_reader())(gateway.clone()).len(), 2);
+        assert!(in_same_namespace(ves.as_reader())(gateway).is_empty());
+        let pod = seed_snapshot().pods.remove(0);
+        assert_eq!(in_same_namespace(ves.as_reader())(pod).len(), 1);
     }
 
     /// A resync of a namespace that is as planned writes nothing but the status.

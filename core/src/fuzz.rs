@@ -38,6 +38,34 @@ fn bytes_as_text() -> impl Strategy<Value = String> {
         .prop_map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
+/// A `peers` value: namespaces (some valid) with route headers, default subsets and
+/// services of arbitrary text, sometimes a field of the wrong type or an unknown one.
+fn peers_shaped() -> BoxedStrategy<serde_json::Value> {
+    let peer = (
+        texty(),
+        proptest::option::of(texty()),
+        proptest::collection::btree_map(texty(), proptest::collection::vec(texty(), 0..3), 0..3),
+        proptest::sample::select(vec!["", "serviceEnvs", "colour"]),
+    )
+        .prop_map(|(route_header, default_subset, services, extra)| {
+            let mut peer = serde_json::json!({"routeHeader": route_header, "services": services});
+            if let Some(d) = default_subset {
+                peer["defaultSubset"] = d.into();
+            }
+            if !extra.is_empty() {
+                peer[extra] = serde_json::json!([0]);
+            }
+            peer
+        });
+    let namespace = prop_oneof![
+        proptest::sample::select(vec!["pay", "default", "team-1"]).prop_map(String::from),
+        texty()
+    ];
+    proptest::collection::btree_map(namespace, peer, 0..3)
+        .prop_map(|m| serde_json::json!(m))
+        .boxed()
+}
+
 proptest! {
     #![proptest_config(cases())]
 
@@ -87,9 +115,10 @@ proptest! {
                 "envHeader", "routeHeader", "envLabel", "splitter", "defaultSubset",
                 "autoInject", "headerAliases", "baggageKey", "traceHeaders",
                 "correlationSlots", "correlationTtlSeconds", "clusterDomain", "services",
-                "unknownField",
+                "peers", "unknownField",
             ]),
             prop_oneof![
+                peers_shaped(),
                 texty().prop_map(serde_json::Value::String),
                 any::<bool>().prop_map(serde_json::Value::Bool),
                 any::<u32>().prop_map(serde_json::Value::from),
@@ -107,7 +136,50 @@ proptest! {
             let again = PluginConfig::from_json(config.to_json().as_bytes());
             prop_assert_eq!(again.ok(), Some(config.clone()));
             let table = RouteTable::new(&config);
-            prop_assert!(table.len() <= config.services.len());
+            let peer_services: usize = config.peers.values().map(|p| p.services.len()).sum();
+            prop_assert!(table.len() <= config.services.len() + peer_services);
+            // The compact form reads back as the same config, peers included.
+            let compact = config.compacted().to_json();
+            prop_assert_eq!(PluginConfig::from_json(compact.as_bytes()).ok(), Some(config));
+        }
+    }
+
+    /// A peer namespace's service is walked with the peer's default subset and routed in
+    /// the peer's route header; the own namespace's keep the own ones.
+    #[test]
+    fn a_peers_services_are_routed_by_the_peers_settings(
+        own_envs in proptest::collection::btree_set(
+            proptest::sample::select(vec!["dev", "dev.p1", "qa"]), 0..3),
+        peer_envs in proptest::collection::btree_set(
+            proptest::sample::select(vec!["dev", "dev.p1", "qa"]), 0..3),
+        own_default in proptest::option::of(proptest::sample::select(vec!["dev", "qa"])),
+        peer_default in proptest::option::of(proptest::sample::select(vec!["dev", "qa"])),
+        env in proptest::option::of(proptest::sample::select(vec!["dev.p1.u1", "qa.x", "other"])),
+    ) {
+        let to_vec = |envs: &std::collections::BTreeSet<&str>| envs.iter().map(|e| e.to_string()).collect::<Vec<_>>();
+        let json = serde_json::json!({
+            "routeHeader": "x-route-own",
+            "defaultSubset": own_default,
+            "services": {"a.own.svc.cluster.local": to_vec(&own_envs)},
+            "peers": {"pay": {"routeHeader": "x-route-pay", "defaultSubset": peer_default,
+                              "services": {"a": to_vec(&peer_envs)}}}
+        });
+        let config = PluginConfig::from_json(json.to_string().as_bytes()).expect("valid");
+        let table = RouteTable::new(&config);
+        for (host, envs, default, header) in [
+            ("a", &own_envs, own_default, None),
+            ("a.pay", &peer_envs, peer_default, Some("x-route-pay")),
+        ] {
+            let Target::Service(service) = table.target(host, "own") else {
+                return Err(TestCaseError::fail(format!("{host} not found")));
+            };
+            prop_assert_eq!(table.peer_route_header(service), header);
+            let walked = env.and_then(|e| lineage(e, '.').find(|a| envs.contains(a)));
+            let want = walked
+                .map(Choice::Fallback)
+                .or_else(|| default.filter(|d| envs.contains(d)).map(Choice::Default))
+                .unwrap_or(Choice::None);
+            prop_assert_eq!(table.choose(service, env), want, "{}", host);
         }
     }
 

@@ -28,7 +28,9 @@ pub(crate) fn cases() -> ProptestConfig {
 
 const KEY: HashKey = [1, 2];
 const ROUTE: &str = "x-route-fuzz";
-const HEADERS: [&str; 9] = [
+/// The route header of the peer namespace `pay`.
+const PAY_ROUTE: &str = "x-route-pay";
+const HEADERS: [&str; 10] = [
     ":authority",
     "x-virtual-env",
     "x-env",
@@ -38,6 +40,7 @@ const HEADERS: [&str; 9] = [
     "b3",
     "x-request-id",
     ROUTE,
+    PAY_ROUTE,
 ];
 
 /// Header values: mostly near-valid text, sometimes raw bytes.
@@ -48,6 +51,8 @@ fn value() -> impl Strategy<Value = Vec<u8>> {
             "APP-A:80",
             "app-b.default.svc.cluster.local",
             "app-a.default.svc.evil.x",
+            "ledger.pay",
+            "LEDGER.PAY.svc.cluster.local:80",
             "dev",
             "dev.proj1",
             "dev.proj1.user1",
@@ -73,7 +78,8 @@ fn seed_config() -> FilterConfig {
             "correlationSlots": 8,
             "services": {{
                 "app-a.default.svc.cluster.local": ["dev", "dev.proj1"],
-                "app-b.default.svc.cluster.local": ["dev"]}}}}"#
+                "app-b.default.svc.cluster.local": ["dev"]}},
+            "peers": {{"pay": {{"routeHeader": "{PAY_ROUTE}", "services": {{"ledger": ["dev.proj1"]}}}}}}}}"#
     );
     let config = PluginConfig::from_json(json.as_bytes()).expect("a valid config");
     FilterConfig::new(&config, Some(KEY))
@@ -151,6 +157,20 @@ proptest! {
                 let authority = original(":authority").unwrap_or_default().to_ascii_lowercase();
                 let allowed: &[&str] = if authority.starts_with(b"app-a") { &["dev", "dev.proj1"] } else { &["dev"] };
                 prop_assert!(allowed.contains(&route), "{route} for {:?}", String::from_utf8_lossy(&authority));
+            }
+        }
+        // Into the peer namespace: only the peer's route header, only an env it has there;
+        // the peer's header is never set for a call elsewhere.
+        if !inbound {
+            let authority = original(":authority").unwrap_or_default().to_ascii_lowercase();
+            let to_pay = authority.starts_with(b"ledger.pay");
+            if let Some(route) = host.headers.get(PAY_ROUTE) {
+                if original(PAY_ROUTE).as_ref() != Some(route) || to_pay {
+                    prop_assert!(to_pay && route == b"dev.proj1", "{:?}", String::from_utf8_lossy(route));
+                }
+            }
+            if to_pay {
+                prop_assert!(!host.headers.contains_key(ROUTE));
             }
         }
         if let Some(env) = host.headers.get("x-virtual-env") {

@@ -53,6 +53,8 @@ enum Command {
     ///
     /// Reads the VirtualEnvironment, services and pods from YAML files or stdin, e.g.
     /// `kubectl get virtualenvironments,services,pods -n team -o yaml | virtual-env render`.
+    /// With several namespaces (`-A`), each with its VirtualEnvironment, each namespace's
+    /// plugin config also carries the others' tables (`peers`), as the controller writes it.
     Render(OfflineArgs),
     /// Show how a request with an env is routed to a service in a namespace snapshot.
     ///
@@ -153,7 +155,8 @@ struct OfflineArgs {
 }
 
 impl OfflineArgs {
-    fn read(&self) -> Result<virtual_env_controller::snapshot::NamespaceSnapshot> {
+    /// One snapshot per namespace with a VirtualEnvironment in the input.
+    fn read(&self) -> Result<Vec<virtual_env_controller::snapshot::NamespaceSnapshot>> {
         let mut reader = Reader::default();
         let stdin = [PathBuf::from("-")];
         let files = if self.files.is_empty() {

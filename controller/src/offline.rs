@@ -1,5 +1,6 @@
 //! `virtual-env render` and `virtual-env explain`: planning run on a snapshot, offline.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use kube::ResourceExt;
@@ -10,23 +11,60 @@ use virtual_env_filter::{EnvSource, FilterConfig, Node};
 
 use crate::extension::{traffic_extension, ExtensionApi};
 use crate::istio::WasmPlugin;
-use crate::plan::{plan_namespace, Plan, PlanError, Settings};
+use crate::peer_namespaces;
+use crate::plan::{plan_namespace, Plan, PlanError, Settings, Snapshot};
 use crate::snapshot::NamespaceSnapshot;
 
-/// The objects the controller would apply, as multi-document YAML (the WasmPlugins first, then
-/// per service its VirtualService and DestinationRule), with what was left out as comments.
-pub fn render(ns: &NamespaceSnapshot, settings: &Settings) -> Result<String, PlanError> {
-    let plan = plan_namespace(&ns.virtual_environment, &ns.snapshot, settings)?;
-    let mut out = String::new();
-    if ns.virtual_environment.route_header_in_force().is_none() {
-        let _ = writeln!(
-            out,
-            "# route header {}: a stable stand-in; the controller picks a random suffix once and keeps it in status.routeHeader",
-            plan.route_header
-        );
+/// Plans every namespace of a snapshot as the controller's reconciles end up: each
+/// namespace is planned, publishes its table (`peer_namespaces.rs`), and is planned again
+/// with the others' tables as `peers`. The plans are in the order of `namespaces`.
+pub fn plan_namespaces(
+    namespaces: &[NamespaceSnapshot],
+    settings: &Settings,
+) -> Result<Vec<Plan>, PlanError> {
+    let mut published = BTreeMap::new();
+    if namespaces.len() > 1 {
+        for ns in namespaces {
+            let plan = plan_namespace(&ns.virtual_environment, &ns.snapshot, settings)?;
+            let name = ns.virtual_environment.namespace().unwrap_or_default();
+            published.insert(name, peer_namespaces::published(&plan.plugin_config));
+        }
     }
-    out.push_str(&render_plan(&plan, settings.extension_api));
-    Ok(out)
+    namespaces
+        .iter()
+        .map(|ns| {
+            let snapshot = Snapshot {
+                peers: published.clone(),
+                ..ns.snapshot.clone()
+            };
+            plan_namespace(&ns.virtual_environment, &snapshot, settings)
+        })
+        .collect()
+}
+
+/// The objects the controller would apply, as multi-document YAML (per namespace the
+/// WasmPlugins first, then per service its VirtualService and DestinationRule), with what
+/// was left out as comments.
+pub fn render(namespaces: &[NamespaceSnapshot], settings: &Settings) -> Result<String, PlanError> {
+    let plans = plan_namespaces(namespaces, settings)?;
+    let mut docs = Vec::new();
+    for (ns, plan) in namespaces.iter().zip(&plans) {
+        let mut out = String::new();
+        if namespaces.len() > 1 {
+            let name = ns.virtual_environment.namespace().unwrap_or_default();
+            let _ = writeln!(out, "# namespace {name}");
+        }
+        if ns.virtual_environment.route_header_in_force().is_none() {
+            let _ = writeln!(
+                out,
+                "# route header {}: a stable stand-in; the controller picks a random suffix once and keeps it in status.routeHeader",
+                plan.route_header
+            );
+        }
+        out.push_str(&render_plan(plan, settings.extension_api));
+        docs.push(out);
+    }
+    Ok(docs.join("---\n"))
 }
 
 /// The plan as YAML, plugin objects in `api` (what the controller would write).
@@ -63,7 +101,7 @@ fn to_yaml<T: serde::Serialize>(object: &T) -> String {
 
 /// What `virtual-env explain` is asked about: a request with `env` (the env header's
 /// value, or none) to `service` (a short, namespaced or full name), sent by pod `from`
-/// (or by a pod of the VirtualEnvironment's namespace without env label).
+/// (or by a pod without env label of the first VirtualEnvironment's namespace).
 #[derive(Debug, Clone, Default)]
 pub struct Question<'a> {
     pub env: Option<&'a str>,
@@ -77,17 +115,31 @@ pub enum ExplainError {
     Plan(#[from] PlanError),
     #[error("no pod {0} in the snapshot")]
     NoSuchPod(String),
+    #[error("no VirtualEnvironment in the snapshot")]
+    NoVirtualEnvironment,
 }
 
 /// How the filter treats the request, by running the filter's own request flow
 /// ([`dry_run::outbound`]) on the plan's plugin config: the env it resolves (and the
 /// values it ignores, and why), the fallback walk, and the route header it sets.
 pub fn explain(
-    ns: &NamespaceSnapshot,
+    namespaces: &[NamespaceSnapshot],
     settings: &Settings,
     question: &Question<'_>,
 ) -> Result<String, ExplainError> {
-    let plan = plan_namespace(&ns.virtual_environment, &ns.snapshot, settings)?;
+    let mut plans = plan_namespaces(namespaces, settings)?;
+    // The sender's namespace: the pod's, else the first.
+    let index = match question.from {
+        Some(name) => namespaces
+            .iter()
+            .position(|ns| ns.snapshot.pods.iter().any(|p| p.name_any() == name))
+            .ok_or_else(|| ExplainError::NoSuchPod(name.to_owned()))?,
+        None => 0,
+    };
+    let (Some(ns), true) = (namespaces.get(index), index < plans.len()) else {
+        return Err(ExplainError::NoVirtualEnvironment);
+    };
+    let plan = plans.swap_remove(index);
     let config = &plan.plugin_config;
     let filter = FilterConfig::new(config, None);
     let ve_namespace = ns.virtual_environment.namespace().unwrap_or_default();
@@ -215,7 +267,7 @@ pub fn explain(
             break;
         }
     }
-    match (&config.default_subset, walked) {
+    match (routes.default_subset(envs), walked) {
         (Some(default), false) => {
             let mark = match (routes.has(envs, default), choice) {
                 (true, Choice::Default(_)) => "pods  <- chosen",
@@ -264,7 +316,7 @@ mod tests {
             service,
             from: None,
         };
-        explain(&seed(), &settings(), &question).unwrap()
+        explain(&[seed()], &settings(), &question).unwrap()
     }
 
     #[test]
@@ -290,9 +342,93 @@ mod tests {
         assert!(text.contains("not a service of the mesh"), "{text}");
     }
 
+    /// The seed's namespace and namespace `pay` (ledger in dev and dev.proj2), as
+    /// `kubectl get -A` would give them.
+    fn seed_and_pay() -> Vec<NamespaceSnapshot> {
+        let mut pay_ve = seed_ve();
+        pay_ve.metadata.namespace = Some("pay".into());
+        pay_ve.metadata.name = Some("pay-env".into());
+        let mut ledger = service("ledger");
+        ledger.metadata.namespace = Some("pay".into());
+        let pods = [("ledger-dev", "dev"), ("ledger-proj2", "dev.proj2")]
+            .map(|(name, env)| {
+                let mut p = pod(name, "ledger", Some(env), true);
+                p.metadata.namespace = Some("pay".into());
+                p
+            })
+            .to_vec();
+        let pay = NamespaceSnapshot {
+            virtual_environment: pay_ve,
+            snapshot: Snapshot {
+                services: vec![ledger],
+                pods,
+                ..Snapshot::default()
+            },
+        };
+        vec![seed(), pay]
+    }
+
+    #[test]
+    fn several_namespaces_render_each_with_the_others_tables() {
+        let text = render(&seed_and_pay(), &settings()).unwrap();
+        let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&text)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+        let outbound = |ns: &str| {
+            docs.iter()
+                .find(|d| {
+                    d["metadata"]["namespace"] == ns && d["metadata"]["name"] == "virtual-env"
+                })
+                .unwrap()["spec"]["pluginConfig"]
+                .clone()
+        };
+        let (default, pay) = (outbound("default"), outbound("pay"));
+        assert_eq!(
+            default["peers"]["pay"]["services"]["ledger"],
+            serde_json::json!(["dev", "dev.proj2"])
+        );
+        assert_eq!(default["peers"]["pay"]["routeHeader"], pay["routeHeader"]);
+        // app-b routes only in dev, the default subset: pay's callers need no entry for it.
+        assert!(
+            pay["peers"]["default"]["services"].get("app-b").is_none(),
+            "{pay}"
+        );
+        assert!(
+            pay["peers"]["default"]["services"].get("app-a").is_some(),
+            "{pay}"
+        );
+        assert!(text.contains("# namespace pay"), "{text}");
+    }
+
+    #[test]
+    fn explain_follows_a_call_into_another_namespace_by_its_table() {
+        let question = Question {
+            env: Some("dev.proj1"),
+            service: "ledger.pay",
+            from: Some("app-c-proj1"),
+        };
+        let text = explain(&seed_and_pay(), &settings(), &question).unwrap();
+        assert!(
+            text.contains("service ledger.pay.svc.cluster.local has ready pods in: dev, dev.proj2"),
+            "{text}"
+        );
+        assert!(text.contains("chosen: dev (fallback)"), "{text}");
+        assert!(
+            text.contains("route header: x-virtual-env-route-")
+                && !text.contains("(no default subset)"),
+            "{text}"
+        );
+        let plans = plan_namespaces(&seed_and_pay(), &settings()).unwrap();
+        let pay_header = &plans[1].route_header;
+        assert!(
+            text.contains(&format!("route header: {pay_header}: dev")),
+            "{text}"
+        );
+    }
+
     #[test]
     fn render_is_yaml_of_every_object() {
-        let text = render(&seed(), &settings()).unwrap();
+        let text = render(&[seed()], &settings()).unwrap();
         let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&text)
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
             .collect();

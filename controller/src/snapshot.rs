@@ -31,8 +31,10 @@ pub enum SnapshotError {
     },
     #[error("no VirtualEnvironment in the input: pass its YAML too")]
     NoVirtualEnvironment,
-    #[error("{0} VirtualEnvironments in the input; pass one (or one namespace)")]
-    SeveralVirtualEnvironments(usize),
+    #[error(
+        "several VirtualEnvironments in namespace {0} in the input; pass the one that manages it"
+    )]
+    SeveralVirtualEnvironments(String),
 }
 
 /// A `VirtualEnvironment` and what is in its namespace.
@@ -101,55 +103,70 @@ impl Reader {
         Ok(())
     }
 
-    /// Ties the objects to the one `VirtualEnvironment`'s namespace. Objects without a
+    /// Ties the objects to their `VirtualEnvironment`s' namespaces: one snapshot per
+    /// namespace with a VirtualEnvironment, sorted by namespace. Objects without a
     /// namespace are taken to be in `default_namespace`.
-    pub fn finish(self, default_namespace: &str) -> Result<NamespaceSnapshot, SnapshotError> {
+    pub fn finish(self, default_namespace: &str) -> Result<Vec<NamespaceSnapshot>, SnapshotError> {
+        if self.ves.is_empty() {
+            return Err(SnapshotError::NoVirtualEnvironment);
+        }
         let mut ves = self.ves;
-        let mut ve = match ves.len() {
-            0 => return Err(SnapshotError::NoVirtualEnvironment),
-            1 => ves.remove(0),
-            n => return Err(SnapshotError::SeveralVirtualEnvironments(n)),
-        };
-        let ns = ve
-            .namespace()
-            .unwrap_or_else(|| default_namespace.to_owned());
-        ve.metadata.namespace = Some(ns.clone());
-        let in_ns = |obj_ns: Option<String>| obj_ns.as_deref().unwrap_or(default_namespace) == ns;
-        let (mut existing_here, mut elsewhere) = (Vec::new(), Vec::new());
-        for (kind, value) in &self.existing {
-            let object = Existing::from_json(*kind, value, default_namespace);
-            let labels: std::collections::BTreeMap<String, String> =
-                serde_json::from_value(value["metadata"]["labels"].clone()).unwrap_or_default();
-            match kind {
-                Kind::Gateway => elsewhere.push(object),
-                _ if object.namespace == ns => existing_here.push(object),
-                kind if kind.is_plugin()
-                    && crate::gateway::of_namespace(&object.name, &labels, &ns) =>
-                {
-                    elsewhere.push(object)
-                }
-                _ => {}
+        for ve in &mut ves {
+            if ve.namespace().is_none() {
+                ve.metadata.namespace = Some(default_namespace.to_owned());
             }
         }
-        Ok(NamespaceSnapshot {
-            virtual_environment: ve,
-            snapshot: Snapshot {
-                services: self
-                    .services
-                    .into_iter()
-                    .filter(|s| in_ns(s.namespace()))
+        ves.sort_by_key(|ve| ve.namespace());
+        if let Some(pair) = ves
+            .windows(2)
+            .find(|w| w[0].namespace() == w[1].namespace())
+        {
+            return Err(SnapshotError::SeveralVirtualEnvironments(
+                pair[0].namespace().unwrap_or_default(),
+            ));
+        }
+        let in_ns =
+            |obj_ns: Option<String>, ns: &str| obj_ns.as_deref().unwrap_or(default_namespace) == ns;
+        let mut out = Vec::new();
+        for ve in ves {
+            let ns = ve.namespace().unwrap_or_default();
+            let (mut existing_here, mut elsewhere) = (Vec::new(), Vec::new());
+            for (kind, value) in &self.existing {
+                let object = Existing::from_json(*kind, value, default_namespace);
+                let labels: std::collections::BTreeMap<String, String> =
+                    serde_json::from_value(value["metadata"]["labels"].clone()).unwrap_or_default();
+                match kind {
+                    Kind::Gateway => elsewhere.push(object),
+                    _ if object.namespace == ns => existing_here.push(object),
+                    kind if kind.is_plugin()
+                        && crate::gateway::of_namespace(&object.name, &labels, &ns) =>
+                    {
+                        elsewhere.push(object)
+                    }
+                    _ => {}
+                }
+            }
+            let snapshot = Snapshot {
+                services: (self.services.iter())
+                    .filter(|s| in_ns(s.namespace(), &ns))
+                    .cloned()
                     .collect(),
-                pods: self
-                    .pods
-                    .into_iter()
-                    .filter(|p| in_ns(p.namespace()))
+                pods: (self.pods.iter())
+                    .filter(|p| in_ns(p.namespace(), &ns))
+                    .cloned()
                     .collect(),
                 existing: existing_here,
                 elsewhere,
-                // One namespace at a time here: no calls into others are routed.
+                // Filled in by planning from the other namespaces' plans (see
+                // `offline::plan_namespaces`).
                 peers: Default::default(),
-            },
-        })
+            };
+            out.push(NamespaceSnapshot {
+                virtual_environment: ve,
+                snapshot,
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -178,7 +195,7 @@ items:
 "#;
 
     #[test]
-    fn reads_lists_and_documents_and_keeps_one_namespace() {
+    fn reads_lists_and_documents_and_keeps_the_virtual_environments_namespaces() {
         let mut reader = Reader::default();
         reader.read("pods.yaml", KUBECTL_LIST).unwrap();
         reader
@@ -187,11 +204,26 @@ items:
                 "apiVersion: env.alibaba.com/v1alpha1\nkind: VirtualEnvironment\nmetadata: {name: ve, namespace: team}\nspec: {}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: app-a, namespace: team}\nspec: {}\n",
             )
             .unwrap();
-        let ns = reader.finish("default").unwrap();
+        let ns = reader.finish("default").unwrap().remove(0);
         assert_eq!(ns.snapshot.services.len(), 1);
         assert_eq!(ns.snapshot.pods.len(), 1);
         let names: Vec<_> = ns.snapshot.existing.iter().map(|e| e.describe()).collect();
         assert_eq!(names, ["VirtualService app-a"]);
+        // A second namespace with a VirtualEnvironment gets its own snapshot, in order.
+        let mut reader = Reader::default();
+        reader.read("pods.yaml", KUBECTL_LIST).unwrap();
+        for ns in ["team", "other"] {
+            let ve = format!("apiVersion: env.alibaba.com/v1alpha1\nkind: VirtualEnvironment\nmetadata: {{name: ve, namespace: {ns}}}\nspec: {{}}\n");
+            reader.read("ve.yaml", &ve).unwrap();
+        }
+        let all = reader.finish("default").unwrap();
+        let namespaces: Vec<_> = all
+            .iter()
+            .map(|n| n.virtual_environment.namespace().unwrap())
+            .collect();
+        assert_eq!(namespaces, ["other", "team"]);
+        assert_eq!(all[0].snapshot.pods.len(), 1, "the pod of namespace other");
+        assert!(all[0].snapshot.services.is_empty());
     }
 
     #[test]
@@ -209,5 +241,12 @@ items:
             Reader::default().finish("default"),
             Err(SnapshotError::NoVirtualEnvironment)
         ));
+        let mut reader = Reader::default();
+        for name in ["a", "b"] {
+            let ve = format!("kind: VirtualEnvironment\nmetadata: {{name: {name}}}\nspec: {{}}\n");
+            reader.read("ve.yaml", &ve).unwrap();
+        }
+        let msg = reader.finish("team").unwrap_err().to_string();
+        assert!(msg.contains("namespace team"), "{msg}");
     }
 }

@@ -255,6 +255,12 @@ impl RouteTable {
         self.routing(service).route_header.as_deref()
     }
 
+    /// The default subset of the namespace `service` is in (a peer's own, for its services).
+    pub fn default_subset(&self, service: &ServiceEnvs) -> Option<&str> {
+        let id = self.routing(service).default_subset?;
+        self.env_names.get(id as usize).map(|name| &**name)
+    }
+
     fn routing(&self, service: &ServiceEnvs) -> &Routing {
         // Every ServiceEnvs comes from this table, so its index is in range; the own
         // routing is a harmless answer for one that is not.
@@ -427,6 +433,7 @@ mod tests {
         );
         // The peer's default subset, not the own one.
         assert_eq!(t.choose(ledger, Some("dev")), Choice::Default("base"));
+        assert_eq!(t.default_subset(ledger), Some("base"));
         let fx = t.service("fx.pay").unwrap();
         assert_eq!(t.choose(fx, Some("other")), Choice::None);
         // The own namespace keeps its own header and default.

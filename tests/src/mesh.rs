@@ -20,17 +20,16 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use kube::ResourceExt;
 use serde_json::{json, Value};
 use tempfile::TempDir;
-use virtual_env_controller::crd::VirtualEnvironment;
 use virtual_env_controller::existing::{Existing, Kind};
 use virtual_env_controller::istio::{DestinationRule, VirtualService};
-use virtual_env_controller::peer_namespaces;
+use virtual_env_controller::offline::plan_namespaces;
 use virtual_env_controller::plan::{
-    plan_namespace, Plan, Settings, Snapshot, WasmSource, INBOUND_WASM_PLUGIN_NAME,
-    MAX_PLUGIN_CONFIG_BYTES, WASM_PLUGIN_NAME,
+    Plan, Settings, Snapshot, WasmSource, INBOUND_WASM_PLUGIN_NAME, MAX_PLUGIN_CONFIG_BYTES,
+    WASM_PLUGIN_NAME,
 };
+use virtual_env_controller::snapshot::NamespaceSnapshot;
 use virtual_env_core::service_fqdn;
 
 use crate::app::{AppConfig, Hop, TRACING_HEADERS};
@@ -289,21 +288,14 @@ impl Mesh {
             max_plugin_config_bytes: MAX_PLUGIN_CONFIG_BYTES,
             extension_api: Default::default(),
         };
-        let snapshots: Vec<(VirtualEnvironment, Snapshot)> =
-            self.topology.all().map(snapshot_of).collect();
-        let mut published = BTreeMap::new();
-        for (ve, snapshot) in &snapshots {
-            let plan = plan_namespace(ve, snapshot, &settings)?;
-            let ns = ve.namespace().unwrap_or_default();
-            published.insert(ns, peer_namespaces::published(&plan.plugin_config));
-        }
-        let mut plans = BTreeMap::new();
-        for (ve, mut snapshot) in snapshots {
-            snapshot.peers = published.clone();
-            let ns = ve.namespace().unwrap_or_default();
-            plans.insert(ns, plan_namespace(&ve, &snapshot, &settings)?);
-        }
-        Ok(plans)
+        let namespaces: Vec<NamespaceSnapshot> = self.topology.all().map(snapshot_of).collect();
+        let plans = plan_namespaces(&namespaces, &settings)?;
+        Ok(self
+            .topology
+            .all()
+            .map(|ns| ns.namespace.clone())
+            .zip(plans)
+            .collect())
     }
 
     /// Writes clusters, then routes, then the plugin config: subsets exist before routes use
@@ -687,7 +679,7 @@ enum Side<'a> {
 
 /// What the controller reads of namespace `ns`: its objects, and the mesh's ingress
 /// Gateway (the mesh's gateway Envoy is the pod of Istio's default ingress Gateway).
-fn snapshot_of(ns: &Topology) -> (VirtualEnvironment, Snapshot) {
+fn snapshot_of(ns: &Topology) -> NamespaceSnapshot {
     let (ve, services, pods) = ns.to_kubernetes();
     let ingress = json!({
         "metadata": {"name": INGRESS_GATEWAY.1, "namespace": INGRESS_GATEWAY.0},
@@ -703,7 +695,10 @@ fn snapshot_of(ns: &Topology) -> (VirtualEnvironment, Snapshot) {
         )],
         ..Snapshot::default()
     };
-    (ve, snapshot)
+    NamespaceSnapshot {
+        virtual_environment: ve,
+        snapshot,
+    }
 }
 
 /// A cluster's upstream protocol: HTTP/2 (h2c).

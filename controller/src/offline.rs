@@ -73,9 +73,14 @@ pub fn render_plan(plan: &Plan, api: ExtensionApi) -> String {
     for line in plan
         .skipped
         .iter()
-        .map(|s| match s.starts_with("gateway ") {
-            true => format!("skipped {s}"),
-            false => format!("skipped service {s}"),
+        .map(|s| {
+            if s.starts_with("gateway ") {
+                format!("skipped {s}")
+            } else if s.starts_with("calls into ") {
+                s.clone()
+            } else {
+                format!("skipped service {s}")
+            }
         })
         .chain(plan.ignored_pods.iter().map(|p| format!("ignored pod {p}")))
     {

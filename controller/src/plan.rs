@@ -735,6 +735,40 @@ mod tests {
         plan_namespace(ve, snapshot, &settings()).unwrap()
     }
 
+    /// Other namespaces' tables that would push the config over the limit are dropped,
+    /// the namespace's own routing kept, and the status says so.
+    #[test]
+    fn peers_that_do_not_fit_leave_the_own_routing_in_force() {
+        let ve = seed_ve();
+        let own = plan_of(&ve, &seed_snapshot());
+        let own_bytes = own.wasm_plugin.spec.plugin_config.to_string().len();
+        let big =
+            crate::peer_namespaces::published(&plan_of(&ve, &wide_snapshot(50, 20)).plugin_config);
+        let snapshot = Snapshot {
+            peers: BTreeMap::from([("big".to_owned(), big.clone())]),
+            ..seed_snapshot()
+        };
+        let roomy = plan_namespace(&ve, &snapshot, &settings()).unwrap();
+        assert_eq!(roomy.plugin_config.peers["big"], big.routing);
+        let tight = Settings {
+            max_plugin_config_bytes: own_bytes + 100,
+            ..settings()
+        };
+        let plan = plan_namespace(&ve, &snapshot, &tight).unwrap();
+        assert!(plan.plugin_config.peers.is_empty());
+        assert_eq!(
+            plan.wasm_plugin.spec.plugin_config,
+            own.wasm_plugin.spec.plugin_config
+        );
+        assert!(
+            plan.skipped
+                .iter()
+                .any(|s| s.starts_with("calls into other namespaces are not routed by env")),
+            "{:?}",
+            plan.skipped
+        );
+    }
+
     #[test]
     fn a_large_namespace_gets_the_compact_table_which_reads_back_the_same() {
         // 300 services x 20 envs of 30 characters: ~200 KB plain, over the threshold.

@@ -4,8 +4,9 @@
 //!
 //! Objects are slimmed before they are cached, to what planning reads: a pod keeps its
 //! name, namespace, labels, deletion mark and Ready condition, nothing else; every object
-//! loses its managed fields and annotations (a Service keeps the gateway ones). See the
-//! README's scale figures for what 10,000 pods cost (`make bench-controller`).
+//! loses its managed fields and annotations (a Service keeps the original project's
+//! `kt-virtual-environment/*` ones). See the README's scale figures for what 10,000 pods
+//! cost (`make bench-controller`).
 
 use std::time::Duration;
 
@@ -188,7 +189,9 @@ pub fn slim_pod(pod: &mut Pod) {
 pub fn slim_service(service: &mut Service) {
     if let Some(annotations) = service.metadata.annotations.as_mut() {
         annotations.retain(|k, _| {
-            k == crate::gateway::GATEWAYS_ANNOTATION || k == crate::gateway::HOSTS_ANNOTATION
+            k == crate::gateway::GATEWAYS_ANNOTATION
+                || k == crate::gateway::HOSTS_ANNOTATION
+                || k == crate::plan::RULE_ANNOTATION
         });
     }
     service
@@ -334,6 +337,27 @@ mod tests {
         let mut not_ready = pod("q", "app-a", Some("dev"), false);
         slim_pod(&mut not_ready);
         assert!(!crate::plan::is_ready(&not_ready));
+    }
+
+    #[test]
+    fn a_slim_service_keeps_the_original_projects_annotations_only() {
+        let mut service = crate::plan::fixtures::service("app-a");
+        let ours = [
+            crate::gateway::GATEWAYS_ANNOTATION,
+            crate::gateway::HOSTS_ANNOTATION,
+            crate::plan::RULE_ANNOTATION,
+        ];
+        let mut annotations: BTreeMap<String, String> =
+            ours.iter().map(|k| (k.to_string(), "x".into())).collect();
+        annotations.insert(
+            "kubectl.kubernetes.io/last-applied-configuration".into(),
+            "{}".into(),
+        );
+        service.metadata.annotations = Some(annotations);
+        slim_service(&mut service);
+        let kept: Vec<&str> = service.annotations().keys().map(String::as_str).collect();
+        assert_eq!(kept.len(), 3);
+        assert!(ours.iter().all(|k| kept.contains(k)), "{kept:?}");
     }
 
     #[tokio::test]

@@ -33,6 +33,10 @@ pub const MANAGED_BY: &str = "virtual-env";
 /// reference: the owning VirtualEnvironment's UID and namespace.
 pub const OWNER_UID_LABEL: &str = "env.alibaba.com/owner-uid";
 pub const OWNER_NAMESPACE_LABEL: &str = "env.alibaba.com/owner-namespace";
+/// The original project's per-service custom route (an Istio HTTPRoute as JSON merged into
+/// each generated route). Not applied here; a service that carries it is named in the
+/// status, so that a route a user relied on is not dropped silently.
+pub const RULE_ANNOTATION: &str = "kt-virtual-environment/rule";
 /// The namespace's WasmPlugin for the calling side (outbound listeners and gateways): it
 /// routes, and carries the services table.
 pub const WASM_PLUGIN_NAME: &str = "virtual-env";
@@ -302,6 +306,11 @@ pub fn plan_namespace(
                 held_by.join(", ")
             ));
             continue;
+        }
+        if service.annotations().contains_key(RULE_ANNOTATION) {
+            plan.skipped.push(format!(
+                "{name}: annotation {RULE_ANNOTATION} is not supported and not applied; its VirtualService has only the env routes"
+            ));
         }
         let host = service_fqdn(&name, &namespace, &settings.cluster_domain);
         let subsets = SubsetNames::new(envs.iter().copied());
@@ -733,6 +742,25 @@ mod tests {
 
     fn plan_of(ve: &VirtualEnvironment, snapshot: &Snapshot) -> Plan {
         plan_namespace(ve, snapshot, &settings()).unwrap()
+    }
+
+    #[test]
+    fn the_original_rule_annotation_is_reported_not_dropped_silently() {
+        let mut snapshot = seed_snapshot();
+        snapshot.services[0].metadata.annotations = Some(BTreeMap::from([(
+            RULE_ANNOTATION.to_owned(),
+            r#"{"Rewrite":{"Uri":"/prefix"},"Match":[{"Uri":{"Prefix":"/prefix"}}]}"#.to_owned(),
+        )]));
+        let plan = plan_of(&seed_ve(), &snapshot);
+        assert_eq!(plan.virtual_services.len(), 3, "still routed by env");
+        assert!(
+            plan.skipped
+                .iter()
+                .any(|s| s
+                    .starts_with("app-a: annotation kt-virtual-environment/rule is not supported")),
+            "{:?}",
+            plan.skipped
+        );
     }
 
     /// Other namespaces' tables that would push the config over the limit are dropped,

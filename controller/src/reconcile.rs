@@ -673,7 +673,8 @@ fn every<K>(
 /// Runs the controller until `shutdown` resolves: one watch per kind for the whole
 /// cluster fills the caches reconciles read, and any change in a namespace with a
 /// VirtualEnvironment (a pod, a service, anyone's VirtualService, DestinationRule or
-/// WasmPlugin) reconciles it.
+/// WasmPlugin) reconciles it. A Gateway's change reconciles every VirtualEnvironment, and
+/// so does a change of what one namespace publishes for its callers ([`PeerDirectory`]).
 pub async fn run(
     client: Client,
     settings: Settings,

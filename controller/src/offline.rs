@@ -141,9 +141,10 @@ pub fn explain(
             .ok_or_else(|| ExplainError::NoSuchPod(name.to_owned()))?,
         None => 0,
     };
-    let (Some(ns), true) = (namespaces.get(index), index < plans.len()) else {
+    let Some(ns) = namespaces.get(index) else {
         return Err(ExplainError::NoVirtualEnvironment);
     };
+    // One plan per namespace, in their order.
     let plan = plans.swap_remove(index);
     let config = &plan.plugin_config;
     let filter = FilterConfig::new(config, None);

@@ -399,22 +399,21 @@ pub fn plan_namespace(
             .services
             .insert(host, envs.iter().map(|e| e.to_string()).collect());
     }
-    let own_table = plan.plugin_config.clone();
     let peers_skipped = add_peers(&mut plan.plugin_config, &namespace, &snapshot.peers);
     plan.wasm_plugin.spec.plugin_config = plugin_config_value(&plan.plugin_config);
-    let bytes = plan.wasm_plugin.spec.plugin_config.to_string().len();
+    let mut bytes = plan.wasm_plugin.spec.plugin_config.to_string().len();
     if bytes > settings.max_plugin_config_bytes && !plan.plugin_config.peers.is_empty() {
         // The namespace's own routing goes first: calls into the others lose their env.
         plan.skipped.push(format!(
             "calls into other namespaces are not routed by env: with their tables the plugin config would be {bytes} bytes, over {}",
             settings.max_plugin_config_bytes
         ));
-        plan.plugin_config = own_table;
+        plan.plugin_config.peers.clear();
         plan.wasm_plugin.spec.plugin_config = plugin_config_value(&plan.plugin_config);
+        bytes = plan.wasm_plugin.spec.plugin_config.to_string().len();
     } else {
         plan.skipped.extend(peers_skipped);
     }
-    let bytes = plan.wasm_plugin.spec.plugin_config.to_string().len();
     if bytes > settings.max_plugin_config_bytes {
         return Err(PlanError::ConfigTooLarge {
             bytes,

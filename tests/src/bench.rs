@@ -1185,46 +1185,40 @@ pub mod planning {
     /// The calling side's plugin config of one namespace among `namespaces` alike ones
     /// (each `services` services with the envs `envs_of` gives each, the same env names in
     /// every namespace, as a project spans namespaces), as written: (bytes with its own
-    /// table only, bytes with the other namespaces' tables as `peers`). Each namespace is
-    /// planned, publishes its table, and the first is planned again with the others', as
-    /// the controller's reconciles end up.
+    /// table only, bytes with the other namespaces' tables as `peers`), planned as the
+    /// controller's reconciles end up (`offline::plan_namespaces`).
     pub fn cross_namespace_bytes(
         namespaces: usize,
         services: usize,
         envs_of: impl Fn(usize) -> Vec<String>,
     ) -> (usize, usize) {
-        use virtual_env_controller::peer_namespaces::published;
+        use virtual_env_controller::offline::plan_namespaces;
+        use virtual_env_controller::snapshot::NamespaceSnapshot;
         let snapshot = snapshot(services, 1, envs_of);
         let settings = settings();
-        let ve_in = |i: usize| {
-            let mut ve = virtual_environment();
-            ve.metadata.namespace = Some(format!("team-{i:02}"));
-            // Each namespace has its own route header, as the random suffix gives it.
-            ve.status = Some(virtual_env_controller::crd::VirtualEnvironmentStatus {
-                route_header: Some(format!("x-virtual-env-route-{i:06}")),
-                ..Default::default()
-            });
-            ve
+        let namespaces: Vec<NamespaceSnapshot> = (0..namespaces)
+            .map(|i| {
+                let mut ve = virtual_environment();
+                ve.metadata.namespace = Some(format!("team-{i:02}"));
+                // Each namespace has its own route header, as the random suffix gives it.
+                ve.status = Some(virtual_env_controller::crd::VirtualEnvironmentStatus {
+                    route_header: Some(format!("x-virtual-env-route-{i:06}")),
+                    ..Default::default()
+                });
+                NamespaceSnapshot {
+                    virtual_environment: ve,
+                    snapshot: snapshot.clone(),
+                }
+            })
+            .collect();
+        // The first namespace's calling-side config as written, alone and among the others.
+        let first_config_bytes = |namespaces: &[NamespaceSnapshot]| {
+            plan_namespaces(namespaces, &settings).map_or(0, |plans| {
+                plans[0].wasm_plugin.spec.plugin_config.to_string().len()
+            })
         };
-        let mut others = BTreeMap::new();
-        let mut own = 0;
-        for i in 0..namespaces {
-            let ve = ve_in(i);
-            let Ok(plan) = plan_namespace(&ve, &snapshot, &settings) else {
-                continue;
-            };
-            if i == 0 {
-                own = plan.wasm_plugin.spec.plugin_config.to_string().len();
-            }
-            others.insert(format!("team-{i:02}"), published(&plan.plugin_config));
-        }
-        let with_peers = Snapshot {
-            peers: others,
-            ..snapshot
-        };
-        let all = plan_namespace(&ve_in(0), &with_peers, &settings).map_or(0, |plan| {
-            plan.wasm_plugin.spec.plugin_config.to_string().len()
-        });
+        let own = first_config_bytes(&namespaces[..1]);
+        let all = first_config_bytes(&namespaces);
         (own, all)
     }
 

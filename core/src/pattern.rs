@@ -26,6 +26,9 @@ pub const DEFAULT_PLACEHOLDER: &str = "(@)";
 pub const MAX_PATTERN_ATOMS: usize = 64;
 /// Longer header values are not searched (a hostile value costs at most this).
 pub const MAX_PATTERN_VALUE_LEN: usize = 8192;
+/// At a gateway that judges envs from outside, values up to this are searched for every
+/// env they hold; a longer carrier line is removed, never passed unjudged.
+pub const MAX_EDGE_VALUE_LEN: usize = 32 * 1024;
 /// The longest env name (a label value).
 const MAX_ENV_LEN: usize = 63;
 
@@ -114,25 +117,75 @@ impl EnvPattern {
 
     /// Where the env is in `value` (byte range), if the pattern matches it.
     pub fn span(&self, value: &str) -> Option<(usize, usize)> {
-        let bytes = value.as_bytes();
-        if bytes.len() > MAX_PATTERN_VALUE_LEN {
+        if value.len() > MAX_PATTERN_VALUE_LEN {
             return None;
         }
+        self.places(value.as_bytes()).extracted()
+    }
+
+    /// Every place in `value` where an env could stand for the pattern to match: the one
+    /// [`EnvPattern::span`] extracts, and each start of a run of env-name characters that
+    /// the pattern admits (with the longest env there). A gateway judges them all, so that
+    /// no reader of the value, whichever occurrence it takes, finds an env it must not.
+    /// `None` when `value` is longer than `limit`.
+    pub fn occurrences(&self, value: &str, limit: usize) -> Option<Vec<(usize, usize)>> {
+        if value.len() > limit {
+            return None;
+        }
+        let bytes = value.as_bytes();
+        let places = self.places(bytes);
+        let mut out: Vec<(usize, usize)> = (0..bytes.len())
+            .filter(|&i| {
+                places.starts[i] && (i == 0 || !places.starts[i - 1] || !is_env_byte(bytes[i - 1]))
+            })
+            .filter_map(|i| Some((i, places.longest_env_from(i)?)))
+            .collect();
+        out.extend(places.extracted());
+        out.sort_unstable();
+        out.dedup();
+        Some(out)
+    }
+
+    fn places<'v>(&self, bytes: &'v [u8]) -> Places<'v> {
         let starts = accepted_prefixes(&self.before, bytes.iter().copied());
         // ends[k]: what follows the placeholder matches value[k..].
         let mut ends = accepted_prefixes(&self.after_reversed, bytes.iter().rev().copied());
         ends.reverse();
-        for (i, _) in starts.iter().enumerate().rev().filter(|(_, ok)| **ok) {
-            let run = bytes[i..]
-                .iter()
-                .take(MAX_ENV_LEN)
-                .take_while(|b| is_env_byte(**b))
-                .count();
-            if let Some(j) = (i + 1..=i + run).rev().find(|&j| ends[j]) {
-                return Some((i, j));
-            }
+        Places {
+            bytes,
+            starts,
+            ends,
         }
-        None
+    }
+}
+
+/// Where what precedes the placeholder can end (`starts[i]`: it matches `value[..i]`) and
+/// where what follows can begin (`ends[j]`: it matches `value[j..]`).
+struct Places<'v> {
+    bytes: &'v [u8],
+    starts: Vec<bool>,
+    ends: Vec<bool>,
+}
+
+impl Places<'_> {
+    /// The longest env starting at `i` after which the rest matches.
+    fn longest_env_from(&self, i: usize) -> Option<usize> {
+        let run = self.bytes[i..]
+            .iter()
+            .take(MAX_ENV_LEN)
+            .take_while(|b| is_env_byte(**b))
+            .count();
+        (i + 1..=i + run).rev().find(|&j| self.ends[j])
+    }
+
+    /// What a regex engine captures: the rightmost start that leaves a match.
+    fn extracted(&self) -> Option<(usize, usize)> {
+        self.starts
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, ok)| **ok)
+            .find_map(|(i, _)| Some((i, self.longest_env_from(i)?)))
     }
 }
 
@@ -311,6 +364,30 @@ mod tests {
         assert_eq!(env(".*env=(@)", &value), Some("dev"));
     }
 
+    #[test]
+    fn occurrences_are_every_place_an_env_stands() {
+        let cookie = EnvPattern::parse(".*env=(@);?.*", DEFAULT_PLACEHOLDER).unwrap();
+        let value = "env=dev.public; a=1; env=dev.secret";
+        let found: Vec<&str> = cookie
+            .occurrences(value, MAX_EDGE_VALUE_LEN)
+            .unwrap()
+            .into_iter()
+            .map(|(i, j)| &value[i..j])
+            .collect();
+        assert_eq!(found, ["dev.public", "dev.secret"]);
+        assert_eq!(cookie.occurrences("a=1", MAX_EDGE_VALUE_LEN), Some(vec![]));
+        let long = format!("{}env=dev", "x".repeat(MAX_EDGE_VALUE_LEN));
+        assert_eq!(cookie.occurrences(&long, MAX_EDGE_VALUE_LEN), None);
+        let within = format!("{}env=dev", "x".repeat(MAX_PATTERN_VALUE_LEN));
+        assert_eq!(
+            cookie
+                .occurrences(&within, MAX_EDGE_VALUE_LEN)
+                .map(|o| o.len()),
+            Some(1),
+            "longer than the mesh searches, still judged at the edge"
+        );
+    }
+
     use proptest::prelude::*;
 
     /// A pattern side from a small alphabet: literals (some that need escaping), `.`, and
@@ -349,6 +426,24 @@ mod tests {
                 .and_then(|c| c.get(1))
                 .map(|m| m.as_str());
             prop_assert_eq!(ours, theirs, "{:?} on {:?}", (&before, &after), &value);
+        }
+
+        /// What the mesh extracts is always one of the occurrences a gateway judges.
+        #[test]
+        fn the_extracted_env_is_an_occurrence(
+            before in side(),
+            after in side(),
+            value in "[ae=;.d-]{0,16}",
+        ) {
+            let pattern = EnvPattern::parse(&format!("{before}(@){after}"), DEFAULT_PLACEHOLDER)
+                .unwrap();
+            let all = pattern.occurrences(&value, MAX_EDGE_VALUE_LEN).unwrap();
+            if let Some(span) = pattern.span(&value) {
+                prop_assert!(all.contains(&span), "{:?} not in {:?}", span, all);
+            }
+            for (i, j) in all {
+                prop_assert!(i < j && value[i..j].bytes().all(is_env_byte));
+            }
         }
     }
 }

@@ -58,7 +58,6 @@ extern "C" {
         return_data: *mut *mut u8,
         return_size: *mut usize,
     ) -> u32;
-    #[cfg(feature = "ladder")]
     fn proxy_get_header_map_pairs(
         map_type: u32,
         return_data: *mut *mut u8,
@@ -187,9 +186,9 @@ pub fn request_header(name: &str) -> Result<Option<Vec<u8>>, Status> {
     })
 }
 
-/// All request headers in one call, serialized (see `header_pairs`). Only the benchmark's
-/// ladder uses it: it measured no cheaper than reading the two headers one by one.
-#[cfg(feature = "ladder")]
+/// All request headers in one call, serialized (see `header_pairs`), every line of a
+/// repeated header included. The edge guard reads them so; the benchmark's ladder measured
+/// it no cheaper than reading two headers one by one, so the mesh path does not.
 pub fn request_header_pairs() -> Result<Option<Vec<u8>>, Status> {
     // SAFETY: out-pointers valid for the call.
     returned_bytes(|data, size| unsafe {

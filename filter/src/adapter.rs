@@ -36,6 +36,7 @@ use proxy_wasm::types::{Action, ContextType};
 use crate::abi::{self, Level};
 use crate::correlation::correlation_key;
 use crate::flow::{direction_of_listener, FilterConfig, Node};
+use crate::header_pairs::HeaderPairs;
 use crate::host::Host;
 use crate::metrics::Metric;
 use crate::reload::reload;
@@ -127,6 +128,11 @@ struct ProxyHost<'a> {
 impl Host for ProxyHost<'_> {
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
         abi::request_header(name).ok().flatten()
+    }
+
+    fn request_headers(&self) -> Option<Vec<(String, Vec<u8>)>> {
+        let bytes = abi::request_header_pairs().ok()??;
+        Some(HeaderPairs::try_parse(bytes)?.lines())
     }
 
     fn set_request_header(&mut self, name: &str, value: &str) {

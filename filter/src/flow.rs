@@ -19,8 +19,9 @@ use virtual_env_core::{
     lowercase, validate_env_name, Choice, EdgeMode, EdgeTrust, PluginConfig, RouteTable, Target,
 };
 
-use crate::baggage::{baggage_member, without_member};
+use crate::baggage::baggage_member;
 use crate::correlation::CorrelationTable;
+use crate::edge::{guard, Carriers};
 use crate::host::Host;
 use crate::metrics::Metric;
 use crate::trace::trace_id;
@@ -178,6 +179,10 @@ impl FilterConfig {
     }
 
     fn on_outbound(&self, node: &Node, host: &mut impl Host) {
+        // A gateway's edge policy holds for every request through it, whatever its host.
+        if let Some(edge) = &self.edge_trust {
+            self.guard_edge(edge, host);
+        }
         let authority = self.text(host, ":authority");
         let target = authority.as_deref().map_or(Target::Outside, |authority| {
             self.routes.target(&lowercase(authority), &node.namespace)
@@ -188,11 +193,8 @@ impl FilterConfig {
             host.remove_request_header(&self.route_header);
             return;
         }
-        let from_request = match &self.edge_trust {
-            None => self.env_from_request(host),
-            Some(edge) => self.env_at_edge(edge, host),
-        };
-        let resolved = from_request
+        let resolved = self
+            .env_from_request(host)
             .or_else(|| self.env_from_trace(host).map(|env| (env, EnvSource::Trace)))
             .or_else(|| {
                 let own = node.own_env.as_ref().filter(|_| self.auto_inject)?;
@@ -237,42 +239,49 @@ impl FilterConfig {
         }
     }
 
-    /// At a gateway that does not accept every env: the request's env if the gateway's
-    /// `edgeTrust` admits it; else none, with every carrier of an env removed from the
-    /// request, so that no hop behind the gateway finds one.
-    fn env_at_edge(&self, edge: &EdgeTrust, host: &mut impl Host) -> Option<(String, EnvSource)> {
-        if let Some((env, source)) = self.env_from_request(host) {
-            if edge.admits(&env) {
-                return Some((env, source));
+    /// At a gateway that does not accept every env: every line of every carrier is judged
+    /// and only admitted envs stay (see `edge.rs`), so that neither this hop nor any
+    /// behind the gateway finds another.
+    fn guard_edge(&self, edge: &EdgeTrust, host: &mut impl Host) {
+        let carriers = Carriers {
+            env_header: &self.env_header,
+            aliases: &self.header_aliases,
+            patterns: &self.header_patterns,
+            baggage_key: self.baggage_key.as_deref(),
+            splitter: self.splitter,
+        };
+        let Some(lines) = host.request_headers() else {
+            // Nothing to judge by: no carrier passes unjudged.
+            log::warn!(
+                "virtual-env: cannot read the request's headers; removing every env carrier"
+            );
+            host.increment(Metric::HeaderRejected);
+            for name in carriers.names() {
+                host.remove_request_header(name);
             }
-            debug!("virtual-env: removing env {env:?} at the edge");
+            return;
+        };
+        let edits = guard(edge, &carriers, &lines);
+        if edits.envs_removed > 0 {
+            debug!(
+                "virtual-env: removed {} envs at the edge",
+                edits.envs_removed
+            );
             host.increment(Metric::EnvRemovedAtEdge);
         }
-        host.remove_request_header(&self.env_header);
-        for alias in &self.header_aliases {
-            host.remove_request_header(alias);
+        if edits.lines_unjudged > 0 {
+            debug!(
+                "virtual-env: removed {} carrier lines at the edge that could not be judged",
+                edits.lines_unjudged
+            );
+            host.increment(Metric::HeaderRejected);
         }
-        // A pattern's header also carries other things (a cookie): only the env goes.
-        for (header, pattern) in &self.header_patterns {
-            let Some(value) = self.text(host, header) else {
-                continue;
-            };
-            if let Some((start, end)) = pattern.span(&value) {
-                let rest = format!("{}{}", &value[..start], &value[end..]);
-                host.set_request_header(header, &rest);
+        for (name, value) in &edits.headers {
+            match value {
+                Some(value) => host.set_request_header(name, value),
+                None => host.remove_request_header(name),
             }
         }
-        if let Some(key) = &self.baggage_key {
-            let rest = self
-                .text(host, "baggage")
-                .and_then(|baggage| without_member(&baggage, key));
-            match rest.as_deref() {
-                Some("") => host.remove_request_header("baggage"),
-                Some(rest) => host.set_request_header("baggage", rest),
-                None => {}
-            }
-        }
-        None
     }
 
     fn on_inbound(&self, host: &mut impl Host) {

@@ -149,9 +149,9 @@ proptest! {
         }
         let direction = if inbound { Direction::Inbound } else { Direction::Outbound };
         cfg.on_request_headers(&node, direction, &mut host);
-        let original = |name: &str| headers.iter().rev().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
-        if let Some(route) = host.headers.get(ROUTE) {
-            prop_assert!(!inbound || original(ROUTE).as_ref() == Some(route));
+        let original = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_slice());
+        if let Some(route) = host.header_bytes(ROUTE) {
+            prop_assert!(!inbound || original(ROUTE) == Some(route));
             if !inbound {
                 let route = std::str::from_utf8(route).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let authority = original(":authority").unwrap_or_default().to_ascii_lowercase();
@@ -164,22 +164,148 @@ proptest! {
         if !inbound {
             let authority = original(":authority").unwrap_or_default().to_ascii_lowercase();
             let to_pay = authority.starts_with(b"ledger.pay");
-            if let Some(route) = host.headers.get(PAY_ROUTE) {
-                if original(PAY_ROUTE).as_ref() != Some(route) || to_pay {
+            if let Some(route) = host.header_bytes(PAY_ROUTE) {
+                if original(PAY_ROUTE) != Some(route) || to_pay {
                     prop_assert!(to_pay && route == b"dev.proj1", "{:?}", String::from_utf8_lossy(route));
                 }
             }
             if to_pay {
-                prop_assert!(!host.headers.contains_key(ROUTE));
+                prop_assert!(host.header_bytes(ROUTE).is_none());
             }
         }
-        if let Some(env) = host.headers.get("x-virtual-env") {
-            if original("x-virtual-env").as_ref() != Some(env) {
+        if let Some(env) = host.header_bytes("x-virtual-env") {
+            if original("x-virtual-env") != Some(env) {
                 let env = std::str::from_utf8(env).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert!(validate_env_name(env, '.').is_ok(), "{env}");
             }
         }
         let slots = host.shared.borrow().keys().filter(|k| k.starts_with(SLOT_KEY_PREFIX)).count();
         prop_assert!(slots <= 8);
+    }
+}
+
+/// A gateway's config with a cookie pattern and `edge` (allowList of `dev` and
+/// `dev.public`, or strip).
+fn edge_config(strip: bool) -> FilterConfig {
+    let edge = if strip {
+        r#"{"mode": "strip"}"#
+    } else {
+        r#"{"mode": "allowList", "allow": ["dev", "dev.public"]}"#
+    };
+    let json = format!(
+        r#"{{"routeHeader": "{ROUTE}", "headerAliases": ["x-env"], "direction": "outbound",
+            "headerPatterns": [{{"name": "cookie", "pattern": ".*env=(@);?.*"}}],
+            "correlationSlots": 0, "defaultSubset": "dev",
+            "services": {{"app-a.default.svc.cluster.local": ["dev", "dev.public", "dev.secret"]}},
+            "hosts": {{"shop.example.com": "app-a.default.svc.cluster.local"}},
+            "edgeTrust": {edge}}}"#
+    );
+    let config = PluginConfig::from_json(json.as_bytes()).expect("a valid config");
+    FilterConfig::new(&config, None)
+}
+
+/// A carrier line as a hostile client writes one: envs admitted or not (or invalid) in
+/// every spelling the carriers take, or arbitrary bytes.
+fn carrier_line() -> impl Strategy<Value = (&'static str, Vec<u8>)> {
+    let env = proptest::sample::select(vec![
+        "dev",
+        "dev.public",
+        "dev.secret",
+        "dev.public.x",
+        "bad..env",
+        "",
+    ]);
+    let template = proptest::sample::select(vec![
+        "{}",
+        "virtual-env={}",
+        "a=b, virtual-env={};p=1",
+        "virtual-env = {} ,virtual-env={}",
+        "env={}; theme=dark",
+        "session=1; env={}",
+        "env=env={}{}",
+        "{};env={}",
+    ]);
+    let name = proptest::sample::select(vec![
+        "x-virtual-env",
+        "x-env",
+        "baggage",
+        "cookie",
+        ":authority",
+    ]);
+    prop_oneof![
+        4 => (name.clone(), template, env.clone(), env).prop_map(|(name, t, a, b)| {
+            let mut parts = t.splitn(3, "{}");
+            let line = format!(
+                "{}{}{}{}{}",
+                parts.next().unwrap_or(""),
+                a,
+                parts.next().unwrap_or(""),
+                b,
+                parts.next().unwrap_or("")
+            );
+            // A template with one placeholder: the second env is not used.
+            let line = if t.matches("{}").count() == 1 {
+                t.replace("{}", a)
+            } else {
+                line
+            };
+            (name, line.into_bytes())
+        }),
+        1 => (name, value()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    /// Whatever lines of whatever carriers a client sends through a gateway whose edge
+    /// policy is allowList or strip, the request the application receives holds no env
+    /// the gateway does not admit, read in any of the ways a reader might: each line of
+    /// the env header and alias, every baggage member under the key, every place the
+    /// cookie pattern lets an env stand; also after joining repeated lines, as
+    /// applications' HTTP libraries do. And the route is one the gateway admits.
+    #[test]
+    fn no_env_passes_the_edge_unadmitted(
+        lines in proptest::collection::vec(carrier_line(), 0..10),
+        strip in any::<bool>(),
+    ) {
+        let cfg = edge_config(strip);
+        let admitted = |env: &str| !strip && (env == "dev" || env == "dev.public");
+        let mut host = MockHost::new().with_header(":authority", "shop.example.com");
+        for (name, value) in &lines {
+            host = host.with_raw_header(name, value);
+        }
+        let gateway = Node { namespace: "istio-system".into(), own_env: None };
+        cfg.on_request_headers(&gateway, Direction::Outbound, &mut host);
+
+        for name in ["x-virtual-env", "x-env"] {
+            for line in host.header_lines(name) {
+                prop_assert!(admitted(&line), "{name}: {line:?} from {lines:?}");
+            }
+        }
+        let baggage = host.header_lines("baggage").join(",");
+        for member in baggage.split(',') {
+            let member = member.split(';').next().unwrap_or("");
+            if let Some((k, v)) = member.split_once('=') {
+                if k.trim() == "virtual-env" {
+                    let env = baggage_member(member, "virtual-env");
+                    prop_assert!(
+                        env.as_deref().is_some_and(admitted),
+                        "baggage {v:?} in {baggage:?} from {lines:?}"
+                    );
+                }
+            }
+        }
+        let cookie = host.header_lines("cookie").join("; ");
+        let pattern = virtual_env_core::pattern::EnvPattern::parse(".*env=(@);?.*", "(@)")
+            .expect("a valid pattern");
+        let found = pattern
+            .occurrences(&cookie, virtual_env_core::pattern::MAX_EDGE_VALUE_LEN)
+            .unwrap_or_default();
+        for (i, j) in found {
+            prop_assert!(admitted(&cookie[i..j]), "cookie {cookie:?} from {lines:?}");
+        }
+        let route = host.header(ROUTE).unwrap_or("dev");
+        prop_assert!(route == "dev" || admitted(route), "routed to {route}");
     }
 }

@@ -23,10 +23,13 @@ fn u32_at(bytes: &[u8], at: usize) -> Option<usize> {
 impl HeaderPairs {
     /// Indexes `bytes`; a malformed layout gives an empty map.
     pub fn parse(bytes: Vec<u8>) -> Self {
-        match Self::index(&bytes) {
-            Some(index) => Self { bytes, index },
-            None => Self::default(),
-        }
+        Self::try_parse(bytes).unwrap_or_default()
+    }
+
+    /// Indexes `bytes`; `None` for a malformed layout.
+    pub fn try_parse(bytes: Vec<u8>) -> Option<Self> {
+        let index = Self::index(&bytes)?;
+        Some(Self { bytes, index })
     }
 
     fn index(bytes: &[u8]) -> Option<Vec<(usize, usize, usize, usize)>> {
@@ -64,6 +67,18 @@ impl HeaderPairs {
                 let key = self.bytes.get(key..key_end)?;
                 (key == name).then(|| self.bytes.get(value..value_end))?
             })
+    }
+
+    /// Every pair in order, repeated names included; names as the host sent them (bytes
+    /// that are not UTF-8 in a name make it unnamed: no carrier has such a name).
+    pub fn lines(&self) -> Vec<(String, Vec<u8>)> {
+        self.index
+            .iter()
+            .filter_map(|&(key, key_end, value, value_end)| {
+                let key = std::str::from_utf8(self.bytes.get(key..key_end)?).unwrap_or("");
+                Some((key.to_owned(), self.bytes.get(value..value_end)?.to_vec()))
+            })
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -151,6 +166,7 @@ mod tests {
                 let first = pairs.iter().find(|(k2, _)| k2 == k).map(|(_, v)| v.as_slice());
                 prop_assert_eq!(parsed.get(k), first);
             }
+            prop_assert_eq!(parsed.lines(), pairs);
         }
     }
 }

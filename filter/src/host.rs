@@ -5,13 +5,23 @@
 //! Header values come back as bytes: Envoy passes bytes 0x80-0xFF through in header
 //! values, so nothing here may assume UTF-8; the request flow validates each value for its
 //! purpose.
+//!
+//! A header may come in several lines (`baggage: a=b` then `baggage: virtual-env=x`): Envoy
+//! keeps every line, its single-value getter returns the first, replacing or removing a
+//! header acts on all its lines, and the application behind the proxy sees them all.
 
 use crate::metrics::Metric;
 
 pub trait Host {
-    /// A request header's raw value by lower-case name; `None` when absent or unreadable.
+    /// A request header's raw value by lower-case name (its first line, as Envoy's getter
+    /// returns); `None` when absent or unreadable.
     fn request_header(&self, name: &str) -> Option<Vec<u8>>;
+    /// Every request header line, in order, repeated names included (one host call);
+    /// `None` when the host cannot give them.
+    fn request_headers(&self) -> Option<Vec<(String, Vec<u8>)>>;
+    /// Sets a header to one line, whatever lines it had.
     fn set_request_header(&mut self, name: &str, value: &str);
+    /// Removes every line of a header.
     fn remove_request_header(&mut self, name: &str);
     /// A shared-data value and its CAS token.
     fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)>;
@@ -24,11 +34,13 @@ pub trait Host {
 }
 
 pub mod mock {
-    //! An in-memory host: headers, shared data (with CAS), a settable clock, seeded
-    //! randomness and counters.
+    //! An in-memory host: a header map as Envoy keeps one (every line of a repeated
+    //! header, in order; the getter returns the first), shared data (with CAS), a settable
+    //! clock, seeded randomness and counters.
 
     use std::cell::RefCell;
     use std::collections::{BTreeMap, HashMap};
+
     use std::rc::Rc;
 
     use super::*;
@@ -39,22 +51,26 @@ pub mod mock {
     /// Shared data outlives a request, as in Envoy: clones of a `MockHost` share it.
     #[derive(Clone)]
     pub struct MockHost {
-        pub headers: BTreeMap<String, Vec<u8>>,
+        /// Header lines in order; a name may repeat.
+        pub headers: Vec<(String, Vec<u8>)>,
         pub shared: SharedData,
         pub counters: Rc<RefCell<BTreeMap<Metric, u64>>>,
         pub now_ms: u64,
         /// 0: no randomness; else the byte pattern `random` fills in.
         pub random_seed: u8,
+        /// The host fails to list the headers (`request_headers` gives `None`).
+        pub unreadable_headers: bool,
     }
 
     impl Default for MockHost {
         fn default() -> Self {
             Self {
-                headers: BTreeMap::new(),
+                headers: Vec::new(),
                 shared: SharedData::default(),
                 counters: Rc::default(),
                 now_ms: 0,
                 random_seed: 1,
+                unreadable_headers: false,
             }
         }
     }
@@ -68,15 +84,16 @@ pub mod mock {
             self.with_raw_header(name, value.as_bytes())
         }
 
+        /// Adds a line: a name given twice is a header with two lines.
         pub fn with_raw_header(mut self, name: &str, value: &[u8]) -> Self {
-            self.headers.insert(name.to_owned(), value.to_vec());
+            self.headers.push((name.to_owned(), value.to_vec()));
             self
         }
 
         /// A new request on the same proxy: same shared data and counters, no headers.
         pub fn next_request(&self) -> Self {
             Self {
-                headers: BTreeMap::new(),
+                headers: Vec::new(),
                 ..self.clone()
             }
         }
@@ -85,23 +102,43 @@ pub mod mock {
             self.counters.borrow().get(&metric).copied().unwrap_or(0)
         }
 
+        /// The first line of a header, as text.
         pub fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .get(name)
+            self.header_bytes(name)
                 .and_then(|v| std::str::from_utf8(v).ok())
+        }
+
+        pub fn header_bytes(&self, name: &str) -> Option<&[u8]> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_slice())
+        }
+
+        /// Every line of a header, as text (lossy), as the application would receive them.
+        pub fn header_lines(&self, name: &str) -> Vec<String> {
+            self.headers
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .collect()
         }
     }
 
     impl Host for MockHost {
         fn request_header(&self, name: &str) -> Option<Vec<u8>> {
-            self.headers.get(name).cloned()
+            self.header_bytes(name).map(<[u8]>::to_vec)
+        }
+        fn request_headers(&self) -> Option<Vec<(String, Vec<u8>)>> {
+            (!self.unreadable_headers).then(|| self.headers.clone())
         }
         fn set_request_header(&mut self, name: &str, value: &str) {
+            self.remove_request_header(name);
             self.headers
-                .insert(name.to_owned(), value.as_bytes().to_vec());
+                .push((name.to_owned(), value.as_bytes().to_vec()));
         }
         fn remove_request_header(&mut self, name: &str) {
-            self.headers.remove(name);
+            self.headers.retain(|(n, _)| n != name);
         }
         fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
             self.shared.borrow().get(key).cloned()

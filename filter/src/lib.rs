@@ -7,6 +7,7 @@
 pub mod baggage;
 pub mod correlation;
 pub mod dry_run;
+pub mod edge;
 pub mod flow;
 #[cfg(test)]
 mod fuzz;

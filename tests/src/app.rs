@@ -11,6 +11,7 @@
 //! whether it also forwards the env header is a switch, so that propagation without it
 //! (baggage, trace correlation) is tested.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +33,9 @@ use crate::topology::{Topology, TopologyPod};
 
 /// The headers an instrumented application forwards: its tracing headers and baggage.
 pub const TRACING_HEADERS: [&str; 3] = ["traceparent", "x-request-id", "baggage"];
+/// Headers besides the env header that the test topologies use to carry an env, which the
+/// application reports line by line.
+pub const CARRIERS: [&str; 3] = ["x-env", "baggage", "cookie"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -126,6 +130,10 @@ pub struct Hop {
     /// be none, the caller's sidecar strips them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub route_headers: Vec<String>,
+    /// Every line received of each header that may carry an env ([`CARRIERS`] and the env
+    /// header), by name: what an application could read an env from.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub carriers: BTreeMap<String, Vec<String>>,
     /// Answers of the services called, or the error of a failed call.
     #[serde(default)]
     pub calls: Vec<Call>,
@@ -205,10 +213,30 @@ async fn answer(config: &AppConfig, req: &Request<Incoming>) -> Hop {
         .filter(|name| name.as_str().starts_with("x-virtual-env-route"))
         .map(|name| name.as_str().to_owned())
         .collect();
+    let lines = |name: &str| -> Vec<String> {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    };
+    let carriers: BTreeMap<String, Vec<String>> = CARRIERS
+        .iter()
+        .copied()
+        .chain([config.env_header.as_str()])
+        .map(|name| (name.to_owned(), lines(name)))
+        .filter(|(_, lines)| !lines.is_empty())
+        .collect();
+    // A header received in several lines is forwarded as one, joined as HTTP libraries
+    // join them (Node.js, for one): what the next hop sees of a repeated header.
     let mut forwarded: Vec<(String, String)> = config
         .forward
         .iter()
-        .filter_map(|name| Some((name.clone(), header(name)?)))
+        .filter_map(|name| {
+            let separator = if name == "cookie" { "; " } else { ", " };
+            let all = lines(name);
+            (!all.is_empty()).then(|| (name.clone(), all.join(separator)))
+        })
         .collect();
     if config.forward_env_header {
         if let Some(env) = &received_env {
@@ -250,6 +278,7 @@ async fn answer(config: &AppConfig, req: &Request<Incoming>) -> Hop {
             .get("content-type")
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
         route_headers,
+        carriers,
         calls,
     }
 }
@@ -302,6 +331,7 @@ mod tests {
             protocol: "HTTP/1.1".into(),
             grpc: false,
             route_headers: Vec::new(),
+            carriers: BTreeMap::new(),
             calls,
         }
     }

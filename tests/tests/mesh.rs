@@ -426,6 +426,58 @@ async fn the_gateways_edge_trust_decides_which_envs_enter() -> Result<()> {
     Ok(())
 }
 
+/// What a hostile client sends to carry an env past a gateway whose edge policy does not
+/// admit it (`dev.proj1` here): repeated lines of one carrier after an admitted or
+/// harmless first line, other carriers beside an admitted one, a cookie longer than the
+/// mesh searches, and other hosts the gateway serves. The applications forward what they
+/// receive (baggage, cookie and alias lines joined, as HTTP libraries join them), so an
+/// env that got in would be routed by the next sidecar. None gets in: no application
+/// receives it in any line, and every hop is the baseline's.
+#[tokio::test]
+async fn no_env_passes_the_gateways_edge_policy_in_any_spelling() -> Result<()> {
+    let _serial = serial().await;
+    let long_cookie = format!("{}env=dev.proj1", "pad=xxxxxxxxxx; ".repeat(600));
+    let attempts: [&[(&str, &str)]; 7] = [
+        &[(ENV, "dev"), (ENV, "dev.proj1")],
+        &[("x-env", "dev"), ("x-env", "dev.proj1")],
+        &[("baggage", "a=b"), ("baggage", "virtual-env=dev.proj1")],
+        &[("baggage", "virtual-env=dev,virtual-env=dev.proj1")],
+        &[("cookie", "session=1"), ("cookie", "env=dev.proj1; theme=dark")],
+        &[
+            (ENV, "dev"),
+            ("baggage", "virtual-env=dev.proj1"),
+            ("cookie", "env=dev.proj1"),
+        ],
+        &[("cookie", &long_cookie)],
+    ];
+    for edge in ["{mode: allowList, allow: [dev]}", "{mode: strip}"] {
+        let mut topology = topology("gateway.yaml");
+        topology.virtual_environment.edge_trust = Some(serde_yaml::from_str(edge)?);
+        let mut options = options();
+        options.forward.extend(["cookie".into(), "x-env".into()]);
+        let mesh = Mesh::start(topology, options).await?;
+        for headers in attempts {
+            // The exposed host, and another the gateway serves (app-b's in-mesh name).
+            let through_shop = mesh.request_host(SHOP, headers).await?;
+            let through_other = mesh.request("app-b", headers).await?;
+            for hop in [&through_shop, &through_other] {
+                for h in hop.chain() {
+                    for (carrier, lines) in &h.carriers {
+                        assert!(
+                            lines.iter().all(|l| !l.contains("dev.proj1")),
+                            "{edge}: {headers:?}: {} received {carrier}: {lines:?}",
+                            h.pod
+                        );
+                    }
+                    assert_eq!(h.env.as_deref(), Some("dev"), "{edge}: {headers:?}");
+                }
+            }
+            assert_eq!(through_shop.pods(), DEV_CHAIN, "{edge}: {headers:?}");
+        }
+    }
+    Ok(())
+}
+
 /// The demo's topology: the seed entered at shop.example.com, app-c calling the ledger of
 /// namespace `pay`, which has its own VirtualEnvironment (route header, table). The env
 /// falls back by the table of the namespace each hop is in, on both sides.

@@ -485,15 +485,90 @@ fn edge_trust_allow_list_admits_listed_envs_only() {
     assert_eq!(h.count(Metric::EnvRemovedAtEdge), 1);
 }
 
+/// The gateway serves other hosts too (other namespaces', other teams'): the edge policy
+/// holds for them as well, or a client would carry its env in through any of them.
 #[test]
-fn edge_trust_leaves_hosts_outside_the_table_alone() {
+fn edge_trust_holds_for_hosts_outside_the_table_too() {
     let cfg = gateway(r#""edgeTrust": {"mode": "strip"},"#);
     let mut host = MockHost::new()
         .with_header(":authority", "elsewhere.example.com")
-        .with_header("x-virtual-env", "dev.proj1");
+        .with_header("x-virtual-env", "dev.proj1")
+        .with_header("baggage", "virtual-env=dev.proj1");
     cfg.on_request_headers(&node(None), Direction::Outbound, &mut host);
-    assert_eq!(host.header("x-virtual-env"), Some("dev.proj1"));
-    assert_eq!(host.count(Metric::EnvRemovedAtEdge), 0);
+    assert_eq!(host.header("x-virtual-env"), None);
+    assert_eq!(host.header("baggage"), None);
+    assert_eq!(host.count(Metric::EnvRemovedAtEdge), 1);
+}
+
+/// What a hostile client sends: a second line of a carrier after an admitted (or harmless)
+/// first one, other carriers beside an admitted one. Envoy's getter returns only the first
+/// line, but the application receives them all and may forward any.
+#[test]
+fn edge_trust_judges_every_line_of_every_carrier() {
+    let cfg = with_cookie_pattern(
+        r#""direction": "outbound", "defaultSubset": "dev", "headerAliases": ["x-env"],
+           "hosts": {"demo.example.com": "app-a.default.svc.cluster.local"},
+           "edgeTrust": {"mode": "allowList", "allow": ["dev", "dev.proj1"]},"#,
+    );
+    let h = at_gateway(
+        &cfg,
+        &[
+            ("x-virtual-env", "dev.proj1"),
+            ("x-virtual-env", "dev.secret"),
+            ("x-env", "dev.proj1"),
+            ("x-env", "dev.secret"),
+            ("baggage", "a=b"),
+            ("baggage", "virtual-env=dev.secret"),
+            ("cookie", "session=1"),
+            ("cookie", "env=dev.secret"),
+        ],
+    );
+    assert_eq!(
+        h.header(ROUTE),
+        Some("dev.proj1"),
+        "the admitted env routes"
+    );
+    assert_eq!(h.header_lines("x-virtual-env"), ["dev.proj1"]);
+    assert_eq!(h.header_lines("x-env"), ["dev.proj1"]);
+    assert_eq!(h.header_lines("baggage"), ["a=b"]);
+    assert_eq!(h.header_lines("cookie"), ["session=1; env="]);
+    assert_eq!(h.count(Metric::EnvRemovedAtEdge), 1);
+
+    // Strip: nothing of an env is left, whatever line it was on.
+    let cfg = with_cookie_pattern(
+        r#""direction": "outbound", "defaultSubset": "dev",
+           "hosts": {"demo.example.com": "app-a.default.svc.cluster.local"},
+           "edgeTrust": {"mode": "strip"},"#,
+    );
+    let h = at_gateway(
+        &cfg,
+        &[
+            ("baggage", "a=b"),
+            ("baggage", "virtual-env=dev.secret"),
+            ("cookie", "theme=dark"),
+            ("cookie", "env=dev.secret"),
+        ],
+    );
+    assert_eq!(h.header(ROUTE), Some("dev"));
+    assert_eq!(h.header_lines("baggage"), ["a=b"]);
+    assert_eq!(h.header_lines("cookie"), ["theme=dark; env="]);
+}
+
+/// A value too long to search is not passed unjudged: its line goes.
+#[test]
+fn edge_trust_removes_a_carrier_too_long_to_judge() {
+    let cfg = with_cookie_pattern(
+        r#""direction": "outbound", "defaultSubset": "dev",
+           "hosts": {"demo.example.com": "app-a.default.svc.cluster.local"},
+           "edgeTrust": {"mode": "strip"},"#,
+    );
+    let long = format!(
+        "{}; env=dev.secret",
+        "pad=x".repeat(virtual_env_core::pattern::MAX_EDGE_VALUE_LEN / 4)
+    );
+    let h = at_gateway(&cfg, &[("cookie", &long)]);
+    assert_eq!(h.header("cookie"), None);
+    assert_eq!(h.count(Metric::HeaderRejected), 1);
 }
 
 /// The original project's alias pattern: the env inside a cookie.

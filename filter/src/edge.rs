@@ -1,0 +1,374 @@
+//! The edge guard: what a gateway that does not accept every env from outside (its
+//! `edgeTrust` is `allowList` or `strip`) does to each request before anything else.
+//!
+//! Inside the mesh a hop reads the first line of each carrier, but the application behind
+//! the gateway receives every line, may join repeated lines (`a=b, virtual-env=x`), parse
+//! a cookie its own way, or forward a carrier the gateway did not read; the next sidecar
+//! then routes by what it forwarded. So the guard does not judge "the request's env": it
+//! judges every env every carrier line holds, and leaves only admitted ones:
+//!
+//! - the env header and each alias (whole-value carriers): lines that are not an admitted
+//!   env name go; what stays is one line, the first admitted one;
+//! - a header with an env pattern (a cookie): every place the pattern lets an env stand
+//!   ([`EnvPattern::occurrences`]) that holds an env not admitted is cut out of the line;
+//! - `baggage`: every member under the baggage key whose value is not admitted goes;
+//! - a line that cannot be judged (not UTF-8, longer than [`MAX_EDGE_VALUE_LEN`]) goes.
+//!
+//! Repeated lines of a pattern header or of baggage are joined into one (`; ` for cookies,
+//! `,` otherwise, as HTTP joins list headers) only when something was cut. The guard runs
+//! on every request through the gateway, whatever its host.
+//!
+//! Pure: it reads the header lines and returns the edits; the request flow applies them.
+
+use std::collections::BTreeMap;
+
+use virtual_env_core::pattern::{EnvPattern, MAX_EDGE_VALUE_LEN};
+use virtual_env_core::{validate_env_name, EdgeTrust};
+
+/// The headers that carry an env, as one config names them (lower case).
+pub struct Carriers<'a> {
+    pub env_header: &'a str,
+    pub aliases: &'a [String],
+    pub patterns: &'a [(String, EnvPattern)],
+    pub baggage_key: Option<&'a str>,
+    pub splitter: char,
+}
+
+impl Carriers<'_> {
+    /// Every header that may carry an env.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.env_header)
+            .chain(self.aliases.iter().map(String::as_str))
+            .chain(self.patterns.iter().map(|(name, _)| name.as_str()))
+            .chain(self.baggage_key.map(|_| "baggage"))
+    }
+}
+
+/// What the guard changes: each header named here is replaced by the one value given
+/// (every line of it), or removed when `None`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct EdgeEdits {
+    pub headers: BTreeMap<String, Option<String>>,
+    /// Env occurrences removed (not admitted, or not a valid env name).
+    pub envs_removed: usize,
+    /// Lines removed whole because they could not be judged.
+    pub lines_unjudged: usize,
+}
+
+impl EdgeEdits {
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty()
+    }
+}
+
+/// Cutting one occurrence can join text into a new one; after this many rounds a line
+/// that still holds an env not admitted goes whole.
+const MAX_CUT_ROUNDS: usize = 8;
+
+/// The edits that leave only envs `edge` admits in `lines` (every request header line).
+pub fn guard(edge: &EdgeTrust, carriers: &Carriers<'_>, lines: &[(String, Vec<u8>)]) -> EdgeEdits {
+    let admitted =
+        |env: &str| validate_env_name(env, carriers.splitter).is_ok() && edge.admits(env);
+    let mut edits = EdgeEdits::default();
+    let lines_of = |name: &str| -> Vec<&[u8]> {
+        lines
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+            .collect()
+    };
+
+    let whole =
+        std::iter::once(carriers.env_header).chain(carriers.aliases.iter().map(String::as_str));
+    for name in whole {
+        if edits.headers.contains_key(name) {
+            continue;
+        }
+        let values = lines_of(name);
+        let kept: Vec<&str> = values
+            .iter()
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .filter(|v| admitted(v))
+            .collect();
+        if kept.len() == values.len() && values.len() <= 1 {
+            continue;
+        }
+        edits.envs_removed += values.len() - kept.len();
+        edits
+            .headers
+            .insert(name.to_owned(), kept.first().map(|v| (*v).to_owned()));
+    }
+
+    for (name, pattern) in carriers.patterns {
+        if edits.headers.contains_key(name) {
+            continue;
+        }
+        let values = lines_of(name);
+        let mut changed = false;
+        let mut kept = Vec::new();
+        for value in values {
+            let judged = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| cut_pattern(v, pattern, &admitted));
+            match judged {
+                Some((line, cut)) => {
+                    changed |= cut > 0;
+                    edits.envs_removed += cut;
+                    kept.push(line);
+                }
+                None => {
+                    changed = true;
+                    edits.lines_unjudged += 1;
+                }
+            }
+        }
+        if changed {
+            let separator = if name == "cookie" { "; " } else { ", " };
+            edits.headers.insert(name.clone(), joined(&kept, separator));
+        }
+    }
+
+    if let Some(key) = carriers.baggage_key {
+        if !edits.headers.contains_key("baggage") {
+            let mut changed = false;
+            let mut kept = Vec::new();
+            for value in lines_of("baggage") {
+                let text = std::str::from_utf8(value)
+                    .ok()
+                    .filter(|v| v.len() <= MAX_EDGE_VALUE_LEN);
+                let Some(text) = text else {
+                    changed = true;
+                    edits.lines_unjudged += 1;
+                    continue;
+                };
+                let (line, cut) = cut_baggage(text, key, &admitted);
+                changed |= cut > 0;
+                edits.envs_removed += cut;
+                kept.push(line);
+            }
+            if changed {
+                edits.headers.insert("baggage".into(), joined(&kept, ","));
+            }
+        }
+    }
+    edits
+}
+
+/// Non-empty lines joined; `None` when nothing is left.
+fn joined(lines: &[String], separator: &str) -> Option<String> {
+    let lines: Vec<&str> = lines
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    (!lines.is_empty()).then(|| lines.join(separator))
+}
+
+/// `value` with every env occurrence that is not admitted cut out, and how many were;
+/// `None` when the line cannot be judged (too long, or still holding one after
+/// [`MAX_CUT_ROUNDS`]).
+fn cut_pattern(
+    value: &str,
+    pattern: &EnvPattern,
+    admitted: &impl Fn(&str) -> bool,
+) -> Option<(String, usize)> {
+    let mut line = value.to_owned();
+    let mut cut = 0;
+    for _ in 0..MAX_CUT_ROUNDS {
+        let bad: Vec<(usize, usize)> = pattern
+            .occurrences(&line, MAX_EDGE_VALUE_LEN)?
+            .into_iter()
+            .filter(|&(i, j)| !line.get(i..j).is_some_and(admitted))
+            .collect();
+        if bad.is_empty() {
+            return Some((line, cut));
+        }
+        cut += bad.len();
+        // Occurrences may overlap: cut their union, from the right so offsets hold.
+        let mut merged: Vec<(usize, usize)> = Vec::new();
+        for (i, j) in bad {
+            match merged.last_mut() {
+                Some(last) if i <= last.1 => last.1 = last.1.max(j),
+                _ => merged.push((i, j)),
+            }
+        }
+        for (i, j) in merged.into_iter().rev() {
+            // Occurrences are runs of ASCII env-name characters: char boundaries.
+            if line.is_char_boundary(i) && line.is_char_boundary(j) {
+                line.replace_range(i..j, "");
+            } else {
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// A baggage line without the members under `key` whose value is not admitted.
+fn cut_baggage(value: &str, key: &str, admitted: &impl Fn(&str) -> bool) -> (String, usize) {
+    let mut cut = 0;
+    let kept: Vec<&str> = value
+        .split(',')
+        .filter(|member| {
+            let name_value = member.split(';').next().unwrap_or("");
+            let Some((k, v)) = name_value.split_once('=') else {
+                return true;
+            };
+            if k.trim() != key {
+                return true;
+            }
+            let keep = !v.trim().is_empty()
+                && crate::baggage::baggage_member(name_value, key)
+                    .is_some_and(|env| admitted(&env));
+            cut += usize::from(!keep);
+            keep
+        })
+        .map(str::trim)
+        .collect();
+    if cut == 0 {
+        (value.to_owned(), 0)
+    } else {
+        (kept.join(","), cut)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtual_env_core::pattern::DEFAULT_PLACEHOLDER;
+    use virtual_env_core::EdgeMode;
+
+    fn allow(entries: &[&str]) -> EdgeTrust {
+        EdgeTrust {
+            mode: EdgeMode::AllowList,
+            allow: entries.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    fn strip() -> EdgeTrust {
+        EdgeTrust {
+            mode: EdgeMode::Strip,
+            allow: vec![],
+        }
+    }
+
+    fn run(edge: &EdgeTrust, lines: &[(&str, &str)]) -> EdgeEdits {
+        let aliases = vec!["x-env".to_owned()];
+        let patterns = vec![(
+            "cookie".to_owned(),
+            EnvPattern::parse(".*env=(@);?.*", DEFAULT_PLACEHOLDER).unwrap(),
+        )];
+        let carriers = Carriers {
+            env_header: "x-virtual-env",
+            aliases: &aliases,
+            patterns: &patterns,
+            baggage_key: Some("virtual-env"),
+            splitter: '.',
+        };
+        let lines: Vec<(String, Vec<u8>)> = lines
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        guard(edge, &carriers, &lines)
+    }
+
+    fn set<'e>(edits: &'e EdgeEdits, name: &str) -> Option<Option<&'e str>> {
+        edits.headers.get(name).map(|v| v.as_deref())
+    }
+
+    #[test]
+    fn an_admitted_single_line_is_left_alone() {
+        let edits = run(
+            &allow(&["dev.public"]),
+            &[
+                ("x-virtual-env", "dev.public"),
+                ("cookie", "a=1; env=dev.public"),
+            ],
+        );
+        assert!(edits.is_empty(), "{edits:?}");
+    }
+
+    #[test]
+    fn every_line_of_a_repeated_carrier_is_judged() {
+        let edits = run(
+            &allow(&["dev", "dev.public"]),
+            &[
+                ("x-virtual-env", "dev.public"),
+                ("x-virtual-env", "dev.secret"),
+                ("x-env", "dev.secret"),
+                ("baggage", "a=b"),
+                ("baggage", "virtual-env=dev.secret,c=d"),
+                ("cookie", "session=1"),
+                ("cookie", "env=dev.secret; theme=dark"),
+            ],
+        );
+        assert_eq!(set(&edits, "x-virtual-env"), Some(Some("dev.public")));
+        assert_eq!(set(&edits, "x-env"), Some(None));
+        assert_eq!(set(&edits, "baggage"), Some(Some("a=b,c=d")));
+        assert_eq!(
+            set(&edits, "cookie"),
+            Some(Some("session=1; env=; theme=dark"))
+        );
+        assert_eq!(edits.envs_removed, 4);
+    }
+
+    #[test]
+    fn every_occurrence_in_a_line_is_judged() {
+        let edits = run(
+            &allow(&["dev.public"]),
+            &[
+                ("cookie", "env=dev.public; env=dev.secret"),
+                ("baggage", "virtual-env=dev.public,virtual-env=dev.secret"),
+            ],
+        );
+        assert_eq!(set(&edits, "cookie"), Some(Some("env=dev.public; env=")));
+        assert_eq!(set(&edits, "baggage"), Some(Some("virtual-env=dev.public")));
+    }
+
+    #[test]
+    fn strip_leaves_no_env_anywhere() {
+        let edits = run(
+            &strip(),
+            &[
+                ("x-virtual-env", "dev"),
+                ("baggage", "virtual-env=dev;p=1, k=v"),
+                ("cookie", "env=dev"),
+            ],
+        );
+        assert_eq!(set(&edits, "x-virtual-env"), Some(None));
+        assert_eq!(set(&edits, "baggage"), Some(Some("k=v")));
+        assert_eq!(set(&edits, "cookie"), Some(Some("env=")));
+    }
+
+    #[test]
+    fn lines_that_cannot_be_judged_go() {
+        let long = format!("{}; env=dev.secret", "x=1".repeat(MAX_EDGE_VALUE_LEN));
+        let edits = run(&allow(&["dev"]), &[("cookie", &long), ("cookie", "a=1")]);
+        assert_eq!(set(&edits, "cookie"), Some(Some("a=1")));
+        assert_eq!(edits.lines_unjudged, 1);
+        let lines = vec![("x-virtual-env".to_owned(), b"dev\xff".to_vec())];
+        let carriers = Carriers {
+            env_header: "x-virtual-env",
+            aliases: &[],
+            patterns: &[],
+            baggage_key: None,
+            splitter: '.',
+        };
+        let edits = guard(&allow(&["dev"]), &carriers, &lines);
+        assert_eq!(set(&edits, "x-virtual-env"), Some(None));
+    }
+
+    #[test]
+    fn cutting_that_joins_a_new_env_is_cut_again() {
+        // Cutting "dev.secret" out of "env=env=dev.secretdev.x" would leave a new env.
+        let edits = run(&allow(&["dev"]), &[("cookie", "a=env=dev.secret;env=x")]);
+        let cookie = set(&edits, "cookie")
+            .flatten()
+            .unwrap_or_default()
+            .to_owned();
+        let pattern = EnvPattern::parse(".*env=(@);?.*", DEFAULT_PLACEHOLDER).unwrap();
+        for (i, j) in pattern.occurrences(&cookie, MAX_EDGE_VALUE_LEN).unwrap() {
+            assert_eq!(&cookie[i..j], "dev", "{cookie}");
+        }
+    }
+}

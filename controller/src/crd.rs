@@ -80,6 +80,7 @@ pub struct EdgeTrustSpec {
     pub mode: EdgeTrustMode,
     /// For `allowList`: env names, or prefixes ending in `*` (`dev.proj1.*`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
     pub allow: Vec<String>,
 }
 
@@ -245,11 +246,43 @@ impl Default for TraceCorrelation {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WasmModule {
-    /// `http(s)://`, `oci://` or `file://` URL of the filter module.
+    /// `http(s)://`, `oci://` or `file://` URL of the filter module. Used by this
+    /// namespace's own plugin objects only: a gateway's in another namespace always loads
+    /// the controller's module.
+    #[schemars(length(max = 2048), pattern(r"^(oci|https?|file)://[^\s]+$"))]
     pub url: String,
-    /// SHA-256 of the module (hex), checked by the sidecar when set.
+    /// SHA-256 of the module (64 lower-case hex digits), checked by the sidecar when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[a-f0-9]{64}$"))]
     pub sha256: Option<String>,
+}
+
+impl WasmModule {
+    /// What the CRD's schema says, checked again: a cluster may still serve an older CRD,
+    /// and `render` reads files. `Err` names the field and what to write instead.
+    pub fn validate(&self) -> Result<(), String> {
+        let scheme_ok = ["oci://", "https://", "http://", "file://"]
+            .iter()
+            .any(|scheme| {
+                self.url
+                    .strip_prefix(scheme)
+                    .is_some_and(|rest| !rest.is_empty())
+            });
+        if !scheme_ok || self.url.len() > 2048 || self.url.contains(char::is_whitespace) {
+            return Err(format!(
+                "spec.wasmModule.url: {:?} is not an oci://, https://, http:// or file:// URL",
+                self.url
+            ));
+        }
+        if let Some(sha) = &self.sha256 {
+            if sha.len() != 64 || !sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                return Err(format!(
+                    "spec.wasmModule.sha256: {sha:?} is not 64 lower-case hex digits"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]

@@ -179,6 +179,14 @@ pub struct GatewayPlans {
     pub skipped: Vec<String>,
 }
 
+/// Where a gateway's plugin object fetches its module: the tenant's `spec.wasmModule` only
+/// for a gateway whose plugin lands in the tenant's own namespace; anywhere else (a shared
+/// gateway that every tenant's traffic passes) always the controller's own module.
+pub struct ModuleSources<'a> {
+    pub tenant: &'a WasmSource,
+    pub controller: &'a WasmSource,
+}
+
 /// One plugin object per gateway that exposes a routed service of `namespace`.
 /// `namespace_config` is the namespace's calling-side plugin config (route header, cluster
 /// domain and settings in force); `elsewhere` the cluster's Gateway objects and the plugin
@@ -189,7 +197,7 @@ pub fn plan_gateways(
     exposed: &[ExposedService<'_>],
     namespace_config: &PluginConfig,
     elsewhere: &[Existing],
-    source: &WasmSource,
+    modules: &ModuleSources<'_>,
     plugin_kind: Kind,
 ) -> GatewayPlans {
     let mut plans = GatewayPlans {
@@ -276,6 +284,17 @@ pub fn plan_gateways(
                 config.hosts.insert(host.clone(), service.fqdn.clone());
             }
         }
+        let source = if gateway.namespace == namespace {
+            modules.tenant
+        } else {
+            if modules.tenant != modules.controller {
+                plans.skipped.push(format!(
+                    "gateway {reference}: spec.wasmModule applies in namespace {namespace} only; the plugin object in namespace {} loads the controller's module",
+                    gateway.namespace
+                ));
+            }
+            modules.controller
+        };
         let mut labels = BTreeMap::from([
             (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
             (OWNER_NAMESPACE_LABEL.to_owned(), namespace.to_owned()),
@@ -524,6 +543,66 @@ mod tests {
         assert!(!of_namespace("virtual-env.team", &none, "team"));
         let labelled = BTreeMap::from([(OWNER_NAMESPACE_LABEL.to_owned(), "team".to_owned())]);
         assert!(of_namespace("renamed", &labelled, "team"));
+    }
+
+    /// A tenant's own module runs in its own sidecars only: a plugin object in a shared
+    /// gateway's namespace always loads the controller's module, whatever the spec says.
+    #[test]
+    fn a_tenants_module_never_reaches_a_gateway_outside_its_namespace() {
+        let (mut ve, mut snapshot) = exposed("istio-system/public,own-gateway");
+        snapshot.elsewhere.push(object(
+            Kind::Gateway,
+            serde_json::json!({"metadata": {"name": "own-gateway", "namespace": "default"},
+                "spec": {"selector": {"app": "own-gateway"}}}),
+        ));
+        ve.spec.wasm_module = Some(crate::crd::WasmModule {
+            url: "https://attacker.example/evil.wasm".into(),
+            sha256: Some("0".repeat(64)),
+        });
+        let plan = plan_namespace(&ve, &snapshot, &settings()).unwrap();
+        let url_of = |ns: &str| {
+            plan.gateway_plugins
+                .iter()
+                .find(|p| p.namespace().as_deref() == Some(ns))
+                .map(|p| p.spec.url.clone())
+                .unwrap()
+        };
+        assert_eq!(url_of("istio-system"), settings().wasm.url);
+        assert_eq!(
+            plan.gateway_plugins
+                .iter()
+                .find(|p| p.namespace().as_deref() == Some("istio-system"))
+                .unwrap()
+                .spec
+                .sha256,
+            settings().wasm.sha256
+        );
+        assert_eq!(url_of("default"), "https://attacker.example/evil.wasm");
+        assert_eq!(plan.wasm_plugin.spec.url, "https://attacker.example/evil.wasm");
+        assert!(
+            plan.skipped.iter().any(|s| s.contains(
+                "spec.wasmModule applies in namespace default only; the plugin object in namespace istio-system loads the controller's module"
+            )),
+            "{:?}",
+            plan.skipped
+        );
+    }
+
+    #[test]
+    fn a_module_the_crd_would_refuse_is_an_invalid_spec() {
+        for (url, sha, field) in [
+            ("ftp://x", None, "spec.wasmModule.url"),
+            ("https://", None, "spec.wasmModule.url"),
+            ("https://x/a.wasm", Some("ABC"), "spec.wasmModule.sha256"),
+        ] {
+            let (mut ve, snapshot) = exposed("istio-system/public");
+            ve.spec.wasm_module = Some(crate::crd::WasmModule {
+                url: url.into(),
+                sha256: sha.map(String::from),
+            });
+            let err = plan_namespace(&ve, &snapshot, &settings()).unwrap_err();
+            assert!(err.to_string().contains(field), "{url}: {err}");
+        }
     }
 
     #[test]

@@ -12,9 +12,9 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ListParams};
-use kube::Client;
+use kube::{Client, ResourceExt};
 use tracing::{error, info, warn};
-use virtual_env_controller::crd::VirtualEnvironment;
+use virtual_env_controller::crd::{VirtualEnvironment, ROUTE_HEADER_SUFFIX_LEN};
 use virtual_env_controller::extension::ExtensionApi;
 use virtual_env_controller::leader::{Elector, Timing};
 use virtual_env_controller::metrics::Metrics;
@@ -150,6 +150,12 @@ struct OfflineArgs {
     /// Namespace of objects that have none.
     #[arg(short, long, default_value = "default")]
     namespace: String,
+    /// For tests and diffs only: a VirtualEnvironment without a recorded
+    /// `status.routeHeader` gets a suffix derived from its name instead of a random one.
+    /// Anyone can compute it, so never apply such output: a client that knows the route
+    /// header chooses routes wherever the filter is not running.
+    #[arg(long)]
+    predictable_suffix: bool,
     #[command(flatten)]
     module: ModuleArgs,
 }
@@ -176,7 +182,26 @@ impl OfflineArgs {
             };
             reader.read(&name, &text)?;
         }
-        Ok(reader.finish(&self.namespace)?)
+        let mut namespaces = reader.finish(&self.namespace)?;
+        if !self.predictable_suffix {
+            for ns in &mut namespaces {
+                let ve = &mut ns.virtual_environment;
+                if ve.route_header_in_force().is_some() {
+                    continue;
+                }
+                let mut entropy = [0; ROUTE_HEADER_SUFFIX_LEN];
+                getrandom::fill(&mut entropy)
+                    .map_err(|e| anyhow::anyhow!("no randomness for the route header: {e}"))?;
+                *ve = ve.clone().with_route_header(entropy);
+                eprintln!(
+                    "virtual-env: VirtualEnvironment {}/{} has no status.routeHeader: chose {} at random for this output (give the object with its status, as `kubectl get -o yaml` prints it, to see the one in force)",
+                    ve.namespace().unwrap_or_default(),
+                    ve.name_any(),
+                    ve.route_header_in_force().unwrap_or_default()
+                );
+            }
+        }
+        Ok(namespaces)
     }
 }
 

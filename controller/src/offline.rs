@@ -57,7 +57,7 @@ pub fn render(namespaces: &[NamespaceSnapshot], settings: &Settings) -> Result<S
         if ns.virtual_environment.route_header_in_force().is_none() {
             let _ = writeln!(
                 out,
-                "# route header {}: a stable stand-in; the controller picks a random suffix once and keeps it in status.routeHeader",
+                "# route header {}: a predictable stand-in (--predictable-suffix), for diffs and tests only: never apply it; the controller picks a random suffix once and keeps it in status.routeHeader",
                 plan.route_header
             );
         }

@@ -119,6 +119,8 @@ pub enum PlanError {
     WasmPluginTaken(String, &'static str, &'static str),
     #[error("invalid spec: {0}")]
     InvalidEdgeTrust(#[from] virtual_env_core::edge::EdgeTrustError),
+    #[error("invalid spec: {0}")]
+    InvalidModule(String),
     #[error("the plugin config would be {bytes} bytes even in compact form, over the {max} bytes this controller writes into one object (Kubernetes stores at most ~1.5 MiB); nothing was changed. Split the namespace, or route fewer envs")]
     ConfigTooLarge { bytes: usize, max: usize },
 }
@@ -182,6 +184,9 @@ pub fn plan_namespace(
         .find(|a| matches!(a, HeaderAlias::Invalid(_)))
     {
         return Err(PlanError::InvalidAlias(entry.to_string()));
+    }
+    if let Some(module) = &ve.spec.wasm_module {
+        module.validate().map_err(PlanError::InvalidModule)?;
     }
     let mut plugin_config = ve.spec.plugin_config();
     plugin_config.validate()?;
@@ -440,7 +445,10 @@ pub fn plan_namespace(
         &exposed,
         &plan.plugin_config,
         &snapshot.elsewhere,
-        &wasm_source(ve, settings),
+        &gateway::ModuleSources {
+            tenant: &wasm_source(ve, settings),
+            controller: &settings.wasm,
+        },
         settings.extension_api.kind(),
     );
     plan.gateway_plugins = gateway_plans.plugins;

@@ -32,16 +32,52 @@ const SEED: [&str; 4] = [
     "-f",
     "tests/snapshots/seed/cluster.yaml",
 ];
-/// A fixed module URL, so the goldens do not change with every filter build.
-const MODULE: [&str; 2] = [
+/// A fixed module URL, so the goldens do not change with every filter build, and the
+/// predictable route-header suffix (never for output that is applied).
+const MODULE: [&str; 3] = [
     "--wasm-url",
     "oci://registry.example/virtual-env-filter:0.1.0",
+    "--predictable-suffix",
 ];
 
 #[test]
 fn render_the_seed_namespace() {
     let out = virtual_env(&[&["render"][..], &SEED, &MODULE].concat());
     check_golden("tests/snapshots/seed/render.golden.yaml", &out);
+}
+
+/// Output that could be applied never carries a route header anyone can compute: without
+/// a recorded `status.routeHeader` each render picks a random suffix and says so.
+#[test]
+fn render_never_prints_a_predictable_route_header_unless_asked() {
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_virtual-env"))
+            .args([&["render"][..], &SEED, &MODULE[..2]].concat())
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (first, said) = run();
+    let (second, _) = run();
+    let predictable = virtual_env(&[&["render"][..], &SEED, &MODULE].concat());
+    let header = |out: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("x-virtual-env-route-"))
+            .map(|rest| rest.trim_end_matches(':').to_owned())
+            .unwrap()
+    };
+    assert_ne!(header(&first), header(&predictable));
+    assert_ne!(header(&first), header(&second), "random each time");
+    assert!(
+        said.contains("has no status.routeHeader: chose x-virtual-env-route-"),
+        "{said}"
+    );
+    assert!(predictable.contains("never apply it"));
 }
 
 #[test]

@@ -27,6 +27,7 @@ fn render(files: &[String]) -> String {
     args.extend([
         "--wasm-url",
         "oci://registry.example/virtual-env-filter:0.1.0",
+        "--predictable-suffix",
     ]);
     virtual_env(&args)
 }
@@ -143,6 +144,25 @@ fn the_schema_check_catches_what_istio_would_reject() {
         errors.iter().any(|e| e.contains("hosts: expected")),
         "{errors:?}"
     );
+    // Istio's CEL rules too: a plugin object with a URL scheme Istio does not fetch.
+    let mut plugin = docs(&render(&[
+        "tests/snapshots/seed/virtualenvironment.yaml".into(),
+        "tests/snapshots/seed/cluster.yaml".into(),
+    ]))
+    .into_iter()
+    .find(|o| o["kind"] == "WasmPlugin")
+    .unwrap();
+    assert!(check_against_istio(&plugin).is_empty());
+    plugin["spec"]["url"] = "ftp://x".into();
+    plugin["spec"]["selector"] = serde_json::json!({"matchLabels": {"app*": "x"}});
+    plugin["spec"]["targetRefs"] = serde_json::json!([{"kind": "Gateway", "name": "gw"}]);
+    let errors = check_against_istio(&plugin);
+    for rule in ["isURL(self)", "!key.contains", "has(self.targetRefs)"] {
+        assert!(
+            errors.iter().any(|e| e.contains("fails the rule") && e.contains(rule)),
+            "{rule}: {errors:#?}"
+        );
+    }
 }
 
 /// Golden: the seed's namespace with Istio's Bookinfo samples in it. reviews and ratings
@@ -278,6 +298,7 @@ fn with_traffic_extension_the_plugin_objects_are_valid_traffic_extensions() {
             .chain([
                 "--wasm-url",
                 "oci://registry.example/virtual-env-filter:0.1.0",
+                "--predictable-suffix",
             ])
             .collect::<Vec<_>>(),
     );

@@ -290,6 +290,20 @@ fn the_sample_virtual_environments_pass_the_crd_schema() {
         &mut errors,
     );
     assert_eq!(errors.len(), 2, "{errors:?}");
+    // A module the API server refuses: another scheme, a digest that is not one.
+    let mut errors = Vec::new();
+    let bad: Value = serde_json::json!({"wasmModule": {"url": "ftp://x", "sha256": "ABC"},
+        "edgeTrust": {"mode": "allowList", "allow": vec!["dev"; 65]}});
+    check_schema(
+        &schema_of("v1alpha1")["properties"]["spec"],
+        &bad,
+        "spec",
+        &mut errors,
+    );
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert!(errors.iter().any(|e| e.starts_with("spec.wasmModule.url:")));
+    assert!(errors.iter().any(|e| e.starts_with("spec.wasmModule.sha256:")));
+    assert!(errors.iter().any(|e| e.starts_with("spec.edgeTrust.allow: more than 64")));
 }
 
 #[tokio::test]

@@ -28,9 +28,11 @@ pub fn virtual_env(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// A structural-schema check: types, enums, string patterns of the simple kind, required
-/// fields (also those a `oneOf` branch requires), and no field the schema does not declare
-/// (what `kubectl apply --validate=strict`, kubectl's default, rejects).
+/// A structural-schema check, as the API server validates a custom resource: types, enums,
+/// `pattern`, `minLength`/`maxLength`, `minItems`/`maxItems`, `maxProperties`, required
+/// fields (also those a `oneOf` branch requires), the `x-kubernetes-validations` CEL rules
+/// (see [`cel_rule_holds`]), and no field the schema does not declare (what `kubectl apply
+/// --validate=strict`, kubectl's default, rejects).
 pub fn check_schema(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
     if schema["x-kubernetes-preserve-unknown-fields"] == true {
         return;
@@ -57,6 +59,18 @@ pub fn check_schema(schema: &Value, value: &Value, path: &str, errors: &mut Vec<
     if let Some(allowed) = schema["enum"].as_array() {
         if !allowed.contains(value) {
             errors.push(format!("{path}: {value} is not one of {allowed:?}"));
+        }
+    }
+    check_bounds(schema, value, path, errors);
+    for rule in schema["x-kubernetes-validations"].as_array().into_iter().flatten() {
+        let text = rule["rule"].as_str().unwrap_or_default();
+        match cel_rule_holds(text, value) {
+            Ok(true) => {}
+            Ok(false) => errors.push(format!(
+                "{path}: fails the rule {text:?}: {}",
+                rule["message"].as_str().unwrap_or("")
+            )),
+            Err(why) => errors.push(format!("{path}: the rule {text:?} cannot be checked: {why}")),
         }
     }
     // `oneOf` of `required` sets (protobuf oneofs: TrafficExtension's wasm / lua): at most
@@ -92,5 +106,79 @@ pub fn check_schema(schema: &Value, value: &Value, path: &str, errors: &mut Vec<
         for (i, v) in array.iter().enumerate() {
             check_schema(items, v, &format!("{path}[{i}]"), errors);
         }
+    }
+}
+
+/// `pattern`, lengths and counts, as the API server checks them.
+fn check_bounds(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
+    let limit = |key: &str| schema[key].as_u64().map(|n| n as usize);
+    if let Some(text) = value.as_str() {
+        if let Some(pattern) = schema["pattern"].as_str() {
+            match regex::Regex::new(pattern) {
+                Ok(re) if !re.is_match(text) => {
+                    errors.push(format!("{path}: {text:?} does not match {pattern:?}"))
+                }
+                Ok(_) => {}
+                Err(e) => errors.push(format!("{path}: the pattern {pattern:?} is invalid: {e}")),
+            }
+        }
+        let chars = text.chars().count();
+        if limit("maxLength").is_some_and(|max| chars > max) {
+            errors.push(format!("{path}: longer than {} characters", schema["maxLength"]));
+        }
+        if limit("minLength").is_some_and(|min| chars < min) {
+            errors.push(format!("{path}: shorter than {} characters", schema["minLength"]));
+        }
+    }
+    if let Some(items) = value.as_array() {
+        if limit("maxItems").is_some_and(|max| items.len() > max) {
+            errors.push(format!("{path}: more than {} items", schema["maxItems"]));
+        }
+        if limit("minItems").is_some_and(|min| items.len() < min) {
+            errors.push(format!("{path}: fewer than {} items", schema["minItems"]));
+        }
+    }
+    if let Some(map) = value.as_object() {
+        if limit("maxProperties").is_some_and(|max| map.len() > max) {
+            errors.push(format!("{path}: more than {} properties", schema["maxProperties"]));
+        }
+    }
+}
+
+/// Evaluates one `x-kubernetes-validations` rule on `value` (as `self`) with a CEL
+/// interpreter and the Kubernetes library functions the CRDs at hand use (`isURL`, `url`,
+/// `getScheme`; `duration`, `has`, `all`, `size` are CEL's own). A rule that cannot be
+/// evaluated is an error, not a pass: the check never claims what it did not check.
+pub fn cel_rule_holds(rule: &str, value: &Value) -> Result<bool, String> {
+    use cel_interpreter::extractors::This;
+    use cel_interpreter::{Context, Program, Value as Cel};
+    use std::sync::Arc;
+
+    let program = Program::compile(rule).map_err(|e| e.to_string())?;
+    let mut context = Context::default();
+    context
+        .add_variable("self", value.clone())
+        .map_err(|e| e.to_string())?;
+    // Kubernetes' isURL: an absolute URL with a scheme (Go's url.Parse, roughly).
+    context.add_function("isURL", |s: Arc<String>| {
+        s.split_once("://").is_some_and(|(scheme, rest)| {
+            !scheme.is_empty()
+                && scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                && !rest.is_empty()
+                && !rest.contains(char::is_whitespace)
+        })
+    });
+    context.add_function("url", |s: Arc<String>| s);
+    context.add_function("getScheme", |This(s): This<Arc<String>>| {
+        s.split_once("://")
+            .map(|(scheme, _)| scheme.to_ascii_lowercase())
+            .unwrap_or_default()
+    });
+    match program.execute(&context).map_err(|e| e.to_string())? {
+        Cel::Bool(holds) => Ok(holds),
+        other => Err(format!("not a boolean: {other:?}")),
     }
 }

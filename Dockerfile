@@ -26,7 +26,7 @@ RUN cargo build --locked --release -p virtual-env-controller --bin virtual-env \
 FROM gcr.io/distroless/cc-debian12:nonroot AS controller
 COPY --from=build /src/target/release/virtual-env /usr/local/bin/virtual-env
 USER 65532:65532
-EXPOSE 8080
+EXPOSE 8080 8081
 ENTRYPOINT ["/usr/local/bin/virtual-env"]
 CMD ["run"]
 

@@ -578,7 +578,10 @@ mod tests {
             settings().wasm.sha256
         );
         assert_eq!(url_of("default"), "https://attacker.example/evil.wasm");
-        assert_eq!(plan.wasm_plugin.spec.url, "https://attacker.example/evil.wasm");
+        assert_eq!(
+            plan.wasm_plugin.spec.url,
+            "https://attacker.example/evil.wasm"
+        );
         assert!(
             plan.skipped.iter().any(|s| s.contains(
                 "spec.wasmModule applies in namespace default only; the plugin object in namespace istio-system loads the controller's module"

@@ -5,6 +5,7 @@
 //! `reconcile` applies its output to the cluster.
 
 pub mod caches;
+pub mod connection;
 pub mod crd;
 pub mod existing;
 pub mod extension;

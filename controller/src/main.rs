@@ -213,9 +213,14 @@ enum LogFormat {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Address of the HTTP endpoints: /metrics, /healthz, /readyz and the filter module.
+    /// Address of the module server (the filter module for sidecars and peer replicas;
+    /// also /healthz, /readyz and /metrics, for manifests of earlier releases).
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
+    /// Address of /healthz, /readyz and /metrics alone, with capacity of their own: no
+    /// load on the module server can fail the probes.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    probe_listen: SocketAddr,
     #[command(flatten)]
     module: ModuleArgs,
     /// Namespace of the leader election Lease (the controller's own namespace).
@@ -306,6 +311,7 @@ async fn run_async(args: RunArgs) -> Result<()> {
     let own_digest = module.as_ref().map(|m| m.sha256.clone());
     let state = Arc::new(State::new(Arc::clone(&metrics), module, peers.clone()));
     let server = tokio::spawn(server::serve(args.listen, Arc::clone(&state)));
+    let probes = tokio::spawn(server::serve_probes(args.probe_listen, Arc::clone(&state)));
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
@@ -324,7 +330,7 @@ async fn run_async(args: RunArgs) -> Result<()> {
         .unwrap_or_else(|| "virtual-env".into());
     let mut elector = Elector::new(
         Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
-        "virtual-env-controller",
+        virtual_env_controller::rbac::LEASE_NAME,
         &identity,
         Timing::default(),
     );
@@ -371,6 +377,7 @@ async fn run_async(args: RunArgs) -> Result<()> {
         // The controller is supervised: if it ends, so does the process.
         result = &mut controller => Err(anyhow::anyhow!("the controller stopped: {result:?}")),
         result = server => Err(anyhow::anyhow!("http server stopped: {result:?}")),
+        result = probes => Err(anyhow::anyhow!("probe server stopped: {result:?}")),
     };
     if outcome.is_err() {
         state.alive.store(false, Ordering::Relaxed);

@@ -31,8 +31,18 @@ struct FetchLabels {
     result: &'static str,
 }
 
+/// Labels of `virtual_env_http_connections_refused_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    /// `probes` or `modules`.
+    listener: &'static str,
+    /// `per_source`: the client already holds its share of connections.
+    reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    refused: Family<RefusedLabels, Counter>,
     peer_fetches: Family<FetchLabels, Counter>,
     reconciles: Counter,
     errors: Counter,
@@ -50,6 +60,12 @@ impl Default for Metrics {
         let objects = Family::<ObjectLabels, Counter>::default();
         let leader = Gauge::default();
         let peer_fetches = Family::<FetchLabels, Counter>::default();
+        let refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "http_connections_refused",
+            "Connections closed at once, by listener and reason",
+            refused.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles of VirtualEnvironments",
@@ -78,6 +94,7 @@ impl Default for Metrics {
         );
         Self {
             registry,
+            refused,
             peer_fetches,
             reconciles,
             errors,
@@ -115,6 +132,12 @@ impl Metrics {
     pub fn peer_fetch(&self, result: &'static str) {
         self.peer_fetches
             .get_or_create(&FetchLabels { result })
+            .inc();
+    }
+
+    pub fn connection_refused(&self, listener: &'static str, reason: &'static str) {
+        self.refused
+            .get_or_create(&RefusedLabels { listener, reason })
             .inc();
     }
 

@@ -8,6 +8,9 @@ pub struct ApiUse {
     pub group: &'static str,
     pub resource: &'static str,
     pub verbs: &'static [&'static str],
+    /// Only these objects (RBAC `resourceNames`); empty for any. A `create` names no
+    /// object when it is authorized, so it is never limited by name.
+    pub names: &'static [&'static str],
 }
 
 const fn uses(
@@ -19,8 +22,12 @@ const fn uses(
         group,
         resource,
         verbs,
+        names: &[],
     }
 }
+
+/// The leader election Lease: the one object the controller writes in its own namespace.
+pub const LEASE_NAME: &str = "virtual-env-controller";
 
 /// Granted by the ClusterRole. `list`/`watch` come from the controller's watches and the
 /// reconciler's reads; server-side apply is authorized as `patch`, and as `create` when it
@@ -60,15 +67,28 @@ pub const CLUSTER: &[ApiUse] = &[
     uses("networking.istio.io", "gateways", &["list", "watch"]),
 ];
 
-/// Granted by the Role in the controller's own namespace: leader election.
-pub const OWN_NAMESPACE: &[ApiUse] = &[uses(
-    "coordination.k8s.io",
-    "leases",
-    &["get", "create", "update"],
-)];
+/// Granted by the Role in the controller's own namespace: leader election, on its own
+/// Lease only (a compromised replica cannot take over other controllers' leases there).
+pub const OWN_NAMESPACE: &[ApiUse] = &[
+    ApiUse {
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["get", "update"],
+        names: &[LEASE_NAME],
+    },
+    uses("coordination.k8s.io", "leases", &["create"]),
+];
 
 /// The (group, resource, verbs) an API request needs: what RBAC checks it against.
 pub fn required(method: &str, path_and_query: &str) -> Option<(String, String, Vec<&'static str>)> {
+    required_of(method, path_and_query).map(|(group, resource, verbs, _)| (group, resource, verbs))
+}
+
+/// [`required`], and the object's name when the request names one.
+fn required_of(
+    method: &str,
+    path_and_query: &str,
+) -> Option<(String, String, Vec<&'static str>, Option<String>)> {
     let (path, query) = path_and_query
         .split_once('?')
         .unwrap_or((path_and_query, ""));
@@ -82,12 +102,13 @@ pub fn required(method: &str, path_and_query: &str) -> Option<(String, String, V
         ["namespaces", _ns, rest @ ..] => rest,
         rest => rest,
     };
-    let (resource, named) = match rest {
-        [resource] => (resource.to_string(), false),
-        [resource, _name] => (resource.to_string(), true),
-        [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+    let (resource, name) = match rest {
+        [resource] => (resource.to_string(), None),
+        [resource, name] => (resource.to_string(), Some(name.to_string())),
+        [resource, name, sub] => (format!("{resource}/{sub}"), Some(name.to_string())),
         _ => return None,
     };
+    let named = name.is_some();
     let watch = query.split('&').any(|kv| kv == "watch=true");
     let verbs = match (method, named) {
         ("GET", false) if watch => vec!["watch"],
@@ -100,17 +121,14 @@ pub fn required(method: &str, path_and_query: &str) -> Option<(String, String, V
         ("PATCH", _) => vec!["patch", "create"],
         _ => return None,
     };
-    Some((group.to_owned(), resource, verbs))
+    Some((group.to_owned(), resource, verbs, name))
 }
 
 /// Whether `rules` grant a request.
 pub fn permits(rules: &[ApiUse], method: &str, path_and_query: &str) -> bool {
-    let Some((group, resource, verbs)) = required(method, path_and_query) else {
+    let Some((group, resource, verbs, name)) = required_of(method, path_and_query) else {
         return false;
     };
-    let rule = rules
-        .iter()
-        .find(|r| r.group == group && r.resource == resource);
     // Status applies and the finalizer patch never create: the VirtualEnvironment exists,
     // only `patch` is checked.
     let verbs: Vec<&str> = if resource.ends_with("/status") || resource == "virtualenvironments" {
@@ -118,7 +136,15 @@ pub fn permits(rules: &[ApiUse], method: &str, path_and_query: &str) -> bool {
     } else {
         verbs
     };
-    rule.is_some_and(|r| verbs.iter().all(|v| r.verbs.contains(v)))
+    verbs.iter().all(|verb| {
+        rules.iter().any(|r| {
+            r.group == group
+                && r.resource == resource
+                && r.verbs.contains(verb)
+                && (r.names.is_empty()
+                    || (*verb != "create" && name.as_deref().is_some_and(|n| r.names.contains(&n))))
+        })
+    })
 }
 
 #[cfg(test)]
@@ -197,7 +223,17 @@ mod tests {
         assert!(permits(
             OWN_NAMESPACE,
             "PUT",
-            "/apis/coordination.k8s.io/v1/namespaces/v/leases/l"
+            &format!("/apis/coordination.k8s.io/v1/namespaces/v/leases/{LEASE_NAME}")
+        ));
+        assert!(!permits(
+            OWN_NAMESPACE,
+            "PUT",
+            "/apis/coordination.k8s.io/v1/namespaces/v/leases/another-controllers"
+        ));
+        assert!(permits(
+            OWN_NAMESPACE,
+            "POST",
+            "/apis/coordination.k8s.io/v1/namespaces/v/leases?"
         ));
     }
 }

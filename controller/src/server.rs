@@ -1,6 +1,13 @@
 //! The controller's HTTP endpoints: `/healthz`, `/readyz`, `/metrics`, and the filter module
 //! under `/filter/<sha256>.wasm` (and `/filter.wasm`), which the WasmPlugins point at. A
 //! digest this replica does not hold is asked of its peers (see [`crate::peers`]).
+//!
+//! Two listeners: the module server, which every pod of the mesh can reach, and the probe
+//! listener (`/healthz`, `/readyz`, `/metrics` only) with capacity of its own, so that no
+//! load on the first can fail the kubelet's probes (a probe failing restarts the replica,
+//! and new sidecars then start without the filter). On both, each client address holds at
+//! most a few connections, and a connection on which nothing moves is closed (see
+//! [`crate::connection`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,9 +27,19 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+use crate::connection::{SourceLimit, Stall};
 use crate::metrics::Metrics;
 use crate::module::{digest_in, FilterModule, ModuleStore};
 use crate::peers::{Peers, PEER_PREFIX};
+
+/// How long a digest that no peer held is answered 404 without asking again: a client
+/// asking for made-up digests costs one peer round per digest and this long, not one per
+/// request.
+const MISSING_FOR: Duration = Duration::from_secs(30);
+/// Digests remembered as missing at once (the oldest go first).
+const MISSING_KEPT: usize = 256;
+/// How long a request waits for the one peer fetch under way before it is told to retry.
+const FETCH_WAIT: Duration = Duration::from_secs(10);
 
 pub struct State {
     pub metrics: Arc<Metrics>,
@@ -31,6 +48,8 @@ pub struct State {
     pub peers: Option<Peers>,
     /// One peer fetch at a time: a burst of sidecars asking for a new digest makes one.
     pub fetching: tokio::sync::Mutex<()>,
+    /// Digests no peer held, and when that was learnt (see [`MISSING_FOR`]).
+    missing: std::sync::Mutex<std::collections::VecDeque<(String, tokio::time::Instant)>>,
     /// Set once the VirtualEnvironment CRD is served and the controller can work.
     pub ready: AtomicBool,
     /// Cleared when the controller task or the leadership ends: the process is exiting.
@@ -44,6 +63,7 @@ impl State {
             modules: ModuleStore::new(module),
             peers,
             fetching: tokio::sync::Mutex::new(()),
+            missing: std::sync::Mutex::default(),
             ready: AtomicBool::new(false),
             alive: AtomicBool::new(true),
         }
@@ -56,6 +76,51 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
         .header("content-type", "text/plain; charset=utf-8")
         .body(Full::new(Bytes::from_static(body.as_bytes())))
         .unwrap_or_default()
+}
+
+impl State {
+    fn known_missing(&self, digest: &str) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut missing = self.missing.lock().unwrap_or_else(|e| e.into_inner());
+        missing.retain(|(_, at)| now.duration_since(*at) < MISSING_FOR);
+        missing.iter().any(|(d, _)| d == digest)
+    }
+
+    fn remember_missing(&self, digest: &str) {
+        let mut missing = self.missing.lock().unwrap_or_else(|e| e.into_inner());
+        if missing.len() >= MISSING_KEPT {
+            missing.pop_front();
+        }
+        missing.push_back((digest.to_owned(), tokio::time::Instant::now()));
+    }
+}
+
+/// What a listener answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoints {
+    /// Modules, and (for manifests of earlier releases) the probes and metrics.
+    Modules,
+    /// Only `/healthz`, `/readyz` and `/metrics`.
+    Probes,
+}
+
+impl Endpoints {
+    fn name(self) -> &'static str {
+        match self {
+            Endpoints::Modules => "modules",
+            Endpoints::Probes => "probes",
+        }
+    }
+}
+
+/// Answers one request on a listener of `endpoints`.
+pub async fn respond_on(endpoints: Endpoints, state: &State, path: &str) -> Response<Full<Bytes>> {
+    match (endpoints, path) {
+        (Endpoints::Probes, "/healthz" | "/readyz" | "/metrics") | (Endpoints::Modules, _) => {
+            respond(state, path).await
+        }
+        (Endpoints::Probes, _) => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
 }
 
 /// Answers one request; tested directly, without a connection.
@@ -98,21 +163,34 @@ async fn module(state: &State, digest: &str) -> Response<Full<Bytes>> {
     let Some(peers) = &state.peers else {
         return text(StatusCode::NOT_FOUND, "no module with that digest here\n");
     };
-    let _one_at_a_time = state.fetching.lock().await;
+    if state.known_missing(digest) {
+        return text(StatusCode::NOT_FOUND, NOT_AT_PEERS);
+    }
+    let Ok(_one_at_a_time) = tokio::time::timeout(FETCH_WAIT, state.fetching.lock()).await else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy fetching another module from a peer; retry\n",
+        );
+    };
     // Fetched meanwhile by the request this one waited for?
     if let Some(bytes) = state.modules.get(digest) {
         return wasm(bytes);
+    }
+    if state.known_missing(digest) {
+        return text(StatusCode::NOT_FOUND, NOT_AT_PEERS);
     }
     let outcome = peers.fetch_into(&state.modules, digest).await;
     state.metrics.peer_fetch(outcome.label());
     match state.modules.get(digest) {
         Some(bytes) => wasm(bytes),
-        None => text(
-            StatusCode::NOT_FOUND,
-            "no module with that digest here or at a peer\n",
-        ),
+        None => {
+            state.remember_missing(digest);
+            text(StatusCode::NOT_FOUND, NOT_AT_PEERS)
+        }
     }
 }
+
+const NOT_AT_PEERS: &str = "no module with that digest here or at a peer\n";
 
 fn wasm(bytes: Bytes) -> Response<Full<Bytes>> {
     Response::builder()
@@ -122,15 +200,22 @@ fn wasm(bytes: Bytes) -> Response<Full<Bytes>> {
         .unwrap_or_default()
 }
 
-/// Bounds on the server's connections: sidecars fetch the module through it, so a burst of
-/// them, or a client that never finishes its request, must not exhaust the process.
+/// Bounds on a listener's connections: sidecars fetch the module through it, so a burst
+/// of them, a client that never finishes its request, or one pod opening connections
+/// without end must not exhaust the process nor crowd out the others.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Connections served at once; further ones wait in the listen backlog.
     pub max_connections: usize,
+    /// Connections one client address may hold; more are closed at once.
+    pub per_source: usize,
     /// How long a client may take to send a request's headers.
     pub header_read: Duration,
-    /// How long any one connection may last (the module is a few hundred KB).
+    /// How long nothing may move on a connection (no byte read or written) before it is
+    /// closed: idle keep-alive, a client that stopped reading.
+    pub idle: Duration,
+    /// How long any one connection may last (the module is a few hundred KB: the slowest
+    /// client served still gets ~7 KB/s).
     pub connection: Duration,
 }
 
@@ -138,48 +223,95 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 256,
+            per_source: 16,
             header_read: Duration::from_secs(10),
+            idle: Duration::from_secs(10),
             connection: Duration::from_secs(60),
         }
     }
 }
 
-/// Serves until the process ends.
+impl Limits {
+    /// The probe listener's: a few short requests at a time (the kubelet, Prometheus).
+    pub fn probes() -> Self {
+        Self {
+            max_connections: 32,
+            per_source: 8,
+            header_read: Duration::from_secs(5),
+            idle: Duration::from_secs(5),
+            connection: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves the modules (and the probes, for older manifests) until the process ends.
 pub async fn serve(addr: SocketAddr, state: Arc<State>) -> std::io::Result<()> {
     serve_on(TcpListener::bind(addr).await?, state, Limits::default()).await
 }
 
-/// Serves on `listener` within `limits`. A failed accept (out of file descriptors, a
-/// connection reset before it was accepted) is logged and retried, never the end.
+/// Serves the probes and metrics alone, with their own capacity, until the process ends.
+pub async fn serve_probes(addr: SocketAddr, state: Arc<State>) -> std::io::Result<()> {
+    serve_endpoints(
+        TcpListener::bind(addr).await?,
+        state,
+        Limits::probes(),
+        Endpoints::Probes,
+    )
+    .await
+}
+
+/// Serves the modules on `listener` within `limits`.
 pub async fn serve_on(
     listener: TcpListener,
     state: Arc<State>,
     limits: Limits,
 ) -> std::io::Result<()> {
+    serve_endpoints(listener, state, limits, Endpoints::Modules).await
+}
+
+/// Serves `endpoints` on `listener` within `limits`. A failed accept (out of file
+/// descriptors, a connection reset before it was accepted) is logged and retried, never
+/// the end.
+pub async fn serve_endpoints(
+    listener: TcpListener,
+    state: Arc<State>,
+    limits: Limits,
+    endpoints: Endpoints,
+) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let sources = SourceLimit::new(limits.per_source);
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             return Ok(()); // the semaphore is never closed
         };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 warn!("accepting a connection: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        let Some(slot) = sources.admit(peer.ip()) else {
+            // Closed at once: the client holds its share already.
+            state
+                .metrics
+                .connection_refused(endpoints.name(), "per_source");
+            debug!("{peer}: over {} connections, closed", limits.per_source);
+            continue;
+        };
         let state = Arc::clone(&state);
         tokio::spawn(async move {
-            let _permit = permit;
+            let _held = (permit, slot);
             let service = service_fn(move |req: Request<Incoming>| {
                 let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(respond(&state, req.uri().path()).await) }
+                async move { Ok::<_, Infallible>(respond_on(endpoints, &state, req.uri().path()).await) }
             });
+            let io = TokioIo::new(Stall::new(stream, limits.idle));
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(io, service);
             match tokio::time::timeout(limits.connection, connection).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => debug!("http connection: {e}"),
@@ -254,6 +386,141 @@ mod tests {
             started.elapsed() >= Duration::from_millis(200),
             "{:?}",
             started.elapsed()
+        );
+    }
+
+    /// A client connection from `source` (another loopback address stands for another pod).
+    async fn connect_from(source: [u8; 4], addr: SocketAddr) -> tokio::net::TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((source, 0))).unwrap();
+        socket.connect(addr).await.unwrap()
+    }
+
+    /// One pod opens far more connections than its share and leaves them idle or
+    /// half-sent; the probes (on their own listener) and another pod's module fetch are
+    /// still answered at once, and the flooder's extra connections are closed at once.
+    #[tokio::test]
+    async fn a_flood_from_one_client_leaves_probes_and_other_clients_answered() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ours = module(b"\0asm ours");
+        let state = Arc::new(state(Some(ours.clone())));
+        state.ready.store(true, Ordering::Relaxed);
+        let modules = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let modules_addr = modules.local_addr().unwrap();
+        let limits = Limits {
+            max_connections: 16,
+            per_source: 4,
+            ..Limits::default()
+        };
+        tokio::spawn(serve_on(modules, Arc::clone(&state), limits));
+        let probes = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let probes_addr = probes.local_addr().unwrap();
+        tokio::spawn(serve_endpoints(
+            probes,
+            Arc::clone(&state),
+            Limits::probes(),
+            Endpoints::Probes,
+        ));
+
+        // The flood: 64 connections from 127.0.0.1, half of them with half a request.
+        let mut flood = Vec::new();
+        for i in 0..64 {
+            let mut stream = connect_from([127, 0, 0, 1], modules_addr).await;
+            if i % 2 == 0 {
+                let _ = stream.write_all(b"GET /filter/").await;
+            }
+            flood.push(stream);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // All but its share were closed at once.
+        let mut open = 0;
+        for stream in &mut flood {
+            let mut byte = [0u8; 1];
+            match tokio::time::timeout(Duration::from_millis(20), stream.read(&mut byte)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {}
+                _ => open += 1,
+            }
+        }
+        assert_eq!(open, 4, "the flooder keeps only its share");
+
+        // Another pod's fetch and the kubelet's probes are answered promptly.
+        let started = std::time::Instant::now();
+        let mut other = connect_from([127, 0, 0, 2], modules_addr).await;
+        let request = format!(
+            "GET {} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            ours.path()
+        );
+        other.write_all(request.as_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        other.read_to_end(&mut reply).await.unwrap();
+        assert!(
+            reply.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&reply)
+        );
+        assert!(reply.ends_with(&ours.bytes));
+        for path in ["/healthz", "/readyz"] {
+            let mut probe = connect_from([127, 0, 0, 3], probes_addr).await;
+            let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            probe.write_all(request.as_bytes()).await.unwrap();
+            let mut reply = String::new();
+            probe.read_to_string(&mut reply).await.unwrap();
+            assert!(reply.starts_with("HTTP/1.1 200"), "{path}: {reply}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        let metrics = state.metrics.render();
+        assert!(
+            metrics.contains(
+                "virtual_env_http_connections_refused_total{listener=\"modules\",reason=\"per_source\"} 60"
+            ),
+            "{metrics}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_probe_listener_serves_no_module() {
+        let s = state(Some(module(b"\0asm ours")));
+        assert_eq!(
+            respond_on(Endpoints::Probes, &s, "/filter.wasm")
+                .await
+                .status(),
+            404
+        );
+        assert_eq!(
+            respond_on(Endpoints::Probes, &s, "/metrics").await.status(),
+            200
+        );
+        assert_eq!(
+            respond_on(Endpoints::Modules, &s, "/filter.wasm")
+                .await
+                .status(),
+            200
+        );
+    }
+
+    /// A digest no peer holds is asked once, then answered from memory for a while: made-up
+    /// digests cannot keep the one peer fetch busy.
+    #[tokio::test]
+    async fn a_digest_no_peer_holds_is_not_asked_again_at_once() {
+        let (peer_listener, peer_name) = listener().await;
+        tokio::spawn(serve_on(
+            peer_listener,
+            Arc::new(state(Some(module(b"\0asm theirs")))),
+            Limits::default(),
+        ));
+        let (addr, state) = replica(module(b"\0asm ours"), &peer_name).await;
+        let unknown = crate::module::path_of(&"ef".repeat(32));
+        for _ in 0..5 {
+            assert_eq!(get(&addr.to_string(), &unknown).await.0, 404);
+        }
+        let metrics = state.metrics.render();
+        assert!(
+            metrics.contains("virtual_env_module_peer_fetches_total{result=\"not_found\"} 1"),
+            "{metrics}"
         );
     }
 

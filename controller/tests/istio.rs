@@ -159,7 +159,9 @@ fn the_schema_check_catches_what_istio_would_reject() {
     let errors = check_against_istio(&plugin);
     for rule in ["isURL(self)", "!key.contains", "has(self.targetRefs)"] {
         assert!(
-            errors.iter().any(|e| e.contains("fails the rule") && e.contains(rule)),
+            errors
+                .iter()
+                .any(|e| e.contains("fails the rule") && e.contains(rule)),
             "{rule}: {errors:#?}"
         );
     }

@@ -107,6 +107,12 @@ fn every_document_is_a_typed_kubernetes_object_without_unknown_fields() {
             "Role" => drop(typed::<Role>(file, doc)),
             "RoleBinding" => drop(typed::<RoleBinding>(file, doc)),
             "Deployment" => drop(typed::<Deployment>(file, doc)),
+            "PodDisruptionBudget" => drop(
+                typed::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(file, doc),
+            ),
+            "NetworkPolicy" => drop(typed::<k8s_openapi::api::networking::v1::NetworkPolicy>(
+                file, doc,
+            )),
             "Service" => drop(typed::<Service>(file, doc)),
             "CustomResourceDefinition" => drop(typed::<CustomResourceDefinition>(file, doc)),
             "VirtualEnvironment" => drop(typed::<VirtualEnvironment>(file, doc)),
@@ -165,6 +171,41 @@ fn triples_of_uses(uses: &[ApiUse]) -> BTreeSet<(String, String, String)> {
         .collect()
 }
 
+/// (group, resource, verb) -> resourceNames, for the rules that limit them.
+fn names_of_rules(rules: &[PolicyRule]) -> BTreeSet<(String, String, String, Vec<String>)> {
+    let mut out = BTreeSet::new();
+    for rule in rules {
+        let Some(names) = rule.resource_names.clone().filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    out.insert((group.clone(), resource.clone(), verb.clone(), names.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn names_of_uses(uses: &[ApiUse]) -> BTreeSet<(String, String, String, Vec<String>)> {
+    uses.iter()
+        .filter(|u| !u.names.is_empty())
+        .flat_map(|u| {
+            u.verbs.iter().map(|v| {
+                let names = u.names.iter().map(|n| n.to_string()).collect();
+                (
+                    u.group.to_owned(),
+                    u.resource.to_owned(),
+                    v.to_string(),
+                    names,
+                )
+            })
+        })
+        .collect()
+}
+
 fn one<K: DeserializeOwned + Serialize>(kind: &str) -> K {
     let docs = documents();
     let (file, doc) = docs
@@ -190,6 +231,12 @@ fn rbac_grants_exactly_what_the_controller_uses() {
         triples_of_rules(role.rules.as_deref().unwrap_or_default()),
         triples_of_uses(OWN_NAMESPACE)
     );
+    for (rules, uses) in [
+        (cluster_role.rules.as_deref().unwrap_or_default(), CLUSTER),
+        (role.rules.as_deref().unwrap_or_default(), OWN_NAMESPACE),
+    ] {
+        assert_eq!(names_of_rules(rules), names_of_uses(uses), "resourceNames");
+    }
     // The bindings give those roles to the controller's service account.
     let sa: ServiceAccount = one("ServiceAccount");
     for (subjects, role_name) in [
@@ -302,8 +349,12 @@ fn the_sample_virtual_environments_pass_the_crd_schema() {
     );
     assert_eq!(errors.len(), 3, "{errors:?}");
     assert!(errors.iter().any(|e| e.starts_with("spec.wasmModule.url:")));
-    assert!(errors.iter().any(|e| e.starts_with("spec.wasmModule.sha256:")));
-    assert!(errors.iter().any(|e| e.starts_with("spec.edgeTrust.allow: more than 64")));
+    assert!(errors
+        .iter()
+        .any(|e| e.starts_with("spec.wasmModule.sha256:")));
+    assert!(errors
+        .iter()
+        .any(|e| e.starts_with("spec.edgeTrust.allow: more than 64")));
 }
 
 #[tokio::test]
@@ -333,29 +384,91 @@ async fn the_controller_deployment_is_hardened_and_probes_what_it_serves() {
         "leader election identity"
     );
 
-    // The probed paths answer as the probes expect.
+    // The probed paths answer as the probes expect, on the probe listener (its own
+    // capacity: no load on the module server fails them), at the port the controller
+    // listens on by default.
     let state = virtual_env_controller::server::State::new(Default::default(), None, None);
     state
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
+    let port_of = |name: &str| {
+        container
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name))
+            .map(|p| p.container_port)
+    };
+    assert_eq!(port_of("probes"), Some(8081), "--probe-listen's default");
+    assert_eq!(port_of("http"), Some(8080), "--listen's default");
     for probe in [&container.liveness_probe, &container.readiness_probe] {
-        let path = probe
-            .as_ref()
-            .unwrap()
-            .http_get
-            .as_ref()
-            .unwrap()
-            .path
-            .clone()
-            .unwrap();
+        let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
         assert_eq!(
-            virtual_env_controller::server::respond(&state, &path)
-                .await
-                .status(),
+            get.port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("probes".into())
+        );
+        let path = get.path.clone().unwrap();
+        assert_eq!(
+            virtual_env_controller::server::respond_on(
+                virtual_env_controller::server::Endpoints::Probes,
+                &state,
+                &path
+            )
+            .await
+            .status(),
             200,
             "{path}"
         );
     }
+    // Two replicas spread over nodes, never both drained at once.
+    let spread = pod
+        .topology_spread_constraints
+        .as_deref()
+        .unwrap_or_default();
+    assert!(
+        spread
+            .iter()
+            .any(|c| c.topology_key == "kubernetes.io/hostname"
+                && c.label_selector
+                    .as_ref()
+                    .and_then(|s| s.match_labels.clone())
+                    == spec.selector.match_labels),
+        "{spread:?}"
+    );
+    let pdb: k8s_openapi::api::policy::v1::PodDisruptionBudget = one("PodDisruptionBudget");
+    let pdb = pdb.spec.unwrap();
+    assert_eq!(
+        pdb.min_available,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+    assert_eq!(
+        pdb.selector.unwrap().match_labels,
+        spec.selector.match_labels
+    );
+    // Only the two ports take connections, from the mesh's pods (any namespace).
+    let policy: k8s_openapi::api::networking::v1::NetworkPolicy = one("NetworkPolicy");
+    let policy = policy.spec.unwrap();
+    assert_eq!(
+        policy.pod_selector.unwrap().match_labels,
+        spec.selector.match_labels
+    );
+    assert_eq!(policy.policy_types.unwrap_or_default(), ["Ingress"]);
+    let ports: BTreeSet<String> = policy
+        .ingress
+        .iter()
+        .flatten()
+        .flat_map(|rule| rule.ports.iter().flatten())
+        .filter_map(|p| match p.port.as_ref()? {
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => Some(s.clone()),
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i) => {
+                Some(i.to_string())
+            }
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        BTreeSet::from(["http".to_owned(), "probes".to_owned()])
+    );
     // The Service the WasmPlugins point at is where the controller says it is.
     let service: Service = service("virtual-env");
     let url = container

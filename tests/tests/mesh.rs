@@ -442,7 +442,10 @@ async fn no_env_passes_the_gateways_edge_policy_in_any_spelling() -> Result<()> 
         &[("x-env", "dev"), ("x-env", "dev.proj1")],
         &[("baggage", "a=b"), ("baggage", "virtual-env=dev.proj1")],
         &[("baggage", "virtual-env=dev,virtual-env=dev.proj1")],
-        &[("cookie", "session=1"), ("cookie", "env=dev.proj1; theme=dark")],
+        &[
+            ("cookie", "session=1"),
+            ("cookie", "env=dev.proj1; theme=dark"),
+        ],
         &[
             (ENV, "dev"),
             ("baggage", "virtual-env=dev.proj1"),

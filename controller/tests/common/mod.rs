@@ -62,7 +62,11 @@ pub fn check_schema(schema: &Value, value: &Value, path: &str, errors: &mut Vec<
         }
     }
     check_bounds(schema, value, path, errors);
-    for rule in schema["x-kubernetes-validations"].as_array().into_iter().flatten() {
+    for rule in schema["x-kubernetes-validations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         let text = rule["rule"].as_str().unwrap_or_default();
         match cel_rule_holds(text, value) {
             Ok(true) => {}
@@ -70,7 +74,9 @@ pub fn check_schema(schema: &Value, value: &Value, path: &str, errors: &mut Vec<
                 "{path}: fails the rule {text:?}: {}",
                 rule["message"].as_str().unwrap_or("")
             )),
-            Err(why) => errors.push(format!("{path}: the rule {text:?} cannot be checked: {why}")),
+            Err(why) => errors.push(format!(
+                "{path}: the rule {text:?} cannot be checked: {why}"
+            )),
         }
     }
     // `oneOf` of `required` sets (protobuf oneofs: TrafficExtension's wasm / lua): at most
@@ -124,10 +130,16 @@ fn check_bounds(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Stri
         }
         let chars = text.chars().count();
         if limit("maxLength").is_some_and(|max| chars > max) {
-            errors.push(format!("{path}: longer than {} characters", schema["maxLength"]));
+            errors.push(format!(
+                "{path}: longer than {} characters",
+                schema["maxLength"]
+            ));
         }
         if limit("minLength").is_some_and(|min| chars < min) {
-            errors.push(format!("{path}: shorter than {} characters", schema["minLength"]));
+            errors.push(format!(
+                "{path}: shorter than {} characters",
+                schema["minLength"]
+            ));
         }
     }
     if let Some(items) = value.as_array() {
@@ -140,7 +152,10 @@ fn check_bounds(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Stri
     }
     if let Some(map) = value.as_object() {
         if limit("maxProperties").is_some_and(|max| map.len() > max) {
-            errors.push(format!("{path}: more than {} properties", schema["maxProperties"]));
+            errors.push(format!(
+                "{path}: more than {} properties",
+                schema["maxProperties"]
+            ));
         }
     }
 }
@@ -163,7 +178,10 @@ pub fn cel_rule_holds(rule: &str, value: &Value) -> Result<bool, String> {
     context.add_function("isURL", |s: Arc<String>| {
         s.split_once("://").is_some_and(|(scheme, rest)| {
             !scheme.is_empty()
-                && scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic())
                 && scheme
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))

@@ -126,9 +126,10 @@ lint: $(ACTIONLINT)
 fmt:
 	cargo fmt --all
 
-# Regenerates the committed CRD from the Rust types (a test checks they agree).
+# Regenerates the committed CRDs from the Rust types (a test checks they agree).
 crd:
 	cargo run -q -p virtual-env-controller -- crd > deploy/crds/env.alibaba.com_virtualenvironments_crd.yaml
+	cargo run -q -p virtual-env-controller -- crd gateway-policy > deploy/crds/env.alibaba.com_gatewaypolicies_crd.yaml
 
 # The demo for a real cluster, generated from the local mesh's seed topology.
 demo-manifests:

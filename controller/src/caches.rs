@@ -16,8 +16,12 @@ use kube::api::DynamicObject;
 use kube::runtime::reflector::{store::Writer, Store};
 use kube::ResourceExt;
 
+use crate::crd::VirtualEnvironment;
 use crate::existing::{Existing, Kind};
 use crate::extension::ExtensionApi;
+use crate::gateway::{GATEWAYS_ANNOTATION, HOSTS_ANNOTATION};
+use crate::gateway_admission::GatewayCluster;
+use crate::gateway_policy::GatewayPolicy;
 use crate::plan::Snapshot;
 
 /// The caches one controller reads; cheap to clone (the stores are shared).
@@ -26,6 +30,10 @@ pub struct Caches {
     pub services: Store<Service>,
     pub pods: Store<Pod>,
     pub istio: Vec<(Kind, Store<DynamicObject>)>,
+    pub policies: Store<GatewayPolicy>,
+    /// The controller's own store of VirtualEnvironments (every namespace's claims of
+    /// gateway hosts); none in tests that do not need them.
+    pub virtual_environments: Option<Store<VirtualEnvironment>>,
 }
 
 /// The writing ends of [`Caches`], for the reflectors (or a test) to fill.
@@ -33,6 +41,7 @@ pub struct Writers {
     pub services: Writer<Service>,
     pub pods: Writer<Pod>,
     pub istio: Vec<(Kind, Writer<DynamicObject>)>,
+    pub policies: Writer<GatewayPolicy>,
 }
 
 /// Empty caches of the Istio kinds the controller reads with `api` (see
@@ -40,6 +49,7 @@ pub struct Writers {
 pub fn caches(api: ExtensionApi) -> (Caches, Writers) {
     let services = Writer::default();
     let pods = Writer::default();
+    let policies = Writer::default();
     let istio: Vec<(Kind, Writer<DynamicObject>)> = api
         .watched_kinds()
         .into_iter()
@@ -49,6 +59,8 @@ pub fn caches(api: ExtensionApi) -> (Caches, Writers) {
         services: services.as_reader(),
         pods: pods.as_reader(),
         istio: istio.iter().map(|(k, w)| (*k, w.as_reader())).collect(),
+        policies: policies.as_reader(),
+        virtual_environments: None,
     };
     (
         caches,
@@ -56,6 +68,7 @@ pub fn caches(api: ExtensionApi) -> (Caches, Writers) {
             services,
             pods,
             istio,
+            policies,
         },
     )
 }
@@ -88,6 +101,14 @@ impl Caches {
             if !filled_within(store, wait).await {
                 return Err(not_ready(kind.name(), "; is Istio (its CRDs) installed?"));
             }
+        }
+        // Without the policies, shared gateways would look unadmitted and their plugin
+        // objects pruned: wait for them as for the rest.
+        if !filled_within(&self.policies, wait).await {
+            return Err(not_ready(
+                "GatewayPolicy",
+                "; is virtual-env's GatewayPolicy CRD installed (kubectl apply -k deploy/)?",
+            ));
         }
         Ok(())
     }
@@ -138,7 +159,65 @@ impl Caches {
             elsewhere,
             // Filled in by the reconciler from what the other namespaces published.
             peers: Default::default(),
+            cluster: std::sync::Arc::new(self.gateway_cluster()),
         }
+    }
+
+    /// The cluster as gateway entry needs it: every Gateway and the pods it selects, the
+    /// users' gateway-bound VirtualServices, the GatewayPolicies, and every namespace's
+    /// VirtualEnvironment with its services that ask to be entered through a gateway.
+    fn gateway_cluster(&self) -> GatewayCluster {
+        let mut objects = Vec::new();
+        for (kind, store) in &self.istio {
+            if !matches!(kind, Kind::Gateway | Kind::VirtualService) {
+                continue;
+            }
+            for object in store.state() {
+                let Ok(value) = serde_json::to_value(&*object) else {
+                    continue;
+                };
+                let object = Existing::from_json(*kind, &value, "");
+                let bound = object.spec["gateways"]
+                    .as_array()
+                    .is_some_and(|g| g.iter().any(|g| g != "mesh"));
+                if *kind == Kind::Gateway || (bound && !object.labelled) {
+                    objects.push(object);
+                }
+            }
+        }
+        let pods = self.pods.state();
+        let policies = self
+            .policies
+            .state()
+            .iter()
+            .map(|p| (**p).clone())
+            .collect();
+        let ves = self
+            .virtual_environments
+            .as_ref()
+            .map(|store| store.state())
+            .unwrap_or_default();
+        let services = self.services.state();
+        let exposing = |s: &&std::sync::Arc<Service>| {
+            let annotations = s.annotations();
+            annotations.contains_key(GATEWAYS_ANNOTATION)
+                || annotations.contains_key(HOSTS_ANNOTATION)
+        };
+        let namespaces = ves.iter().map(|ve| {
+            let ns = ve.namespace();
+            let theirs: Vec<&Service> = services
+                .iter()
+                .filter(|s| s.namespace() == ns && (exposing(s) || !ve.spec.gateways.is_empty()))
+                .map(|s| &**s)
+                .collect();
+            (&**ve, theirs)
+        });
+        GatewayCluster::from_objects(
+            objects.iter(),
+            pods.iter().map(|p| &**p),
+            policies,
+            namespaces,
+        )
     }
 }
 
@@ -255,6 +334,7 @@ pub mod testing {
         pods.iter_mut().for_each(slim_pod);
         fill(&mut writers.services, snapshot.services.clone());
         fill(&mut writers.pods, pods);
+        fill(&mut writers.policies, snapshot.cluster.policies.clone());
         for (kind, writer) in &mut writers.istio {
             if Some(*kind) == unfilled {
                 continue;

@@ -26,6 +26,7 @@ use virtual_env_core::{Direction, PluginConfig};
 
 use crate::crd::VirtualEnvironment;
 use crate::existing::{Existing, Kind};
+use crate::gateway_admission::Placement;
 use crate::istio::{WasmPlugin, WasmPluginSpec, WorkloadSelector};
 use crate::plan::{
     plugin_config_value, WasmSource, MANAGED_BY, MANAGED_BY_LABEL, OWNER_NAMESPACE_LABEL,
@@ -187,14 +188,22 @@ pub struct ModuleSources<'a> {
     pub controller: &'a WasmSource,
 }
 
-/// One plugin object per gateway that exposes a routed service of `namespace`.
-/// `namespace_config` is the namespace's calling-side plugin config (route header, cluster
-/// domain and settings in force); `elsewhere` the cluster's Gateway objects and the plugin
-/// objects already in other namespaces under our names (of kind `plugin_kind`).
+/// What a namespace enters through gateways, as admitted (`gateway_admission.rs`): its
+/// exposed services, and where each Gateway's plugin object goes.
+pub struct Entry<'a> {
+    pub exposed: &'a [ExposedService<'a>],
+    pub placements: &'a [Placement],
+}
+
+/// One plugin object per placement of a gateway that exposes a routed service of
+/// `namespace` (in the namespace of the gateway's pods). `namespace_config` is the
+/// namespace's calling-side plugin config (route header, cluster domain and settings in
+/// force); `elsewhere` the cluster's Gateway objects and the plugin objects already in
+/// other namespaces under our names (of kind `plugin_kind`).
 pub fn plan_gateways(
     ve: &VirtualEnvironment,
     namespace: &str,
-    exposed: &[ExposedService<'_>],
+    entry: &Entry<'_>,
     namespace_config: &PluginConfig,
     elsewhere: &[Existing],
     modules: &ModuleSources<'_>,
@@ -204,9 +213,11 @@ pub fn plan_gateways(
         plugins: Vec::new(),
         skipped: Vec::new(),
     };
-    let referenced: BTreeSet<&GatewayName> =
-        exposed.iter().flat_map(|s| &s.exposure.gateways).collect();
-    let owner_uid = ve.uid();
+    let referenced: BTreeSet<&GatewayName> = entry
+        .exposed
+        .iter()
+        .flat_map(|s| &s.exposure.gateways)
+        .collect();
     for gateway in referenced {
         let reference = gateway.reference();
         let Some(object) = elsewhere.iter().find(|g| {
@@ -223,18 +234,31 @@ pub fn plan_gateways(
             plans.skipped.push(format!(
                 "gateway {reference}: has no selector, so no pods to give the plugin"
             ));
-            continue;
         }
-        let name = plugin_name(namespace, gateway);
+    }
+    let owner_uid = ve.uid();
+    let fqdn_of: BTreeMap<&str, &ExposedService<'_>> =
+        entry.exposed.iter().map(|s| (s.name, s)).collect();
+    let mut placed: BTreeSet<(String, String)> = BTreeSet::new();
+    for placement in entry.placements.iter().filter(|p| !p.selector.is_empty()) {
+        let reference = placement.gateway.reference();
+        let at = &placement.namespace;
+        let name = plugin_name(namespace, &placement.gateway);
         if name.len() > 253 {
             plans.skipped.push(format!(
                 "gateway {reference}: the plugin object's name {name:?} is longer than 253 characters"
             ));
             continue;
         }
+        if !placed.insert((at.clone(), name.clone())) {
+            plans.skipped.push(format!(
+                "gateway {reference}: another Gateway of the same name already places plugin object {name} in namespace {at}"
+            ));
+            continue;
+        }
         if let Some(other) = elsewhere.iter().find(|e| {
             e.kind == plugin_kind
-                && e.namespace == gateway.namespace
+                && e.namespace == *at
                 && e.name == name
                 && !e.managed_by(owner_uid.as_deref())
         }) {
@@ -252,45 +276,35 @@ pub fn plan_gateways(
             auto_inject: false,
             services: BTreeMap::new(),
             hosts: BTreeMap::new(),
-            edge_trust: ve.spec.edge_trust.as_ref().map(|e| e.to_config()),
+            edge_trust: placement.edge_trust.clone(),
             // A gateway calls only the exposed services of this namespace.
             peers: BTreeMap::new(),
             env_names: Vec::new(),
             service_envs: BTreeMap::new(),
             ..namespace_config.clone()
         };
-        for service in exposed
-            .iter()
-            .filter(|s| s.exposure.gateways.contains(gateway))
-        {
+        for (host, service) in &placement.hosts {
+            let Some(service) = fqdn_of.get(service.as_str()) else {
+                continue;
+            };
             config
                 .services
                 .insert(service.fqdn.clone(), service.envs.clone());
-            for host in &service.exposure.hosts {
-                if host.starts_with("*.") {
-                    plans.skipped.push(format!(
-                        "{}: host {host} at gateway {reference}: wildcard hosts are bound but not routed by env there (name the hosts)",
-                        service.name
-                    ));
-                    continue;
-                }
-                if let Some(first) = config.hosts.get(host) {
-                    plans.skipped.push(format!(
-                        "{}: host {host} at gateway {reference} already reaches {first}",
-                        service.name
-                    ));
-                    continue;
-                }
-                config.hosts.insert(host.clone(), service.fqdn.clone());
+            if host.starts_with("*.") {
+                plans.skipped.push(format!(
+                    "{}: host {host} at gateway {reference}: wildcard hosts are bound but not routed by env there (name the hosts)",
+                    service.name
+                ));
+                continue;
             }
+            config.hosts.insert(host.clone(), service.fqdn.clone());
         }
-        let source = if gateway.namespace == namespace {
+        let source = if placement.own {
             modules.tenant
         } else {
             if modules.tenant != modules.controller {
                 plans.skipped.push(format!(
-                    "gateway {reference}: spec.wasmModule applies in namespace {namespace} only; the plugin object in namespace {} loads the controller's module",
-                    gateway.namespace
+                    "gateway {reference}: spec.wasmModule applies in namespace {namespace} only; the plugin object in namespace {at} loads the controller's module"
                 ));
             }
             modules.controller
@@ -305,7 +319,7 @@ pub fn plan_gateways(
         plans.plugins.push(WasmPlugin {
             metadata: ObjectMeta {
                 name: Some(name),
-                namespace: Some(gateway.namespace.clone()),
+                namespace: Some(at.clone()),
                 labels: Some(labels),
                 ..ObjectMeta::default()
             },
@@ -314,7 +328,7 @@ pub fn plan_gateways(
                 sha256: source.sha256.clone(),
                 fail_strategy: "FAIL_OPEN".into(),
                 selector: Some(WorkloadSelector {
-                    match_labels: selector,
+                    match_labels: placement.selector.clone(),
                 }),
                 // Every listener of the gateway: it only ever calls out.
                 traffic_selectors: Vec::new(),
@@ -406,7 +420,7 @@ mod tests {
         );
     }
 
-    use crate::plan::fixtures::{seed_exposed_through, settings};
+    use crate::plan::fixtures::{ingress_policy, seed_exposed_through, settings, with_cluster};
     use crate::plan::{plan_namespace, Snapshot};
 
     fn object(kind: Kind, value: serde_json::Value) -> Existing {
@@ -417,17 +431,22 @@ mod tests {
         object(
             Kind::Gateway,
             serde_json::json!({"metadata": {"name": "public", "namespace": "istio-system"},
-                "spec": {"selector": {"istio": "ingressgateway"}}}),
+                "spec": {"selector": {"istio": "ingressgateway"},
+                    "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"},
+                        "hosts": ["*"]}]}}),
         )
     }
 
-    /// The seed's namespace with app-a exposed through `gateways`, and the Gateway
-    /// `istio-system/public`.
+    /// The seed's namespace with app-a exposed through `gateways`, the Gateway
+    /// `istio-system/public` on Istio's ingress gateway pods, and their owner's policy
+    /// admitting namespace `default` for any host.
     fn exposed(gateways: &str) -> (VirtualEnvironment, Snapshot) {
         let mut snapshot = seed_exposed_through(gateways);
         snapshot.elsewhere.push(public_gateway());
         let mut ve = seed_ve();
         ve.metadata.uid = Some("ve-uid".into());
+        let policy = ingress_policy(r#"[{namespace: default, hosts: ["*"]}]"#, "{mode: accept}");
+        with_cluster(&mut snapshot, &ve, vec![policy]);
         (ve, snapshot)
     }
 
@@ -553,7 +572,9 @@ mod tests {
         snapshot.elsewhere.push(object(
             Kind::Gateway,
             serde_json::json!({"metadata": {"name": "own-gateway", "namespace": "default"},
-                "spec": {"selector": {"app": "own-gateway"}}}),
+                "spec": {"selector": {"app": "own-gateway"},
+                    "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"},
+                        "hosts": ["./*"]}]}}),
         ));
         ve.spec.wasm_module = Some(crate::crd::WasmModule {
             url: "https://attacker.example/evil.wasm".into(),
@@ -588,6 +609,218 @@ mod tests {
             )),
             "{:?}",
             plan.skipped
+        );
+    }
+
+    use crate::gateway_admission::{GatewayAdmission, GatewayCluster};
+    use crate::plan::fixtures::gateway_pod;
+
+    fn plan_with(
+        ve: &VirtualEnvironment,
+        snapshot: &Snapshot,
+        admission: GatewayAdmission,
+    ) -> crate::plan::Plan {
+        let settings = crate::plan::Settings {
+            gateway_admission: admission,
+            ..settings()
+        };
+        plan_namespace(ve, snapshot, &settings).unwrap()
+    }
+
+    fn skipped_with(plan: &crate::plan::Plan, text: &str) -> bool {
+        plan.skipped.iter().any(|s| s.contains(text))
+    }
+
+    /// A tenant names a gateway whose pods serve every namespace (Istio's ingress gateway)
+    /// and nobody admitted it there: nothing is bound, nothing routed, and it is told why.
+    /// A cluster of one team opts out with `--gateway-admission open`.
+    #[test]
+    fn a_shared_gateway_admits_no_namespace_without_its_owners_policy() {
+        let (ve, mut snapshot) = exposed("istio-system/public");
+        with_cluster(&mut snapshot, &ve, vec![]);
+        let plan = plan_with(&ve, &snapshot, GatewayAdmission::Policy);
+        let vs = route_of_app_a(&plan);
+        assert!(vs.spec.gateways.is_empty(), "not bound");
+        assert_eq!(vs.spec.hosts, ["app-a.default.svc.cluster.local"]);
+        assert!(plan.gateway_plugins.is_empty());
+        assert!(
+            skipped_with(&plan, "gateway istio-system/public: its pods in namespace istio-system serve other namespaces too, and no GatewayPolicy for them admits namespace default"),
+            "{:?}",
+            plan.skipped
+        );
+        let open = plan_with(&ve, &snapshot, GatewayAdmission::Open);
+        assert_eq!(
+            route_of_app_a(&open).spec.gateways,
+            ["istio-system/public", "mesh"]
+        );
+        assert_eq!(open.gateway_plugins.len(), 1);
+    }
+
+    #[test]
+    fn a_policy_admits_only_the_namespaces_and_hosts_it_lists_and_sets_the_edge() {
+        let (mut ve, mut snapshot) = exposed("istio-system/public");
+        let other_ns = ingress_policy(r#"[{namespace: team-b, hosts: ["*"]}]"#, "");
+        with_cluster(&mut snapshot, &ve, vec![other_ns]);
+        let plan = plan_of_gw(&ve, &snapshot);
+        assert!(plan.gateway_plugins.is_empty());
+        assert!(
+            skipped_with(&plan, "does not admit it for namespace default"),
+            "{:?}",
+            plan.skipped
+        );
+        let other_host = ingress_policy(r#"[{namespace: default, hosts: [b.example.com]}]"#, "");
+        with_cluster(&mut snapshot, &ve, vec![other_host]);
+        let plan = plan_of_gw(&ve, &snapshot);
+        assert!(route_of_app_a(&plan).spec.gateways.is_empty());
+        // Admitted: the policy's edge (default strip), not the tenant's.
+        ve.spec.edge_trust = Some(crate::crd::EdgeTrustSpec {
+            mode: crate::crd::EdgeTrustMode::Accept,
+            allow: vec![],
+        });
+        let admits = ingress_policy(r#"[{namespace: default, hosts: ["*.example.com"]}]"#, "");
+        with_cluster(&mut snapshot, &ve, vec![admits]);
+        let plan = plan_of_gw(&ve, &snapshot);
+        let config =
+            crate::plan::plugin_config_of(&plan.gateway_plugins[0].spec.plugin_config).unwrap();
+        assert_eq!(
+            config.edge_trust.unwrap().mode,
+            virtual_env_core::EdgeMode::Strip
+        );
+        assert!(skipped_with(&plan, "spec.edgeTrust is not applied there; GatewayPolicy ingressgateway sets its edge policy"));
+    }
+
+    fn plan_of_gw(ve: &VirtualEnvironment, snapshot: &Snapshot) -> crate::plan::Plan {
+        plan_with(ve, snapshot, GatewayAdmission::Policy)
+    }
+
+    /// Another namespace's VirtualEnvironment exposing `service` at `istio-system/public`
+    /// under `host`, created at `created` (seconds).
+    fn rival(ns: &str, created: i64, host: &str) -> (VirtualEnvironment, Service) {
+        let mut ve = seed_ve();
+        ve.metadata.namespace = Some(ns.into());
+        ve.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(created).unwrap(),
+            ));
+        let mut svc = annotated("shop", "istio-system/public", host);
+        svc.metadata.namespace = Some(ns.into());
+        (ve, svc)
+    }
+
+    fn cluster_with(
+        snapshot: &Snapshot,
+        ve: &VirtualEnvironment,
+        rivals: &[(VirtualEnvironment, Service)],
+        users: &[Existing],
+        policies: Vec<crate::gateway_policy::GatewayPolicy>,
+    ) -> std::sync::Arc<GatewayCluster> {
+        let pod = gateway_pod();
+        let objects: Vec<Existing> = snapshot.elsewhere.iter().chain(users).cloned().collect();
+        std::sync::Arc::new(GatewayCluster::from_objects(
+            objects.iter(),
+            std::iter::once(&pod),
+            policies,
+            std::iter::once((ve, snapshot.services.iter().collect()))
+                .chain(rivals.iter().map(|(ve, svc)| (ve, vec![svc]))),
+        ))
+    }
+
+    /// One host on one gateway's pods has one owner across namespaces: a tenant cannot
+    /// claim a host another team serves there.
+    #[test]
+    fn a_host_another_namespace_serves_at_the_gateway_is_refused() {
+        let (mut ve, mut snapshot) = exposed("istio-system/public");
+        ve.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(2_000).unwrap(),
+            ));
+        let any = || ingress_policy(r#"[{namespace: "*", hosts: ["*"]}]"#, "");
+        // Team b's VirtualEnvironment is older: it keeps the host.
+        let rivals = [rival("team-b", 1_000, "a.example.com")];
+        snapshot.cluster = cluster_with(&snapshot, &ve, &rivals, &[], vec![any()]);
+        let plan = plan_of_gw(&ve, &snapshot);
+        assert!(route_of_app_a(&plan).spec.gateways.is_empty());
+        assert!(plan.gateway_plugins.is_empty());
+        assert!(skipped_with(&plan, "app-a: host a.example.com at gateway istio-system/public: namespace team-b claims it too"), "{:?}", plan.skipped);
+        // A younger rival does not take it away.
+        let rivals = [rival("team-b", 3_000, "a.example.com")];
+        snapshot.cluster = cluster_with(&snapshot, &ve, &rivals, &[], vec![any()]);
+        assert_eq!(plan_of_gw(&ve, &snapshot).gateway_plugins.len(), 1);
+        // Unless the gateway's owner gives the host to it: the most specific entry wins.
+        let named = ingress_policy(
+            r#"[{namespace: "*", hosts: ["*"]}, {namespace: team-b, hosts: [a.example.com]}]"#,
+            "",
+        );
+        snapshot.cluster = cluster_with(&snapshot, &ve, &rivals, &[], vec![named]);
+        assert!(plan_of_gw(&ve, &snapshot).gateway_plugins.is_empty());
+        // A user's own VirtualService for the host at that gateway, in any namespace, keeps it.
+        let user = object(
+            Kind::VirtualService,
+            serde_json::json!({"metadata": {"name": "front", "namespace": "team-c"},
+                "spec": {"hosts": ["A.example.com"], "gateways": ["istio-system/public"]}}),
+        );
+        snapshot.cluster = cluster_with(&snapshot, &ve, &[], &[user], vec![any()]);
+        let plan = plan_of_gw(&ve, &snapshot);
+        assert!(plan.gateway_plugins.is_empty());
+        assert!(
+            skipped_with(
+                &plan,
+                "namespace team-c's VirtualService front routes it there already"
+            ),
+            "{:?}",
+            plan.skipped
+        );
+    }
+
+    /// Istio's Bookinfo: the Gateway in the application's namespace, selecting the ingress
+    /// gateway's pods in istio-system. The plugin object goes where the pods run (a
+    /// WasmPlugin selects pods of its own namespace only), with the controller's module.
+    #[test]
+    fn the_plugin_object_goes_where_the_gateways_pods_run() {
+        let (ve, mut snapshot) = exposed("bookinfo-gateway");
+        snapshot.elsewhere.push(object(
+            Kind::Gateway,
+            serde_json::json!({"metadata": {"name": "bookinfo-gateway", "namespace": "default"},
+                "spec": {"selector": {"istio": "ingressgateway"},
+                    "servers": [{"port": {"number": 8080, "name": "http", "protocol": "HTTP"},
+                        "hosts": ["*"]}]}}),
+        ));
+        let policy = ingress_policy(r#"[{namespace: default, hosts: ["*"]}]"#, "{mode: accept}");
+        with_cluster(&mut snapshot, &ve, vec![policy]);
+        let plan = plan_of_gw(&ve, &snapshot);
+        let placed: Vec<(String, String)> = plan
+            .gateway_plugins
+            .iter()
+            .map(|p| (p.namespace().unwrap(), p.name_any()))
+            .collect();
+        assert_eq!(
+            placed,
+            [(
+                "istio-system".to_owned(),
+                "virtual-env.default.bookinfo-gateway".to_owned()
+            )]
+        );
+        assert_eq!(
+            route_of_app_a(&plan).spec.gateways,
+            ["default/bookinfo-gateway", "mesh"]
+        );
+        // Where istiod scopes Gateways to their namespace, no pod there: reported.
+        let scoped = crate::plan::Settings {
+            scope_gateway_to_namespace: true,
+            ..settings()
+        };
+        let plan = plan_namespace(&ve, &snapshot, &scoped).unwrap();
+        assert!(
+            skipped_with(
+                &plan,
+                "gateway default/bookinfo-gateway: its selector matches no pod in its namespace"
+            ),
+            "{:?}",
+            plan.skipped
+        );
+        assert_eq!(
+            plan.gateway_plugins[0].namespace().as_deref(),
+            Some("default")
         );
     }
 

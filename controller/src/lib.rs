@@ -10,6 +10,8 @@ pub mod crd;
 pub mod existing;
 pub mod extension;
 pub mod gateway;
+pub mod gateway_admission;
+pub mod gateway_policy;
 pub mod istio;
 pub mod leader;
 pub mod metrics;

@@ -16,6 +16,7 @@ use kube::{Client, ResourceExt};
 use tracing::{error, info, warn};
 use virtual_env_controller::crd::{VirtualEnvironment, ROUTE_HEADER_SUFFIX_LEN};
 use virtual_env_controller::extension::ExtensionApi;
+use virtual_env_controller::gateway_admission::GatewayAdmission;
 use virtual_env_controller::leader::{Elector, Timing};
 use virtual_env_controller::metrics::Metrics;
 use virtual_env_controller::module::FilterModule;
@@ -47,8 +48,12 @@ struct Cli {
 enum Command {
     /// Run the controller in a cluster (or against the current kubeconfig context).
     Run(RunArgs),
-    /// Print the VirtualEnvironment CustomResourceDefinition as YAML.
-    Crd,
+    /// Print a CustomResourceDefinition as YAML: VirtualEnvironment (the default), or
+    /// GatewayPolicy.
+    Crd {
+        #[arg(value_enum, default_value = "virtual-environment")]
+        kind: CrdKind,
+    },
     /// Print the Istio objects the controller would apply for a namespace snapshot.
     ///
     /// Reads the VirtualEnvironment, services and pods from YAML files or stdin, e.g.
@@ -106,6 +111,34 @@ struct ModuleArgs {
         env = "VIRTUAL_ENV_EXTENSION_API"
     )]
     extension_api: ExtensionApiArg,
+    /// Whether a gateway whose pods serve other namespaces (Istio's ingress gateway in
+    /// istio-system) needs a GatewayPolicy that admits a namespace before that namespace's
+    /// services are bound to it and routed by env there (`policy`), or admits any
+    /// namespace without one, each with its own edge trust (`open`: the original
+    /// project's behaviour, for a cluster of one team).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "policy",
+        env = "VIRTUAL_ENV_GATEWAY_ADMISSION"
+    )]
+    gateway_admission: GatewayAdmissionArg,
+    /// Set as istiod's PILOT_SCOPE_GATEWAY_TO_NAMESPACE is: a Gateway then selects pods of
+    /// its own namespace only.
+    #[arg(long, env = "VIRTUAL_ENV_SCOPE_GATEWAY_TO_NAMESPACE")]
+    scope_gateway_to_namespace: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CrdKind {
+    VirtualEnvironment,
+    GatewayPolicy,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum GatewayAdmissionArg {
+    Policy,
+    Open,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -138,6 +171,11 @@ impl ModuleArgs {
                 ExtensionApiArg::TrafficExtension => ExtensionApi::TrafficExtension,
                 ExtensionApiArg::Auto | ExtensionApiArg::WasmPlugin => ExtensionApi::WasmPlugin,
             },
+            gateway_admission: match self.gateway_admission {
+                GatewayAdmissionArg::Policy => GatewayAdmission::Policy,
+                GatewayAdmissionArg::Open => GatewayAdmission::Open,
+            },
+            scope_gateway_to_namespace: self.scope_gateway_to_namespace,
         })
     }
 }
@@ -244,8 +282,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
-        Command::Crd => {
-            serde_yaml::to_string(&virtual_env_controller::crd::custom_resource_definition())
+        Command::Crd { kind } => {
+            let crd = match kind {
+                CrdKind::VirtualEnvironment => {
+                    virtual_env_controller::crd::custom_resource_definition()
+                }
+                CrdKind::GatewayPolicy => {
+                    <virtual_env_controller::gateway_policy::GatewayPolicy as kube::CustomResourceExt>::crd()
+                }
+            };
+            serde_yaml::to_string(&crd)
                 .map(|yaml| print!("{yaml}"))
                 .map_err(Into::into)
         }

@@ -30,6 +30,9 @@ pub struct Published {
     pub env_header: String,
     pub splitter: String,
     pub routing: PeerNamespace,
+    /// The gateway hosts it asks to be entered under (`<gateway ns>/<name>`, host): the
+    /// others' admission decides who owns a host by them, so a change re-plans them too.
+    pub gateway_claims: std::collections::BTreeSet<(String, String)>,
 }
 
 /// What `config` (a namespace's planned outbound config) publishes.
@@ -53,6 +56,7 @@ pub fn published(config: &PluginConfig) -> Published {
             services,
             service_envs: BTreeMap::new(),
         },
+        gateway_claims: Default::default(),
     }
 }
 

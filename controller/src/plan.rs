@@ -17,6 +17,7 @@ use crate::crd::{HeaderAlias, VirtualEnvironment, ROUTE_HEADER_SUFFIX_LEN};
 use crate::existing::{Existing, Kind};
 use crate::extension::ExtensionApi;
 use crate::gateway::{self, GatewayName};
+use crate::gateway_admission::{admit, GatewayAdmission, GatewayCluster, Tenant};
 use crate::istio::{
     Destination, DestinationRule, DestinationRuleSpec, HeaderOperations, Headers, HttpMatchRequest,
     HttpRoute, HttpRouteDestination, StringMatch, Subset, TrafficSelector, VirtualService,
@@ -61,6 +62,11 @@ pub struct Settings {
     pub max_plugin_config_bytes: usize,
     /// The API the plugin objects are written in (WasmPlugin, or TrafficExtension).
     pub extension_api: ExtensionApi,
+    /// Whether a gateway whose pods serve other namespaces needs a GatewayPolicy.
+    pub gateway_admission: GatewayAdmission,
+    /// istiod's `PILOT_SCOPE_GATEWAY_TO_NAMESPACE`: a Gateway selects pods of its own
+    /// namespace only.
+    pub scope_gateway_to_namespace: bool,
 }
 
 /// What is in the namespace now.
@@ -78,6 +84,10 @@ pub struct Snapshot {
     /// What the other namespaces with a VirtualEnvironment publish for their callers (see
     /// `peer_namespaces.rs`), by namespace.
     pub peers: BTreeMap<String, Published>,
+    /// The cluster as gateway entry needs it: gateways' pods, GatewayPolicies, every
+    /// namespace's host claims (see `gateway_admission.rs`). Shared by every namespace's
+    /// snapshot.
+    pub cluster: std::sync::Arc<GatewayCluster>,
 }
 
 /// The desired state of a namespace.
@@ -103,8 +113,11 @@ pub struct Plan {
     /// so that no route is left pointing at a subset that is gone.
     pub prune: Vec<Existing>,
     /// The plugin objects of the gateways that expose the namespace's services, each in
-    /// its gateway's namespace (see `gateway.rs`).
+    /// the namespace of its gateway's pods (see `gateway.rs`).
     pub gateway_plugins: Vec<WasmPlugin>,
+    /// What the namespace asks to be entered under, admitted or not: (`<ns>/<gateway>`,
+    /// host). Published, so that the namespaces it competes with are planned again.
+    pub gateway_claims: BTreeSet<(String, String)>,
 }
 
 #[derive(Debug, Error)]
@@ -265,6 +278,7 @@ pub fn plan_namespace(
         route_header: route_header.clone(),
         prune: Vec::new(),
         gateway_plugins: Vec::new(),
+        gateway_claims: BTreeSet::new(),
     };
     let (exposures, exposure_problems) = gateway::exposures(ve, &snapshot.services, &namespace);
     plan.skipped.extend(exposure_problems);
@@ -404,6 +418,49 @@ pub fn plan_namespace(
             .services
             .insert(host, envs.iter().map(|e| e.to_string()).collect());
     }
+    // Gateway entry as the cluster admits it: what is refused is neither bound nor routed.
+    let wanted: BTreeMap<String, gateway::Exposure> = exposed
+        .iter()
+        .map(|(name, _, exposure)| (name.clone(), (*exposure).clone()))
+        .collect();
+    let admitted = admit(
+        &Tenant {
+            ve,
+            namespace: &namespace,
+            admission: settings.gateway_admission,
+            scope_gateway_to_namespace: settings.scope_gateway_to_namespace,
+        },
+        &wanted,
+        &snapshot.elsewhere,
+        &snapshot.cluster,
+    );
+    plan.skipped.extend(admitted.refused.iter().cloned());
+    plan.gateway_claims = wanted
+        .values()
+        .flat_map(|e| {
+            e.gateways
+                .iter()
+                .flat_map(move |g| e.hosts.iter().map(move |h| (g.reference(), h.clone())))
+        })
+        .collect();
+    for vs in &mut plan.virtual_services {
+        let name = vs.name_any();
+        if !wanted.contains_key(&name) {
+            continue;
+        }
+        let fqdn = service_fqdn(&name, &namespace, &settings.cluster_domain);
+        vs.spec.hosts = vec![fqdn];
+        vs.spec.gateways = Vec::new();
+        if let Some(exposure) = admitted.exposures.get(&name) {
+            vs.spec.hosts.extend(exposure.hosts.iter().cloned());
+            vs.spec.gateways = exposure
+                .gateways
+                .iter()
+                .map(GatewayName::reference)
+                .collect();
+            vs.spec.gateways.push("mesh".into());
+        }
+    }
     let peers_skipped = add_peers(&mut plan.plugin_config, &namespace, &snapshot.peers);
     plan.wasm_plugin.spec.plugin_config = plugin_config_value(&plan.plugin_config);
     let mut bytes = plan.wasm_plugin.spec.plugin_config.to_string().len();
@@ -427,22 +484,27 @@ pub fn plan_namespace(
     }
     let exposed: Vec<gateway::ExposedService<'_>> = exposed
         .iter()
-        .map(|(name, fqdn, exposure)| gateway::ExposedService {
-            name,
-            fqdn: fqdn.clone(),
-            envs: plan
-                .plugin_config
-                .services
-                .get(fqdn)
-                .cloned()
-                .unwrap_or_default(),
-            exposure,
+        .filter_map(|(name, fqdn, _)| {
+            Some(gateway::ExposedService {
+                name,
+                fqdn: fqdn.clone(),
+                envs: plan
+                    .plugin_config
+                    .services
+                    .get(fqdn)
+                    .cloned()
+                    .unwrap_or_default(),
+                exposure: admitted.exposures.get(name)?,
+            })
         })
         .collect();
     let gateway_plans = gateway::plan_gateways(
         ve,
         &namespace,
-        &exposed,
+        &gateway::Entry {
+            exposed: &exposed,
+            placements: &admitted.placements,
+        },
         &plan.plugin_config,
         &snapshot.elsewhere,
         &gateway::ModuleSources {
@@ -695,6 +757,49 @@ pub mod fixtures {
         snapshot
     }
 
+    /// A pod of Istio's ingress gateway in `istio-system` (`istio: ingressgateway`).
+    pub fn gateway_pod() -> Pod {
+        let mut gateway = pod("istio-ingressgateway-1", "istio-ingressgateway", None, true);
+        gateway.metadata.namespace = Some("istio-system".into());
+        gateway
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert("istio".into(), "ingressgateway".into());
+        gateway
+    }
+
+    /// The ingress gateway owner's policy, with `tenants` (YAML) and `edge` (YAML or "").
+    pub fn ingress_policy(tenants: &str, edge: &str) -> crate::gateway_policy::GatewayPolicy {
+        let edge = if edge.is_empty() {
+            String::new()
+        } else {
+            format!("\nedgeTrust: {edge}")
+        };
+        let spec = serde_yaml::from_str(&format!(
+            "workload: {{namespace: istio-system, selector: {{istio: ingressgateway}}}}\ntenants: {tenants}{edge}"
+        ))
+        .unwrap();
+        crate::gateway_policy::GatewayPolicy::new("ingressgateway", spec)
+    }
+
+    /// `snapshot`'s view of the cluster: its Gateways, its pods and the ingress gateway's,
+    /// `policies`, and `ve`'s claims (as the caches would compute it).
+    pub fn with_cluster(
+        snapshot: &mut Snapshot,
+        ve: &VirtualEnvironment,
+        policies: Vec<crate::gateway_policy::GatewayPolicy>,
+    ) {
+        let gateway = gateway_pod();
+        let cluster = GatewayCluster::from_objects(
+            snapshot.elsewhere.iter(),
+            snapshot.pods.iter().chain(std::iter::once(&gateway)),
+            policies,
+            std::iter::once((ve, snapshot.services.iter().collect())),
+        );
+        snapshot.cluster = std::sync::Arc::new(cluster);
+    }
+
     pub fn seed_snapshot() -> Snapshot {
         Snapshot {
             services: ["app-a", "app-b", "app-c"].map(service).to_vec(),
@@ -718,6 +823,8 @@ pub mod fixtures {
             },
             max_plugin_config_bytes: MAX_PLUGIN_CONFIG_BYTES,
             extension_api: Default::default(),
+            gateway_admission: Default::default(),
+            scope_gateway_to_namespace: false,
         }
     }
 

@@ -65,6 +65,8 @@ pub const CLUSTER: &[ApiUse] = &[
     ),
     // Read only: a Gateway's selector names the pods that get its plugin object.
     uses("networking.istio.io", "gateways", &["list", "watch"]),
+    // Read only: which namespaces a shared gateway's owner admits.
+    uses("env.alibaba.com", "gatewaypolicies", &["list", "watch"]),
 ];
 
 /// Granted by the Role in the controller's own namespace: leader election, on its own

@@ -29,6 +29,7 @@ use crate::crd::{VirtualEnvironment, VirtualEnvironmentStatus, ROUTE_HEADER_SUFF
 use crate::existing::{Existing, Kind};
 use crate::extension::{traffic_extension, ExtensionApi};
 use crate::gateway::FINALIZER;
+use crate::gateway_policy::GatewayPolicy;
 use crate::istio::{DestinationRule, TrafficExtension, VirtualService, WasmPlugin};
 use crate::metrics::Metrics;
 use crate::peer_namespaces::{published, PeerDirectory};
@@ -192,7 +193,9 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
     snapshot.peers = ctx.peers.others(&ns);
     let plan = match plan_namespace(&ve, &snapshot, &ctx.settings) {
         Ok(plan) => {
-            ctx.peers.publish(&ns, Some(published(&plan.plugin_config)));
+            let mut now = published(&plan.plugin_config);
+            now.gateway_claims = plan.gateway_claims.clone();
+            ctx.peers.publish(&ns, Some(now));
             plan
         }
         Err(e) => {
@@ -681,7 +684,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (caches, writers) = caches::caches(settings.extension_api);
+    let (mut caches, writers) = caches::caches(settings.extension_api);
     let all = watcher::Config::default;
     let controller = Controller::new(
         Api::<VirtualEnvironment>::all(client.clone()),
@@ -690,6 +693,8 @@ pub async fn run(
     // Coalesce bursts (a rollout's pod events) into one reconcile.
     .with_config(ControllerConfig::default().debounce(Duration::from_secs(1)));
     let store = controller.store();
+    // Every namespace's claims of gateway hosts come from the VirtualEnvironments.
+    caches.virtual_environments = Some(store.clone());
     let (replan, replans) = futures::channel::mpsc::unbounded();
     let peers = PeerDirectory::new(store.clone(), replan);
     let ctx = Arc::new(Context::new(
@@ -709,11 +714,17 @@ pub async fn run(
         .default_backoff()
         .reflect(writers.services)
         .touched_objects();
+    // A GatewayPolicy decides which namespaces enter through a gateway; they change rarely.
+    let policies = watcher(Api::<GatewayPolicy>::all(client.clone()), all())
+        .default_backoff()
+        .reflect(writers.policies)
+        .touched_objects();
     let mut controller = controller
         // Another namespace published a change its callers must learn.
         .reconcile_on(replans)
         .watches_stream(pods, in_same_namespace(store.clone()))
-        .watches_stream(services, in_same_namespace(store.clone()));
+        .watches_stream(services, in_same_namespace(store.clone()))
+        .watches_stream(policies, every(store.clone()));
     for (kind, writer) in writers.istio {
         let resource = kind.api_resource();
         let objects = watcher(
@@ -1092,13 +1103,25 @@ mod tests {
         "/apis/extensions.istio.io/v1alpha1/namespaces/istio-system/wasmplugins/virtual-env.default.public";
 
     /// The seed's namespace with app-a annotated for the gateway `istio-system/public`,
-    /// which exists, and `extra` Istio objects.
+    /// which exists on Istio's ingress gateway pods, whose owner's policy admits the
+    /// namespace; and `extra` Istio objects.
     fn exposed_through_a_gateway(extra: Vec<(Kind, Value)>) -> Caches {
-        let snapshot = seed_exposed_through("istio-system/public");
+        let mut snapshot = seed_exposed_through("istio-system/public");
+        snapshot.pods.push(crate::plan::fixtures::gateway_pod());
+        let policy = crate::plan::fixtures::ingress_policy(
+            r#"[{namespace: default, hosts: [a.example.com]}]"#,
+            "{mode: accept}",
+        );
+        snapshot.cluster = std::sync::Arc::new(crate::gateway_admission::GatewayCluster {
+            policies: vec![policy],
+            ..Default::default()
+        });
         let mut istio = vec![(
             Kind::Gateway,
             json!({"metadata": {"name": "public", "namespace": "istio-system"},
-                "spec": {"selector": {"istio": "ingressgateway"}}}),
+                "spec": {"selector": {"istio": "ingressgateway"},
+                    "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"},
+                        "hosts": ["*"]}]}}),
         )];
         istio.extend(extra);
         crate::caches::testing::filled(&snapshot, &istio)

@@ -13,6 +13,8 @@ use thiserror::Error;
 
 use crate::crd::VirtualEnvironment;
 use crate::existing::{Existing, Kind};
+use crate::gateway_admission::GatewayCluster;
+use crate::gateway_policy::GatewayPolicy;
 use crate::plan::Snapshot;
 
 #[derive(Debug, Error)]
@@ -52,6 +54,7 @@ pub struct Reader {
     pods: Vec<Pod>,
     /// Istio objects already there, read untyped; namespace-less ones resolved at `finish`.
     existing: Vec<(Kind, Value)>,
+    policies: Vec<GatewayPolicy>,
 }
 
 impl Reader {
@@ -97,6 +100,9 @@ impl Reader {
             "WasmPlugin" => self.existing.push((Kind::WasmPlugin, value)),
             "Gateway" => self.existing.push((Kind::Gateway, value)),
             "TrafficExtension" => self.existing.push((Kind::TrafficExtension, value)),
+            "GatewayPolicy" => self
+                .policies
+                .push(serde_json::from_value(value).map_err(error)?),
             // Anything else (deployments, the WasmPlugin, ...) plays no part in planning.
             _ => {}
         }
@@ -127,6 +133,32 @@ impl Reader {
         }
         let in_ns =
             |obj_ns: Option<String>, ns: &str| obj_ns.as_deref().unwrap_or(default_namespace) == ns;
+        let mut pods = self.pods.clone();
+        for pod in &mut pods {
+            if pod.namespace().is_none() {
+                pod.metadata.namespace = Some(default_namespace.to_owned());
+            }
+        }
+        let objects: Vec<Existing> = self
+            .existing
+            .iter()
+            .filter(|(kind, _)| matches!(kind, Kind::Gateway | Kind::VirtualService))
+            .map(|(kind, value)| Existing::from_json(*kind, value, default_namespace))
+            .collect();
+        let cluster = std::sync::Arc::new(GatewayCluster::from_objects(
+            objects.iter(),
+            pods.iter(),
+            self.policies.clone(),
+            ves.iter().map(|ve| {
+                let ns = ve.namespace().unwrap_or_default();
+                let services = self
+                    .services
+                    .iter()
+                    .filter(|s| in_ns(s.namespace(), &ns))
+                    .collect();
+                (ve, services)
+            }),
+        ));
         let mut out = Vec::new();
         for ve in ves {
             let ns = ve.namespace().unwrap_or_default();
@@ -160,6 +192,7 @@ impl Reader {
                 // Filled in by planning from the other namespaces' plans (see
                 // `offline::plan_namespaces`).
                 peers: Default::default(),
+                cluster: std::sync::Arc::clone(&cluster),
             };
             out.push(NamespaceSnapshot {
                 virtual_environment: ve,

@@ -174,16 +174,21 @@ fn explain_the_seed_chain() {
 }
 
 #[test]
-fn the_committed_crd_is_what_the_code_generates() {
-    let generated = virtual_env(&["crd"]);
-    let committed = std::fs::read_to_string(
-        repo().join("deploy/crds/env.alibaba.com_virtualenvironments_crd.yaml"),
-    )
-    .unwrap();
-    assert!(
-        generated == committed,
-        "deploy/crds/env.alibaba.com_virtualenvironments_crd.yaml is stale: run `make crd`"
-    );
+fn the_committed_crds_are_what_the_code_generates() {
+    for (args, file) in [
+        (
+            &["crd"][..],
+            "deploy/crds/env.alibaba.com_virtualenvironments_crd.yaml",
+        ),
+        (
+            &["crd", "gateway-policy"][..],
+            "deploy/crds/env.alibaba.com_gatewaypolicies_crd.yaml",
+        ),
+    ] {
+        let generated = virtual_env(args);
+        let committed = std::fs::read_to_string(repo().join(file)).unwrap();
+        assert!(generated == committed, "{file} is stale: run `make crd`");
+    }
 }
 
 #[test]

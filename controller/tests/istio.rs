@@ -244,13 +244,15 @@ fn services_exposed_through_a_gateway_render_its_plugin_object() {
         web["spec"]["gateways"],
         serde_json::json!(["istio-system/public-gateway", "mesh"])
     );
+    // www.example.com: the Gateway's servers do not admit it, so istiod would not route
+    // it; it is neither bound nor routed, and the output says why.
     assert_eq!(
         web["spec"]["hosts"],
-        serde_json::json!([
-            "web.default.svc.cluster.local",
-            "web.example.com",
-            "www.example.com"
-        ])
+        serde_json::json!(["web.default.svc.cluster.local", "web.example.com"])
+    );
+    assert!(
+        out.contains("web: host www.example.com at gateway istio-system/public-gateway: the Gateway's servers[].hosts do not admit default/www.example.com"),
+        "{out}"
     );
     assert!(find("VirtualService", "app-a")["spec"]["gateways"].is_null());
     let plugin = find("WasmPlugin", "virtual-env.default.public-gateway");

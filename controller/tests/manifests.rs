@@ -116,6 +116,9 @@ fn every_document_is_a_typed_kubernetes_object_without_unknown_fields() {
             "Service" => drop(typed::<Service>(file, doc)),
             "CustomResourceDefinition" => drop(typed::<CustomResourceDefinition>(file, doc)),
             "VirtualEnvironment" => drop(typed::<VirtualEnvironment>(file, doc)),
+            "GatewayPolicy" => {
+                drop(typed::<virtual_env_controller::gateway_policy::GatewayPolicy>(file, doc))
+            }
             other => panic!("{file}: unexpected kind {other:?}"),
         }
     }
@@ -140,6 +143,7 @@ fn the_kustomization_installs_every_install_manifest() {
     let want = BTreeSet::from([
         "namespace.yaml",
         "crds/env.alibaba.com_virtualenvironments_crd.yaml",
+        "crds/env.alibaba.com_gatewaypolicies_crd.yaml",
         "rbac.yaml",
         "controller.yaml",
     ]);
@@ -206,6 +210,18 @@ fn names_of_uses(uses: &[ApiUse]) -> BTreeSet<(String, String, String, Vec<Strin
         .collect()
 }
 
+/// The committed CRD of `kind`.
+fn crd_of(kind: &str) -> CustomResourceDefinition {
+    let docs = documents();
+    let (file, doc) = docs
+        .iter()
+        .find(|(_, d)| {
+            d["kind"] == "CustomResourceDefinition" && d["spec"]["names"]["kind"] == kind
+        })
+        .unwrap_or_else(|| panic!("no CRD of {kind} in deploy/"));
+    typed(file, doc)
+}
+
 fn one<K: DeserializeOwned + Serialize>(kind: &str) -> K {
     let docs = documents();
     let (file, doc) = docs
@@ -266,7 +282,7 @@ fn rbac_grants_exactly_what_the_controller_uses() {
 
 #[test]
 fn the_sample_virtual_environments_pass_the_crd_schema() {
-    let crd: CustomResourceDefinition = one("CustomResourceDefinition");
+    let crd = crd_of("VirtualEnvironment");
     let schema_of = |version: &str| {
         let v = crd
             .spec
@@ -355,6 +371,45 @@ fn the_sample_virtual_environments_pass_the_crd_schema() {
     assert!(errors
         .iter()
         .any(|e| e.starts_with("spec.edgeTrust.allow: more than 64")));
+}
+
+/// The sample GatewayPolicy is valid for its CRD, and the check catches what the API server
+/// would refuse of one.
+#[test]
+fn the_gateway_policy_sample_is_valid_for_its_crd() {
+    let crd = crd_of("GatewayPolicy");
+    assert_eq!(
+        crd.spec.scope, "Cluster",
+        "created with cluster-level rights only"
+    );
+    let schema = serde_json::to_value(
+        &crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema,
+    )
+    .unwrap();
+    let samples: Vec<(String, Value)> = documents()
+        .into_iter()
+        .filter(|(_, d)| d["kind"] == "GatewayPolicy")
+        .collect();
+    assert_eq!(samples.len(), 1);
+    for (file, sample) in &samples {
+        let mut errors = Vec::new();
+        check_schema(
+            &schema["properties"]["spec"],
+            &sample["spec"],
+            "spec",
+            &mut errors,
+        );
+        assert!(errors.is_empty(), "{file}: {errors:?}");
+    }
+    let mut errors = Vec::new();
+    let bad = serde_json::json!({"workload": {"namespace": "", "selector": {}},
+        "tenants": [{"namespace": "shop", "hosts": []}]});
+    check_schema(&schema["properties"]["spec"], &bad, "spec", &mut errors);
+    assert_eq!(errors.len(), 3, "{errors:?}");
 }
 
 #[tokio::test]

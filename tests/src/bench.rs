@@ -1001,6 +1001,8 @@ pub mod planning {
             },
             max_plugin_config_bytes: MAX_PLUGIN_CONFIG_BYTES,
             extension_api: Default::default(),
+            gateway_admission: Default::default(),
+            scope_gateway_to_namespace: false,
         }
     }
 

@@ -23,6 +23,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use virtual_env_controller::existing::{Existing, Kind};
+use virtual_env_controller::gateway_admission::{GatewayAdmission, GatewayCluster};
 use virtual_env_controller::istio::{DestinationRule, VirtualService};
 use virtual_env_controller::offline::plan_namespaces;
 use virtual_env_controller::plan::{
@@ -287,8 +288,14 @@ impl Mesh {
             },
             max_plugin_config_bytes: MAX_PLUGIN_CONFIG_BYTES,
             extension_api: Default::default(),
+            gateway_admission: GatewayAdmission::Policy,
+            scope_gateway_to_namespace: false,
         };
-        let namespaces: Vec<NamespaceSnapshot> = self.topology.all().map(snapshot_of).collect();
+        let mut namespaces: Vec<NamespaceSnapshot> = self.topology.all().map(snapshot_of).collect();
+        let cluster = std::sync::Arc::new(self.gateway_cluster(&namespaces));
+        for ns in &mut namespaces {
+            ns.snapshot.cluster = std::sync::Arc::clone(&cluster);
+        }
         let plans = plan_namespaces(&namespaces, &settings)?;
         Ok(self
             .topology
@@ -355,6 +362,37 @@ impl Mesh {
             Side::Outbound(ns) => (WASM_PLUGIN_NAME, &self.files_of(ns)?.ecds),
             Side::Gateway => ("virtual-env-gateway", &self.files.ecds_gateway),
         })
+    }
+
+    /// The cluster as the controller sees it for gateway entry: the ingress Gateway, its
+    /// pod (the mesh's gateway Envoy: `istio: ingressgateway` in `istio-system`), the
+    /// topology's GatewayPolicies and every namespace's claims.
+    fn gateway_cluster(&self, namespaces: &[NamespaceSnapshot]) -> GatewayCluster {
+        let gateway = Existing::from_json(Kind::Gateway, &ingress_gateway(), INGRESS_GATEWAY.0);
+        let gateway_pod = k8s_openapi::api::core::v1::Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some("istio-ingressgateway".into()),
+                namespace: Some(INGRESS_GATEWAY.0.into()),
+                labels: Some(BTreeMap::from([("istio".into(), "ingressgateway".into())])),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        GatewayCluster::from_objects(
+            [&gateway].into_iter(),
+            std::iter::once(&gateway_pod),
+            self.topology
+                .gateway_policies
+                .iter()
+                .map(|p| p.to_kubernetes())
+                .collect(),
+            namespaces.iter().map(|ns| {
+                (
+                    &ns.virtual_environment,
+                    ns.snapshot.services.iter().collect(),
+                )
+            }),
+        )
     }
 
     /// Whether the topology exposes services through the gateway (it then runs the
@@ -681,16 +719,12 @@ enum Side<'a> {
 /// Gateway (the mesh's gateway Envoy is the pod of Istio's default ingress Gateway).
 fn snapshot_of(ns: &Topology) -> NamespaceSnapshot {
     let (ve, services, pods) = ns.to_kubernetes();
-    let ingress = json!({
-        "metadata": {"name": INGRESS_GATEWAY.1, "namespace": INGRESS_GATEWAY.0},
-        "spec": {"selector": {"istio": "ingressgateway"}}
-    });
     let snapshot = Snapshot {
         services,
         pods,
         elsewhere: vec![Existing::from_json(
             Kind::Gateway,
-            &ingress,
+            &ingress_gateway(),
             INGRESS_GATEWAY.0,
         )],
         ..Snapshot::default()
@@ -699,6 +733,17 @@ fn snapshot_of(ns: &Topology) -> NamespaceSnapshot {
         virtual_environment: ve,
         snapshot,
     }
+}
+
+/// Istio's default ingress Gateway, as its Helm chart and samples install it.
+fn ingress_gateway() -> Value {
+    json!({
+        "metadata": {"name": INGRESS_GATEWAY.1, "namespace": INGRESS_GATEWAY.0},
+        "spec": {
+            "selector": {"istio": "ingressgateway"},
+            "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]
+        }
+    })
 }
 
 /// A cluster's upstream protocol: HTTP/2 (h2c).

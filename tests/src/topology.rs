@@ -31,6 +31,7 @@ use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus, Service, ServiceP
 use kube::api::ObjectMeta;
 use serde::{Deserialize, Serialize};
 use virtual_env_controller::crd::{VirtualEnvironment, VirtualEnvironmentSpec};
+use virtual_env_controller::gateway_policy::{GatewayPolicy, GatewayPolicySpec};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -45,6 +46,19 @@ pub struct Topology {
     /// `namespaces` must be empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<Topology>,
+    /// The cluster's GatewayPolicies (top level only): what the gateway's owner admits at
+    /// the mesh's ingress gateway (pods `istio: ingressgateway` in `istio-system`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateway_policies: Vec<TopologyGatewayPolicy>,
+}
+
+/// A GatewayPolicy: its name and spec.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TopologyGatewayPolicy {
+    pub name: String,
+    #[serde(flatten)]
+    pub spec: GatewayPolicySpec,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,9 +124,11 @@ impl Topology {
             if !namespaces.insert(&ns.namespace) {
                 bail!("namespace {} appears twice", ns.namespace);
             }
-            if ns.namespace != self.namespace && !ns.namespaces.is_empty() {
+            if ns.namespace != self.namespace
+                && (!ns.namespaces.is_empty() || !ns.gateway_policies.is_empty())
+            {
                 bail!(
-                    "namespace {}: namespaces are listed at the top level only",
+                    "namespace {}: namespaces and gatewayPolicies are listed at the top level only",
                     ns.namespace
                 );
             }
@@ -238,6 +254,12 @@ impl Topology {
             })
             .collect();
         (ve, services, pods)
+    }
+}
+
+impl TopologyGatewayPolicy {
+    pub fn to_kubernetes(&self) -> GatewayPolicy {
+        GatewayPolicy::new(&self.name, self.spec.clone())
     }
 }
 

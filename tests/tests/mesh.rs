@@ -399,7 +399,7 @@ async fn the_gateways_edge_trust_decides_which_envs_enter() -> Result<()> {
         ("{mode: strip}", false, false),
     ] {
         let mut topology = topology("gateway.yaml");
-        topology.virtual_environment.edge_trust = Some(serde_yaml::from_str(edge)?);
+        topology.gateway_policies[0].spec.edge_trust = Some(serde_yaml::from_str(edge)?);
         let mesh = Mesh::start(topology, options()).await?;
         for (env, enters) in [
             ("dev.proj1", proj1_enters),
@@ -455,7 +455,7 @@ async fn no_env_passes_the_gateways_edge_policy_in_any_spelling() -> Result<()> 
     ];
     for edge in ["{mode: allowList, allow: [dev]}", "{mode: strip}"] {
         let mut topology = topology("gateway.yaml");
-        topology.virtual_environment.edge_trust = Some(serde_yaml::from_str(edge)?);
+        topology.gateway_policies[0].spec.edge_trust = Some(serde_yaml::from_str(edge)?);
         let mut options = options();
         options.forward.extend(["cookie".into(), "x-env".into()]);
         let mesh = Mesh::start(topology, options).await?;

@@ -29,7 +29,7 @@ pub fn virtual_env(args: &[&str]) -> String {
 }
 
 /// A structural-schema check, as the API server validates a custom resource: types, enums,
-/// `pattern`, `minLength`/`maxLength`, `minItems`/`maxItems`, `maxProperties`, required
+/// `pattern`, `minLength`/`maxLength`, `minItems`/`maxItems`, `min/maxProperties`, required
 /// fields (also those a `oneOf` branch requires), the `x-kubernetes-validations` CEL rules
 /// (see [`cel_rule_holds`]), and no field the schema does not declare (what `kubectl apply
 /// --validate=strict`, kubectl's default, rejects).
@@ -155,6 +155,12 @@ fn check_bounds(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Stri
             errors.push(format!(
                 "{path}: more than {} properties",
                 schema["maxProperties"]
+            ));
+        }
+        if limit("minProperties").is_some_and(|min| map.len() < min) {
+            errors.push(format!(
+                "{path}: fewer than {} properties",
+                schema["minProperties"]
             ));
         }
     }

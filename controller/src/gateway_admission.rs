@@ -1,0 +1,459 @@
+//! Who may enter through which gateway under which host: the checks between a tenant's
+//! wish (Service annotations, `spec.gateways`) and what the controller writes for it.
+//!
+//! For each Gateway a namespace names, in order:
+//!
+//! 1. **Where its pods are.** istiod hands a Gateway to the pods its `selector` matches in
+//!    every namespace (unless `PILOT_SCOPE_GATEWAY_TO_NAMESPACE`); a WasmPlugin's selector
+//!    only matches pods of its own namespace. So the plugin object goes into each
+//!    namespace where such pods run (Istio's Bookinfo puts its Gateway in the application's
+//!    namespace, the pods are in `istio-system`). A Gateway that matches no pod is
+//!    reported (its plugin object waits in the Gateway's namespace).
+//! 2. **Whose pods they are.** Pods in the tenant's own namespace are its own gateway.
+//!    Pods elsewhere serve other teams too: a [`GatewayPolicy`] covering them must admit
+//!    the namespace (unless the controller runs with `--gateway-admission open`, the
+//!    original project's behaviour), and it sets the edge policy there.
+//! 3. **Which hosts.** Each host must be admitted by the Gateway's own `servers[].hosts`
+//!    (`ns/host` scoping, as istiod reads it) and by the policy; and one host on one
+//!    gateway's pods has one owner across namespaces: a user's own VirtualService for it
+//!    wins, then the policy's most specific entry, then the oldest VirtualEnvironment.
+//!
+//! What is refused is neither bound in the VirtualService nor routed in a plugin object,
+//! and is said in the status. Pure: no API calls.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use virtual_env_core::EdgeTrust;
+
+use crate::crd::VirtualEnvironment;
+use crate::existing::{Existing, Kind};
+use crate::gateway::{exposures, Exposure, GatewayName};
+use crate::gateway_policy::{gateway_admits, GatewayPods, GatewayPolicy};
+
+/// Whether a gateway whose pods serve other namespaces needs a [`GatewayPolicy`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GatewayAdmission {
+    /// A shared gateway admits only the namespaces a policy lists (the default).
+    #[default]
+    Policy,
+    /// Without a policy any namespace may use any gateway, with its own edge trust (the
+    /// original project's behaviour, for clusters of one team).
+    Open,
+}
+
+/// A pod as gateway entry sees it: its namespace and labels.
+pub type PodLabels = (String, BTreeMap<String, String>);
+
+/// A claim's precedence (see [`rank`]): larger wins.
+type Precedence = (
+    Option<(u32, std::cmp::Reverse<usize>)>,
+    std::cmp::Reverse<Option<i64>>,
+    std::cmp::Reverse<String>,
+);
+
+/// What planning knows of the cluster beyond the namespace, for gateway entry.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayCluster {
+    /// Per Gateway, the pods its selector matches, as (namespace, labels), once each.
+    pub gateway_pods: BTreeMap<GatewayName, Vec<PodLabels>>,
+    pub policies: Vec<GatewayPolicy>,
+    /// Gateway hosts claimed in every namespace: by VirtualEnvironments' exposures and by
+    /// users' own gateway-bound VirtualServices.
+    pub claims: Vec<HostClaim>,
+}
+
+/// One namespace's claim of one host at one Gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostClaim {
+    pub namespace: String,
+    pub gateway: GatewayName,
+    pub host: String,
+    pub by: Claimant,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claimant {
+    /// A VirtualEnvironment's exposure, created then.
+    VirtualEnvironment(Option<Time>),
+    /// A VirtualService virtual-env does not manage (`VirtualService front`).
+    User(String),
+}
+
+impl GatewayCluster {
+    /// The view from the cluster's objects: `gateways` (Gateways, and anyone's
+    /// VirtualServices), `pods`, the policies, and per namespace its VirtualEnvironment
+    /// with its services.
+    pub fn from_objects<'a>(
+        objects: impl Iterator<Item = &'a Existing> + Clone,
+        pods: impl Iterator<Item = &'a Pod>,
+        policies: Vec<GatewayPolicy>,
+        namespaces: impl Iterator<Item = (&'a VirtualEnvironment, Vec<&'a Service>)>,
+    ) -> Self {
+        let gateways: Vec<(GatewayName, BTreeMap<String, String>)> = objects
+            .clone()
+            .filter(|o| o.kind == Kind::Gateway)
+            .map(|o| {
+                let name = GatewayName {
+                    namespace: o.namespace.clone(),
+                    name: o.name.clone(),
+                };
+                (name, selector_of(o))
+            })
+            .filter(|(_, s)| !s.is_empty())
+            .collect();
+        let mut gateway_pods: BTreeMap<GatewayName, BTreeSet<PodLabels>> = BTreeMap::new();
+        for pod in pods {
+            let labels = pod.labels();
+            for (name, selector) in &gateways {
+                if selects(selector, labels) {
+                    gateway_pods
+                        .entry(name.clone())
+                        .or_default()
+                        .insert((pod.namespace().unwrap_or_default(), labels.clone()));
+                }
+            }
+        }
+        let gateway_pods = gateway_pods
+            .into_iter()
+            .map(|(name, pods)| (name, pods.into_iter().collect()))
+            .collect();
+        let mut claims = Vec::new();
+        for (ve, services) in namespaces {
+            let ns = ve.namespace().unwrap_or_default();
+            let owned: Vec<Service> = services.into_iter().cloned().collect();
+            let (exposed, _) = exposures(ve, &owned, &ns);
+            for exposure in exposed.values() {
+                for gateway in &exposure.gateways {
+                    for host in &exposure.hosts {
+                        claims.push(HostClaim {
+                            namespace: ns.clone(),
+                            gateway: gateway.clone(),
+                            host: host.clone(),
+                            by: Claimant::VirtualEnvironment(
+                                ve.metadata.creation_timestamp.clone(),
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        for vs in objects.filter(|o| o.kind == Kind::VirtualService && !o.labelled) {
+            for reference in vs.spec["gateways"].as_array().into_iter().flatten() {
+                let Some(gateway) = reference
+                    .as_str()
+                    .and_then(|r| GatewayName::parse(r, &vs.namespace))
+                else {
+                    continue;
+                };
+                for host in &vs.hosts {
+                    claims.push(HostClaim {
+                        namespace: vs.namespace.clone(),
+                        gateway: gateway.clone(),
+                        host: host.to_ascii_lowercase(),
+                        by: Claimant::User(vs.describe()),
+                    });
+                }
+            }
+        }
+        Self {
+            gateway_pods,
+            policies,
+            claims,
+        }
+    }
+
+    /// Where a Gateway's pods run: per namespace, the labels of each pod.
+    fn placements(
+        &self,
+        gateway: &Existing,
+        scope_to_namespace: bool,
+    ) -> BTreeMap<&str, Vec<&BTreeMap<String, String>>> {
+        let name = GatewayName {
+            namespace: gateway.namespace.clone(),
+            name: gateway.name.clone(),
+        };
+        let mut out: BTreeMap<&str, Vec<&BTreeMap<String, String>>> = BTreeMap::new();
+        for (ns, labels) in self.gateway_pods.get(&name).into_iter().flatten() {
+            if !scope_to_namespace || *ns == gateway.namespace {
+                out.entry(ns.as_str()).or_default().push(labels);
+            }
+        }
+        out
+    }
+}
+
+fn selector_of(gateway: &Existing) -> BTreeMap<String, String> {
+    serde_json::from_value(gateway.spec["selector"].clone()).unwrap_or_default()
+}
+
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Where one Gateway's plugin object goes, and how it judges envs from outside.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    pub gateway: GatewayName,
+    /// The namespace of the gateway's pods (the plugin object's namespace).
+    pub namespace: String,
+    pub selector: BTreeMap<String, String>,
+    /// The tenant's own pods: its `spec.wasmModule` may load there.
+    pub own: bool,
+    /// The edge policy there: the covering policy's, else the VirtualEnvironment's.
+    pub edge_trust: Option<EdgeTrust>,
+    /// The hosts routed there, each to its service: `host -> service name`.
+    pub hosts: BTreeMap<String, String>,
+}
+
+/// What a namespace may enter through gateways.
+#[derive(Debug, Clone, Default)]
+pub struct Admitted {
+    /// Per service, what is left of its exposure (only admitted gateways and hosts).
+    pub exposures: BTreeMap<String, Exposure>,
+    pub placements: Vec<Placement>,
+    /// What was refused, with the reason.
+    pub refused: Vec<String>,
+}
+
+/// The tenant and the rules it is judged by.
+pub struct Tenant<'a> {
+    pub ve: &'a VirtualEnvironment,
+    pub namespace: &'a str,
+    pub admission: GatewayAdmission,
+    pub scope_gateway_to_namespace: bool,
+}
+
+/// Judges `wanted` (the namespace's exposures) against the cluster.
+pub fn admit(
+    tenant: &Tenant<'_>,
+    wanted: &BTreeMap<String, Exposure>,
+    gateways: &[Existing],
+    cluster: &GatewayCluster,
+) -> Admitted {
+    let mut out = Admitted::default();
+    let ns = tenant.namespace;
+    let referenced: BTreeSet<&GatewayName> = wanted.values().flat_map(|e| &e.gateways).collect();
+    // (gateway, host) pairs admitted somewhere.
+    let mut ok: BTreeSet<(GatewayName, String)> = BTreeSet::new();
+    for gateway in referenced {
+        let reference = gateway.reference();
+        let Some(object) = gateways.iter().find(|g| {
+            g.kind == Kind::Gateway && g.namespace == gateway.namespace && g.name == gateway.name
+        }) else {
+            // Bound as asked (istiod ignores a binding to a Gateway that does not exist,
+            // and one created later then works); no plugin object, which the plugin
+            // planning reports.
+            for exposure in wanted.values().filter(|e| e.gateways.contains(gateway)) {
+                for host in &exposure.hosts {
+                    ok.insert((gateway.clone(), host.clone()));
+                }
+            }
+            continue;
+        };
+        let selector = selector_of(object);
+        let mut placements = cluster.placements(object, tenant.scope_gateway_to_namespace);
+        if placements.is_empty() && !selector.is_empty() {
+            out.refused.push(format!(
+                "gateway {reference}: its selector matches no pod{}; its plugin object waits in namespace {}",
+                if tenant.scope_gateway_to_namespace { " in its namespace" } else { "" },
+                gateway.namespace
+            ));
+            placements.insert(gateway.namespace.as_str(), Vec::new());
+        }
+        for (placement_ns, pods) in placements {
+            let pods = GatewayPods {
+                namespace: placement_ns,
+                labels: pods,
+            };
+            let own = placement_ns == ns;
+            let policy = cluster.policies.iter().find(|p| p.covers(&selector, &pods));
+            if !own && policy.is_none() && tenant.admission == GatewayAdmission::Policy {
+                out.refused.push(format!(
+                    "gateway {reference}: its pods in namespace {placement_ns} serve other namespaces too, and no GatewayPolicy for them admits namespace {ns}; not bound, not routed by env there (ask the gateway's owner for a GatewayPolicy)"
+                ));
+                continue;
+            }
+            let edge_trust = match policy {
+                Some(policy) => {
+                    if tenant.ve.spec.edge_trust.is_some() {
+                        out.refused.push(format!(
+                            "gateway {reference}: spec.edgeTrust is not applied there; GatewayPolicy {} sets its edge policy",
+                            policy.name_any()
+                        ));
+                    }
+                    Some(policy.edge_trust())
+                }
+                None => tenant.ve.spec.edge_trust.as_ref().map(|e| e.to_config()),
+            };
+            let mut hosts = BTreeMap::new();
+            for (service, exposure) in wanted.iter().filter(|(_, e)| e.gateways.contains(gateway)) {
+                for host in &exposure.hosts {
+                    match refusal(tenant, object, gateway, host, policy, &pods, cluster) {
+                        Some(why) => out.refused.push(format!(
+                            "{service}: host {host} at gateway {reference}: {why}"
+                        )),
+                        None => match hosts.get(host) {
+                            Some(first) => out.refused.push(format!(
+                                "{service}: host {host} at gateway {reference} already reaches {first}"
+                            )),
+                            None => {
+                                ok.insert((gateway.clone(), host.clone()));
+                                hosts.insert(host.clone(), service.clone());
+                            }
+                        },
+                    }
+                }
+            }
+            if hosts.is_empty() {
+                // Nothing admitted here: no plugin object.
+                continue;
+            }
+            out.placements.push(Placement {
+                gateway: gateway.clone(),
+                namespace: placement_ns.to_owned(),
+                selector: selector.clone(),
+                own,
+                edge_trust,
+                hosts,
+            });
+        }
+    }
+    for (service, exposure) in wanted {
+        let hosts: BTreeSet<String> = exposure
+            .hosts
+            .iter()
+            .filter(|h| {
+                exposure
+                    .gateways
+                    .iter()
+                    .any(|g| ok.contains(&(g.clone(), (*h).clone())))
+            })
+            .cloned()
+            .collect();
+        let gateways: BTreeSet<GatewayName> = exposure
+            .gateways
+            .iter()
+            .filter(|g| {
+                exposure
+                    .hosts
+                    .iter()
+                    .any(|h| ok.contains(&((*g).clone(), h.clone())))
+            })
+            .cloned()
+            .collect();
+        if !gateways.is_empty() {
+            out.exposures
+                .insert(service.clone(), Exposure { gateways, hosts });
+        }
+    }
+    out
+}
+
+/// Why `host` may not be entered for the tenant at this placement; `None` when it may.
+fn refusal(
+    tenant: &Tenant<'_>,
+    object: &Existing,
+    gateway: &GatewayName,
+    host: &str,
+    policy: Option<&GatewayPolicy>,
+    pods: &GatewayPods<'_>,
+    cluster: &GatewayCluster,
+) -> Option<String> {
+    let ns = tenant.namespace;
+    if !gateway_admits(&object.spec["servers"], &object.namespace, ns, host) {
+        return Some(format!(
+            "the Gateway's servers[].hosts do not admit {ns}/{host}, so istiod would not route it"
+        ));
+    }
+    if let Some(policy) = policy {
+        if policy.admits(ns, host).is_none() {
+            return Some(format!(
+                "GatewayPolicy {} does not admit it for namespace {ns}",
+                policy.name_any()
+            ));
+        }
+    }
+    // Everyone else who claims the host on these pods (through any Gateway that selects
+    // them).
+    let rivals: Vec<&HostClaim> = cluster
+        .claims
+        .iter()
+        .filter(|c| c.namespace != ns && c.host.eq_ignore_ascii_case(host))
+        .filter(|c| same_pods(cluster, &c.gateway, gateway, pods))
+        .collect();
+    if let Some(user) = rivals.iter().find_map(|c| match &c.by {
+        Claimant::User(what) => Some((c.namespace.as_str(), what)),
+        Claimant::VirtualEnvironment(_) => None,
+    }) {
+        return Some(format!(
+            "namespace {}'s {} routes it there already",
+            user.0, user.1
+        ));
+    }
+    let ours = rank(
+        tenant.ve.metadata.creation_timestamp.as_ref(),
+        ns,
+        policy,
+        host,
+    );
+    rivals
+        .iter()
+        .filter_map(|c| match &c.by {
+            Claimant::VirtualEnvironment(created) => Some((c, rank(created.as_ref(), &c.namespace, policy, host))),
+            Claimant::User(_) => None,
+        })
+        .filter(|(c, theirs)| {
+            // A rival the policy does not admit has no claim.
+            policy.is_none_or(|p| p.admits(&c.namespace, host).is_some()) && *theirs > ours
+        })
+        .max_by(|a, b| a.1.cmp(&b.1))
+        .map(|(c, _)| match policy {
+            Some(p) => format!(
+                "namespace {} claims it too, and GatewayPolicy {} gives it to {} (the most specific entry, then the first listed, then the oldest VirtualEnvironment)",
+                c.namespace,
+                p.name_any(),
+                c.namespace
+            ),
+            None => format!(
+                "namespace {} claims it too, and its VirtualEnvironment is older",
+                c.namespace
+            ),
+        })
+}
+
+/// A claim's precedence: the policy's entry rank, then age (older first), then the
+/// namespace's name (first first). Larger wins.
+fn rank(
+    created: Option<&Time>,
+    namespace: &str,
+    policy: Option<&GatewayPolicy>,
+    host: &str,
+) -> Precedence {
+    (
+        policy.and_then(|p| p.admits(namespace, host)),
+        std::cmp::Reverse(created.map(|t| t.0.as_second())),
+        std::cmp::Reverse(namespace.to_owned()),
+    )
+}
+
+/// Whether Gateway `other` lands on the same pods as `gateway` does in `pods.namespace`.
+fn same_pods(
+    cluster: &GatewayCluster,
+    other: &GatewayName,
+    gateway: &GatewayName,
+    pods: &GatewayPods<'_>,
+) -> bool {
+    if other == gateway {
+        return true;
+    }
+    // A claim through another Gateway object is a rival when that Gateway's pods in this
+    // namespace overlap ours: they run one Envoy, which routes a host once.
+    cluster.gateway_pods.get(other).is_some_and(|theirs| {
+        theirs
+            .iter()
+            .any(|(ns, labels)| ns == pods.namespace && pods.labels.contains(&labels))
+    })
+}

@@ -163,6 +163,22 @@ impl Caches {
         }
     }
 
+    /// Plugin objects of either API, in any namespace, labelled `label: value`.
+    pub fn plugins_labelled(&self, label: &str, value: &str) -> Vec<Existing> {
+        let mut out = Vec::new();
+        for (kind, store) in self.istio.iter().filter(|(k, _)| k.is_plugin()) {
+            for object in store.state() {
+                if object.labels().get(label).map(String::as_str) != Some(value) {
+                    continue;
+                }
+                if let Ok(value) = serde_json::to_value(&*object) {
+                    out.push(Existing::from_json(*kind, &value, ""));
+                }
+            }
+        }
+        out
+    }
+
     /// The cluster as gateway entry needs it: every Gateway and the pods it selects, the
     /// users' gateway-bound VirtualServices, the GatewayPolicies, and every namespace's
     /// VirtualEnvironment with its services that ask to be entered through a gateway.
@@ -295,7 +311,7 @@ pub mod testing {
 
     use super::*;
 
-    fn fill<K: Clone + kube::Resource>(writer: &mut Writer<K>, objects: Vec<K>)
+    pub fn fill<K: Clone + kube::Resource>(writer: &mut Writer<K>, objects: Vec<K>)
     where
         K::DynamicType: Clone + Eq + std::hash::Hash,
     {

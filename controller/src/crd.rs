@@ -451,6 +451,8 @@ impl VirtualEnvironmentSpec {
             // Both only in gateways' plugin objects, which planning fills in.
             hosts: Default::default(),
             edge_trust: None,
+            // Only in a gateway owner's edge guard (see `edge_guard.rs`).
+            edge_carriers: Default::default(),
             // Filled in by the controller from the other namespaces' plans.
             peers: Default::default(),
             env_names: Vec::new(),

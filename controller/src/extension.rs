@@ -62,6 +62,8 @@ pub fn traffic_extension(plugin: &WasmPlugin) -> TrafficExtension {
         TrafficExtensionSpec {
             selector: spec.selector.clone(),
             traffic_selectors: spec.traffic_selectors.clone(),
+            // The two APIs spell the default phase differently; ours are AUTHN or none.
+            phase: spec.phase.clone(),
             wasm: WasmConfig {
                 url: spec.url.clone(),
                 sha256: spec.sha256.clone(),

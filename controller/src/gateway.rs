@@ -332,6 +332,7 @@ pub fn plan_gateways(
                 }),
                 // Every listener of the gateway: it only ever calls out.
                 traffic_selectors: Vec::new(),
+                phase: None,
                 plugin_config: plugin_config_value(&config),
             },
         });

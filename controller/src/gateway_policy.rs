@@ -31,6 +31,8 @@ use crate::crd::EdgeTrustSpec;
     plural = "gatewaypolicies",
     shortname = "envgw",
     derive = "PartialEq",
+    status = "GatewayPolicyStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Namespace","type":"string","jsonPath":".spec.workload.namespace"}"#,
     printcolumn = r#"{"name":"Edge","type":"string","jsonPath":".spec.edgeTrust.mode"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -48,6 +50,34 @@ pub struct GatewayPolicySpec {
     /// request through it. Default: `strip` (envs are chosen inside the mesh only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edge_trust: Option<EdgeTrustSpec>,
+    /// What the gateway does when its edge guard cannot be loaded (Istio's
+    /// `failStrategy`): `FAIL_OPEN` (default) serves requests without it, so envs pass
+    /// unjudged; `FAIL_CLOSE` refuses them, so the edge policy holds at the cost of the
+    /// gateway's availability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_strategy: Option<FailStrategy>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+pub enum FailStrategy {
+    #[serde(rename = "FAIL_OPEN")]
+    FailOpen,
+    #[serde(rename = "FAIL_CLOSE")]
+    FailClose,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayPolicyStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`: the edge guard is applied to the gateway's pods; when False, why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    /// The edge guard's plugin object, `<namespace>/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]

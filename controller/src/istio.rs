@@ -114,6 +114,10 @@ pub struct WasmPluginSpec {
     /// Which listeners get the plugin: one side each (`CLIENT` or `SERVER`).
     #[serde(rename = "match", default, skip_serializing_if = "Vec::is_empty")]
     pub traffic_selectors: Vec<TrafficSelector>,
+    /// Where in the filter chain: `AUTHN` runs before the plugins without a phase (a
+    /// gateway's edge guard before the routing); absent: Istio's default, at the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
     /// The filter's plugin config (`virtual_env_core::PluginConfig` as JSON).
     #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub plugin_config: serde_json::Value,
@@ -141,6 +145,9 @@ pub struct TrafficExtensionSpec {
     pub selector: Option<WorkloadSelector>,
     #[serde(rename = "match", default, skip_serializing_if = "Vec::is_empty")]
     pub traffic_selectors: Vec<TrafficSelector>,
+    /// As WasmPlugin's `phase` (`AUTHN`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
     pub wasm: WasmConfig,
 }
 

@@ -7,6 +7,7 @@
 pub mod caches;
 pub mod connection;
 pub mod crd;
+pub mod edge_guard;
 pub mod existing;
 pub mod extension;
 pub mod gateway;
@@ -22,6 +23,7 @@ pub mod peers;
 pub mod plan;
 pub mod rbac;
 pub mod reconcile;
+pub mod reconcile_gateway_policy;
 pub mod routable;
 pub mod server;
 pub mod snapshot;

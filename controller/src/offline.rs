@@ -64,6 +64,33 @@ pub fn render(namespaces: &[NamespaceSnapshot], settings: &Settings) -> Result<S
         out.push_str(&render_plan(plan, settings.extension_api));
         docs.push(out);
     }
+    // The gateway owners' edge guards, with every namespace's carriers.
+    let ves: Vec<&crate::crd::VirtualEnvironment> = namespaces
+        .iter()
+        .map(|ns| &ns.virtual_environment)
+        .collect();
+    let policies = namespaces
+        .first()
+        .map(|ns| ns.snapshot.cluster.policies.clone())
+        .unwrap_or_default();
+    for policy in &policies {
+        let mut out = format!("# GatewayPolicy {}: its edge guard\n", policy.name_any());
+        match crate::edge_guard::plan_edge_guard(policy, &ves, &settings.wasm) {
+            Ok(guard) => {
+                for left in &guard.left_out {
+                    let _ = writeln!(out, "# not judged (over the bounds): {left}");
+                }
+                out.push_str(&match settings.extension_api {
+                    ExtensionApi::WasmPlugin => to_yaml(&guard.plugin),
+                    ExtensionApi::TrafficExtension => to_yaml(&traffic_extension(&guard.plugin)),
+                });
+            }
+            Err(why) => {
+                let _ = writeln!(out, "# no edge guard: {why}");
+            }
+        }
+        docs.push(out);
+    }
     Ok(docs.join("---\n"))
 }
 

@@ -655,6 +655,7 @@ fn wasm_plugin(
             fail_strategy: "FAIL_OPEN".into(),
             selector: None,
             traffic_selectors: vec![TrafficSelector { mode: mode.into() }],
+            phase: None,
             plugin_config: plugin_config_value(config),
         },
     }

@@ -65,8 +65,10 @@ pub const CLUSTER: &[ApiUse] = &[
     ),
     // Read only: a Gateway's selector names the pods that get its plugin object.
     uses("networking.istio.io", "gateways", &["list", "watch"]),
-    // Read only: which namespaces a shared gateway's owner admits.
+    // Which namespaces a shared gateway's owner admits (read); the status says whether its
+    // edge guard is applied.
     uses("env.alibaba.com", "gatewaypolicies", &["list", "watch"]),
+    uses("env.alibaba.com", "gatewaypolicies/status", &["patch"]),
 ];
 
 /// Granted by the Role in the controller's own namespace: leader election, on its own

@@ -41,7 +41,7 @@ use crate::transition::{already, keep_failed_services, transition, Step};
 
 pub const FIELD_MANAGER: &str = "virtual-env-controller";
 /// Re-plan now and then even without events, to repair drift.
-const RESYNC: Duration = Duration::from_secs(300);
+pub(crate) const RESYNC: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -65,7 +65,7 @@ pub enum Error {
 }
 
 /// How long a reconcile waits for the watch caches' first fill.
-const CACHE_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const CACHE_WAIT: Duration = Duration::from_secs(30);
 
 /// A random suffix for a new route header name.
 fn random_suffix() -> Result<[u8; ROUTE_HEADER_SUFFIX_LEN], Error> {
@@ -472,7 +472,7 @@ async fn write_step(step: &Step, api: &NamespaceApi, ctx: &Context) -> Result<()
 /// How long one write may take before it counts as failed.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn timed<T>(
+pub(crate) async fn timed<T>(
     call: impl std::future::Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, Error> {
     tokio::time::timeout(WRITE_TIMEOUT, call)
@@ -511,7 +511,11 @@ where
 
 /// Applies a plugin object, in its own namespace, in the API the cluster serves; not when
 /// it is `current` already.
-async fn apply_plugin(ctx: &Context, plugin: &WasmPlugin, current: bool) -> Result<(), Error> {
+pub(crate) async fn apply_plugin(
+    ctx: &Context,
+    plugin: &WasmPlugin,
+    current: bool,
+) -> Result<(), Error> {
     if current {
         return Ok(());
     }
@@ -529,7 +533,7 @@ async fn apply_plugin(ctx: &Context, plugin: &WasmPlugin, current: bool) -> Resu
 }
 
 /// Deletes a plugin object of either API, in its namespace.
-async fn prune_plugin(ctx: &Context, object: &Existing) -> Result<bool, Error> {
+pub(crate) async fn prune_plugin(ctx: &Context, object: &Existing) -> Result<bool, Error> {
     let client = ctx.client.clone();
     match object.kind {
         Kind::TrafficExtension => {
@@ -606,7 +610,7 @@ fn condition(ve: &VirtualEnvironment, ready: bool, reason: &str, message: &str) 
     }
 }
 
-fn now() -> k8s_openapi::jiff::Timestamp {
+pub(crate) fn now() -> k8s_openapi::jiff::Timestamp {
     k8s_openapi::jiff::Timestamp::now()
 }
 
@@ -743,15 +747,44 @@ pub async fn run(
             controller.watches_stream_with(objects, in_same_namespace(store.clone()), resource)
         };
     }
-    controller
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+    // The gateway owners' edge guards: one per GatewayPolicy, carrying every
+    // VirtualEnvironment's carriers, so any VirtualEnvironment's change reconciles them.
+    let policies = Controller::new(Api::<GatewayPolicy>::all(client.clone()), all())
+        .with_config(ControllerConfig::default().debounce(Duration::from_secs(1)));
+    let policy_store = policies.store();
+    let policies = policies.watches(
+        Api::<VirtualEnvironment>::all(client.clone()),
+        all(),
+        move |_: VirtualEnvironment| {
+            policy_store
+                .state()
+                .iter()
+                .map(|p| ObjectRef::from_obj(&**p))
+                .collect::<Vec<_>>()
+        },
+    );
+    let shutdown = futures::FutureExt::shared(shutdown);
+    let routing = controller
+        .graceful_shutdown_on(shutdown.clone())
+        .run(reconcile, error_policy, Arc::clone(&ctx))
         .for_each(|result| async move {
             if let Err(e) = result {
                 warn!("controller: {e}");
             }
-        })
-        .await;
+        });
+    let guards = policies
+        .graceful_shutdown_on(shutdown)
+        .run(
+            crate::reconcile_gateway_policy::reconcile_policy,
+            crate::reconcile_gateway_policy::error_policy,
+            ctx,
+        )
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!("gateway policy controller: {e}");
+            }
+        });
+    futures::join!(routing, guards);
 }
 
 #[cfg(test)]

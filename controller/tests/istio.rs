@@ -322,8 +322,8 @@ fn with_traffic_extension_the_plugin_objects_are_valid_traffic_extensions() {
         .collect();
     assert_eq!(
         extensions.len(),
-        3,
-        "calling side, called side, the gateway's"
+        4,
+        "calling side, called side, the gateway's, the gateway owner's edge guard"
     );
     for (te, wp) in extensions.iter().zip(&plugins) {
         assert_eq!(te["metadata"], wp["metadata"]);

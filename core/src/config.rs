@@ -82,6 +82,11 @@ pub struct PluginConfig {
     /// [`crate::edge`]). Only gateways' plugin objects carry it; absent: accept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub edge_trust: Option<EdgeTrust>,
+    /// More headers a gateway's `edgeTrust` judges besides this config's own carriers:
+    /// those of every namespace whose services the gateway may reach. Only a gateway
+    /// owner's edge guard carries it; absent: only this config's own.
+    #[serde(skip_serializing_if = "EdgeCarriers::is_empty")]
+    pub edge_carriers: EdgeCarriers,
     /// Other namespaces with a VirtualEnvironment, by name: their route header, default
     /// subset and services, so that a call into one is routed by its table (see
     /// [`crate::peer`]). Absent: calls into other namespaces are not routed by env.
@@ -95,6 +100,75 @@ pub struct PluginConfig {
     /// entries into `services`; a service may not be in both.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub service_envs: BTreeMap<String, Vec<u32>>,
+}
+
+/// Headers that may carry an env, besides a config's own (see `edgeCarriers`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct EdgeCarriers {
+    /// Headers whose whole value is an env (other namespaces' env headers and aliases).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<String>,
+    /// Headers with the env inside other text.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub header_patterns: Vec<HeaderPattern>,
+    /// W3C baggage members that carry an env.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub baggage_keys: Vec<String>,
+}
+
+/// Bounds of `edgeCarriers`: every request through the gateway judges them all.
+pub const MAX_EDGE_HEADERS: usize = 32;
+pub const MAX_EDGE_PATTERNS: usize = 16;
+pub const MAX_EDGE_BAGGAGE_KEYS: usize = 8;
+
+impl EdgeCarriers {
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty() && self.header_patterns.is_empty() && self.baggage_keys.is_empty()
+    }
+
+    fn validate(&self, route_header: &str) -> Result<(), ConfigError> {
+        check_count("edgeCarriers.headers", self.headers.len(), MAX_EDGE_HEADERS)?;
+        check_count(
+            "edgeCarriers.headerPatterns",
+            self.header_patterns.len(),
+            MAX_EDGE_PATTERNS,
+        )?;
+        check_count(
+            "edgeCarriers.baggageKeys",
+            self.baggage_keys.len(),
+            MAX_EDGE_BAGGAGE_KEYS,
+        )?;
+        let headers = self
+            .headers
+            .iter()
+            .chain(self.header_patterns.iter().map(|p| &p.name));
+        for header in headers {
+            check_header("edgeCarriers.headers", header)?;
+            if header.eq_ignore_ascii_case(route_header) {
+                return Err(ConfigError::HeaderReused {
+                    field: "edgeCarriers",
+                    value: header.clone(),
+                    other: "routeHeader",
+                });
+            }
+        }
+        for pattern in &self.header_patterns {
+            pattern.compile().map_err(|source| ConfigError::Pattern {
+                name: pattern.name.clone(),
+                source,
+            })?;
+        }
+        for key in &self.baggage_keys {
+            if !is_token(key) {
+                return Err(ConfigError::HeaderName {
+                    field: "edgeCarriers.baggageKeys",
+                    value: key.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A header whose value holds the env inside other text.
@@ -151,6 +225,7 @@ impl Default for PluginConfig {
             services: BTreeMap::new(),
             hosts: BTreeMap::new(),
             edge_trust: None,
+            edge_carriers: EdgeCarriers::default(),
             peers: BTreeMap::new(),
             env_names: Vec::new(),
             service_envs: BTreeMap::new(),
@@ -416,6 +491,7 @@ impl PluginConfig {
         if let Some(edge) = &self.edge_trust {
             edge.validate(splitter)?;
         }
+        self.edge_carriers.validate(&self.route_header)?;
         self.validate_peers(splitter, &keys)
     }
 
@@ -607,6 +683,33 @@ mod tests {
         PluginConfig::from_json(json.as_bytes())
             .expect_err("config should be rejected")
             .to_string()
+    }
+
+    #[test]
+    fn edge_carriers_are_checked_and_optional() {
+        let ok = PluginConfig::from_json(
+            br#"{"edgeCarriers": {"headers": ["x-team-env"], "baggageKeys": ["team-env"],
+                "headerPatterns": [{"name": "cookie", "pattern": ".*e=(@);?.*"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.edge_carriers.headers, ["x-team-env"]);
+        let plain = serde_json::to_string(&PluginConfig::default()).unwrap();
+        assert!(
+            !plain.contains("edgeCarriers"),
+            "absent when empty: older filters read it"
+        );
+        for bad in [
+            r#"{"edgeCarriers": {"headers": ["bad header"]}}"#,
+            r#"{"edgeCarriers": {"headers": ["x-virtual-env-route"]}}"#,
+            r#"{"edgeCarriers": {"baggageKeys": ["a,b"]}}"#,
+            r#"{"edgeCarriers": {"headerPatterns": [{"name": "cookie", "pattern": "[a](@)"}]}}"#,
+            r#"{"edgeCarriers": {"other": []}}"#,
+        ] {
+            assert!(PluginConfig::from_json(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let many: Vec<String> = (0..=MAX_EDGE_HEADERS).map(|i| format!("x-h{i}")).collect();
+        let json = serde_json::json!({"edgeCarriers": {"headers": many}}).to_string();
+        assert!(PluginConfig::from_json(json.as_bytes()).is_err());
     }
 
     #[test]

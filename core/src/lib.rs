@@ -14,7 +14,7 @@ pub mod peer;
 pub mod routing;
 pub mod service;
 
-pub use config::{ConfigError, Direction, HeaderPattern, PluginConfig};
+pub use config::{ConfigError, Direction, EdgeCarriers, HeaderPattern, PluginConfig};
 pub use edge::{EdgeMode, EdgeTrust};
 pub use env::{lineage, validate_env_name, EnvNameError};
 pub use peer::PeerNamespace;

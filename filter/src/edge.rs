@@ -25,22 +25,25 @@ use std::collections::BTreeMap;
 use virtual_env_core::pattern::{EnvPattern, MAX_EDGE_VALUE_LEN};
 use virtual_env_core::{validate_env_name, EdgeTrust};
 
-/// The headers that carry an env, as one config names them (lower case).
+/// The headers that carry an env (lower case): the config's own (env header, aliases,
+/// patterns, baggage key) and its `edgeCarriers`.
 pub struct Carriers<'a> {
-    pub env_header: &'a str,
-    pub aliases: &'a [String],
+    /// Headers whose whole value is an env.
+    pub whole: &'a [String],
     pub patterns: &'a [(String, EnvPattern)],
-    pub baggage_key: Option<&'a str>,
+    /// Members of `baggage` that carry an env.
+    pub baggage_keys: &'a [String],
     pub splitter: char,
 }
 
 impl Carriers<'_> {
     /// Every header that may carry an env.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.env_header)
-            .chain(self.aliases.iter().map(String::as_str))
+        self.whole
+            .iter()
+            .map(String::as_str)
             .chain(self.patterns.iter().map(|(name, _)| name.as_str()))
-            .chain(self.baggage_key.map(|_| "baggage"))
+            .chain((!self.baggage_keys.is_empty()).then_some("baggage"))
     }
 }
 
@@ -78,9 +81,7 @@ pub fn guard(edge: &EdgeTrust, carriers: &Carriers<'_>, lines: &[(String, Vec<u8
             .collect()
     };
 
-    let whole =
-        std::iter::once(carriers.env_header).chain(carriers.aliases.iter().map(String::as_str));
-    for name in whole {
+    for name in carriers.whole.iter().map(String::as_str) {
         if edits.headers.contains_key(name) {
             continue;
         }
@@ -128,27 +129,25 @@ pub fn guard(edge: &EdgeTrust, carriers: &Carriers<'_>, lines: &[(String, Vec<u8
         }
     }
 
-    if let Some(key) = carriers.baggage_key {
-        if !edits.headers.contains_key("baggage") {
-            let mut changed = false;
-            let mut kept = Vec::new();
-            for value in lines_of("baggage") {
-                let text = std::str::from_utf8(value)
-                    .ok()
-                    .filter(|v| v.len() <= MAX_EDGE_VALUE_LEN);
-                let Some(text) = text else {
-                    changed = true;
-                    edits.lines_unjudged += 1;
-                    continue;
-                };
-                let (line, cut) = cut_baggage(text, key, &admitted);
-                changed |= cut > 0;
-                edits.envs_removed += cut;
-                kept.push(line);
-            }
-            if changed {
-                edits.headers.insert("baggage".into(), joined(&kept, ","));
-            }
+    if !carriers.baggage_keys.is_empty() && !edits.headers.contains_key("baggage") {
+        let mut changed = false;
+        let mut kept = Vec::new();
+        for value in lines_of("baggage") {
+            let text = std::str::from_utf8(value)
+                .ok()
+                .filter(|v| v.len() <= MAX_EDGE_VALUE_LEN);
+            let Some(text) = text else {
+                changed = true;
+                edits.lines_unjudged += 1;
+                continue;
+            };
+            let (line, cut) = cut_baggage(text, carriers.baggage_keys, &admitted);
+            changed |= cut > 0;
+            edits.envs_removed += cut;
+            kept.push(line);
+        }
+        if changed {
+            edits.headers.insert("baggage".into(), joined(&kept, ","));
         }
     }
     edits
@@ -204,8 +203,8 @@ fn cut_pattern(
     None
 }
 
-/// A baggage line without the members under `key` whose value is not admitted.
-fn cut_baggage(value: &str, key: &str, admitted: &impl Fn(&str) -> bool) -> (String, usize) {
+/// A baggage line without the members under `keys` whose value is not admitted.
+fn cut_baggage(value: &str, keys: &[String], admitted: &impl Fn(&str) -> bool) -> (String, usize) {
     let mut cut = 0;
     let kept: Vec<&str> = value
         .split(',')
@@ -214,7 +213,8 @@ fn cut_baggage(value: &str, key: &str, admitted: &impl Fn(&str) -> bool) -> (Str
             let Some((k, v)) = name_value.split_once('=') else {
                 return true;
             };
-            if k.trim() != key {
+            let key = k.trim();
+            if !keys.iter().any(|k| k == key) {
                 return true;
             }
             let keep = !v.trim().is_empty()
@@ -253,16 +253,16 @@ mod tests {
     }
 
     fn run(edge: &EdgeTrust, lines: &[(&str, &str)]) -> EdgeEdits {
-        let aliases = vec!["x-env".to_owned()];
+        let whole = vec!["x-virtual-env".to_owned(), "x-env".to_owned()];
         let patterns = vec![(
             "cookie".to_owned(),
             EnvPattern::parse(".*env=(@);?.*", DEFAULT_PLACEHOLDER).unwrap(),
         )];
+        let keys = vec!["virtual-env".to_owned()];
         let carriers = Carriers {
-            env_header: "x-virtual-env",
-            aliases: &aliases,
+            whole: &whole,
             patterns: &patterns,
-            baggage_key: Some("virtual-env"),
+            baggage_keys: &keys,
             splitter: '.',
         };
         let lines: Vec<(String, Vec<u8>)> = lines
@@ -347,11 +347,11 @@ mod tests {
         assert_eq!(set(&edits, "cookie"), Some(Some("a=1")));
         assert_eq!(edits.lines_unjudged, 1);
         let lines = vec![("x-virtual-env".to_owned(), b"dev\xff".to_vec())];
+        let whole = vec!["x-virtual-env".to_owned()];
         let carriers = Carriers {
-            env_header: "x-virtual-env",
-            aliases: &[],
+            whole: &whole,
             patterns: &[],
-            baggage_key: None,
+            baggage_keys: &[],
             splitter: '.',
         };
         let edits = guard(&allow(&["dev"]), &carriers, &lines);

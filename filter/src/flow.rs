@@ -95,6 +95,14 @@ pub struct FilterConfig {
     direction: Option<Direction>,
     /// Set in gateways' configs that do not accept every env from outside.
     edge_trust: Option<EdgeTrust>,
+    /// What the edge guard judges (with `edge_trust` only): the own carriers and the
+    /// config's `edgeCarriers`, lower case, once each.
+    edge_whole: Vec<String>,
+    edge_patterns: Vec<(String, EnvPattern)>,
+    edge_baggage_keys: Vec<String>,
+    /// A gateway owner's edge guard: an edge policy and nothing to route. It judges the
+    /// request and leaves the rest to the routing plugins after it.
+    guard_only: bool,
     routes: RouteTable,
 }
 
@@ -104,16 +112,40 @@ impl FilterConfig {
     /// [`crate::correlation::correlation_key`]) trace correlation is off.
     pub fn new(config: &PluginConfig, correlation_key: Option<HashKey>) -> Self {
         let lower = |names: &[String]| names.iter().map(|h| h.to_ascii_lowercase()).collect();
+        let edge_trust = config
+            .edge_trust
+            .clone()
+            .filter(|edge| edge.mode != EdgeMode::Accept);
+        let compiled = |patterns: &[virtual_env_core::HeaderPattern]| -> Vec<(String, EnvPattern)> {
+            // The config passed validation, so every pattern compiles.
+            patterns
+                .iter()
+                .filter_map(|p| Some((p.name.to_ascii_lowercase(), p.compile().ok()?)))
+                .collect()
+        };
+        let (mut edge_whole, mut edge_patterns, mut edge_baggage_keys) = Default::default();
+        if edge_trust.is_some() {
+            let extra = &config.edge_carriers;
+            edge_whole = std::iter::once(&config.env_header)
+                .chain(&config.header_aliases)
+                .chain(&extra.headers)
+                .map(|h| h.to_ascii_lowercase())
+                .collect();
+            edge_patterns = compiled(&config.header_patterns);
+            edge_patterns.extend(compiled(&extra.header_patterns));
+            edge_baggage_keys = std::iter::once(&config.baggage_key)
+                .chain(&extra.baggage_keys)
+                .filter(|k| !k.is_empty())
+                .cloned()
+                .collect();
+            dedup(&mut edge_whole);
+            dedup(&mut edge_baggage_keys);
+        }
         Self {
             env_header: config.env_header.to_ascii_lowercase(),
             route_header: config.route_header.to_ascii_lowercase(),
             header_aliases: lower(&config.header_aliases),
-            // The config passed validation, so every pattern compiles.
-            header_patterns: config
-                .header_patterns
-                .iter()
-                .filter_map(|p| Some((p.name.to_ascii_lowercase(), p.compile().ok()?)))
-                .collect(),
+            header_patterns: compiled(&config.header_patterns),
             baggage_key: Some(config.baggage_key.clone()).filter(|k| !k.is_empty()),
             trace_headers: lower(&config.trace_headers),
             correlation: correlation_key.and_then(|key| {
@@ -126,10 +158,14 @@ impl FilterConfig {
             auto_inject: config.auto_inject,
             splitter: config.splitter_char(),
             direction: config.direction,
-            edge_trust: config
-                .edge_trust
-                .clone()
-                .filter(|edge| edge.mode != EdgeMode::Accept),
+            guard_only: edge_trust.is_some()
+                && config.services.is_empty()
+                && config.hosts.is_empty()
+                && config.peers.is_empty(),
+            edge_trust,
+            edge_whole,
+            edge_patterns,
+            edge_baggage_keys,
             routes: RouteTable::new(config),
         }
     }
@@ -182,6 +218,9 @@ impl FilterConfig {
         // A gateway's edge policy holds for every request through it, whatever its host.
         if let Some(edge) = &self.edge_trust {
             self.guard_edge(edge, host);
+            if self.guard_only {
+                return;
+            }
         }
         let authority = self.text(host, ":authority");
         let target = authority.as_deref().map_or(Target::Outside, |authority| {
@@ -244,10 +283,9 @@ impl FilterConfig {
     /// behind the gateway finds another.
     fn guard_edge(&self, edge: &EdgeTrust, host: &mut impl Host) {
         let carriers = Carriers {
-            env_header: &self.env_header,
-            aliases: &self.header_aliases,
-            patterns: &self.header_patterns,
-            baggage_key: self.baggage_key.as_deref(),
+            whole: &self.edge_whole,
+            patterns: &self.edge_patterns,
+            baggage_keys: &self.edge_baggage_keys,
             splitter: self.splitter,
         };
         let Some(lines) = host.request_headers() else {
@@ -413,6 +451,12 @@ impl FilterConfig {
             Some(env.to_owned())
         })
     }
+}
+
+/// Keeps the first of each name, in order.
+fn dedup(names: &mut Vec<String>) {
+    let mut seen = std::collections::BTreeSet::new();
+    names.retain(|n| seen.insert(n.clone()));
 }
 
 #[cfg(test)]

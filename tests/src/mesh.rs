@@ -22,6 +22,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tempfile::TempDir;
+use virtual_env_controller::edge_guard::plan_edge_guard;
 use virtual_env_controller::existing::{Existing, Kind};
 use virtual_env_controller::gateway_admission::{GatewayAdmission, GatewayCluster};
 use virtual_env_controller::istio::{DestinationRule, VirtualService};
@@ -36,7 +37,7 @@ use virtual_env_core::service_fqdn;
 use crate::app::{AppConfig, Hop, TRACING_HEADERS};
 use crate::envoy::{filter_wasm, poll_until, write_atomically, Envoy, Guarded};
 use crate::http::{self, Protocol};
-use crate::sidecar::{ecds_resource_named, http_filters_named};
+use crate::sidecar::{ecds_resource_named, http_filter_chain, http_filters_named};
 use crate::topology::{selects, Topology, TopologyPod, TopologyService};
 
 pub const APP_PORT: u16 = 8080;
@@ -88,6 +89,9 @@ struct RoutingFiles {
     /// The gateway's plugin: the plugin object the controller writes for the gateway when
     /// the topology exposes services through it; else the first namespace's calling side.
     ecds_gateway: PathBuf,
+    /// The gateway owner's edge guard (the first GatewayPolicy's), ahead of the gateway's
+    /// plugin as Istio's phase AUTHN puts it; a guard that judges nothing without one.
+    ecds_edge: PathBuf,
 }
 
 struct NamespaceFiles {
@@ -121,6 +125,7 @@ impl RoutingFiles {
             cds: file("cds")?,
             namespaces,
             ecds_gateway: file("ecds-gateway")?,
+            ecds_edge: file("ecds-edge")?,
         })
     }
 }
@@ -328,7 +333,29 @@ impl Mesh {
             || first.plugin_config.to_json(),
             |p| p.spec.plugin_config.to_string(),
         );
-        self.push_side(Side::Gateway, &gateway)
+        self.push_side(Side::Gateway, &gateway)?;
+        match self.edge_guard_config()? {
+            Some(guard) => self.push_side(Side::Edge, &guard),
+            None => Ok(()),
+        }
+    }
+
+    /// The edge guard's plugin config, as the controller plans it for the first
+    /// GatewayPolicy with every namespace's VirtualEnvironment; none without a policy
+    /// (the gateway then has no guard, as without a GatewayPolicy in a cluster).
+    fn edge_guard_config(&self) -> Result<Option<String>> {
+        let Some(policy) = self.topology.gateway_policies.first() else {
+            return Ok(None);
+        };
+        let ves: Vec<_> = self.topology.all().map(|ns| ns.to_kubernetes().0).collect();
+        let refs: Vec<_> = ves.iter().collect();
+        let wasm = WasmSource {
+            url: format!("file://{}", self.wasm),
+            sha256: None,
+        };
+        let guard = plan_edge_guard(&policy.to_kubernetes(), &refs, &wasm)
+            .map_err(|e| anyhow::anyhow!("edge guard: {e}"))?;
+        Ok(Some(guard.plugin.spec.plugin_config.to_string()))
     }
 
     /// Replaces every plugin config (ECDS) with `json`, valid or not.
@@ -361,6 +388,7 @@ impl Mesh {
             Side::Inbound(ns) => (INBOUND_WASM_PLUGIN_NAME, &self.files_of(ns)?.ecds_inbound),
             Side::Outbound(ns) => (WASM_PLUGIN_NAME, &self.files_of(ns)?.ecds),
             Side::Gateway => ("virtual-env-gateway", &self.files.ecds_gateway),
+            Side::Edge => ("virtual-env-edge", &self.files.ecds_edge),
         })
     }
 
@@ -634,12 +662,32 @@ impl Mesh {
         let rds = self
             .files_of(ns)
             .map_or_else(|_| PathBuf::new(), |files| files.rds.clone());
+        let filters = match side {
+            // The edge guard (Istio phase AUTHN) before the gateway's routing plugin.
+            Side::Gateway => {
+                let entry = |side| {
+                    self.plugin(side).ok().map(|(name, path)| {
+                        let dir = path.parent().unwrap_or(path).display().to_string();
+                        (name, path.display().to_string(), dir)
+                    })
+                };
+                let guard = (!self.topology.gateway_policies.is_empty())
+                    .then(|| entry(Side::Edge))
+                    .flatten();
+                let chain: Vec<_> = [guard, entry(Side::Gateway)]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                http_filter_chain(&chain)
+            }
+            _ => self.filters(side),
+        };
         let mut listener = json!({
             "name": name,
             "address": {"socket_address": {"address": address.to_string(), "port_value": OUTBOUND_PORT}},
             "filter_chains": [{"filters": [hcm(name, json!({
                 "rds": {"route_config_name": "outbound", "config_source": watched(&rds)}
-            }), self.filters(side))]}]
+            }), filters)]}]
         });
         if let Some(direction) = direction {
             listener["traffic_direction"] = json!(direction);
@@ -713,6 +761,8 @@ enum Side<'a> {
     Outbound(&'a str),
     /// The gateway's own plugin object.
     Gateway,
+    /// The gateway owner's edge guard.
+    Edge,
 }
 
 /// What the controller reads of namespace `ns`: its objects, and the mesh's ingress

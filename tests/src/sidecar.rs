@@ -91,6 +91,20 @@ pub fn http_filters_named(name: &str, ecds_path: &str, ecds_dir: &str) -> Value 
     ])
 }
 
+/// Several Wasm filters from their watched ECDS files, in order, then the router: a
+/// gateway's edge guard (Istio phase AUTHN) before the routing plugins.
+pub fn http_filter_chain(filters: &[(&str, String, String)]) -> Value {
+    let mut chain: Vec<Value> = filters
+        .iter()
+        .map(|(name, path, dir)| http_filters_named(name, path, dir)[0].clone())
+        .collect();
+    chain.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+    }));
+    Value::Array(chain)
+}
+
 /// An HTTP listener with the filter chain, on a free loopback port.
 pub fn listener(name: &str, direction: &str, routes: Value, filters: &Value) -> Value {
     json!({

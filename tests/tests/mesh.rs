@@ -481,6 +481,51 @@ async fn no_env_passes_the_gateways_edge_policy_in_any_spelling() -> Result<()> 
     Ok(())
 }
 
+/// The gateway owner's edge guard holds for every request through the gateway, also where
+/// no namespace is routed by env at it, and for every namespace's carriers: here the
+/// policy admits no namespace (so no routing plugin runs at the gateway) and strips envs;
+/// namespace `team` reads its env from `x-team-env`. Without the guard both envs would
+/// reach the sidecars behind the gateway and be routed.
+#[tokio::test]
+async fn the_gateway_owners_edge_guard_holds_where_nothing_is_routed_by_env() -> Result<()> {
+    let _serial = serial().await;
+    let mut topology = topology("gateway.yaml");
+    topology.gateway_policies[0].spec.tenants.clear();
+    topology.gateway_policies[0].spec.edge_trust = Some(serde_yaml::from_str("{mode: strip}")?);
+    topology.namespaces.push(Topology::parse(
+        r#"
+namespace: team
+virtualEnvironment:
+  envHeader: {name: x-team-env}
+  envLabel: {defaultSubset: dev}
+services: [{name: t}]
+pods:
+  - {name: t-dev,   labels: {app: t, virtual-env: dev}}
+  - {name: t-proj1, labels: {app: t, virtual-env: dev.proj1}}
+"#,
+    )?);
+    let mesh = Mesh::start(topology, options()).await?;
+    assert!(
+        mesh.plan()?.gateway_plugins.is_empty(),
+        "no namespace is routed by env at the gateway"
+    );
+    let hop = mesh.request("app-b", &[(ENV, "dev.proj1")]).await?;
+    assert_eq!(hop.pods(), ["app-b-dev", "app-c-dev"]);
+    assert_eq!(hop.chain()[0].received_env, None);
+    let hop = mesh
+        .request("t.team", &[("x-team-env", "dev.proj1")])
+        .await?;
+    assert_eq!(hop.pods(), ["t-dev"]);
+    let gateway = mesh.envoy("gateway").unwrap();
+    assert_eq!(
+        gateway
+            .stat_eventually("wasmcustom.virtual_env.edge.env_removed", 2)
+            .await?,
+        2
+    );
+    Ok(())
+}
+
 /// The demo's topology: the seed entered at shop.example.com, app-c calling the ledger of
 /// namespace `pay`, which has its own VirtualEnvironment (route header, table). The env
 /// falls back by the table of the namespace each hop is in, on both sides.

@@ -673,3 +673,42 @@ fn a_peer_service_without_a_table_entry_carries_the_env_on() {
     );
     assert_eq!(h.header("x-virtual-env"), None);
 }
+
+/// A gateway owner's edge guard: no services of its own, the edge policy, and the carriers
+/// of every namespace the gateway may reach (`edgeCarriers`). Every request through the
+/// gateway is judged, whatever its host, with all of them.
+#[test]
+fn an_edge_guard_judges_every_namespaces_carriers_on_every_request() {
+    let json = r#"{"direction": "outbound", "correlationSlots": 0,
+        "edgeTrust": {"mode": "allowList", "allow": ["dev"]},
+        "edgeCarriers": {"headers": ["X-Team-Env"], "baggageKeys": ["team-env"],
+            "headerPatterns": [{"name": "x-pref", "pattern": "env:(@)"}]},
+        "services": {}}"#;
+    let config = PluginConfig::from_json(json.as_bytes()).unwrap();
+    let cfg = FilterConfig::new(&config, None);
+    let mut host = MockHost::new()
+        .with_header(":authority", "anything.example.com")
+        .with_header("x-virtual-env", "dev.secret")
+        .with_header("x-team-env", "dev")
+        .with_header("x-team-env", "dev.secret")
+        .with_header("baggage", "team-env=dev.secret,virtual-env=dev")
+        .with_header("x-pref", "env:dev.secret");
+    cfg.on_request_headers(&node(None), Direction::Outbound, &mut host);
+    assert_eq!(host.header("x-virtual-env"), None);
+    assert_eq!(host.header_lines("x-team-env"), ["dev"]);
+    assert_eq!(host.header_lines("baggage"), ["virtual-env=dev"]);
+    assert_eq!(host.header_lines("x-pref"), ["env:"]);
+    assert_eq!(host.count(Metric::EnvRemovedAtEdge), 1);
+    // A guard only judges: the routing plugins after it resolve, propagate and route.
+    assert_eq!(host.count(Metric::EnvFromHeader), 0);
+    assert_eq!(host.count(Metric::RouteUnknownService), 0);
+    let mut admitted = MockHost::new()
+        .with_header(":authority", "app-a")
+        .with_header("baggage", "virtual-env=dev");
+    cfg.on_request_headers(&node(None), Direction::Outbound, &mut admitted);
+    assert_eq!(
+        admitted.header("x-virtual-env"),
+        None,
+        "not propagated by the guard"
+    );
+}

@@ -1,0 +1,207 @@
+//! A gateway owner's edge guard: one plugin object per [`GatewayPolicy`], on the gateway's
+//! pods, that judges every request through the gateway by the policy's `edgeTrust` before
+//! anything routes it (Istio phase `AUTHN`, ahead of the routing plugins, which have
+//! none). It knows no service: it only leaves envs the policy admits, in every line of
+//! every carrier of every VirtualEnvironment of the cluster (their env headers, aliases,
+//! patterns and baggage keys: `edgeCarriers`), so that the policy holds whether or not a
+//! namespace is routed at that gateway, and whatever header names the namespaces behind it
+//! read envs from.
+//!
+//! Its owner reference is the GatewayPolicy (a namespaced object may be owned by a
+//! cluster-scoped one): it goes with the policy. It always loads the controller's module.
+//!
+//! Pure: no API calls (`reconcile_gateway_policy.rs` applies what this plans).
+
+use std::collections::BTreeMap;
+
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use virtual_env_core::config::{MAX_EDGE_BAGGAGE_KEYS, MAX_EDGE_HEADERS, MAX_EDGE_PATTERNS};
+use virtual_env_core::{Direction, EdgeCarriers, PluginConfig};
+
+use crate::crd::VirtualEnvironment;
+use crate::gateway_policy::{FailStrategy, GatewayPolicy};
+use crate::istio::{WasmPlugin, WasmPluginSpec, WorkloadSelector};
+use crate::plan::{plugin_config_value, WasmSource, MANAGED_BY, MANAGED_BY_LABEL};
+
+/// The label naming the GatewayPolicy an edge guard belongs to.
+pub const POLICY_LABEL: &str = "env.alibaba.com/gateway-policy";
+/// Edge guards are named `virtual-env-edge.<policy>`.
+pub const GUARD_PREFIX: &str = "virtual-env-edge.";
+
+/// An edge guard, and what could not be put in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeGuard {
+    pub plugin: WasmPlugin,
+    /// Carriers left out over the bounds, as `kind name`.
+    pub left_out: Vec<String>,
+}
+
+/// The edge guard of `policy` for a cluster whose VirtualEnvironments are `ves`; `Err`
+/// says why the policy cannot have one (its edge policy is not valid).
+pub fn plan_edge_guard(
+    policy: &GatewayPolicy,
+    ves: &[&VirtualEnvironment],
+    module: &WasmSource,
+) -> Result<EdgeGuard, String> {
+    let edge_trust = policy.edge_trust();
+    let mut config = PluginConfig {
+        direction: Some(Direction::Outbound),
+        correlation_slots: 0,
+        auto_inject: false,
+        edge_trust: Some(edge_trust),
+        ..PluginConfig::default()
+    };
+    let (carriers, left_out) = carriers_of(ves, &config);
+    config.edge_carriers = carriers;
+    config
+        .validate()
+        .map_err(|e| format!("spec.edgeTrust: {e}"))?;
+    let name = format!("{GUARD_PREFIX}{}", policy.name_any());
+    if name.len() > 253 {
+        return Err(format!(
+            "the edge guard's name {name:?} is longer than 253 characters; shorten the policy's name"
+        ));
+    }
+    let labels = BTreeMap::from([
+        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+        (POLICY_LABEL.to_owned(), policy.name_any()),
+    ]);
+    let fail_strategy = match policy.spec.fail_strategy {
+        Some(FailStrategy::FailClose) => "FAIL_CLOSE",
+        Some(FailStrategy::FailOpen) | None => "FAIL_OPEN",
+    };
+    let plugin = WasmPlugin {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(policy.spec.workload.namespace.clone()),
+            labels: Some(labels),
+            // Only a policy read from the API has a uid; offline renders carry no owner.
+            owner_references: policy.controller_owner_ref(&()).map(|r| vec![r]),
+            ..ObjectMeta::default()
+        },
+        spec: WasmPluginSpec {
+            url: module.url.clone(),
+            sha256: module.sha256.clone(),
+            fail_strategy: fail_strategy.into(),
+            selector: Some(WorkloadSelector {
+                match_labels: policy.spec.workload.selector.clone(),
+            }),
+            traffic_selectors: Vec::new(),
+            phase: Some("AUTHN".into()),
+            plugin_config: plugin_config_value(&config),
+        },
+    };
+    Ok(EdgeGuard { plugin, left_out })
+}
+
+/// Every carrier the VirtualEnvironments read envs from, besides `own`'s, once each (by
+/// lower-case name), within the plugin config's bounds.
+fn carriers_of(ves: &[&VirtualEnvironment], own: &PluginConfig) -> (EdgeCarriers, Vec<String>) {
+    let mut carriers = EdgeCarriers::default();
+    let mut left_out = Vec::new();
+    let own_whole = [own.env_header.to_ascii_lowercase()];
+    for ve in ves {
+        let config = ve.spec.plugin_config();
+        for header in std::iter::once(&config.env_header).chain(&config.header_aliases) {
+            let lower = header.to_ascii_lowercase();
+            if own_whole.contains(&lower) || carriers.headers.contains(&lower) {
+                continue;
+            }
+            if carriers.headers.len() == MAX_EDGE_HEADERS {
+                left_out.push(format!("header {lower}"));
+                continue;
+            }
+            carriers.headers.push(lower);
+        }
+        for pattern in config.header_patterns {
+            let mut pattern = pattern;
+            pattern.name = pattern.name.to_ascii_lowercase();
+            if carriers.header_patterns.contains(&pattern) || pattern.compile().is_err() {
+                continue;
+            }
+            if carriers.header_patterns.len() == MAX_EDGE_PATTERNS {
+                left_out.push(format!("pattern header {}", pattern.name));
+                continue;
+            }
+            carriers.header_patterns.push(pattern);
+        }
+        let key = config.baggage_key;
+        if key.is_empty() || key == own.baggage_key || carriers.baggage_keys.contains(&key) {
+            continue;
+        }
+        if carriers.baggage_keys.len() == MAX_EDGE_BAGGAGE_KEYS {
+            left_out.push(format!("baggage key {key}"));
+            continue;
+        }
+        carriers.baggage_keys.push(key);
+    }
+    (carriers, left_out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::fixtures::{ingress_policy, seed_ve, settings};
+    use crate::plan::plugin_config_of;
+
+    fn ve(spec: &str) -> VirtualEnvironment {
+        crate::plan::fixtures::ve(spec)
+    }
+
+    #[test]
+    fn a_policy_gets_a_guard_on_its_pods_before_the_routing_with_every_namespaces_carriers() {
+        let mut policy = ingress_policy("[]", "{mode: allowList, allow: [dev]}");
+        policy.metadata.uid = Some("policy-uid".into());
+        let team = ve(
+            "envHeader: {name: X-Team-Env, aliases: [x-env, {name: Cookie, pattern: '.*env=(@);?.*'}], baggageKey: team-env}",
+        );
+        let guard = plan_edge_guard(&policy, &[&seed_ve(), &team], &settings().wasm).unwrap();
+        let plugin = &guard.plugin;
+        assert_eq!(plugin.name_any(), "virtual-env-edge.ingressgateway");
+        assert_eq!(plugin.namespace().as_deref(), Some("istio-system"));
+        assert_eq!(plugin.spec.phase.as_deref(), Some("AUTHN"));
+        assert_eq!(
+            plugin.spec.url,
+            settings().wasm.url,
+            "the controller's module"
+        );
+        assert_eq!(plugin.spec.fail_strategy, "FAIL_OPEN");
+        assert_eq!(
+            plugin.spec.selector.as_ref().unwrap().match_labels,
+            BTreeMap::from([("istio".to_owned(), "ingressgateway".to_owned())])
+        );
+        assert_eq!(plugin.owner_references()[0].uid, "policy-uid");
+        assert_eq!(plugin.labels()[POLICY_LABEL], "ingressgateway");
+        let config = plugin_config_of(&plugin.spec.plugin_config).unwrap();
+        assert!(config.services.is_empty() && config.hosts.is_empty());
+        assert_eq!(config.edge_trust.unwrap().allow, ["dev"]);
+        assert_eq!(config.edge_carriers.headers, ["x-team-env", "x-env"]);
+        assert_eq!(config.edge_carriers.baggage_keys, ["team-env"]);
+        assert_eq!(config.edge_carriers.header_patterns[0].name, "cookie");
+        assert!(guard.left_out.is_empty());
+    }
+
+    #[test]
+    fn an_edge_policy_that_is_not_valid_has_no_guard_and_says_why() {
+        let policy = ingress_policy("[]", "{mode: allowList}");
+        let err = plan_edge_guard(&policy, &[], &settings().wasm).unwrap_err();
+        assert!(
+            err.contains("spec.edgeTrust") && err.contains("at least one entry"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn carriers_over_the_bounds_are_left_out_and_named() {
+        let policy = ingress_policy("[]", "");
+        let many: Vec<VirtualEnvironment> = (0..MAX_EDGE_HEADERS + 2)
+            .map(|i| ve(&format!("envHeader: {{name: x-env-{i}}}")))
+            .collect();
+        let refs: Vec<&VirtualEnvironment> = many.iter().collect();
+        let guard = plan_edge_guard(&policy, &refs, &settings().wasm).unwrap();
+        assert_eq!(guard.left_out.len(), 2, "{:?}", guard.left_out);
+        let config = plugin_config_of(&guard.plugin.spec.plugin_config).unwrap();
+        assert_eq!(config.edge_carriers.headers.len(), MAX_EDGE_HEADERS);
+    }
+}

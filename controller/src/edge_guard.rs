@@ -37,14 +37,18 @@ pub struct EdgeGuard {
     pub left_out: Vec<String>,
 }
 
-/// The edge guard of `policy` for a cluster whose VirtualEnvironments are `ves`; `Err`
-/// says why the policy cannot have one (its edge policy is not valid).
+/// The edge guard of `policy` for a cluster whose VirtualEnvironments are `ves`: none
+/// when the policy accepts every env (there is nothing to judge); `Err` says why the
+/// policy cannot have one (its edge policy is not valid).
 pub fn plan_edge_guard(
     policy: &GatewayPolicy,
     ves: &[&VirtualEnvironment],
     module: &WasmSource,
-) -> Result<EdgeGuard, String> {
+) -> Result<Option<EdgeGuard>, String> {
     let edge_trust = policy.edge_trust();
+    if edge_trust.mode == virtual_env_core::EdgeMode::Accept {
+        return Ok(None);
+    }
     let mut config = PluginConfig {
         direction: Some(Direction::Outbound),
         correlation_slots: 0,
@@ -92,7 +96,7 @@ pub fn plan_edge_guard(
             plugin_config: plugin_config_value(&config),
         },
     };
-    Ok(EdgeGuard { plugin, left_out })
+    Ok(Some(EdgeGuard { plugin, left_out }))
 }
 
 /// Every carrier the VirtualEnvironments read envs from, besides `own`'s, once each (by
@@ -156,7 +160,9 @@ mod tests {
         let team = ve(
             "envHeader: {name: X-Team-Env, aliases: [x-env, {name: Cookie, pattern: '.*env=(@);?.*'}], baggageKey: team-env}",
         );
-        let guard = plan_edge_guard(&policy, &[&seed_ve(), &team], &settings().wasm).unwrap();
+        let guard = plan_edge_guard(&policy, &[&seed_ve(), &team], &settings().wasm)
+            .unwrap()
+            .unwrap();
         let plugin = &guard.plugin;
         assert_eq!(plugin.name_any(), "virtual-env-edge.ingressgateway");
         assert_eq!(plugin.namespace().as_deref(), Some("istio-system"));
@@ -183,6 +189,12 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_that_accepts_every_env_needs_no_guard() {
+        let policy = ingress_policy("[]", "{mode: accept}");
+        assert_eq!(plan_edge_guard(&policy, &[], &settings().wasm), Ok(None));
+    }
+
+    #[test]
     fn an_edge_policy_that_is_not_valid_has_no_guard_and_says_why() {
         let policy = ingress_policy("[]", "{mode: allowList}");
         let err = plan_edge_guard(&policy, &[], &settings().wasm).unwrap_err();
@@ -199,7 +211,9 @@ mod tests {
             .map(|i| ve(&format!("envHeader: {{name: x-env-{i}}}")))
             .collect();
         let refs: Vec<&VirtualEnvironment> = many.iter().collect();
-        let guard = plan_edge_guard(&policy, &refs, &settings().wasm).unwrap();
+        let guard = plan_edge_guard(&policy, &refs, &settings().wasm)
+            .unwrap()
+            .unwrap();
         assert_eq!(guard.left_out.len(), 2, "{:?}", guard.left_out);
         let config = plugin_config_of(&guard.plugin.spec.plugin_config).unwrap();
         assert_eq!(config.edge_carriers.headers.len(), MAX_EDGE_HEADERS);

@@ -76,7 +76,10 @@ pub fn render(namespaces: &[NamespaceSnapshot], settings: &Settings) -> Result<S
     for policy in &policies {
         let mut out = format!("# GatewayPolicy {}: its edge guard\n", policy.name_any());
         match crate::edge_guard::plan_edge_guard(policy, &ves, &settings.wasm) {
-            Ok(guard) => {
+            Ok(None) => {
+                let _ = writeln!(out, "# edgeTrust accept: no edge guard");
+            }
+            Ok(Some(guard)) => {
                 for left in &guard.left_out {
                     let _ = writeln!(out, "# not judged (over the bounds): {left}");
                 }

@@ -56,14 +56,30 @@ pub async fn reconcile_policy(
             return Ok(Action::await_change());
         }
     };
-    let plugin = &guard.plugin;
-    let kind = ctx.settings.extension_api.kind();
     let ours: Vec<_> = ctx
         .caches
         .plugins_labelled(POLICY_LABEL, &policy.name_any())
         .into_iter()
         .filter(|e| e.labelled && e.managed_by(policy.uid().as_deref()))
         .collect();
+    let Some(guard) = guard else {
+        // Accepting every env: nothing to judge, so no guard.
+        for stale in &ours {
+            if prune_plugin(&ctx, stale).await? {
+                ctx.metrics.pruned(stale.kind.name());
+            }
+        }
+        let message = "edgeTrust accept: envs from outside are routed as they come; no edge guard";
+        patch_status(
+            &api,
+            &policy,
+            status(&policy, None, true, "Accepted", message),
+        )
+        .await?;
+        return Ok(Action::requeue(RESYNC));
+    };
+    let plugin = &guard.plugin;
+    let kind = ctx.settings.extension_api.kind();
     let is_planned = |e: &crate::existing::Existing| {
         e.kind == kind
             && e.name == plugin.name_any()
@@ -148,7 +164,13 @@ fn status(
             observed_generation: policy.metadata.generation,
             last_transition_time,
         }],
-        guard: guard.or(previous.guard),
+        // The guard in force: the new one, none when the policy needs none, else the
+        // last one (a failed write or a bad edit leaves it where it is).
+        guard: match (ready, guard) {
+            (_, Some(guard)) => Some(guard),
+            (true, None) => None,
+            (false, None) => previous.guard,
+        },
     }
 }
 

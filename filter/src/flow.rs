@@ -158,7 +158,8 @@ impl FilterConfig {
             auto_inject: config.auto_inject,
             splitter: config.splitter_char(),
             direction: config.direction,
-            guard_only: edge_trust.is_some()
+            // Any edge mode: a guard that accepts everything does nothing at all.
+            guard_only: config.edge_trust.is_some()
                 && config.services.is_empty()
                 && config.hosts.is_empty()
                 && config.peers.is_empty(),
@@ -218,9 +219,9 @@ impl FilterConfig {
         // A gateway's edge policy holds for every request through it, whatever its host.
         if let Some(edge) = &self.edge_trust {
             self.guard_edge(edge, host);
-            if self.guard_only {
-                return;
-            }
+        }
+        if self.guard_only {
+            return;
         }
         let authority = self.text(host, ":authority");
         let target = authority.as_deref().map_or(Target::Outside, |authority| {

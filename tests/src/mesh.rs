@@ -355,7 +355,7 @@ impl Mesh {
         };
         let guard = plan_edge_guard(&policy.to_kubernetes(), &refs, &wasm)
             .map_err(|e| anyhow::anyhow!("edge guard: {e}"))?;
-        Ok(Some(guard.plugin.spec.plugin_config.to_string()))
+        Ok(guard.map(|g| g.plugin.spec.plugin_config.to_string()))
     }
 
     /// Replaces every plugin config (ECDS) with `json`, valid or not.
@@ -671,9 +671,8 @@ impl Mesh {
                         (name, path.display().to_string(), dir)
                     })
                 };
-                let guard = (!self.topology.gateway_policies.is_empty())
-                    .then(|| entry(Side::Edge))
-                    .flatten();
+                let guarded = self.edge_guard_config().ok().flatten().is_some();
+                let guard = guarded.then(|| entry(Side::Edge)).flatten();
                 let chain: Vec<_> = [guard, entry(Side::Gateway)]
                     .into_iter()
                     .flatten()

@@ -578,26 +578,47 @@ async fn patch_status(
     ve: &VirtualEnvironment,
     status: VirtualEnvironmentStatus,
 ) -> Result<(), Error> {
+    apply_status(api, &ve.name_any(), "VirtualEnvironment", &status).await
+}
+
+/// Server-side applies `status` to our resource `kind` named `name`.
+pub(crate) async fn apply_status<K, S>(
+    api: &Api<K>,
+    name: &str,
+    kind: &str,
+    status: &S,
+) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
     let patch = json!({
         "apiVersion": "env.alibaba.com/v1alpha1",
-        "kind": "VirtualEnvironment",
+        "kind": kind,
         "status": status,
     });
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch_status(&ve.name_any(), &params, &Patch::Apply(&patch))
-        .await?;
+    timed(api.patch_status(name, &params, &Patch::Apply(&patch))).await?;
     Ok(())
 }
 
 fn condition(ve: &VirtualEnvironment, ready: bool, reason: &str, message: &str) -> Condition {
-    // Keep the transition time when the condition's status did not change.
-    let previous = ve
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    let previous = ve.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+    ready_condition(previous, ve.metadata.generation, ready, reason, message)
+}
+
+/// The `Ready` condition, keeping its transition time when its status did not change.
+pub(crate) fn ready_condition(
+    previous: &[Condition],
+    generation: Option<i64>,
+    ready: bool,
+    reason: &str,
+    message: &str,
+) -> Condition {
     let status = if ready { "True" } else { "False" };
     let last_transition_time = previous
-        .filter(|c| c.status == status)
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == status)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| Time(now()));
     Condition {
@@ -605,7 +626,7 @@ fn condition(ve: &VirtualEnvironment, ready: bool, reason: &str, message: &str) 
         status: status.into(),
         reason: reason.into(),
         message: message.into(),
-        observed_generation: ve.metadata.generation,
+        observed_generation: generation,
         last_transition_time,
     }
 }

@@ -7,11 +7,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
-use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::crd::VirtualEnvironment;
@@ -19,7 +17,7 @@ use crate::edge_guard::{plan_edge_guard, POLICY_LABEL};
 use crate::extension::{traffic_extension, ExtensionApi};
 use crate::gateway_policy::{GatewayPolicy, GatewayPolicyStatus};
 use crate::reconcile::{
-    apply_plugin, now, prune_plugin, timed, Context, Error, CACHE_WAIT, FIELD_MANAGER, RESYNC,
+    apply_plugin, apply_status, prune_plugin, ready_condition, Context, Error, CACHE_WAIT, RESYNC,
 };
 use crate::transition::already;
 
@@ -147,23 +145,16 @@ fn status(
     message: &str,
 ) -> GatewayPolicyStatus {
     let previous = policy.status.clone().unwrap_or_default();
-    let state = if ready { "True" } else { "False" };
-    let last_transition_time = previous
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == state)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(now()));
+    let generation = policy.metadata.generation;
     GatewayPolicyStatus {
-        observed_generation: policy.metadata.generation,
-        conditions: vec![Condition {
-            type_: "Ready".into(),
-            status: state.into(),
-            reason: reason.into(),
-            message: message.into(),
-            observed_generation: policy.metadata.generation,
-            last_transition_time,
-        }],
+        observed_generation: generation,
+        conditions: vec![ready_condition(
+            &previous.conditions,
+            generation,
+            ready,
+            reason,
+            message,
+        )],
         // The guard in force: the new one, none when the policy needs none, else the
         // last one (a failed write or a bad edit leaves it where it is).
         guard: match (ready, guard) {
@@ -179,14 +170,7 @@ async fn patch_status(
     policy: &GatewayPolicy,
     status: GatewayPolicyStatus,
 ) -> Result<(), Error> {
-    let patch = json!({
-        "apiVersion": "env.alibaba.com/v1alpha1",
-        "kind": "GatewayPolicy",
-        "status": status,
-    });
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    timed(api.patch_status(&policy.name_any(), &params, &Patch::Apply(&patch))).await?;
-    Ok(())
+    apply_status(api, &policy.name_any(), "GatewayPolicy", &status).await
 }
 
 #[cfg(test)]

@@ -163,6 +163,32 @@ impl Caches {
         }
     }
 
+    /// What namespace `ns`'s calling-side plugin object in the cluster publishes for
+    /// callers elsewhere (see `peer_namespaces.rs`): its table as last applied.
+    pub fn published_by(&self, ns: &str) -> Option<crate::peer_namespaces::Published> {
+        for (_, store) in self.istio.iter().filter(|(k, _)| k.is_plugin()) {
+            for object in store.state() {
+                if object.namespace().as_deref() != Some(ns)
+                    || object.name_any() != crate::plan::WASM_PLUGIN_NAME
+                    || object.labels().get(crate::plan::MANAGED_BY_LABEL).map(String::as_str)
+                        != Some(crate::plan::MANAGED_BY)
+                {
+                    continue;
+                }
+                // A TrafficExtension keeps it under `wasm`.
+                let spec = &object.data["spec"];
+                let config = match &spec["wasm"]["pluginConfig"] {
+                    serde_json::Value::Null => &spec["pluginConfig"],
+                    wasm => wasm,
+                };
+                if let Some(config) = crate::plan::plugin_config_of(config) {
+                    return Some(crate::peer_namespaces::published(&config));
+                }
+            }
+        }
+        None
+    }
+
     /// Plugin objects of either API, in any namespace, labelled `label: value`.
     pub fn plugins_labelled(&self, label: &str, value: &str) -> Vec<Existing> {
         let mut out = Vec::new();

@@ -121,21 +121,31 @@ impl PeerDirectory {
     }
 
     /// What the namespaces other than `namespace` published, of those that still have a
-    /// VirtualEnvironment.
-    pub fn others(&self, namespace: &str) -> BTreeMap<String, Published> {
+    /// VirtualEnvironment. A namespace this controller has not planned since it started
+    /// (a restart, a new leader) or whose plan failed is taken as `applied` says it is in
+    /// the cluster (its plugin object's table), so that its callers keep routing into it
+    /// instead of dropping it until it is planned again.
+    pub fn others(
+        &self,
+        namespace: &str,
+        applied: impl Fn(&str) -> Option<Published>,
+    ) -> BTreeMap<String, Published> {
         let live: std::collections::BTreeSet<String> = self
             .virtual_environments
             .state()
             .iter()
+            .filter(|ve| ve.metadata.deletion_timestamp.is_none())
             .filter_map(|ve| ve.namespace())
             .collect();
         let Ok(published) = self.published.lock() else {
             return BTreeMap::new();
         };
-        published
-            .iter()
-            .filter(|(ns, _)| *ns != namespace && live.contains(*ns))
-            .map(|(ns, p)| (ns.clone(), p.clone()))
+        live.into_iter()
+            .filter(|ns| ns != namespace)
+            .filter_map(|ns| {
+                let p = published.get(&ns).cloned().or_else(|| applied(&ns))?;
+                Some((ns, p))
+            })
             .collect()
     }
 
@@ -250,11 +260,11 @@ mod tests {
         assert_eq!(queued(), ["shop", "web"]);
         directory.publish("pay", Some(pay.clone()));
         assert!(queued().is_empty(), "unchanged: nobody is planned again");
-        assert_eq!(directory.others("shop").keys().collect::<Vec<_>>(), ["pay"]);
-        assert!(directory.others("pay").is_empty());
+        assert_eq!(directory.others("shop", |_| None).keys().collect::<Vec<_>>(), ["pay"]);
+        assert!(directory.others("pay", |_| None).is_empty());
         // A namespace whose VirtualEnvironment is gone is not offered, published or not.
         writer.apply_watcher_event(&kube::runtime::watcher::Event::Delete(ve_in("pay")));
-        assert!(directory.others("shop").is_empty());
+        assert!(directory.others("shop", |_| None).is_empty());
         directory.publish("pay", None);
         assert_eq!(queued(), ["shop", "web"]);
     }

@@ -190,7 +190,9 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
     };
 
     let mut snapshot = read(&api, ctx).await?;
-    snapshot.peers = ctx.peers.others(&ns);
+    snapshot.peers = ctx
+        .peers
+        .others(&ns, |other| ctx.caches.published_by(other));
     let plan = match plan_namespace(&ve, &snapshot, &ctx.settings) {
         Ok(plan) => {
             let mut now = published(&plan.plugin_config);
@@ -1568,6 +1570,59 @@ mod tests {
         let queued = replans.try_recv().expect("pay is planned again");
         assert_eq!(queued.namespace.as_deref(), Some("pay"));
         assert!(replans.try_recv().is_err(), "only pay");
+    }
+
+    /// After a restart (or a leader change) the directory of published tables is empty:
+    /// a namespace not planned yet since is taken as its plugin object in the cluster says,
+    /// so calls into it keep their env instead of being rewritten without it.
+    #[tokio::test]
+    async fn after_a_restart_calls_into_another_namespace_keep_its_table() {
+        let mut ves = kube::runtime::reflector::store::Writer::default();
+        let mut pay_ve = seed_ve();
+        pay_ve.metadata.namespace = Some("pay".into());
+        for ve in [seed_ve_from_api(), pay_ve] {
+            ves.apply_watcher_event(&watcher::Event::Apply(ve));
+        }
+        let peers = PeerDirectory::new(ves.as_reader(), futures::channel::mpsc::unbounded().0);
+        let pay = PluginConfig {
+            route_header: "x-virtual-env-route-pay123".into(),
+            default_subset: Some("dev".into()),
+            services: [(
+                "ledger.pay.svc.cluster.local".to_owned(),
+                vec!["dev".to_owned(), "dev.proj1".to_owned()],
+            )]
+            .into(),
+            ..PluginConfig::default()
+        };
+        // pay's calling side as an earlier run of the controller applied it.
+        let mut pay_plugin = managed_object("virtual-env");
+        pay_plugin["metadata"]["namespace"] = json!("pay");
+        pay_plugin["spec"] = json!({"url": "http://x/filter.wasm", "failStrategy": "FAIL_OPEN",
+            "pluginConfig": serde_json::to_value(&pay).unwrap()});
+        let mut objects = istio_objects(
+            applied_seed("VirtualService"),
+            applied_seed("DestinationRule"),
+            applied_seed("WasmPlugin"),
+        );
+        objects.push((Kind::WasmPlugin, pay_plugin));
+        let caches = crate::caches::testing::filled(&seed_snapshot(), &objects);
+        let (ctx, handle) = mock_context_with(caches, settings(), peers);
+        let server = tokio::spawn(async move {
+            let mut api = ApiServerVerifier::new(handle);
+            api.list_virtual_environments(&[&seed_ve_from_api()]).await;
+            let wp = api.apply(WP, "virtual-env").await;
+            assert_eq!(
+                wp["spec"]["pluginConfig"]["peers"]["pay"]["services"],
+                json!({"ledger": ["dev", "dev.proj1"]}),
+                "{}",
+                wp["spec"]["pluginConfig"]
+            );
+            api.expect_status_patch().await;
+        });
+        reconcile(Arc::new(seed_ve_with_its_route_header()), ctx)
+            .await
+            .unwrap();
+        server.await.unwrap();
     }
 
     /// A Gateway in istio-system reconciles the VirtualEnvironments of every namespace

@@ -170,7 +170,10 @@ impl Caches {
             for object in store.state() {
                 if object.namespace().as_deref() != Some(ns)
                     || object.name_any() != crate::plan::WASM_PLUGIN_NAME
-                    || object.labels().get(crate::plan::MANAGED_BY_LABEL).map(String::as_str)
+                    || object
+                        .labels()
+                        .get(crate::plan::MANAGED_BY_LABEL)
+                        .map(String::as_str)
                         != Some(crate::plan::MANAGED_BY)
                 {
                     continue;

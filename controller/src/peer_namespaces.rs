@@ -260,7 +260,13 @@ mod tests {
         assert_eq!(queued(), ["shop", "web"]);
         directory.publish("pay", Some(pay.clone()));
         assert!(queued().is_empty(), "unchanged: nobody is planned again");
-        assert_eq!(directory.others("shop", |_| None).keys().collect::<Vec<_>>(), ["pay"]);
+        assert_eq!(
+            directory
+                .others("shop", |_| None)
+                .keys()
+                .collect::<Vec<_>>(),
+            ["pay"]
+        );
         assert!(directory.others("pay", |_| None).is_empty());
         // A namespace whose VirtualEnvironment is gone is not offered, published or not.
         writer.apply_watcher_event(&kube::runtime::watcher::Event::Delete(ve_in("pay")));

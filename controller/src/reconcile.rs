@@ -60,6 +60,8 @@ pub enum Error {
     Apply { failed: usize },
     #[error("the API server did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("the route header chosen for this VirtualEnvironment was not kept in its status (is the CRD up to date?)")]
+    RouteHeaderNotSaved,
     #[error(transparent)]
     Cache(#[from] NotReady),
 }
@@ -132,13 +134,64 @@ pub async fn reconcile(ve: Arc<VirtualEnvironment>, ctx: Arc<Context>) -> Result
         // Partial failures wrote their own, more precise status.
         if !matches!(error, Error::Apply { .. }) {
             let ves: Api<VirtualEnvironment> = Api::namespaced(ctx.client.clone(), &ns);
-            let status = not_ready(&ve, "ReconcileError", &error.to_string());
-            if let Err(e) = patch_status(&ves, &ve, status).await {
+            let condition = condition(&ve, false, "ReconcileError", &error.to_string());
+            if let Err(e) = patch_condition(&ves, &ve, condition).await {
                 warn!("cannot write the status: {e}");
             }
         }
     }
     result
+}
+
+/// Saves a new route header (the spec's name and a random suffix) in the status, keeping
+/// the rest of it; returns the object as the API server returned it, to plan from.
+async fn record_route_header(
+    api: &NamespaceApi,
+    ve: &VirtualEnvironment,
+) -> Result<VirtualEnvironment, Error> {
+    let named = ve.clone().with_route_header(random_suffix()?);
+    let status = VirtualEnvironmentStatus {
+        route_header: named.status.and_then(|s| s.route_header),
+        ..ve.status.clone().unwrap_or_default()
+    };
+    let patch = json!({
+        "apiVersion": "env.alibaba.com/v1alpha1",
+        "kind": "VirtualEnvironment",
+        "status": status,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let saved = timed(
+        api.ves
+            .patch_status(&ve.name_any(), &params, &Patch::Apply(&patch)),
+    )
+    .await?;
+    if saved.route_header_in_force().is_none() {
+        // The API server dropped it (an older CRD without the field?): do not route by a
+        // name nobody kept.
+        return Err(Error::RouteHeaderNotSaved);
+    }
+    Ok(saved)
+}
+
+/// Only the Ready condition, merged into the status as it is in the cluster: an error
+/// reported from an object read before this reconcile saved its route header must not
+/// take the route header (or anything else) out of the status.
+async fn patch_condition(
+    api: &Api<VirtualEnvironment>,
+    ve: &VirtualEnvironment,
+    condition: Condition,
+) -> Result<(), Error> {
+    let patch = json!({"status": {
+        "conditions": [condition],
+        "observedGeneration": ve.metadata.generation,
+    }});
+    timed(api.patch_status(
+        &ve.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    ))
+    .await?;
+    Ok(())
 }
 
 /// The namespace's APIs one reconcile uses.
@@ -182,11 +235,12 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
         return Ok(Action::await_change());
     }
 
-    // The route header's suffix is chosen once, here, and kept in the status from now on.
+    // The route header's suffix is chosen once and saved in the status before anything
+    // uses it: if the save fails nothing is applied, and the next reconcile finds it.
     let ve = if ve.route_header_in_force().is_some() {
         ve
     } else {
-        Arc::new((*ve).clone().with_route_header(random_suffix()?))
+        Arc::new(record_route_header(&api, &ve).await?)
     };
 
     let mut snapshot = read(&api, ctx).await?;
@@ -1027,6 +1081,44 @@ mod tests {
             .await;
         }
 
+        /// The first write of a VirtualEnvironment without a route header: the route header
+        /// saved in its status, before anything uses it. Answers with `ve` as saved.
+        async fn record_route_header(&mut self, ve: &VirtualEnvironment) -> String {
+            let (request, send, uri) = self.next_request(&Method::PATCH, STATUS).await;
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap();
+            self.calls.push((Method::PATCH, uri, body.clone()));
+            let header = body["status"]["routeHeader"].as_str().unwrap().to_owned();
+            let mut saved = ve.clone();
+            saved
+                .status
+                .get_or_insert_with(Default::default)
+                .route_header = Some(header.clone());
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&saved).unwrap()))
+                    .unwrap(),
+            );
+            header
+        }
+
+        /// Answers the next request (`method` on `path`) with a 500 error; returns its body.
+        async fn fail(&mut self, method: Method, path: &str) -> Value {
+            let (request, send, uri) = self.next_request(&method, path).await;
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            self.calls.push((method, uri, body.clone()));
+            let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": "etcd is unavailable", "reason": "InternalError", "code": 500});
+            send.send_response(
+                Response::builder()
+                    .status(500)
+                    .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                    .unwrap(),
+            );
+            body
+        }
+
         /// The status patch that ends a reconcile of the seed's VirtualEnvironment: its body.
         async fn expect_status_patch(&mut self) -> Value {
             let reply = serde_json::to_value(seed_ve_from_api()).unwrap();
@@ -1088,6 +1180,7 @@ mod tests {
         let server = tokio::spawn(async move {
             let mut api = ApiServerVerifier::new(handle);
             api.list_virtual_environments(&[&seed_ve_from_api()]).await;
+            api.record_route_header(&seed_ve_from_api()).await;
             // Per service: its subsets, then its routes; then the plugin config.
             for name in ["app-a", "app-c"] {
                 let body = api.apply(DR, name).await;
@@ -1138,9 +1231,9 @@ mod tests {
         });
         let action = reconcile(Arc::new(ve), ctx.clone()).await.unwrap();
         assert_eq!(action, Action::requeue(RESYNC));
-        // 1 read (the rest come from the caches), 2 DestinationRules, 2 VirtualServices,
-        // the 2 WasmPlugins, 2 prunes, the status.
-        assert_eq!(server.await.unwrap(), 10);
+        // 1 read (the rest come from the caches), the route header saved, 2
+        // DestinationRules, 2 VirtualServices, the 2 WasmPlugins, 2 prunes, the status.
+        assert_eq!(server.await.unwrap(), 11);
         let metrics = ctx.metrics.render();
         assert!(
             metrics
@@ -1200,6 +1293,7 @@ mod tests {
         let server = tokio::spawn(async move {
             let mut api = ApiServerVerifier::new(handle);
             api.list_virtual_environments(&[&seed_ve_from_api()]).await;
+            api.record_route_header(&seed_ve_from_api()).await;
             // The finalizer first: no object in another namespace exists without it.
             let reply = serde_json::to_value(seed_ve_from_api()).unwrap();
             let patch = api.expect(Method::PATCH, VE_PATH, reply).await;
@@ -1259,8 +1353,9 @@ mod tests {
             api.calls.len()
         });
         reconcile(Arc::new(seed_ve_from_api()), ctx).await.unwrap();
-        // The list, the finalizer, 6 routing objects, 2 + 1 plugin objects, the status.
-        assert_eq!(server.await.unwrap(), 12);
+        // The list, the route header saved, the finalizer, 6 routing objects, 2 + 1 plugin
+        // objects, the status.
+        assert_eq!(server.await.unwrap(), 13);
     }
 
     #[tokio::test]
@@ -1319,6 +1414,7 @@ mod tests {
         let server = tokio::spawn(async move {
             let mut api = ApiServerVerifier::new(handle);
             api.list_virtual_environments(&[&seed_ve_from_api()]).await;
+            api.record_route_header(&seed_ve_from_api()).await;
             for name in ["app-a", "app-b", "app-c"] {
                 api.apply(DR, name).await;
                 api.apply(VS, name).await;
@@ -1348,7 +1444,11 @@ mod tests {
             api.calls.len()
         });
         reconcile(Arc::new(seed_ve_from_api()), ctx).await.unwrap();
-        assert_eq!(server.await.unwrap(), 12);
+        assert_eq!(
+            server.await.unwrap(),
+            13,
+            "and the route header saved first"
+        );
     }
 
     /// A namespace holding every VirtualService and DestinationRule of Istio's Bookinfo
@@ -1390,6 +1490,7 @@ mod tests {
         let server = tokio::spawn(async move {
             let mut api = ApiServerVerifier::new(handle);
             api.list_virtual_environments(&[&seed_ve_from_api()]).await;
+            api.record_route_header(&seed_ve_from_api()).await;
             for name in ["app-a", "app-b", "app-c"] {
                 api.apply(DR, name).await;
                 api.apply(VS, name).await;
@@ -1425,6 +1526,7 @@ mod tests {
         let server = tokio::spawn(async move {
             let mut api = ApiServerVerifier::new(handle);
             api.list_virtual_environments(&[&seed_ve_from_api()]).await;
+            api.record_route_header(&seed_ve_from_api()).await;
             let body = api.expect_status_patch().await;
             assert_eq!(body["status"]["conditions"][0]["reason"], "Conflict");
             let message = body["status"]["conditions"][0]["message"].as_str().unwrap();
@@ -1625,6 +1727,76 @@ mod tests {
         server.await.unwrap();
     }
 
+    /// The route header's suffix is saved before anything routes by it: when the save
+    /// fails nothing is applied (the next reconcile picks a suffix again, and nothing was
+    /// published under this one); the error is reported without touching the rest of the
+    /// status.
+    #[tokio::test]
+    async fn a_route_header_that_could_not_be_saved_is_used_nowhere() {
+        let (ctx, handle) = mock_context(namespace(&seed_snapshot(), vec![], vec![], vec![]));
+        let server = tokio::spawn(async move {
+            let mut api = ApiServerVerifier::new(handle);
+            api.list_virtual_environments(&[&seed_ve_from_api()]).await;
+            let save = api.fail(Method::PATCH, STATUS).await;
+            assert!(save["status"]["routeHeader"].is_string());
+            // The error, merged: only the condition and the generation.
+            let report = api
+                .expect(
+                    Method::PATCH,
+                    STATUS,
+                    serde_json::to_value(seed_ve_from_api()).unwrap(),
+                )
+                .await;
+            assert_eq!(
+                report["status"]["conditions"][0]["reason"],
+                "ReconcileError"
+            );
+            let fields: Vec<&String> = report["status"].as_object().unwrap().keys().collect();
+            assert_eq!(fields, ["conditions", "observedGeneration"]);
+            api.calls.len()
+        });
+        reconcile(Arc::new(seed_ve_from_api()), ctx)
+            .await
+            .unwrap_err();
+        assert_eq!(server.await.unwrap(), 3, "no apply");
+    }
+
+    /// A reconcile that fails after the route header was saved (the caches not filled in
+    /// time, here) reports the error from the object it was given, which has no route
+    /// header yet: the report must not take the saved one out of the status.
+    #[tokio::test]
+    async fn an_error_after_the_route_header_was_saved_keeps_it() {
+        let caches =
+            crate::caches::testing::filled_but(&seed_snapshot(), &[], Some(Kind::VirtualService));
+        let (ctx, handle) = mock_context(caches);
+        let server = tokio::spawn(async move {
+            let mut api = ApiServerVerifier::new(handle);
+            api.list_virtual_environments(&[&seed_ve_from_api()]).await;
+            api.record_route_header(&seed_ve_from_api()).await;
+            let (request, send, _) = api.next_request(&Method::PATCH, STATUS).await;
+            let content_type = request.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            let report: Value = serde_json::from_slice(&bytes).unwrap();
+            send.send_response(Response::new(Body::from(
+                serde_json::to_vec(&seed_ve_from_api()).unwrap(),
+            )));
+            (content_type, report)
+        });
+        reconcile(Arc::new(seed_ve_from_api()), ctx)
+            .await
+            .unwrap_err();
+        let (content_type, report) = server.await.unwrap();
+        assert_eq!(content_type, "application/merge-patch+json");
+        assert!(report["status"]["routeHeader"].is_null(), "{report}");
+        assert_eq!(
+            report["status"]["conditions"][0]["reason"],
+            "ReconcileError"
+        );
+    }
+
     /// A Gateway in istio-system reconciles the VirtualEnvironments of every namespace
     /// (they may expose services through it); a pod only its own namespace's.
     #[test]
@@ -1684,6 +1856,7 @@ mod tests {
         let server = tokio::spawn(async move {
             let mut api = ApiServerVerifier::new(handle);
             api.list_virtual_environments(&[&seed_ve_from_api()]).await;
+            api.record_route_header(&seed_ve_from_api()).await;
             reply_error(&mut api, Method::PATCH, &format!("{DR}/app-a"), 422).await;
             api.apply(VS, "app-a").await;
             api.apply(DR, "app-b").await;
@@ -1731,6 +1904,7 @@ mod tests {
         let server = tokio::spawn(async move {
             let mut api = ApiServerVerifier::new(handle);
             api.list_virtual_environments(&[&listed]).await;
+            api.record_route_header(&listed).await;
             let body = api
                 .expect(
                     Method::PATCH,
@@ -1763,6 +1937,7 @@ mod tests {
         let server = tokio::spawn(async move {
             let mut api = ApiServerVerifier::new(handle);
             api.list_virtual_environments(&[&listed]).await;
+            api.record_route_header(&listed).await;
             let body = api.expect_status_patch().await;
             assert_eq!(body["status"]["conditions"][0]["reason"], "ReconcileError");
         });

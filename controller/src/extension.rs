@@ -38,6 +38,19 @@ impl ExtensionApi {
         }
     }
 
+    /// What a discovery of `extensions.istio.io` says: the API where it answered; WasmPlugin
+    /// where the group is not served at all (404); `None` for any other failure (a
+    /// timeout, a 5xx, a refused connection), which must be retried, not taken as "no
+    /// TrafficExtension": writing WasmPlugins beside the TrafficExtensions of an earlier run
+    /// would load the filter twice and leave those unpruned.
+    pub fn from_discovery<'a>(result: Result<Vec<&'a str>, &kube::Error>) -> Option<Self> {
+        match result {
+            Ok(served) => Some(Self::detect(served)),
+            Err(kube::Error::Api(e)) if e.code == 404 => Some(ExtensionApi::WasmPlugin),
+            Err(_) => None,
+        }
+    }
+
     /// The Istio kinds the controller watches with this API: after a switch to
     /// TrafficExtension it still reads WasmPlugins, to prune the ones it wrote before.
     pub fn watched_kinds(self) -> Vec<Kind> {
@@ -81,6 +94,30 @@ mod tests {
     use super::*;
     use crate::plan::fixtures::{seed_snapshot, seed_ve, settings};
     use crate::plan::plan_namespace;
+
+    #[test]
+    fn only_a_definite_answer_decides_the_api() {
+        assert_eq!(
+            ExtensionApi::from_discovery(Ok(vec!["wasmplugins", "trafficextensions"])),
+            Some(ExtensionApi::TrafficExtension)
+        );
+        let status = |code| {
+            kube::Error::Api(
+                kube::core::Status::failure("x", "y")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        assert_eq!(
+            ExtensionApi::from_discovery(Err(&status(404))),
+            Some(ExtensionApi::WasmPlugin)
+        );
+        assert_eq!(ExtensionApi::from_discovery(Err(&status(503))), None);
+        assert_eq!(
+            ExtensionApi::from_discovery(Err(&kube::Error::LinesCodecMaxLineLengthExceeded)),
+            None
+        );
+    }
 
     #[test]
     fn traffic_extensions_are_detected_by_what_the_cluster_serves() {

@@ -364,7 +364,7 @@ async fn run_async(args: RunArgs) -> Result<()> {
 
     wait_for_crd(&client).await;
     if args.module.extension_api == ExtensionApiArg::Auto {
-        settings.extension_api = detect_extension_api(&client).await;
+        settings.extension_api = detect_extension_api(&client).await?;
     }
     info!(api = ?settings.extension_api, "plugin objects");
     state.ready.store(true, Ordering::Relaxed);
@@ -433,18 +433,34 @@ async fn run_async(args: RunArgs) -> Result<()> {
 
 /// TrafficExtension where the cluster serves it; WasmPlugin otherwise, and when discovery
 /// fails (every Istio with Wasm serves WasmPlugin).
-async fn detect_extension_api(client: &Client) -> ExtensionApi {
-    match kube::discovery::group(client, "extensions.istio.io").await {
-        Ok(group) => ExtensionApi::detect(
-            group
-                .recommended_resources()
-                .iter()
-                .map(|(resource, _)| resource.plural.as_str()),
-        ),
-        Err(e) => {
-            warn!("discovering extensions.istio.io: {e}; writing WasmPlugins");
-            ExtensionApi::WasmPlugin
+/// TrafficExtension where the cluster serves it; WasmPlugin where it does not. A failed
+/// discovery is retried (1 s doubling to 30 s): a transient error must not switch the
+/// plugin API (see `ExtensionApi::from_discovery`); after 5 minutes the process exits and
+/// is restarted.
+async fn detect_extension_api(client: &Client) -> Result<ExtensionApi> {
+    let mut delay = Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    loop {
+        let result = kube::discovery::group(client, "extensions.istio.io").await;
+        let decided = match &result {
+            Ok(group) => {
+                let resources = group.recommended_resources();
+                let served: Vec<&str> = resources.iter().map(|(r, _)| r.plural.as_str()).collect();
+                ExtensionApi::from_discovery(Ok(served))
+            }
+            Err(e) => ExtensionApi::from_discovery(Err(e)),
+        };
+        if let Some(api) = decided {
+            return Ok(api);
         }
+        if let Err(e) = result {
+            if started.elapsed() > Duration::from_secs(300) {
+                bail!("discovering extensions.istio.io failed for 5 minutes: {e}");
+            }
+            warn!("discovering extensions.istio.io: {e}; retrying in {delay:?}");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 

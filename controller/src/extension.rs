@@ -43,7 +43,7 @@ impl ExtensionApi {
     /// timeout, a 5xx, a refused connection), which must be retried, not taken as "no
     /// TrafficExtension": writing WasmPlugins beside the TrafficExtensions of an earlier run
     /// would load the filter twice and leave those unpruned.
-    pub fn from_discovery<'a>(result: Result<Vec<&'a str>, &kube::Error>) -> Option<Self> {
+    pub fn from_discovery(result: Result<Vec<&str>, &kube::Error>) -> Option<Self> {
         match result {
             Ok(served) => Some(Self::detect(served)),
             Err(kube::Error::Api(e)) if e.code == 404 => Some(ExtensionApi::WasmPlugin),

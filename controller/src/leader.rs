@@ -258,6 +258,25 @@ impl Elector {
         }
     }
 
+    /// Shuts `work` (the controller, already asked to stop) down as a leader must: it may
+    /// finish what it is writing for up to `drain` while the lease is still renewed; at
+    /// the renew deadline, or when the drain is over, it is aborted; only then is the
+    /// lease released, so nothing of this replica writes once another may lead.
+    pub async fn step_down<T>(&mut self, work: &mut tokio::task::JoinHandle<T>, drain: Duration) {
+        let finished = tokio::select! {
+            done = tokio::time::timeout(drain, &mut *work) => done.is_ok(),
+            () = self.keep() => false,
+        };
+        if !finished {
+            work.abort();
+            // Cancelled (or finished meanwhile): either way it writes no more.
+            let _ = (&mut *work).await;
+        }
+        if let Err(e) = self.release().await {
+            warn!("could not release the leader lease: {e}");
+        }
+    }
+
     /// Gives the lease up (on shutdown), so that another replica takes over at once rather
     /// than after the lease expires. Does nothing if another replica holds it.
     pub async fn release(&mut self) -> Result<(), ElectionError> {
@@ -522,6 +541,55 @@ mod tests {
             assert!(elector.try_hold().await.unwrap());
             elector.keep().await;
             server.await.unwrap();
+        }
+
+        /// On shutdown the controller drains while the lease is still renewed, and is
+        /// stopped before the lease is released: a write may never follow the release.
+        #[tokio::test(start_paused = true)]
+        async fn stepping_down_renews_during_the_drain_and_releases_after_the_work_stopped() {
+            let (mut elector, mut handle) = elector();
+            let (wrote, mut writes) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+            let server = tokio::spawn(async move {
+                let (_, send) = next(&mut handle, Method::GET).await;
+                send.send_response(reply(404, &not_found()));
+                let (created, send) = next(&mut handle, Method::POST).await;
+                send.send_response(reply(201, &created));
+                // Renewed during the 5 s drain (every 2 s).
+                for rv in ["1", "2"] {
+                    let (_, send) = next(&mut handle, Method::GET).await;
+                    send.send_response(reply(200, &lease("pod-a", rv)));
+                    let (renewed, send) = next(&mut handle, Method::PUT).await;
+                    assert_eq!(renewed["spec"]["holderIdentity"], "pod-a");
+                    send.send_response(reply(200, &renewed));
+                }
+                // Then released.
+                let (_, send) = next(&mut handle, Method::GET).await;
+                send.send_response(reply(200, &lease("pod-a", "3")));
+                let (released, send) = next(&mut handle, Method::PUT).await;
+                assert!(released["spec"].get("holderIdentity").is_none());
+                let released_at = Instant::now();
+                send.send_response(reply(200, &released));
+                released_at
+            });
+            assert!(elector.try_hold().await.unwrap());
+            // A controller that keeps writing and does not stop by itself.
+            let mut work = tokio::spawn(async move {
+                loop {
+                    let _ = wrote.send(Instant::now());
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            });
+            elector.step_down(&mut work, Duration::from_secs(5)).await;
+            let released_at = server.await.unwrap();
+            let mut last_write = None;
+            while let Ok(at) = writes.try_recv() {
+                last_write = Some(at);
+            }
+            assert!(
+                last_write.unwrap() < released_at,
+                "no write after the release"
+            );
+            assert!(work.is_finished());
         }
 
         #[tokio::test]

@@ -406,11 +406,12 @@ async fn run_async(args: RunArgs) -> Result<()> {
         _ = shutdown_signal() => {
             info!("shutting down");
             let _ = stop.send(());
-            let _ = tokio::time::timeout(Duration::from_secs(10), &mut controller).await;
+            // Drain up to 10 s while still leading; stop the controller before the lease
+            // goes, so that nothing of this replica writes once another may lead.
             if leading {
-                if let Err(e) = elector.release().await {
-                    warn!("could not release the leader lease: {e}");
-                }
+                elector.step_down(&mut controller, Duration::from_secs(10)).await;
+            } else if tokio::time::timeout(Duration::from_secs(10), &mut controller).await.is_err() {
+                controller.abort();
             }
             Ok(())
         }

@@ -57,8 +57,9 @@ pub struct WasmSource {
 pub struct Settings {
     pub cluster_domain: String,
     pub wasm: WasmSource,
-    /// The most plugin config bytes written into one WasmPlugin
-    /// ([`MAX_PLUGIN_CONFIG_BYTES`]); a namespace over it is reported, not applied.
+    /// The most bytes one plugin object's config may take in the stored object, its
+    /// managed-fields entry included ([`MAX_PLUGIN_CONFIG_BYTES`], see [`stored_bytes`]);
+    /// a namespace over it is reported, not applied.
     pub max_plugin_config_bytes: usize,
     /// The API the plugin objects are written in (WasmPlugin, or TrafficExtension).
     pub extension_api: ExtensionApi,
@@ -134,7 +135,7 @@ pub enum PlanError {
     InvalidEdgeTrust(#[from] virtual_env_core::edge::EdgeTrustError),
     #[error("invalid spec: {0}")]
     InvalidModule(String),
-    #[error("the plugin config would be {bytes} bytes even in compact form, over the {max} bytes this controller writes into one object (Kubernetes stores at most ~1.5 MiB); nothing was changed. Split the namespace, or route fewer envs")]
+    #[error("the plugin config would take {bytes} bytes of the stored object (with its managed-fields entry) even in compact form, over the {max} bytes this controller writes into one object (Kubernetes stores at most ~1.5 MiB); nothing was changed. Split the namespace, or route fewer envs")]
     ConfigTooLarge { bytes: usize, max: usize },
 }
 
@@ -154,6 +155,30 @@ pub fn plugin_config_value(config: &PluginConfig) -> serde_json::Value {
         config.clone()
     };
     serde_json::to_value(&wire).unwrap_or_default()
+}
+
+/// What a plugin config costs in the stored object: its own bytes, and the entry
+/// server-side apply adds to `metadata.managedFields`, which lists every map key of the
+/// config (the field is schemaless, so every object key is tracked; arrays are atomic) as
+/// `"f:<key>":{}`. A config of many short keys (a services table) nearly doubles there,
+/// and the object must stay under etcd's 1.5 MiB whole.
+pub fn stored_bytes(config: &serde_json::Value) -> usize {
+    /// The managed-fields entry around the field set: manager, operation, API version,
+    /// time, `FieldsV1`, and `{"f:spec":{"f:pluginConfig":...}}`.
+    const ENTRY: usize = 256;
+    config.to_string().len() + fields_v1(config).to_string().len() + ENTRY
+}
+
+/// The field set (`fieldsV1`) server-side apply records for `value`.
+fn fields_v1(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.iter()
+                .map(|(key, child)| (format!("f:{key}"), fields_v1(child)))
+                .collect(),
+        ),
+        _ => serde_json::json!({}),
+    }
 }
 
 /// A plugin config read back from a WasmPlugin, in either form.
@@ -463,7 +488,7 @@ pub fn plan_namespace(
     }
     let peers_skipped = add_peers(&mut plan.plugin_config, &namespace, &snapshot.peers);
     plan.wasm_plugin.spec.plugin_config = plugin_config_value(&plan.plugin_config);
-    let mut bytes = plan.wasm_plugin.spec.plugin_config.to_string().len();
+    let mut bytes = stored_bytes(&plan.wasm_plugin.spec.plugin_config);
     if bytes > settings.max_plugin_config_bytes && !plan.plugin_config.peers.is_empty() {
         // The namespace's own routing goes first: calls into the others lose their env.
         plan.skipped.push(format!(
@@ -472,7 +497,7 @@ pub fn plan_namespace(
         ));
         plan.plugin_config.peers.clear();
         plan.wasm_plugin.spec.plugin_config = plugin_config_value(&plan.plugin_config);
-        bytes = plan.wasm_plugin.spec.plugin_config.to_string().len();
+        bytes = stored_bytes(&plan.wasm_plugin.spec.plugin_config);
     } else {
         plan.skipped.extend(peers_skipped);
     }
@@ -884,7 +909,7 @@ mod tests {
     fn peers_that_do_not_fit_leave_the_own_routing_in_force() {
         let ve = seed_ve();
         let own = plan_of(&ve, &seed_snapshot());
-        let own_bytes = own.wasm_plugin.spec.plugin_config.to_string().len();
+        let own_bytes = stored_bytes(&own.wasm_plugin.spec.plugin_config);
         let big =
             crate::peer_namespaces::published(&plan_of(&ve, &wide_snapshot(50, 20)).plugin_config);
         let snapshot = Snapshot {
@@ -942,6 +967,42 @@ mod tests {
         let written = &plan.wasm_plugin.spec.plugin_config;
         assert!(written["services"].is_object());
         assert!(written.get("envNames").is_none());
+    }
+
+    #[test]
+    fn the_stored_size_counts_the_managed_fields_server_side_apply_adds() {
+        let config = serde_json::json!({"a": 1, "b": {"c": [1, 2]}, "d": []});
+        let fields = r#"{"f:a":{},"f:b":{"f:c":{}},"f:d":{}}"#;
+        assert_eq!(fields_v1(&config).to_string(), fields);
+        assert_eq!(
+            stored_bytes(&config),
+            config.to_string().len() + fields.len() + 256
+        );
+        // A services table: every FQDN is written twice.
+        let plan = plan_of(&seed_ve(), &wide_snapshot(100, 3));
+        let written = &plan.wasm_plugin.spec.plugin_config;
+        let plain = written.to_string().len();
+        assert!(stored_bytes(written) > plain + 100 * "svc-0000.default.svc.cluster.local".len());
+    }
+
+    /// At the boundary: a config whose own bytes fit but whose stored object, with the
+    /// managed-fields entry, would not, is refused before the API server refuses it.
+    #[test]
+    fn a_config_that_fits_only_without_its_managed_fields_is_refused() {
+        let ve = seed_ve();
+        let snapshot = wide_snapshot(60, 3);
+        let plan = plan_of(&ve, &snapshot);
+        let written = &plan.wasm_plugin.spec.plugin_config;
+        let plain = written.to_string().len();
+        let stored = stored_bytes(written);
+        let at = |max| Settings {
+            max_plugin_config_bytes: max,
+            ..settings()
+        };
+        assert!(plan_namespace(&ve, &snapshot, &at(stored)).is_ok());
+        let err = plan_namespace(&ve, &snapshot, &at(stored - 1)).unwrap_err();
+        assert!(matches!(err, PlanError::ConfigTooLarge { .. }), "{err}");
+        assert!(plain < stored - 1, "the config itself would have fit");
     }
 
     #[test]

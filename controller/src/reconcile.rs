@@ -35,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::peer_namespaces::{published, PeerDirectory};
 use crate::plan::{
     plan_namespace, plugin_config_of, plugin_config_value, Plan, PlanError, Settings, Snapshot,
-    INBOUND_WASM_PLUGIN_NAME, WASM_PLUGIN_NAME,
+    INBOUND_WASM_PLUGIN_NAME, OWNER_UID_LABEL, WASM_PLUGIN_NAME,
 };
 use crate::transition::{already, keep_failed_services, transition, Step};
 
@@ -433,17 +433,30 @@ async fn delete_elsewhere(
     if !ve.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
-    ctx.caches.ready(CACHE_WAIT).await?;
-    let owner_uid = ve.uid();
-    for object in ctx
-        .caches
-        .snapshot(&api.ns)
-        .elsewhere
-        .iter()
-        .filter(|e| e.kind.is_plugin() && e.managed_by(owner_uid.as_deref()))
-    {
-        if prune_plugin(ctx, object).await? {
-            ctx.metrics.pruned(object.kind.name());
+    // Listed from the API server by the owner label, not read from the caches: a plugin
+    // object applied just before the deletion may not be in them yet, and nothing would
+    // ever sweep it.
+    let Some(owner_uid) = ve.uid() else {
+        return Ok(Action::await_change());
+    };
+    let selector = format!("{OWNER_UID_LABEL}={owner_uid}");
+    let kinds = ctx.settings.extension_api.watched_kinds();
+    for kind in kinds.into_iter().filter(|k| k.is_plugin()) {
+        let all: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &kind.api_resource());
+        let listed = match timed(all.list(&ListParams::default().labels(&selector))).await {
+            Ok(list) => list,
+            // The kind is not served (any more): nothing of it to delete.
+            Err(Error::Kube(kube::Error::Api(e))) if e.code == 404 => continue,
+            Err(e) => return Err(e),
+        };
+        for object in listed.items {
+            let Ok(value) = serde_json::to_value(&object) else {
+                continue;
+            };
+            let object = Existing::from_json(kind, &value, "");
+            if object.managed_by(Some(&owner_uid)) && prune_plugin(ctx, &object).await? {
+                ctx.metrics.pruned(object.kind.name());
+            }
         }
     }
     let rest: Vec<String> = ve
@@ -1360,7 +1373,9 @@ mod tests {
 
     #[tokio::test]
     async fn deleting_the_virtual_environment_deletes_its_gateway_plugins_then_the_finalizer() {
-        let (ctx, handle) = mock_context(exposed_through_a_gateway(vec![our_gateway_plugin()]));
+        // Not in the caches (applied just before the deletion, the watch has not caught
+        // up): listed from the API server by the owner label all the same.
+        let (ctx, handle) = mock_context(exposed_through_a_gateway(vec![]));
         let mut ve = seed_ve_from_api();
         ve.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
         ve.metadata.finalizers = Some(vec![
@@ -1371,6 +1386,27 @@ mod tests {
         let reply = serde_json::to_value(&ve).unwrap();
         let server = tokio::spawn(async move {
             let mut api = ApiServerVerifier::new(handle);
+            let (request, send, uri) = api
+                .next_request(
+                    &Method::GET,
+                    "/apis/extensions.istio.io/v1alpha1/wasmplugins",
+                )
+                .await;
+            drop(request);
+            assert!(
+                uri.contains("labelSelector=env.alibaba.com%2Fowner-uid%3Duid-1"),
+                "{uri}"
+            );
+            let mut plugin = our_gateway_plugin().1;
+            plugin["apiVersion"] = json!("extensions.istio.io/v1alpha1");
+            plugin["kind"] = json!("WasmPlugin");
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(
+                        serde_json::to_vec(&list("WasmPlugin", vec![plugin])).unwrap(),
+                    ))
+                    .unwrap(),
+            );
             let body = api
                 .expect(
                     Method::DELETE,

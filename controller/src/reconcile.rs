@@ -42,6 +42,9 @@ use crate::transition::{already, keep_failed_services, transition, Step};
 pub const FIELD_MANAGER: &str = "virtual-env-controller";
 /// Re-plan now and then even without events, to repair drift.
 pub(crate) const RESYNC: Duration = Duration::from_secs(300);
+/// Reconciles of different VirtualEnvironments at once (one VirtualEnvironment is never
+/// reconciled twice at once).
+const MAX_CONCURRENT_RECONCILES: u16 = 8;
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -784,8 +787,14 @@ pub async fn run(
         Api::<VirtualEnvironment>::all(client.clone()),
         all().any_semantic(),
     )
-    // Coalesce bursts (a rollout's pod events) into one reconcile.
-    .with_config(ControllerConfig::default().debounce(Duration::from_secs(1)));
+    // Coalesce bursts (a rollout's pod events) into one reconcile, and bound how many run
+    // at once: a Gateway's change or a published table queues every namespace, and each
+    // reconcile holds its snapshot of the caches in memory while it writes.
+    .with_config(
+        ControllerConfig::default()
+            .debounce(Duration::from_secs(1))
+            .concurrency(MAX_CONCURRENT_RECONCILES),
+    );
     let store = controller.store();
     // Every namespace's claims of gateway hosts come from the VirtualEnvironments.
     caches.virtual_environments = Some(store.clone());
@@ -839,8 +848,11 @@ pub async fn run(
     }
     // The gateway owners' edge guards: one per GatewayPolicy, carrying every
     // VirtualEnvironment's carriers, so any VirtualEnvironment's change reconciles them.
-    let policies = Controller::new(Api::<GatewayPolicy>::all(client.clone()), all())
-        .with_config(ControllerConfig::default().debounce(Duration::from_secs(1)));
+    let policies = Controller::new(Api::<GatewayPolicy>::all(client.clone()), all()).with_config(
+        ControllerConfig::default()
+            .debounce(Duration::from_secs(1))
+            .concurrency(2),
+    );
     let policy_store = policies.store();
     let policies = policies.watches(
         Api::<VirtualEnvironment>::all(client.clone()),

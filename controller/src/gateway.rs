@@ -32,6 +32,7 @@ use crate::plan::{
     plugin_config_value, WasmSource, MANAGED_BY, MANAGED_BY_LABEL, OWNER_NAMESPACE_LABEL,
     OWNER_UID_LABEL,
 };
+use crate::skip::Skip;
 
 pub const GATEWAYS_ANNOTATION: &str = "kt-virtual-environment/gateways";
 pub const HOSTS_ANNOTATION: &str = "kt-virtual-environment/hosts";
@@ -82,7 +83,7 @@ pub fn exposures(
     ve: &VirtualEnvironment,
     services: &[Service],
     namespace: &str,
-) -> (BTreeMap<String, Exposure>, Vec<String>) {
+) -> (BTreeMap<String, Exposure>, Vec<Skip>) {
     let mut out: BTreeMap<String, Exposure> = BTreeMap::new();
     let mut problems = Vec::new();
     let list = |value: &str| -> Vec<String> {
@@ -101,8 +102,11 @@ pub fn exposures(
                     exposure.gateways.insert(name);
                 }
                 None if gateway == "mesh" => {}
-                None => problems.push(format!(
-                    "{service}: {origin}: {gateway:?} is not a gateway name (<namespace>/<name>)"
+                None => problems.push(Skip::service(
+                    service,
+                    format_args!(
+                        "{origin}: {gateway:?} is not a gateway name (<namespace>/<name>)"
+                    ),
                 )),
             }
         }
@@ -111,7 +115,10 @@ pub fn exposures(
             if is_gateway_host(&host) {
                 exposure.hosts.insert(host);
             } else {
-                problems.push(format!("{service}: {origin}: {host:?} is not a host name"));
+                problems.push(Skip::service(
+                    service,
+                    format_args!("{origin}: {host:?} is not a host name"),
+                ));
             }
         }
     };
@@ -139,8 +146,9 @@ pub fn exposures(
     out.retain(|service, exposure| {
         let keep = !exposure.gateways.is_empty();
         if !keep {
-            problems.push(format!(
-                "{service}: hosts without a gateway; not exposed (set {GATEWAYS_ANNOTATION})"
+            problems.push(Skip::service(
+                service,
+                format_args!("hosts without a gateway; not exposed (set {GATEWAYS_ANNOTATION})"),
             ));
         }
         keep
@@ -177,7 +185,7 @@ pub fn of_namespace(name: &str, labels: &BTreeMap<String, String>, namespace: &s
 /// The gateways' plugin objects, and what was left out with the reason.
 pub struct GatewayPlans {
     pub plugins: Vec<WasmPlugin>,
-    pub skipped: Vec<String>,
+    pub skipped: Vec<Skip>,
 }
 
 /// Where a gateway's plugin object fetches its module: the tenant's `spec.wasmModule` only
@@ -223,16 +231,18 @@ pub fn plan_gateways(
         let Some(object) = elsewhere.iter().find(|g| {
             g.kind == Kind::Gateway && g.namespace == gateway.namespace && g.name == gateway.name
         }) else {
-            plans.skipped.push(format!(
-                "gateway {reference}: not found; bound in the VirtualServices, but no plugin for its pods (requests entering there take the default routes)"
+            plans.skipped.push(Skip::gateway(
+                &reference,
+                "not found; bound in the VirtualServices, but no plugin for its pods (requests entering there take the default routes)",
             ));
             continue;
         };
         let selector: BTreeMap<String, String> =
             serde_json::from_value(object.spec["selector"].clone()).unwrap_or_default();
         if selector.is_empty() {
-            plans.skipped.push(format!(
-                "gateway {reference}: has no selector, so no pods to give the plugin"
+            plans.skipped.push(Skip::gateway(
+                &reference,
+                "has no selector, so no pods to give the plugin",
             ));
         }
     }
@@ -245,14 +255,16 @@ pub fn plan_gateways(
         let at = &placement.namespace;
         let name = plugin_name(namespace, &placement.gateway);
         if name.len() > 253 {
-            plans.skipped.push(format!(
-                "gateway {reference}: the plugin object's name {name:?} is longer than 253 characters"
+            plans.skipped.push(Skip::gateway(
+                &reference,
+                format_args!("the plugin object's name {name:?} is longer than 253 characters"),
             ));
             continue;
         }
         if !placed.insert((at.clone(), name.clone())) {
-            plans.skipped.push(format!(
-                "gateway {reference}: another Gateway of the same name already places plugin object {name} in namespace {at}"
+            plans.skipped.push(Skip::gateway(
+                &reference,
+                format_args!("another Gateway of the same name already places plugin object {name} in namespace {at}"),
             ));
             continue;
         }
@@ -262,10 +274,13 @@ pub fn plan_gateways(
                 && e.name == name
                 && !e.managed_by(owner_uid.as_deref())
         }) {
-            plans.skipped.push(format!(
-                "gateway {reference}: {} in namespace {} is not this VirtualEnvironment's; left alone",
-                other.describe(),
-                other.namespace
+            plans.skipped.push(Skip::gateway(
+                &reference,
+                format_args!(
+                    "{} in namespace {} is not this VirtualEnvironment's; left alone",
+                    other.describe(),
+                    other.namespace
+                ),
             ));
             continue;
         }
@@ -291,9 +306,9 @@ pub fn plan_gateways(
                 .services
                 .insert(service.fqdn.clone(), service.envs.clone());
             if host.starts_with("*.") {
-                plans.skipped.push(format!(
-                    "{}: host {host} at gateway {reference}: wildcard hosts are bound but not routed by env there (name the hosts)",
-                    service.name
+                plans.skipped.push(Skip::service(
+                    service.name,
+                    format_args!("host {host} at gateway {reference}: wildcard hosts are bound but not routed by env there (name the hosts)"),
                 ));
                 continue;
             }
@@ -303,8 +318,9 @@ pub fn plan_gateways(
             modules.tenant
         } else {
             if modules.tenant != modules.controller {
-                plans.skipped.push(format!(
-                    "gateway {reference}: spec.wasmModule applies in namespace {namespace} only; the plugin object in namespace {at} loads the controller's module"
+                plans.skipped.push(Skip::gateway(
+                    &reference,
+                    format_args!("spec.wasmModule applies in namespace {namespace} only; the plugin object in namespace {at} loads the controller's module"),
                 ));
             }
             modules.controller

@@ -32,6 +32,7 @@ use crate::crd::VirtualEnvironment;
 use crate::existing::{Existing, Kind};
 use crate::gateway::{exposures, Exposure, GatewayName};
 use crate::gateway_policy::{gateway_admits, GatewayPods, GatewayPolicy};
+use crate::skip::Skip;
 
 /// Whether a gateway whose pods serve other namespaces needs a [`GatewayPolicy`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -215,7 +216,7 @@ pub struct Admitted {
     pub exposures: BTreeMap<String, Exposure>,
     pub placements: Vec<Placement>,
     /// What was refused, with the reason.
-    pub refused: Vec<String>,
+    pub refused: Vec<Skip>,
 }
 
 /// The tenant and the rules it is judged by.
@@ -256,10 +257,17 @@ pub fn admit(
         let selector = selector_of(object);
         let mut placements = cluster.placements(object, tenant.scope_gateway_to_namespace);
         if placements.is_empty() && !selector.is_empty() {
-            out.refused.push(format!(
-                "gateway {reference}: its selector matches no pod{}; its plugin object waits in namespace {}",
-                if tenant.scope_gateway_to_namespace { " in its namespace" } else { "" },
-                gateway.namespace
+            out.refused.push(Skip::gateway(
+                &reference,
+                format_args!(
+                    "its selector matches no pod{}; its plugin object waits in namespace {}",
+                    if tenant.scope_gateway_to_namespace {
+                        " in its namespace"
+                    } else {
+                        ""
+                    },
+                    gateway.namespace
+                ),
             ));
             placements.insert(gateway.namespace.as_str(), Vec::new());
         }
@@ -271,17 +279,21 @@ pub fn admit(
             let own = placement_ns == ns;
             let policy = cluster.policies.iter().find(|p| p.covers(&selector, &pods));
             if !own && policy.is_none() && tenant.admission == GatewayAdmission::Policy {
-                out.refused.push(format!(
-                    "gateway {reference}: its pods in namespace {placement_ns} serve other namespaces too, and no GatewayPolicy for them admits namespace {ns}; not bound, not routed by env there (ask the gateway's owner for a GatewayPolicy)"
+                out.refused.push(Skip::gateway(
+                    &reference,
+                    format_args!("its pods in namespace {placement_ns} serve other namespaces too, and no GatewayPolicy for them admits namespace {ns}; not bound, not routed by env there (ask the gateway's owner for a GatewayPolicy)"),
                 ));
                 continue;
             }
             let edge_trust = match policy {
                 Some(policy) => {
                     if tenant.ve.spec.edge_trust.is_some() {
-                        out.refused.push(format!(
-                            "gateway {reference}: spec.edgeTrust is not applied there; GatewayPolicy {} sets its edge policy",
-                            policy.name_any()
+                        out.refused.push(Skip::gateway(
+                            &reference,
+                            format_args!(
+                                "spec.edgeTrust is not applied there; GatewayPolicy {} sets its edge policy",
+                                policy.name_any()
+                            ),
                         ));
                     }
                     Some(policy.edge_trust())
@@ -292,12 +304,16 @@ pub fn admit(
             for (service, exposure) in wanted.iter().filter(|(_, e)| e.gateways.contains(gateway)) {
                 for host in &exposure.hosts {
                     match refusal(tenant, object, gateway, host, policy, &pods, cluster) {
-                        Some(why) => out.refused.push(format!(
-                            "{service}: host {host} at gateway {reference}: {why}"
+                        Some(why) => out.refused.push(Skip::service(
+                            service,
+                            format_args!("host {host} at gateway {reference}: {why}"),
                         )),
                         None => match hosts.get(host) {
-                            Some(first) => out.refused.push(format!(
-                                "{service}: host {host} at gateway {reference} already reaches {first}"
+                            Some(first) => out.refused.push(Skip::service(
+                                service,
+                                format_args!(
+                                    "host {host} at gateway {reference} already reaches {first}"
+                                ),
                             )),
                             None => {
                                 ok.insert((gateway.clone(), host.clone()));

@@ -26,6 +26,7 @@ pub mod reconcile;
 pub mod reconcile_gateway_policy;
 pub mod routable;
 pub mod server;
+pub mod skip;
 pub mod snapshot;
 pub mod subset;
 pub mod transition;

@@ -103,15 +103,7 @@ pub fn render_plan(plan: &Plan, api: ExtensionApi) -> String {
     for line in plan
         .skipped
         .iter()
-        .map(|s| {
-            if s.starts_with("gateway ") {
-                format!("skipped {s}")
-            } else if s.starts_with("calls into ") {
-                s.clone()
-            } else {
-                format!("skipped service {s}")
-            }
-        })
+        .map(crate::skip::Skip::rendered)
         .chain(plan.ignored_pods.iter().map(|p| format!("ignored pod {p}")))
     {
         let _ = writeln!(out, "# {line}");

@@ -21,6 +21,7 @@ use kube::ResourceExt;
 use virtual_env_core::{PeerNamespace, PluginConfig};
 
 use crate::crd::VirtualEnvironment;
+use crate::skip::Skip;
 
 /// What one namespace's plan publishes for callers in other namespaces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +67,7 @@ pub fn add_peers(
     config: &mut PluginConfig,
     namespace: &str,
     others: &BTreeMap<String, Published>,
-) -> Vec<String> {
+) -> Vec<Skip> {
     let mut skipped = Vec::new();
     let env_header = config.env_header.to_ascii_lowercase();
     for (ns, published) in others.iter().filter(|(ns, _)| *ns != namespace) {
@@ -84,9 +85,9 @@ pub fn add_peers(
             None
         };
         match differs {
-            Some(why) => skipped.push(format!(
+            Some(why) => skipped.push(Skip::peers(format_args!(
                 "calls into namespace {ns} are not routed by env: {why}"
-            )),
+            ))),
             None => {
                 config.peers.insert(ns.clone(), published.routing.clone());
             }

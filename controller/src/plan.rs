@@ -25,6 +25,7 @@ use crate::istio::{
 };
 use crate::peer_namespaces::{add_peers, Published};
 use crate::routable::not_routable;
+use crate::skip::Skip;
 use crate::subset::SubsetNames;
 
 /// The label that marks the objects virtual-env manages (and may prune).
@@ -104,8 +105,9 @@ pub struct Plan {
     pub inbound_wasm_plugin: WasmPlugin,
     /// Envs with ready pods in the namespace.
     pub envs: BTreeSet<String>,
-    /// Services left alone, as `name: reason`.
-    pub skipped: Vec<String>,
+    /// What was left out, and why (services left alone, gateways and hosts refused, calls
+    /// into other namespaces not routed).
+    pub skipped: Vec<Skip>,
     /// Pods whose env label is not a valid env name, as `name: reason`.
     pub ignored_pods: Vec<String>,
     /// The route header in force (the spec's name and its suffix), for the status.
@@ -330,7 +332,7 @@ pub fn plan_namespace(
             continue;
         }
         if let Some(why) = not_routable(service) {
-            plan.skipped.push(format!("{name}: {why}"));
+            plan.skipped.push(Skip::service(&name, why));
             continue;
         }
         // Istio would merge or pick between two objects for one host: leave it to its owner.
@@ -345,15 +347,19 @@ pub fn plan_namespace(
         if !held_by.is_empty() {
             held_by.sort();
             held_by.dedup();
-            plan.skipped.push(format!(
-                "{name}: left to {}, which this VirtualEnvironment does not manage",
-                held_by.join(", ")
+            plan.skipped.push(Skip::service(
+                &name,
+                format_args!(
+                    "left to {}, which this VirtualEnvironment does not manage",
+                    held_by.join(", ")
+                ),
             ));
             continue;
         }
         if service.annotations().contains_key(RULE_ANNOTATION) {
-            plan.skipped.push(format!(
-                "{name}: annotation {RULE_ANNOTATION} is not supported and not applied; its VirtualService has only the env routes"
+            plan.skipped.push(Skip::service(
+                &name,
+                format_args!("annotation {RULE_ANNOTATION} is not supported and not applied; its VirtualService has only the env routes"),
             ));
         }
         let host = service_fqdn(&name, &namespace, &settings.cluster_domain);
@@ -412,9 +418,12 @@ pub fn plan_namespace(
                 gateways.push("mesh".into());
                 exposed.push((name.clone(), host.clone(), exposure));
             } else {
-                plan.skipped.push(format!(
-                    "{name}: not exposed through gateways: its hosts are routed by {}, which this VirtualEnvironment does not manage",
-                    taken.join(", ")
+                plan.skipped.push(Skip::service(
+                    &name,
+                    format_args!(
+                        "not exposed through gateways: its hosts are routed by {}, which this VirtualEnvironment does not manage",
+                        taken.join(", ")
+                    ),
                 ));
             }
         }
@@ -491,10 +500,10 @@ pub fn plan_namespace(
     let mut bytes = stored_bytes(&plan.wasm_plugin.spec.plugin_config);
     if bytes > settings.max_plugin_config_bytes && !plan.plugin_config.peers.is_empty() {
         // The namespace's own routing goes first: calls into the others lose their env.
-        plan.skipped.push(format!(
+        plan.skipped.push(Skip::peers(format_args!(
             "calls into other namespaces are not routed by env: with their tables the plugin config would be {bytes} bytes, over {}",
             settings.max_plugin_config_bytes
-        ));
+        )));
         plan.plugin_config.peers.clear();
         plan.wasm_plugin.spec.plugin_config = plugin_config_value(&plan.plugin_config);
         bytes = stored_bytes(&plan.wasm_plugin.spec.plugin_config);

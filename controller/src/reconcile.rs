@@ -737,7 +737,7 @@ fn ready(ve: &VirtualEnvironment, plan: &Plan) -> VirtualEnvironmentStatus {
         conditions: vec![condition(ve, true, reason, &message)],
         services: u32::try_from(plan.virtual_services.len()).unwrap_or(u32::MAX),
         envs: u32::try_from(plan.envs.len()).unwrap_or(u32::MAX),
-        skipped: plan.skipped.clone(),
+        skipped: plan.skipped.iter().map(ToString::to_string).collect(),
         route_header: Some(plan.route_header.clone()),
     }
 }

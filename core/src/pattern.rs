@@ -146,6 +146,13 @@ impl EnvPattern {
         Some(out)
     }
 
+    /// What searching a value of `len` bytes costs, in automaton steps: the bound a
+    /// caller budgets with.
+    pub fn cost(&self, len: usize) -> usize {
+        len.saturating_add(1)
+            .saturating_mul(self.before.len() + self.after_reversed.len() + 2)
+    }
+
     fn places<'v>(&self, bytes: &'v [u8]) -> Places<'v> {
         let starts = accepted_prefixes(&self.before, bytes.iter().copied());
         // ends[k]: what follows the placeholder matches value[k..].

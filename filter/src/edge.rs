@@ -68,89 +68,131 @@ impl EdgeEdits {
 /// that still holds an env not admitted goes whole.
 const MAX_CUT_ROUNDS: usize = 8;
 
+/// The most pattern-matching work one request may cost at the gateway (bytes searched
+/// times the pattern's atoms, summed): the patterns are the tenants' and the bytes the
+/// client's, so their product is bounded; a line beyond it goes unjudged, so removed.
+pub const EDGE_WORK_BUDGET: usize = 4 << 20;
+
+/// A carrier header's lines as the guard works on them.
+struct Lines {
+    lines: Vec<String>,
+    changed: bool,
+}
+
 /// The edits that leave only envs `edge` admits in `lines` (every request header line).
+///
+/// Every judge of a header (whole value, each pattern, baggage members) works on what the
+/// judges before it left, so no judge hides a line from another; lines of a pattern header
+/// are also judged joined, as the application may join them, and in the spellings readers
+/// also accept (quotes, spaces around `=`, `%`-escapes).
 pub fn guard(edge: &EdgeTrust, carriers: &Carriers<'_>, lines: &[(String, Vec<u8>)]) -> EdgeEdits {
     let admitted =
         |env: &str| validate_env_name(env, carriers.splitter).is_ok() && edge.admits(env);
     let mut edits = EdgeEdits::default();
-    let lines_of = |name: &str| -> Vec<&[u8]> {
-        lines
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
-            .collect()
-    };
-
-    for name in carriers.whole.iter().map(String::as_str) {
-        if edits.headers.contains_key(name) {
+    let mut budget = EDGE_WORK_BUDGET;
+    let mut state: BTreeMap<&str, Lines> = BTreeMap::new();
+    for name in carriers.names() {
+        if state.contains_key(name) {
             continue;
         }
-        let values = lines_of(name);
-        let kept: Vec<&str> = values
-            .iter()
-            .filter_map(|v| std::str::from_utf8(v).ok())
-            .filter(|v| admitted(v))
-            .collect();
-        if kept.len() == values.len() && values.len() <= 1 {
-            continue;
-        }
-        edits.envs_removed += values.len() - kept.len();
-        edits
-            .headers
-            .insert(name.to_owned(), kept.first().map(|v| (*v).to_owned()));
-    }
-
-    for (name, pattern) in carriers.patterns {
-        if edits.headers.contains_key(name) {
-            continue;
-        }
-        let values = lines_of(name);
-        let mut changed = false;
-        let mut kept = Vec::new();
-        for value in values {
-            let judged = std::str::from_utf8(value)
-                .ok()
-                .and_then(|v| cut_pattern(v, pattern, &admitted));
-            match judged {
-                Some((line, cut)) => {
-                    changed |= cut > 0;
-                    edits.envs_removed += cut;
-                    kept.push(line);
-                }
-                None => {
-                    changed = true;
+        let mut text = Lines {
+            lines: Vec::new(),
+            changed: false,
+        };
+        for (_, value) in lines.iter().filter(|(n, _)| n == name) {
+            match std::str::from_utf8(value) {
+                Ok(value) if value.len() <= MAX_EDGE_VALUE_LEN => text.lines.push(value.to_owned()),
+                _ => {
+                    text.changed = true;
                     edits.lines_unjudged += 1;
                 }
             }
         }
-        if changed {
-            let separator = if name == "cookie" { "; " } else { ", " };
-            edits.headers.insert(name.clone(), joined(&kept, separator));
+        if !text.lines.is_empty() || text.changed {
+            state.insert(name, text);
         }
     }
 
-    if !carriers.baggage_keys.is_empty() && !edits.headers.contains_key("baggage") {
-        let mut changed = false;
-        let mut kept = Vec::new();
-        for value in lines_of("baggage") {
-            let text = std::str::from_utf8(value)
-                .ok()
-                .filter(|v| v.len() <= MAX_EDGE_VALUE_LEN);
-            let Some(text) = text else {
-                changed = true;
-                edits.lines_unjudged += 1;
-                continue;
-            };
-            let (line, cut) = cut_baggage(text, carriers.baggage_keys, &admitted);
-            changed |= cut > 0;
-            edits.envs_removed += cut;
-            kept.push(line);
-        }
-        if changed {
-            edits.headers.insert("baggage".into(), joined(&kept, ","));
+    for name in carriers.whole.iter().map(String::as_str) {
+        let Some(header) = state.get_mut(name) else {
+            continue;
+        };
+        let before = header.lines.len();
+        header.lines.retain(|v| admitted(v));
+        edits.envs_removed += before - header.lines.len();
+        // One line stays, the first admitted: a reader may take any line of several.
+        if header.lines.len() != before || header.lines.len() > 1 {
+            header.lines.truncate(1);
+            header.changed = true;
         }
     }
+
+    for (name, pattern) in carriers.patterns {
+        let Some(header) = state.get_mut(name.as_str()) else {
+            continue;
+        };
+        let mut kept = Vec::new();
+        for line in std::mem::take(&mut header.lines) {
+            match judge_pattern_line(&line, pattern, &admitted, &mut budget) {
+                Some((line, cut)) => {
+                    header.changed |= cut > 0;
+                    edits.envs_removed += cut;
+                    kept.push(line);
+                }
+                None => {
+                    header.changed = true;
+                    edits.lines_unjudged += 1;
+                }
+            }
+        }
+        // Joined, as the application may join them: what joining forms is judged too.
+        if kept.len() > 1 {
+            let joined_line = kept.join(separator(name));
+            match judge_pattern_line(&joined_line, pattern, &admitted, &mut budget) {
+                Some((_, 0)) => {}
+                Some((line, cut)) => {
+                    edits.envs_removed += cut;
+                    header.changed = true;
+                    kept = vec![line];
+                }
+                None => {
+                    edits.lines_unjudged += 1;
+                    header.changed = true;
+                    kept.clear();
+                }
+            }
+        }
+        header.lines = kept;
+    }
+
+    if !carriers.baggage_keys.is_empty() {
+        if let Some(header) = state.get_mut("baggage") {
+            for line in &mut header.lines {
+                let (kept, cut) = cut_baggage(line, carriers.baggage_keys, &admitted);
+                if cut > 0 {
+                    edits.envs_removed += cut;
+                    header.changed = true;
+                    *line = kept;
+                }
+            }
+        }
+    }
+
+    for (name, header) in state.into_iter().filter(|(_, h)| h.changed) {
+        edits
+            .headers
+            .insert(name.to_owned(), joined(&header.lines, separator(name)));
+    }
     edits
+}
+
+/// How a header's lines join into one: `; ` for cookies, `,` for lists.
+fn separator(name: &str) -> &'static str {
+    if name == "cookie" {
+        "; "
+    } else {
+        ","
+    }
 }
 
 /// Non-empty lines joined; `None` when nothing is left.
@@ -163,17 +205,71 @@ fn joined(lines: &[String], separator: &str) -> Option<String> {
     (!lines.is_empty()).then(|| lines.join(separator))
 }
 
+/// A pattern header's line with every env occurrence that is not admitted cut out, and
+/// how many were; `None` when it cannot be judged (over the work budget, still holding
+/// one after [`MAX_CUT_ROUNDS`]) or when a spelling other readers accept (quoted, spaces
+/// around `=`, `%`-escaped) still holds one: then the line goes whole.
+fn judge_pattern_line(
+    value: &str,
+    pattern: &EnvPattern,
+    admitted: &impl Fn(&str) -> bool,
+    budget: &mut usize,
+) -> Option<(String, usize)> {
+    let (line, cut) = cut_pattern(value, pattern, admitted, budget)?;
+    let lenient = leniently_read(&line);
+    if lenient != line {
+        let (_, more) = cut_pattern(&lenient, pattern, admitted, budget)?;
+        if more > 0 {
+            return None;
+        }
+    }
+    Some((line, cut))
+}
+
+/// `value` as a lenient reader reads it: without quotes and whitespace, `%XX` decoded.
+pub(crate) fn leniently_read(value: &str) -> String {
+    let bare: String = value
+        .chars()
+        .filter(|c| *c != '"' && !c.is_whitespace())
+        .collect();
+    if !bare.contains('%') {
+        return bare;
+    }
+    let bytes = bare.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bare.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// `value` with every env occurrence that is not admitted cut out, and how many were;
-/// `None` when the line cannot be judged (too long, or still holding one after
-/// [`MAX_CUT_ROUNDS`]).
+/// `None` when the line cannot be judged (too long, over the work budget, or still
+/// holding one after [`MAX_CUT_ROUNDS`]).
 fn cut_pattern(
     value: &str,
     pattern: &EnvPattern,
     admitted: &impl Fn(&str) -> bool,
+    budget: &mut usize,
 ) -> Option<(String, usize)> {
     let mut line = value.to_owned();
     let mut cut = 0;
     for _ in 0..MAX_CUT_ROUNDS {
+        *budget = budget.checked_sub(pattern.cost(line.len()))?;
         let bad: Vec<(usize, usize)> = pattern
             .occurrences(&line, MAX_EDGE_VALUE_LEN)?
             .into_iter()
@@ -360,15 +456,142 @@ mod tests {
 
     #[test]
     fn cutting_that_joins_a_new_env_is_cut_again() {
-        // Cutting "dev.secret" out of "env=env=dev.secretdev.x" would leave a new env.
-        let edits = run(&allow(&["dev"]), &[("cookie", "a=env=dev.secret;env=x")]);
+        // Cutting "dev.x" out of "env=denv=dev.xev.secret" leaves "env=denv=ev.secret"...
+        let edits = run(
+            &allow(&["dev"]),
+            &[("cookie", "a=1; env=deenv=dev.xv.secret")],
+        );
         let cookie = set(&edits, "cookie")
-            .flatten()
+            .expect("edited")
             .unwrap_or_default()
             .to_owned();
         let pattern = EnvPattern::parse(".*env=(@);?.*", DEFAULT_PLACEHOLDER).unwrap();
-        for (i, j) in pattern.occurrences(&cookie, MAX_EDGE_VALUE_LEN).unwrap() {
-            assert_eq!(&cookie[i..j], "dev", "{cookie}");
+        let found = pattern.occurrences(&cookie, MAX_EDGE_VALUE_LEN).unwrap();
+        for (i, j) in &found {
+            assert_eq!(&cookie[*i..*j], "dev", "{cookie}");
         }
+        assert!(edits.envs_removed >= 1);
+    }
+
+    /// Two judges of one header: each works on what the other left, so a decoy for the
+    /// first hides nothing from the second.
+    #[test]
+    fn every_judge_of_a_header_sees_every_line() {
+        let whole = vec!["x-virtual-env".to_owned()];
+        let patterns = vec![
+            (
+                "cookie".to_owned(),
+                EnvPattern::parse(".*env=(@);?.*", DEFAULT_PLACEHOLDER).unwrap(),
+            ),
+            (
+                "cookie".to_owned(),
+                EnvPattern::parse(".*stage:(@);?.*", DEFAULT_PLACEHOLDER).unwrap(),
+            ),
+            (
+                "baggage".to_owned(),
+                EnvPattern::parse(".*x=(@).*", DEFAULT_PLACEHOLDER).unwrap(),
+            ),
+        ];
+        let keys = vec!["virtual-env".to_owned()];
+        let carriers = Carriers {
+            whole: &whole,
+            patterns: &patterns,
+            baggage_keys: &keys,
+            splitter: '.',
+        };
+        let lines: Vec<(String, Vec<u8>)> = [
+            ("cookie", "env=bad; stage:dev.secret"),
+            ("baggage", "x=bad, virtual-env=dev.secret"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+        .collect();
+        let edits = guard(&allow(&["dev"]), &carriers, &lines);
+        let cookie = set(&edits, "cookie").flatten().unwrap_or_default();
+        assert!(
+            !cookie.contains("secret") && !cookie.contains("bad"),
+            "{cookie}"
+        );
+        let baggage = set(&edits, "baggage").flatten().unwrap_or_default();
+        assert!(
+            !baggage.contains("secret") && !baggage.contains("bad"),
+            "{baggage}"
+        );
+    }
+
+    /// Readers other than the pattern: Go strips quotes, Node trims spaces and decodes
+    /// `%XX`. A line that holds an env not admitted in any of those spellings goes.
+    #[test]
+    fn spellings_other_readers_accept_are_judged() {
+        for cookie in [
+            r#"env="dev.secret""#,
+            "env = dev.secret",
+            "a=1;env =dev.secret",
+            "env=dev%2Esecret",
+        ] {
+            let edits = run(&allow(&["dev"]), &[("cookie", cookie)]);
+            assert_eq!(set(&edits, "cookie"), Some(None), "{cookie}");
+        }
+        let edits = run(&allow(&["dev"]), &[("cookie", "env=dev; theme=\"dark\"")]);
+        assert!(
+            edits.is_empty(),
+            "an admitted env, other quoted values: left alone"
+        );
+    }
+
+    /// Lines judged one by one can form an env once joined, as the application joins them.
+    #[test]
+    fn lines_are_judged_joined_too() {
+        let whole: Vec<String> = vec![];
+        let patterns = vec![(
+            "cookie".to_owned(),
+            EnvPattern::parse(".*env=..(@).*", DEFAULT_PLACEHOLDER).unwrap(),
+        )];
+        let carriers = Carriers {
+            whole: &whole,
+            patterns: &patterns,
+            baggage_keys: &[],
+            splitter: '.',
+        };
+        let lines: Vec<(String, Vec<u8>)> = ["env=", "dev.secret"]
+            .iter()
+            .map(|v| ("cookie".to_owned(), v.as_bytes().to_vec()))
+            .collect();
+        let edits = guard(&allow(&["dev"]), &carriers, &lines);
+        let cookie = set(&edits, "cookie").flatten().unwrap_or_default();
+        assert!(!cookie.contains("secret"), "{cookie}");
+    }
+
+    /// The tenants' patterns times the client's bytes is bounded per request: what is
+    /// beyond the budget goes unjudged, so removed.
+    #[test]
+    fn pattern_work_per_request_is_bounded() {
+        let whole: Vec<String> = vec![];
+        let long_pattern = format!("{}(@){}", ".*a".repeat(20), ".*b".repeat(20));
+        let patterns: Vec<(String, EnvPattern)> = (0..16)
+            .map(|_| {
+                (
+                    "cookie".to_owned(),
+                    EnvPattern::parse(&long_pattern, DEFAULT_PLACEHOLDER).unwrap(),
+                )
+            })
+            .collect();
+        let carriers = Carriers {
+            whole: &whole,
+            patterns: &patterns,
+            baggage_keys: &[],
+            splitter: '.',
+        };
+        let cookie = "x".repeat(MAX_EDGE_VALUE_LEN);
+        let lines = vec![("cookie".to_owned(), cookie.into_bytes())];
+        let started = std::time::Instant::now();
+        let edits = guard(&allow(&["dev"]), &carriers, &lines);
+        assert_eq!(
+            set(&edits, "cookie"),
+            Some(None),
+            "over the budget: removed"
+        );
+        assert_eq!(edits.lines_unjudged, 1);
+        let _ = started;
     }
 }

@@ -316,9 +316,11 @@ impl FilterConfig {
             host.increment(Metric::HeaderRejected);
         }
         for (name, value) in &edits.headers {
-            match value {
-                Some(value) => host.set_request_header(name, value),
-                None => host.remove_request_header(name),
+            // Every line goes first: the result never depends on how the proxy's replace
+            // treats a header of several lines.
+            host.remove_request_header(name);
+            if let Some(value) = value {
+                host.set_request_header(name, value);
             }
         }
     }

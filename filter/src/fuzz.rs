@@ -222,6 +222,9 @@ fn carrier_line() -> impl Strategy<Value = (&'static str, Vec<u8>)> {
         "virtual-env = {} ,virtual-env={}",
         "env={}; theme=dark",
         "session=1; env={}",
+        "env=\"{}\"",
+        "env = {}; a=1",
+        "env=dev%2E{}",
         "env=env={}{}",
         "{};env={}",
     ]);
@@ -304,6 +307,14 @@ proptest! {
             .unwrap_or_default();
         for (i, j) in found {
             prop_assert!(admitted(&cookie[i..j]), "cookie {cookie:?} from {lines:?}");
+        }
+        // Read leniently too (quotes and spaces dropped, %XX decoded), as some readers do.
+        let lenient = crate::edge::leniently_read(&cookie);
+        let found = pattern
+            .occurrences(&lenient, virtual_env_core::pattern::MAX_EDGE_VALUE_LEN)
+            .unwrap_or_default();
+        for (i, j) in found {
+            prop_assert!(admitted(&lenient[i..j]), "cookie {lenient:?} from {lines:?}");
         }
         let route = host.header(ROUTE).unwrap_or("dev");
         prop_assert!(route == "dev" || admitted(route), "routed to {route}");

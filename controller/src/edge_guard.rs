@@ -33,8 +33,10 @@ pub const GUARD_PREFIX: &str = "virtual-env-edge.";
 #[derive(Debug, Clone, PartialEq)]
 pub struct EdgeGuard {
     pub plugin: WasmPlugin,
-    /// Carriers left out over the bounds, as `kind name`.
+    /// Carriers left out, and why.
     pub left_out: Vec<String>,
+    /// Some were left out only for the bounds: those go unjudged.
+    pub overflow: bool,
 }
 
 /// The edge guard of `policy` for a cluster whose VirtualEnvironments are `ves`: none
@@ -56,7 +58,7 @@ pub fn plan_edge_guard(
         edge_trust: Some(edge_trust),
         ..PluginConfig::default()
     };
-    let (carriers, left_out) = carriers_of(ves, &config);
+    let (carriers, left_out, overflow) = carriers_of(ves, &config);
     config.edge_carriers = carriers;
     config
         .validate()
@@ -96,51 +98,164 @@ pub fn plan_edge_guard(
             plugin_config: plugin_config_value(&config),
         },
     };
-    Ok(Some(EdgeGuard { plugin, left_out }))
+    Ok(Some(EdgeGuard {
+        plugin,
+        left_out,
+        overflow,
+    }))
+}
+
+/// Headers no VirtualEnvironment may make the guard judge as a whole-value carrier: the
+/// guard runs on every request through a gateway that serves every team, and would remove
+/// any of these whose value is not an admitted env (a tenant naming `authorization` its
+/// env header would log everyone out). `cookie` may carry an env only through an anchored
+/// pattern.
+const NEVER_CARRIERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "host",
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "user-agent",
+    "referer",
+    "origin",
+    "cache-control",
+    "pragma",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "range",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "baggage",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "grpc-timeout",
+    "grpc-encoding",
+    "grpc-accept-encoding",
+];
+
+/// Whether a tenant may have `header` judged by a shared gateway's guard.
+fn may_carry(header: &str, route_header: &str) -> bool {
+    let header = header.to_ascii_lowercase();
+    !NEVER_CARRIERS.contains(&header.as_str())
+        && !header.starts_with(':')
+        && !header.starts_with("x-envoy-")
+        && !header.starts_with(route_header)
+        && PluginConfig {
+            header_aliases: vec![header.clone()],
+            ..PluginConfig::default()
+        }
+        .validate()
+        .is_ok()
 }
 
 /// Every carrier the VirtualEnvironments read envs from, besides `own`'s, once each (by
-/// lower-case name), within the plugin config's bounds.
-fn carriers_of(ves: &[&VirtualEnvironment], own: &PluginConfig) -> (EdgeCarriers, Vec<String>) {
+/// lower-case name), within the plugin config's bounds. Taken in the order of the
+/// namespaces' names, so the same cluster always gives the same guard; an entry a shared
+/// gateway must not judge (a standard header, a pattern not anchored by a literal, a
+/// pattern that does not compile, an invalid key) is left out and named, never failing the
+/// guard.
+fn carriers_of(
+    ves: &[&VirtualEnvironment],
+    own: &PluginConfig,
+) -> (EdgeCarriers, Vec<String>, bool) {
     let mut carriers = EdgeCarriers::default();
     let mut left_out = Vec::new();
-    let own_whole = [own.env_header.to_ascii_lowercase()];
+    let mut overflow = false;
+    let mut ves: Vec<&VirtualEnvironment> = ves.to_vec();
+    ves.sort_by_key(|ve| (ve.namespace(), ve.name_any()));
+    let own_whole = own.env_header.to_ascii_lowercase();
     for ve in ves {
+        let ns = ve.namespace().unwrap_or_default();
         let config = ve.spec.plugin_config();
         for header in std::iter::once(&config.env_header).chain(&config.header_aliases) {
             let lower = header.to_ascii_lowercase();
-            if own_whole.contains(&lower) || carriers.headers.contains(&lower) {
+            if lower == own_whole || carriers.headers.contains(&lower) {
                 continue;
             }
-            if carriers.headers.len() == MAX_EDGE_HEADERS {
-                left_out.push(format!("header {lower}"));
-                continue;
+            if !may_carry(&lower, &own.route_header) {
+                left_out.push(format!(
+                    "header {lower} of namespace {ns} (not judged at a shared gateway)"
+                ));
+            } else if carriers.headers.len() == MAX_EDGE_HEADERS {
+                overflow = true;
+                left_out.push(format!(
+                    "header {lower} of namespace {ns} (over {MAX_EDGE_HEADERS})"
+                ));
+            } else {
+                carriers.headers.push(lower);
             }
-            carriers.headers.push(lower);
         }
-        for pattern in config.header_patterns {
-            let mut pattern = pattern;
+        for mut pattern in config.header_patterns {
             pattern.name = pattern.name.to_ascii_lowercase();
-            if carriers.header_patterns.contains(&pattern) || pattern.compile().is_err() {
+            if carriers.header_patterns.contains(&pattern) {
                 continue;
             }
-            if carriers.header_patterns.len() == MAX_EDGE_PATTERNS {
-                left_out.push(format!("pattern header {}", pattern.name));
-                continue;
+            let anchored = pattern.compile().is_ok_and(|p| p.anchored());
+            let name_ok = pattern.name == "cookie" || may_carry(&pattern.name, &own.route_header);
+            if !anchored || !name_ok {
+                left_out.push(format!(
+                    "pattern header {} of namespace {ns} (a standard header, or no literal right before the placeholder)",
+                    pattern.name
+                ));
+            } else if carriers.header_patterns.len() == MAX_EDGE_PATTERNS {
+                overflow = true;
+                left_out.push(format!(
+                    "pattern header {} of namespace {ns} (over {MAX_EDGE_PATTERNS})",
+                    pattern.name
+                ));
+            } else {
+                carriers.header_patterns.push(pattern);
             }
-            carriers.header_patterns.push(pattern);
         }
         let key = config.baggage_key;
         if key.is_empty() || key == own.baggage_key || carriers.baggage_keys.contains(&key) {
             continue;
         }
-        if carriers.baggage_keys.len() == MAX_EDGE_BAGGAGE_KEYS {
-            left_out.push(format!("baggage key {key}"));
-            continue;
+        let valid = PluginConfig {
+            baggage_key: key.clone(),
+            ..PluginConfig::default()
         }
-        carriers.baggage_keys.push(key);
+        .validate()
+        .is_ok();
+        if !valid {
+            left_out.push(format!(
+                "baggage key {key:?} of namespace {ns} (not a token)"
+            ));
+        } else if carriers.baggage_keys.len() == MAX_EDGE_BAGGAGE_KEYS {
+            overflow = true;
+            left_out.push(format!(
+                "baggage key {key} of namespace {ns} (over {MAX_EDGE_BAGGAGE_KEYS})"
+            ));
+        } else {
+            carriers.baggage_keys.push(key);
+        }
     }
-    (carriers, left_out)
+    (carriers, left_out, overflow)
 }
 
 #[cfg(test)]
@@ -194,6 +309,38 @@ mod tests {
         assert_eq!(plan_edge_guard(&policy, &[], &settings().wasm), Ok(None));
     }
 
+    /// A tenant's VirtualEnvironment cannot make a shared gateway's guard remove what every
+    /// team's requests need, nor break the guard with an entry that does not validate.
+    #[test]
+    fn a_tenant_cannot_turn_the_guard_against_everyone_nor_break_it() {
+        let policy = ingress_policy("[]", "{mode: strip}");
+        let hostile = ve(
+            "envHeader: {name: Authorization, aliases: [cookie, x-team-env, {name: cookie, pattern: '.*(@).*'}, {name: cookie, pattern: '.*sid=(@)'}], baggageKey: 'a,b'}",
+        );
+        let guard = plan_edge_guard(&policy, &[&hostile], &settings().wasm)
+            .unwrap()
+            .unwrap();
+        let config = plugin_config_of(&guard.plugin.spec.plugin_config).unwrap();
+        assert_eq!(config.edge_carriers.headers, ["x-team-env"]);
+        let patterns: Vec<&str> = config
+            .edge_carriers
+            .header_patterns
+            .iter()
+            .map(|p| p.pattern.as_str())
+            .collect();
+        assert_eq!(patterns, [".*sid=(@)"]);
+        assert!(config.edge_carriers.baggage_keys.is_empty());
+        let left = guard.left_out.join("\n");
+        for named in [
+            "header authorization",
+            "header cookie",
+            "pattern header cookie",
+            "baggage key",
+        ] {
+            assert!(left.contains(named), "{named}: {left}");
+        }
+    }
+
     #[test]
     fn an_edge_policy_that_is_not_valid_has_no_guard_and_says_why() {
         let policy = ingress_policy("[]", "{mode: allowList}");
@@ -215,6 +362,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(guard.left_out.len(), 2, "{:?}", guard.left_out);
+        assert!(guard.overflow);
         let config = plugin_config_of(&guard.plugin.spec.plugin_config).unwrap();
         assert_eq!(config.edge_carriers.headers.len(), MAX_EDGE_HEADERS);
     }

@@ -700,8 +700,8 @@ mod tests {
         let config =
             crate::plan::plugin_config_of(&plan.gateway_plugins[0].spec.plugin_config).unwrap();
         assert_eq!(
-            config.edge_trust.unwrap().mode,
-            virtual_env_core::EdgeMode::Strip
+            config.edge_trust, None,
+            "the policy's edge guard judges, not the tenant's plugin"
         );
         assert!(skipped_with(&plan, "spec.edgeTrust is not applied there; GatewayPolicy ingressgateway sets its edge policy"));
     }

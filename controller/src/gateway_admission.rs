@@ -203,7 +203,8 @@ pub struct Placement {
     pub selector: BTreeMap<String, String>,
     /// The tenant's own pods: its `spec.wasmModule` may load there.
     pub own: bool,
-    /// The edge policy there: the covering policy's, else the VirtualEnvironment's.
+    /// The edge policy the routing plugin applies there: none under a GatewayPolicy (its
+    /// edge guard judges), else the VirtualEnvironment's.
     pub edge_trust: Option<EdgeTrust>,
     /// The hosts routed there, each to its service: `host -> service name`.
     pub hosts: BTreeMap<String, String>,
@@ -285,6 +286,9 @@ pub fn admit(
                 ));
                 continue;
             }
+            // Under a policy its own edge guard judges every request before any routing
+            // plugin (see `edge_guard.rs`): the routing plugin judges nothing, so no
+            // tenant's carriers are judged on every team's requests.
             let edge_trust = match policy {
                 Some(policy) => {
                     if tenant.ve.spec.edge_trust.is_some() {
@@ -296,7 +300,7 @@ pub fn admit(
                             ),
                         ));
                     }
-                    Some(policy.edge_trust())
+                    None
                 }
                 None => tenant.ve.spec.edge_trust.as_ref().map(|e| e.to_config()),
             };

@@ -116,15 +116,17 @@ pub async fn reconcile_policy(
     );
     let mut message = format!("edge guard {at} judges every request through the gateway");
     if !guard.left_out.is_empty() {
-        message.push_str(&format!(
-            "; carriers over the bounds, not judged: {}",
-            guard.left_out.join(", ")
-        ));
+        message.push_str(&format!("; not judged: {}", guard.left_out.join(", ")));
     }
+    // Carriers left out for the bounds pass the edge unjudged: that needs someone's eye.
+    let (ready, reason) = match guard.overflow {
+        false => (true, "Applied"),
+        true => (false, "CarriersLeftOut"),
+    };
     patch_status(
         &api,
         &policy,
-        status(&policy, Some(at), true, "Applied", &message),
+        status(&policy, Some(at), ready, reason, &message),
     )
     .await?;
     info!(took = ?started.elapsed(), "edge guard reconciled");

@@ -276,7 +276,13 @@ fn services_exposed_through_a_gateway_render_its_plugin_object() {
         config.hosts["c.example.com"],
         "app-c.default.svc.cluster.local"
     );
-    assert!(config.edge_trust.unwrap().admits("dev.proj1.alice"));
+    // The policy's edge guard judges; the routing plugin under it does not.
+    assert!(config.edge_trust.is_none());
+    let guard = find("WasmPlugin", "virtual-env-edge.public-ingress");
+    assert_eq!(guard["spec"]["phase"], "AUTHN");
+    let guard: PluginConfig =
+        serde_json::from_value(guard["spec"]["pluginConfig"].clone()).unwrap();
+    assert!(guard.edge_trust.unwrap().admits("dev.proj1.alice"));
     // The namespace's own plugin objects carry no edge policy and no gateway hosts.
     let own = find("WasmPlugin", "virtual-env");
     assert!(own["spec"]["pluginConfig"]["edgeTrust"].is_null());

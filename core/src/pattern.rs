@@ -146,6 +146,15 @@ impl EnvPattern {
         Some(out)
     }
 
+    /// Whether a literal character stands right before the placeholder (`env=(@)`): where
+    /// an env starts is then pinned by the value itself, not by where a match happens to
+    /// begin (`.*(@)` would let an env start anywhere).
+    pub fn anchored(&self) -> bool {
+        self.before
+            .last()
+            .is_some_and(|a| a.repeat == Repeat::One && matches!(a.matcher, Matcher::Byte(_)))
+    }
+
     /// What searching a value of `len` bytes costs, in automaton steps: the bound a
     /// caller budgets with.
     pub fn cost(&self, len: usize) -> usize {
@@ -369,6 +378,21 @@ mod tests {
         assert_eq!(env(".*env=(@)", &value), None);
         let value = format!("{}env=dev", "x".repeat(MAX_PATTERN_VALUE_LEN - 10));
         assert_eq!(env(".*env=(@)", &value), Some("dev"));
+    }
+
+    #[test]
+    fn an_anchored_pattern_has_a_literal_right_before_the_placeholder() {
+        let anchored = |p: &str| {
+            EnvPattern::parse(p, DEFAULT_PLACEHOLDER)
+                .unwrap()
+                .anchored()
+        };
+        assert!(anchored(".*env=(@);?.*"));
+        assert!(anchored("^x(@)$"));
+        assert!(!anchored(".*(@).*"));
+        assert!(!anchored("(@)"));
+        assert!(!anchored("env=*(@)"));
+        assert!(!anchored("env.(@)"));
     }
 
     #[test]

@@ -789,6 +789,110 @@ mod tests {
         );
     }
 
+    /// A VirtualService binds each of its hosts at each of its gateways: a host refused at
+    /// one gateway must not be bound there through another's admission.
+    #[test]
+    fn a_host_refused_at_one_gateway_is_not_bound_there_by_another() {
+        let (ve, mut snapshot) = exposed("istio-system/public,own-gw");
+        if let Some(a) = snapshot
+            .services
+            .iter_mut()
+            .find(|s| s.name_any() == "app-a")
+        {
+            a.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(
+                    HOSTS_ANNOTATION.into(),
+                    "a.example.com,b.example.com".into(),
+                );
+        }
+        snapshot.elsewhere.push(object(
+            Kind::Gateway,
+            serde_json::json!({"metadata": {"name": "own-gw", "namespace": "default"},
+                "spec": {"selector": {"app": "own-gw"},
+                    "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}}),
+        ));
+        snapshot
+            .pods
+            .push(crate::plan::fixtures::pod("own-gw-1", "own-gw", None, true));
+        let only_a = ingress_policy(r#"[{namespace: default, hosts: [a.example.com]}]"#, "");
+        with_cluster(&mut snapshot, &ve, vec![only_a]);
+        let plan = plan_of_gw(&ve, &snapshot);
+        let vs = route_of_app_a(&plan);
+        assert_eq!(vs.spec.gateways, ["default/own-gw", "mesh"]);
+        assert_eq!(
+            vs.spec.hosts,
+            [
+                "app-a.default.svc.cluster.local",
+                "a.example.com",
+                "b.example.com"
+            ]
+        );
+        let placed: Vec<String> = plan
+            .gateway_plugins
+            .iter()
+            .map(|p| p.namespace().unwrap())
+            .collect();
+        assert_eq!(placed, ["default"], "nothing at the shared gateway");
+        assert!(
+            skipped_with(
+                &plan,
+                "host a.example.com at gateway istio-system/public: not bound"
+            ),
+            "{:?}",
+            plan.skipped
+        );
+    }
+
+    /// A Gateway of the tenant's own that selects the shared gateway's pods (and one pod
+    /// of its own as a decoy) is bound nowhere without the policy: istiod would hand the
+    /// binding to every pod it selects.
+    #[test]
+    fn a_gateway_admitted_at_one_of_its_placements_only_is_not_bound() {
+        let (ve, mut snapshot) = exposed("team-gw");
+        snapshot.elsewhere.push(object(
+            Kind::Gateway,
+            serde_json::json!({"metadata": {"name": "team-gw", "namespace": "default"},
+                "spec": {"selector": {"istio": "ingressgateway"},
+                    "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}}),
+        ));
+        let mut decoy = crate::plan::fixtures::pod("decoy", "decoy", None, true);
+        decoy
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert("istio".into(), "ingressgateway".into());
+        snapshot.pods.push(decoy);
+        with_cluster(&mut snapshot, &ve, vec![]);
+        let plan = plan_of_gw(&ve, &snapshot);
+        assert!(route_of_app_a(&plan).spec.gateways.is_empty(), "not bound");
+        assert!(plan.gateway_plugins.is_empty());
+    }
+
+    /// A rival that could never serve the host (the Gateway's servers do not admit its
+    /// namespace) blocks nobody.
+    #[test]
+    fn a_rival_the_gateway_does_not_admit_blocks_nobody() {
+        let (mut ve, mut snapshot) = exposed("istio-system/public");
+        ve.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(2_000).unwrap(),
+            ));
+        if let Some(gw) = snapshot
+            .elsewhere
+            .iter_mut()
+            .find(|e| e.kind == Kind::Gateway)
+        {
+            gw.spec["servers"][0]["hosts"] = serde_json::json!(["default/a.example.com"]);
+        }
+        let any = ingress_policy(r#"[{namespace: "*", hosts: ["*"]}]"#, "");
+        let rivals = [rival("team-b", 1_000, "a.example.com")];
+        snapshot.cluster = cluster_with(&snapshot, &ve, &rivals, &[], vec![any]);
+        let plan = plan_of_gw(&ve, &snapshot);
+        assert_eq!(plan.gateway_plugins.len(), 1, "{:?}", plan.skipped);
+    }
+
     /// Istio's Bookinfo: the Gateway in the application's namespace, selecting the ingress
     /// gateway's pods in istio-system. The plugin object goes where the pods run (a
     /// WasmPlugin selects pods of its own namespace only), with the controller's module.

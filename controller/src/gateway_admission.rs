@@ -60,6 +60,8 @@ type Precedence = (
 pub struct GatewayCluster {
     /// Per Gateway, the pods its selector matches, as (namespace, labels), once each.
     pub gateway_pods: BTreeMap<GatewayName, Vec<PodLabels>>,
+    /// Per Gateway, its `servers` (which hosts it admits from which namespaces).
+    pub gateway_servers: BTreeMap<GatewayName, serde_json::Value>,
     pub policies: Vec<GatewayPolicy>,
     /// Gateway hosts claimed in every namespace: by VirtualEnvironments' exposures and by
     /// users' own gateway-bound VirtualServices.
@@ -93,6 +95,17 @@ impl GatewayCluster {
         policies: Vec<GatewayPolicy>,
         namespaces: impl Iterator<Item = (&'a VirtualEnvironment, Vec<&'a Service>)>,
     ) -> Self {
+        let objects_servers: BTreeMap<GatewayName, serde_json::Value> = objects
+            .clone()
+            .filter(|o| o.kind == Kind::Gateway)
+            .map(|o| {
+                let name = GatewayName {
+                    namespace: o.namespace.clone(),
+                    name: o.name.clone(),
+                };
+                (name, o.spec["servers"].clone())
+            })
+            .collect();
         let gateways: Vec<(GatewayName, BTreeMap<String, String>)> = objects
             .clone()
             .filter(|o| o.kind == Kind::Gateway)
@@ -159,8 +172,13 @@ impl GatewayCluster {
                 }
             }
         }
+        let gateway_servers = objects_servers;
+        let mut policies = policies;
+        // Two policies covering the same pods: the first by name decides, every time.
+        policies.sort_by_key(|p| p.name_any());
         Self {
             gateway_pods,
+            gateway_servers,
             policies,
             claims,
         }
@@ -238,8 +256,10 @@ pub fn admit(
     let mut out = Admitted::default();
     let ns = tenant.namespace;
     let referenced: BTreeSet<&GatewayName> = wanted.values().flat_map(|e| &e.gateways).collect();
-    // (gateway, host) pairs admitted somewhere.
-    let mut ok: BTreeSet<(GatewayName, String)> = BTreeSet::new();
+    // (service, gateway, host) admitted at some placement, and refused at some: a binding
+    // reaches every pod of the gateway, so it needs to be admitted at all of them.
+    let mut ok: BTreeSet<(String, GatewayName, String)> = BTreeSet::new();
+    let mut refused: BTreeSet<(String, GatewayName, String)> = BTreeSet::new();
     for gateway in referenced {
         let reference = gateway.reference();
         let Some(object) = gateways.iter().find(|g| {
@@ -248,9 +268,9 @@ pub fn admit(
             // Bound as asked (istiod ignores a binding to a Gateway that does not exist,
             // and one created later then works); no plugin object, which the plugin
             // planning reports.
-            for exposure in wanted.values().filter(|e| e.gateways.contains(gateway)) {
+            for (service, exposure) in wanted.iter().filter(|(_, e)| e.gateways.contains(gateway)) {
                 for host in &exposure.hosts {
-                    ok.insert((gateway.clone(), host.clone()));
+                    ok.insert((service.clone(), gateway.clone(), host.clone()));
                 }
             }
             continue;
@@ -280,6 +300,13 @@ pub fn admit(
             let own = placement_ns == ns;
             let policy = cluster.policies.iter().find(|p| p.covers(&selector, &pods));
             if !own && policy.is_none() && tenant.admission == GatewayAdmission::Policy {
+                for (service, exposure) in
+                    wanted.iter().filter(|(_, e)| e.gateways.contains(gateway))
+                {
+                    for host in &exposure.hosts {
+                        refused.insert((service.clone(), gateway.clone(), host.clone()));
+                    }
+                }
                 out.refused.push(Skip::gateway(
                     &reference,
                     format_args!("its pods in namespace {placement_ns} serve other namespaces too, and no GatewayPolicy for them admits namespace {ns}; not bound, not routed by env there (ask the gateway's owner for a GatewayPolicy)"),
@@ -307,20 +334,27 @@ pub fn admit(
             let mut hosts = BTreeMap::new();
             for (service, exposure) in wanted.iter().filter(|(_, e)| e.gateways.contains(gateway)) {
                 for host in &exposure.hosts {
+                    let pair = (service.clone(), gateway.clone(), host.clone());
                     match refusal(tenant, object, gateway, host, policy, &pods, cluster) {
-                        Some(why) => out.refused.push(Skip::service(
-                            service,
-                            format_args!("host {host} at gateway {reference}: {why}"),
-                        )),
-                        None => match hosts.get(host) {
-                            Some(first) => out.refused.push(Skip::service(
+                        Some(why) => {
+                            refused.insert(pair);
+                            out.refused.push(Skip::service(
                                 service,
-                                format_args!(
-                                    "host {host} at gateway {reference} already reaches {first}"
-                                ),
-                            )),
+                                format_args!("host {host} at gateway {reference}: {why}"),
+                            ));
+                        }
+                        None => match hosts.get(host) {
+                            Some(first) => {
+                                refused.insert(pair);
+                                out.refused.push(Skip::service(
+                                    service,
+                                    format_args!(
+                                        "host {host} at gateway {reference} already reaches {first}"
+                                    ),
+                                ));
+                            }
                             None => {
-                                ok.insert((gateway.clone(), host.clone()));
+                                ok.insert(pair);
                                 hosts.insert(host.clone(), service.clone());
                             }
                         },
@@ -342,34 +376,77 @@ pub fn admit(
         }
     }
     for (service, exposure) in wanted {
-        let hosts: BTreeSet<String> = exposure
-            .hosts
-            .iter()
-            .filter(|h| {
-                exposure
-                    .gateways
-                    .iter()
-                    .any(|g| ok.contains(&(g.clone(), (*h).clone())))
-            })
-            .cloned()
-            .collect();
-        let gateways: BTreeSet<GatewayName> = exposure
+        let admitted: BTreeSet<(GatewayName, String)> = exposure
             .gateways
             .iter()
-            .filter(|g| {
-                exposure
-                    .hosts
-                    .iter()
-                    .any(|h| ok.contains(&((*g).clone(), h.clone())))
+            .flat_map(|g| exposure.hosts.iter().map(move |h| (g.clone(), h.clone())))
+            .filter(|(g, h)| {
+                let pair = (service.clone(), g.clone(), h.clone());
+                ok.contains(&pair) && !refused.contains(&pair)
             })
-            .cloned()
             .collect();
-        if !gateways.is_empty() {
-            out.exposures
-                .insert(service.clone(), Exposure { gateways, hosts });
+        if let Some(binding) = binding(&exposure.gateways, &admitted) {
+            for (g, h) in admitted
+                .iter()
+                .filter(|(g, h)| !binding.gateways.contains(g) || !binding.hosts.contains(h))
+            {
+                out.refused.push(Skip::service(
+                    service,
+                    format_args!(
+                        "host {h} at gateway {}: not bound, since the VirtualService binds each of its hosts at each of its gateways, and {} is not admitted everywhere it would be",
+                        g.reference(),
+                        h
+                    ),
+                ));
+            }
+            out.exposures.insert(service.clone(), binding);
         }
     }
+    // A placement routes only what is bound.
+    for placement in &mut out.placements {
+        let gateway = placement.gateway.clone();
+        placement.hosts.retain(|host, service| {
+            out.exposures
+                .get(service)
+                .is_some_and(|e| e.gateways.contains(&gateway) && e.hosts.contains(host))
+        });
+    }
+    out.placements.retain(|p| !p.hosts.is_empty());
     out
+}
+
+/// The gateways and hosts one VirtualService binds: it binds every host at every gateway,
+/// so only a set of (gateway, host) pairs that are all admitted may be bound. Takes the
+/// gateway with the most admitted hosts (then the first by name), its hosts, and every
+/// gateway that admits all of them.
+fn binding(
+    gateways: &BTreeSet<GatewayName>,
+    admitted: &BTreeSet<(GatewayName, String)>,
+) -> Option<Exposure> {
+    let hosts_at = |g: &GatewayName| -> BTreeSet<String> {
+        admitted
+            .iter()
+            .filter(|(a, _)| a == g)
+            .map(|(_, h)| h.clone())
+            .collect()
+    };
+    let best = gateways
+        .iter()
+        .max_by_key(|g| (hosts_at(g).len(), std::cmp::Reverse((*g).clone())))?;
+    let hosts = hosts_at(best);
+    if hosts.is_empty() {
+        return None;
+    }
+    let gateways = gateways
+        .iter()
+        .filter(|g| {
+            hosts
+                .iter()
+                .all(|h| admitted.contains(&((*g).clone(), h.clone())))
+        })
+        .cloned()
+        .collect();
+    Some(Exposure { gateways, hosts })
 }
 
 /// Why `host` may not be entered for the tenant at this placement; `None` when it may.
@@ -403,6 +480,7 @@ fn refusal(
         .iter()
         .filter(|c| c.namespace != ns && c.host.eq_ignore_ascii_case(host))
         .filter(|c| same_pods(cluster, &c.gateway, gateway, pods))
+        .filter(|c| could_serve(tenant, c, host, policy, pods, cluster))
         .collect();
     if let Some(user) = rivals.iter().find_map(|c| match &c.by {
         Claimant::User(what) => Some((c.namespace.as_str(), what)),
@@ -442,6 +520,34 @@ fn refusal(
                 c.namespace
             ),
         })
+}
+
+/// Whether a rival's claim could take effect at all: its Gateway's servers admit it (else
+/// istiod never routes it), and, for a VirtualEnvironment's, it would be admitted itself
+/// (by the policy, or as its own gateway's pods, or in open admission). A claim that
+/// cannot be served blocks nobody.
+fn could_serve(
+    tenant: &Tenant<'_>,
+    claim: &HostClaim,
+    host: &str,
+    policy: Option<&GatewayPolicy>,
+    pods: &GatewayPods<'_>,
+    cluster: &GatewayCluster,
+) -> bool {
+    let servers_admit = cluster
+        .gateway_servers
+        .get(&claim.gateway)
+        .is_some_and(|servers| {
+            gateway_admits(servers, &claim.gateway.namespace, &claim.namespace, host)
+        });
+    let admitted = match (policy, &claim.by) {
+        (Some(policy), _) => policy.admits(&claim.namespace, host).is_some(),
+        (None, Claimant::User(_)) => true,
+        (None, Claimant::VirtualEnvironment(_)) => {
+            tenant.admission == GatewayAdmission::Open || claim.namespace == pods.namespace
+        }
+    };
+    servers_admit && admitted
 }
 
 /// A claim's precedence: the policy's entry rank, then age (older first), then the

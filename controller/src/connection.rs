@@ -69,19 +69,46 @@ impl Drop for SourceSlot {
 }
 
 /// An I/O stream that fails with `TimedOut` once neither a read nor a write has made
-/// progress for `idle`.
+/// progress for `idle` while the server was waiting on the client: time the server spends
+/// on a request (`busy`, a peer fetch) is not the client's stall.
 pub struct Stall<IO> {
     io: IO,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
+    busy: Busy,
+}
+
+/// Requests being answered on one connection; while any is, the connection is not idle.
+#[derive(Debug, Clone, Default)]
+pub struct Busy(Arc<std::sync::atomic::AtomicUsize>);
+
+/// Held while a request is answered.
+pub struct Answering(Busy);
+
+impl Busy {
+    pub fn answering(&self) -> Answering {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Answering(self.clone())
+    }
+
+    fn is_busy(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        (self.0).0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl<IO> Stall<IO> {
-    pub fn new(io: IO, idle: Duration) -> Self {
+    pub fn new(io: IO, idle: Duration, busy: Busy) -> Self {
         Self {
             io,
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
+            busy,
         }
     }
 
@@ -92,6 +119,10 @@ impl<IO> Stall<IO> {
 
     /// `Pending` stays pending until the deadline; then the connection has stalled.
     fn pending_or_stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if self.busy.is_busy() {
+            // The server, not the client, is taking its time: the clock starts again.
+            self.moved();
+        }
         match self.deadline.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -173,7 +204,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stream_on_which_nothing_moves_times_out() {
         let (client, server) = tokio::io::duplex(64);
-        let mut stalled = Stall::new(server, Duration::from_secs(10));
+        let mut stalled = Stall::new(server, Duration::from_secs(10), Busy::default());
         let mut client = client;
         client.write_all(b"abc").await.unwrap();
         let mut buf = [0; 3];
@@ -185,8 +216,24 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(10));
         // A client that stops reading stalls a write the same way.
         let (_reader_that_never_reads, server) = tokio::io::duplex(8);
-        let mut stalled = Stall::new(server, Duration::from_secs(10));
+        let mut stalled = Stall::new(server, Duration::from_secs(10), Busy::default());
         let err = stalled.write_all(&[0; 64]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    /// While the server answers (a slow peer fetch), the connection is not idle, however
+    /// long the answer takes; once answered, the clock runs again.
+    #[tokio::test(start_paused = true)]
+    async fn the_servers_own_time_is_not_the_clients_stall() {
+        let (_client, server) = tokio::io::duplex(64);
+        let busy = Busy::default();
+        let mut stalled = Stall::new(server, Duration::from_secs(10), busy.clone());
+        let answering = busy.answering();
+        let mut buf = [0; 1];
+        let read = tokio::time::timeout(Duration::from_secs(30), stalled.read(&mut buf)).await;
+        assert!(read.is_err(), "still waiting after 30 s: not cut off");
+        drop(answering);
+        let err = stalled.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 }

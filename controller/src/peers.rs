@@ -41,10 +41,12 @@ pub struct Peers {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fetch {
     Fetched,
-    /// No peer answered with it.
+    /// Every peer answered, and none holds it.
     NotFound,
     /// A peer answered with bytes of another digest (not kept, not served).
     Mismatch,
+    /// Some peer did not answer (or none was found): it may hold it.
+    Unreachable,
 }
 
 impl Fetch {
@@ -53,6 +55,7 @@ impl Fetch {
             Fetch::Fetched => "fetched",
             Fetch::NotFound => "not_found",
             Fetch::Mismatch => "mismatch",
+            Fetch::Unreachable => "unreachable",
         }
     }
 }
@@ -86,8 +89,13 @@ impl Peers {
     /// Asks each peer in turn for the module with `sha256` and keeps the first whose bytes
     /// have that digest in `store`.
     pub async fn fetch_into(&self, store: &ModuleStore, sha256: &str) -> Fetch {
-        let mut outcome = Fetch::NotFound;
-        for addr in self.addresses().await {
+        let addresses = self.addresses().await;
+        let mut outcome = if addresses.is_empty() {
+            Fetch::Unreachable
+        } else {
+            Fetch::NotFound
+        };
+        for addr in addresses {
             match ask(addr, sha256).await {
                 Asked::Held(module) => {
                     info!(%addr, sha256, bytes = module.bytes.len(), "fetched a module from a peer");
@@ -99,6 +107,11 @@ impl Peers {
                     outcome = Fetch::Mismatch;
                 }
                 Asked::NotHeld => {}
+                Asked::NoAnswer => {
+                    if outcome == Fetch::NotFound {
+                        outcome = Fetch::Unreachable;
+                    }
+                }
             }
         }
         outcome
@@ -129,8 +142,10 @@ enum Asked {
     Held(FilterModule),
     /// Bytes of another digest (a bug, a proxy in the way): not to be believed.
     OtherDigest,
-    /// Not held, or no answer.
+    /// Not held (404).
     NotHeld,
+    /// No answer (refused, timed out, another status).
+    NoAnswer,
 }
 
 async fn ask(addr: SocketAddr, sha256: &str) -> Asked {
@@ -147,7 +162,7 @@ async fn ask(addr: SocketAddr, sha256: &str) -> Asked {
         Ok(None) => Asked::NotHeld,
         Err(e) => {
             debug!(%addr, "asking a peer for a module: {e}");
-            Asked::NotHeld
+            Asked::NoAnswer
         }
     }
 }
@@ -156,6 +171,8 @@ async fn ask(addr: SocketAddr, sha256: &str) -> Asked {
 enum GetError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("answered {0}")]
+    Status(StatusCode),
     #[error("{0}")]
     Http(#[from] hyper::Error),
     #[error("{0}")]
@@ -177,8 +194,10 @@ async fn get(addr: SocketAddr, path: &str) -> Result<Option<Bytes>, GetError> {
             .header("host", addr.to_string())
             .body(Empty::<Bytes>::new())?;
         let response = sender.send_request(request).await?;
-        if response.status() != StatusCode::OK {
-            return Ok(None);
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            status => return Err(GetError::Status(status)),
         }
         let body = Limited::new(response.into_body(), MAX_MODULE_BYTES)
             .collect()
@@ -206,9 +225,15 @@ mod tests {
         let peers = Peers::new("no-such-host.invalid:8080,127.0.0.1:9");
         assert_eq!(peers.addresses().await, ["127.0.0.1:9".parse().unwrap()]);
         let store = ModuleStore::new(None);
+        // Nobody listens at 127.0.0.1:9: no answer, so it may hold the module.
         assert_eq!(
             peers.fetch_into(&store, &"a".repeat(64)).await,
-            Fetch::NotFound
+            Fetch::Unreachable
+        );
+        let nobody = Peers::new("no-such-host.invalid:8080");
+        assert_eq!(
+            nobody.fetch_into(&store, &"a".repeat(64)).await,
+            Fetch::Unreachable
         );
     }
 }

@@ -27,10 +27,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use crate::connection::{SourceLimit, Stall};
+use crate::connection::{Busy, SourceLimit, Stall};
 use crate::metrics::Metrics;
 use crate::module::{digest_in, FilterModule, ModuleStore};
-use crate::peers::{Peers, PEER_PREFIX};
+use crate::peers::{Fetch, Peers, PEER_PREFIX};
 
 /// How long a digest that no peer held is answered 404 without asking again: a client
 /// asking for made-up digests costs one peer round per digest and this long, not one per
@@ -40,6 +40,8 @@ const MISSING_FOR: Duration = Duration::from_secs(30);
 const MISSING_KEPT: usize = 256;
 /// How long a request waits for the one peer fetch under way before it is told to retry.
 const FETCH_WAIT: Duration = Duration::from_secs(10);
+/// How long one peer fetch may take, whatever the number of peers.
+const PEER_FETCH: Duration = Duration::from_secs(20);
 
 pub struct State {
     pub metrics: Arc<Metrics>,
@@ -179,14 +181,22 @@ async fn module(state: &State, digest: &str) -> Response<Full<Bytes>> {
     if state.known_missing(digest) {
         return text(StatusCode::NOT_FOUND, NOT_AT_PEERS);
     }
-    let outcome = peers.fetch_into(&state.modules, digest).await;
+    let outcome = tokio::time::timeout(PEER_FETCH, peers.fetch_into(&state.modules, digest))
+        .await
+        .unwrap_or(Fetch::Unreachable);
     state.metrics.peer_fetch(outcome.label());
     match state.modules.get(digest) {
         Some(bytes) => wasm(bytes),
-        None => {
+        // Only when every peer said it holds none: a peer that did not answer may.
+        None if outcome == Fetch::NotFound => {
             state.remember_missing(digest);
             text(StatusCode::NOT_FOUND, NOT_AT_PEERS)
         }
+        None if outcome == Fetch::Unreachable => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a peer that may hold this module did not answer; retry\n",
+        ),
+        None => text(StatusCode::NOT_FOUND, NOT_AT_PEERS),
     }
 }
 
@@ -303,11 +313,19 @@ pub async fn serve_endpoints(
         let state = Arc::clone(&state);
         tokio::spawn(async move {
             let _held = (permit, slot);
+            let busy = Busy::default();
+            let answering = busy.clone();
             let service = service_fn(move |req: Request<Incoming>| {
                 let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(respond_on(endpoints, &state, req.uri().path()).await) }
+                // Held while this request is answered: not the client's stall.
+                let answering = answering.answering();
+                async move {
+                    let response = respond_on(endpoints, &state, req.uri().path()).await;
+                    drop(answering);
+                    Ok::<_, Infallible>(response)
+                }
             });
-            let io = TokioIo::new(Stall::new(stream, limits.idle));
+            let io = TokioIo::new(Stall::new(stream, limits.idle, busy));
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read)
@@ -645,16 +663,18 @@ mod tests {
             get(&addr, &theirs.path()).await,
             (200, theirs.bytes.clone())
         );
-        // Unknown anywhere: asked, not found, counted.
+        // Unknown here, and the peer does not answer: it may hold it, so "retry", and
+        // nothing is remembered as missing.
         let unknown = crate::module::path_of(&"ef".repeat(32));
-        assert_eq!(get(&addr, &unknown).await.0, 404);
+        assert_eq!(get(&addr, &unknown).await.0, 503);
+        assert!(!state.known_missing(&"ef".repeat(32)));
         let metrics = state.metrics.render();
         assert!(
             metrics.contains("virtual_env_module_peer_fetches_total{result=\"fetched\"} 1"),
             "{metrics}"
         );
         assert!(
-            metrics.contains("virtual_env_module_peer_fetches_total{result=\"not_found\"} 1"),
+            metrics.contains("virtual_env_module_peer_fetches_total{result=\"unreachable\"} 1"),
             "{metrics}"
         );
     }

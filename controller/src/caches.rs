@@ -102,6 +102,12 @@ impl Caches {
                 return Err(not_ready(kind.name(), "; is Istio (its CRDs) installed?"));
             }
         }
+        // Without every namespace's claims, a host another namespace holds would look free.
+        if let Some(ves) = &self.virtual_environments {
+            if !filled_within(ves, wait).await {
+                return Err(not_ready("VirtualEnvironment", ""));
+            }
+        }
         // Without the policies, shared gateways would look unadmitted and their plugin
         // objects pruned: wait for them as for the rest.
         if !filled_within(&self.policies, wait).await {

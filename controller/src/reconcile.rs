@@ -796,8 +796,11 @@ pub async fn run(
             .concurrency(MAX_CONCURRENT_RECONCILES),
     );
     let store = controller.store();
-    // Every namespace's claims of gateway hosts come from the VirtualEnvironments.
-    caches.virtual_environments = Some(store.clone());
+    // Every namespace's claims of gateway hosts and carriers, from a reflector of their
+    // own, which also triggers the edge guards: a guard's reconcile then always sees the
+    // VirtualEnvironment that triggered it.
+    let (ve_store, ve_writer) = kube::runtime::reflector::store();
+    caches.virtual_environments = Some(ve_store);
     let (replan, replans) = futures::channel::mpsc::unbounded();
     let peers = PeerDirectory::new(store.clone(), replan);
     let ctx = Arc::new(Context::new(
@@ -854,17 +857,17 @@ pub async fn run(
             .concurrency(2),
     );
     let policy_store = policies.store();
-    let policies = policies.watches(
-        Api::<VirtualEnvironment>::all(client.clone()),
-        all(),
-        move |_: VirtualEnvironment| {
-            policy_store
-                .state()
-                .iter()
-                .map(|p| ObjectRef::from_obj(&**p))
-                .collect::<Vec<_>>()
-        },
-    );
+    let ves = watcher(Api::<VirtualEnvironment>::all(client.clone()), all())
+        .default_backoff()
+        .reflect(ve_writer)
+        .touched_objects();
+    let policies = policies.watches_stream(ves, move |_: VirtualEnvironment| {
+        policy_store
+            .state()
+            .iter()
+            .map(|p| ObjectRef::from_obj(&**p))
+            .collect::<Vec<_>>()
+    });
     let shutdown = futures::FutureExt::shared(shutdown);
     let routing = controller
         .graceful_shutdown_on(shutdown.clone())

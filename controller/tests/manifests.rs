@@ -128,6 +128,15 @@ fn every_document_is_a_typed_kubernetes_object_without_unknown_fields() {
 fn the_kustomization_installs_every_install_manifest() {
     let text = std::fs::read_to_string(deploy().join("kustomization.yaml")).unwrap();
     let k: Value = serde_yaml::from_str(&text).unwrap();
+    // The `images:` entry the README tells users to edit names the Deployment's image.
+    let deployment: Deployment = one("Deployment");
+    let image = deployment.spec.unwrap().template.spec.unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap();
+    let (name, tag) = image.rsplit_once(':').unwrap();
+    assert_eq!(k["images"][0]["name"], name);
+    assert_eq!(k["images"][0]["newTag"], tag);
     let resources: BTreeSet<&str> = k["resources"]
         .as_array()
         .unwrap()

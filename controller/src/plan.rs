@@ -335,12 +335,24 @@ pub fn plan_namespace(
             plan.skipped.push(Skip::service(&name, why));
             continue;
         }
-        // Istio would merge or pick between two objects for one host: leave it to its owner.
+        let subsets = SubsetNames::new(envs.iter().copied());
+        let subset_of = |env: &str| subsets.get(env).unwrap_or(env).to_owned();
+        let our_subsets: BTreeSet<String> = envs.iter().map(|e| subset_of(e)).collect();
+        let routes_it =
+            |e: &Existing| e.routes_service(&name, &namespace, &settings.cluster_domain);
+        // Istio picks one VirtualService for a host (sidecars do not merge them): leave the
+        // service to its owner. DestinationRules for one host are merged (subsets added,
+        // the first traffic policy applies), so a user's (mTLS, pools, outlier detection)
+        // lives beside ours, unless it has our name or one of our subsets' names.
         let mut held_by: Vec<String> = others
             .iter()
-            .filter(|e| {
-                (matches!(e.kind, Kind::VirtualService | Kind::DestinationRule) && e.name == name)
-                    || e.routes_service(&name, &namespace, &settings.cluster_domain)
+            .filter(|e| match e.kind {
+                Kind::VirtualService => e.name == name || routes_it(e),
+                Kind::DestinationRule => {
+                    e.name == name
+                        || (routes_it(e) && subset_names(e).iter().any(|s| our_subsets.contains(s)))
+                }
+                _ => false,
             })
             .map(|e| e.describe())
             .collect();
@@ -356,6 +368,23 @@ pub fn plan_namespace(
             ));
             continue;
         }
+        for beside in others
+            .iter()
+            .filter(|e| e.kind == Kind::DestinationRule && routes_it(e))
+        {
+            let policy = if beside.spec["trafficPolicy"].is_null() {
+                "it sets no traffic policy"
+            } else {
+                "its trafficPolicy applies to the env subsets too when it is the older one"
+            };
+            plan.skipped.push(Skip::service(
+                &name,
+                format_args!(
+                    "routed by env beside {}: Istio merges its subsets with ours; {policy}",
+                    beside.describe()
+                ),
+            ));
+        }
         if service.annotations().contains_key(RULE_ANNOTATION) {
             plan.skipped.push(Skip::service(
                 &name,
@@ -363,8 +392,6 @@ pub fn plan_namespace(
             ));
         }
         let host = service_fqdn(&name, &namespace, &settings.cluster_domain);
-        let subsets = SubsetNames::new(envs.iter().copied());
-        let subset_of = |env: &str| subsets.get(env).unwrap_or(env).to_owned();
         let meta = managed_meta(ve, &name, &namespace);
 
         let mut http: Vec<HttpRoute> = envs
@@ -575,6 +602,16 @@ pub fn plan_namespace(
     prune.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
     plan.prune = prune;
     Ok(plan)
+}
+
+/// The names of a DestinationRule's subsets.
+fn subset_names(rule: &Existing) -> Vec<String> {
+    rule.spec["subsets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["name"].as_str().map(str::to_owned))
+        .collect()
 }
 
 fn to(host: &str, subset: Option<String>) -> HttpRouteDestination {
@@ -891,6 +928,69 @@ mod tests {
 
     fn plan_of(ve: &VirtualEnvironment, snapshot: &Snapshot) -> Plan {
         plan_namespace(ve, snapshot, &settings()).unwrap()
+    }
+
+    /// Most Istio namespaces have DestinationRules of their own (mTLS for the whole
+    /// namespace, pools, outlier detection): Istio merges them with ours, so the service is
+    /// still routed by env, and the status says what theirs does. One with our name or a
+    /// subset of ours is a conflict: the service is left to it.
+    #[test]
+    fn a_users_destination_rule_lives_beside_ours_unless_it_takes_our_names() {
+        let user_rule = |name: &str, host: &str, subsets: serde_json::Value| {
+            Existing::from_json(
+                Kind::DestinationRule,
+                &serde_json::json!({"metadata": {"name": name, "namespace": "default"},
+                    "spec": {"host": host, "subsets": subsets,
+                        "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"},
+                            "outlierDetection": {"consecutive5xxErrors": 5}}}}),
+                "default",
+            )
+        };
+        let mut snapshot = seed_snapshot();
+        snapshot.existing = vec![
+            user_rule("mtls", "*.default.svc.cluster.local", serde_json::json!([])),
+            user_rule(
+                "c-pools",
+                "app-c",
+                serde_json::json!([{"name": "v1", "labels": {"version": "v1"}}]),
+            ),
+        ];
+        let plan = plan_of(&seed_ve(), &snapshot);
+        assert_eq!(
+            plan.virtual_services.len(),
+            3,
+            "every service still routed: {:?}",
+            plan.skipped
+        );
+        assert!(
+            plan.skipped.iter().any(|s| s.starts_with("app-a: routed by env beside DestinationRule mtls: Istio merges its subsets with ours; its trafficPolicy")),
+            "{:?}",
+            plan.skipped
+        );
+        assert!(plan
+            .skipped
+            .iter()
+            .any(|s| s.starts_with("app-c: routed by env beside DestinationRule c-pools")));
+        // A subset of our name, or our object's name: left to the user.
+        snapshot.existing = vec![
+            user_rule(
+                "c-envs",
+                "app-c",
+                serde_json::json!([{"name": "dev", "labels": {"virtual-env": "dev"}}]),
+            ),
+            user_rule(
+                "app-a",
+                "app-a.default.svc.cluster.local",
+                serde_json::json!([]),
+            ),
+        ];
+        let plan = plan_of(&seed_ve(), &snapshot);
+        let routed: Vec<String> = plan.virtual_services.iter().map(|v| v.name_any()).collect();
+        assert_eq!(routed, ["app-b"], "{:?}", plan.skipped);
+        assert!(plan
+            .skipped
+            .iter()
+            .any(|s| s.starts_with("app-c: left to DestinationRule c-envs")));
     }
 
     #[test]

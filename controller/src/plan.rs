@@ -17,7 +17,7 @@ use crate::crd::{HeaderAlias, VirtualEnvironment, ROUTE_HEADER_SUFFIX_LEN};
 use crate::existing::{Existing, Kind};
 use crate::extension::ExtensionApi;
 use crate::gateway::{self, GatewayName};
-use crate::gateway_admission::{admit, GatewayAdmission, GatewayCluster, Tenant};
+use crate::gateway_admission::{admit, Admitted, GatewayAdmission, GatewayCluster, Tenant};
 use crate::istio::{
     Destination, DestinationRule, DestinationRuleSpec, HeaderOperations, Headers, HttpMatchRequest,
     HttpRoute, HttpRouteDestination, StringMatch, Subset, TrafficSelector, VirtualService,
@@ -210,11 +210,83 @@ pub fn stand_in_suffix(ve: &VirtualEnvironment) -> [u8; ROUTE_HEADER_SUFFIX_LEN]
 
 /// Plans the routing of `ve`'s namespace from `snapshot`. Output is sorted by name, so the
 /// same input always gives the same objects and applying twice changes nothing.
+///
+/// The steps: resolve the spec (validated, the route header in force), the ready pods by
+/// env, each service's routing (`route_service`), gateway entry as the cluster admits it
+/// (`admit_entry`), the other namespaces' tables within the size budget (`fit_peers`),
+/// the gateways' plugin objects, and what to prune.
 pub fn plan_namespace(
     ve: &VirtualEnvironment,
     snapshot: &Snapshot,
     settings: &Settings,
 ) -> Result<Plan, PlanError> {
+    let spec = resolve(ve, snapshot, settings)?;
+    let (ready, ignored_pods) = ready_envs(&spec.config, &snapshot.pods);
+    let mut plan = Plan {
+        virtual_services: Vec::new(),
+        destination_rules: Vec::new(),
+        wasm_plugin: wasm_plugin(ve, &spec.namespace, settings, &spec.config),
+        inbound_wasm_plugin: wasm_plugin(ve, &spec.namespace, settings, &inbound(&spec.config)),
+        plugin_config: spec.config.clone(),
+        envs: ready.iter().map(|(_, env)| env.to_string()).collect(),
+        skipped: Vec::new(),
+        ignored_pods,
+        route_header: spec.route_header.clone(),
+        prune: Vec::new(),
+        gateway_plugins: Vec::new(),
+        gateway_claims: BTreeSet::new(),
+    };
+    let (exposures, problems) = gateway::exposures(ve, &snapshot.services, &spec.namespace);
+    plan.skipped.extend(problems);
+    let by_label = LabelIndex::new(ready.iter().map(|(pod, _)| *pod));
+    let mut services: Vec<&Service> = snapshot.services.iter().collect();
+    services.sort_by_key(|s| s.name_any());
+    let mut exposed = BTreeMap::new();
+    for service in services {
+        let envs = envs_of(service, &by_label, &ready);
+        match route_service(&spec, service, &envs, exposures.get(&service.name_any())) {
+            Routing::NotByEnv => {}
+            Routing::Skipped(skip) => plan.skipped.push(skip),
+            Routing::Routed(routed) => {
+                let routed = *routed;
+                plan.skipped.extend(routed.notes);
+                if let Some(exposure) = routed.exposure {
+                    exposed.insert(routed.vs.name_any(), exposure);
+                }
+                let host = routed.dr.spec.host.clone();
+                plan.virtual_services.push(routed.vs);
+                plan.destination_rules.push(routed.dr);
+                plan.plugin_config.services.insert(host, routed.envs);
+            }
+        }
+    }
+    let admitted = admit_entry(&mut plan, &spec, snapshot, &exposed);
+    fit_peers(&mut plan, &spec, snapshot)?;
+    plan_gateway_objects(&mut plan, &spec, snapshot, &admitted);
+    plan.prune = to_prune(&plan, &spec, snapshot);
+    Ok(plan)
+}
+
+/// A VirtualEnvironment resolved for planning: its spec validated, the route header in
+/// force, and what it plans among.
+struct Resolved<'a> {
+    ve: &'a VirtualEnvironment,
+    namespace: String,
+    settings: &'a Settings,
+    /// The calling side's config, without the services table yet.
+    config: PluginConfig,
+    route_header: String,
+    /// What every route removes after routing: the route header, and a forged plain one.
+    strip: Option<Headers>,
+    /// The namespace's Istio objects this VirtualEnvironment does not manage.
+    others: Vec<&'a Existing>,
+}
+
+fn resolve<'a>(
+    ve: &'a VirtualEnvironment,
+    snapshot: &'a Snapshot,
+    settings: &'a Settings,
+) -> Result<Resolved<'a>, PlanError> {
     let namespace = ve.namespace().ok_or(PlanError::NoNamespace)?;
     if let Some(HeaderAlias::Invalid(entry)) = ve
         .spec
@@ -228,10 +300,10 @@ pub fn plan_namespace(
     if let Some(module) = &ve.spec.wasm_module {
         module.validate().map_err(PlanError::InvalidModule)?;
     }
-    let mut plugin_config = ve.spec.plugin_config();
-    plugin_config.validate()?;
+    let mut config = ve.spec.plugin_config();
+    config.validate()?;
     if let Some(edge) = &ve.spec.edge_trust {
-        edge.to_config().validate(plugin_config.splitter_char())?;
+        edge.to_config().validate(config.splitter_char())?;
     }
     let owner_uid = ve.uid();
     let others: Vec<&Existing> = snapshot
@@ -239,16 +311,20 @@ pub fn plan_namespace(
         .iter()
         .filter(|e| !e.managed_by(owner_uid.as_deref()))
         .collect();
+    let plugin_kind = settings.extension_api.kind();
     for ours in [WASM_PLUGIN_NAME, INBOUND_WASM_PLUGIN_NAME] {
         if others
             .iter()
-            .any(|e| e.kind == settings.extension_api.kind() && e.name == ours)
+            .any(|e| e.kind == plugin_kind && e.name == ours)
         {
-            let kind = settings.extension_api.kind().name();
-            return Err(PlanError::WasmPluginTaken(namespace, ours, kind));
+            return Err(PlanError::WasmPluginTaken(
+                namespace,
+                ours,
+                plugin_kind.name(),
+            ));
         }
     }
-    let prefix = plugin_config.route_header.to_ascii_lowercase();
+    let prefix = config.route_header.to_ascii_lowercase();
     let route_header = match ve.route_header_in_force() {
         Some(name) => name.to_owned(),
         None => ve
@@ -258,240 +334,283 @@ pub fn plan_namespace(
             .map(str::to_owned)
             .unwrap_or_else(|| prefix.clone()),
     };
-    plugin_config.route_header = route_header.clone();
-    plugin_config.cluster_domain = Some(settings.cluster_domain.clone());
-    plugin_config.direction = Some(Direction::Outbound);
-    // Neither the route header nor a forged plain one leaves the calling sidecar.
+    config.route_header = route_header.clone();
+    config.cluster_domain = Some(settings.cluster_domain.clone());
+    config.direction = Some(Direction::Outbound);
     let strip = Some(Headers {
         request: HeaderOperations {
             remove: vec![route_header.clone(), prefix],
         },
     });
-    let splitter = plugin_config.splitter_char();
-    let env_label = plugin_config.env_label.clone();
-    let default_subset = plugin_config.default_subset.clone();
+    Ok(Resolved {
+        ve,
+        namespace,
+        settings,
+        config,
+        route_header,
+        strip,
+        others,
+    })
+}
 
-    let mut ignored_pods = Vec::new();
-    let ready_envs: Vec<(&Pod, &str)> = snapshot
-        .pods
+/// The ready pods with a valid env label, and those whose label is not a valid env name.
+fn ready_envs<'p>(
+    config: &PluginConfig,
+    pods: &'p [Pod],
+) -> (Vec<(&'p Pod, &'p str)>, Vec<String>) {
+    let splitter = config.splitter_char();
+    let mut ignored = Vec::new();
+    let ready = pods
         .iter()
         .filter(|pod| is_ready(pod))
         .filter_map(|pod| {
-            let env = pod.labels().get(&env_label)?;
+            let env = pod.labels().get(&config.env_label)?;
             match validate_env_name(env, splitter) {
                 Ok(()) => Some((pod, env.as_str())),
                 Err(e) => {
-                    ignored_pods.push(format!("{}: env label {env:?}: {e}", pod.name_any()));
+                    ignored.push(format!("{}: env label {env:?}: {e}", pod.name_any()));
                     None
                 }
             }
         })
         .collect();
+    (ready, ignored)
+}
 
-    let by_label = LabelIndex::new(ready_envs.iter().map(|(pod, _)| *pod));
-
-    let mut services: Vec<&Service> = snapshot.services.iter().collect();
-    services.sort_by_key(|s| s.name_any());
-
-    let mut plan = Plan {
-        virtual_services: Vec::new(),
-        destination_rules: Vec::new(),
-        wasm_plugin: wasm_plugin(ve, &namespace, settings, &plugin_config),
-        inbound_wasm_plugin: wasm_plugin(ve, &namespace, settings, &inbound(&plugin_config)),
-        plugin_config: plugin_config.clone(),
-        envs: ready_envs.iter().map(|(_, env)| env.to_string()).collect(),
-        skipped: Vec::new(),
-        ignored_pods,
-        route_header: route_header.clone(),
-        prune: Vec::new(),
-        gateway_plugins: Vec::new(),
-        gateway_claims: BTreeSet::new(),
+/// The envs in which `service` has ready pods (none without a selector).
+fn envs_of<'p>(
+    service: &Service,
+    by_label: &LabelIndex<'_>,
+    ready: &[(&Pod, &'p str)],
+) -> BTreeSet<&'p str> {
+    let Some(selector) = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .filter(|s| !s.is_empty())
+    else {
+        return BTreeSet::new();
     };
-    let (exposures, exposure_problems) = gateway::exposures(ve, &snapshot.services, &namespace);
-    plan.skipped.extend(exposure_problems);
-    let mut exposed = Vec::new();
-    for service in services {
-        let name = service.name_any();
-        let Some(selector) = service
-            .spec
-            .as_ref()
-            .and_then(|s| s.selector.as_ref())
-            .filter(|s| !s.is_empty())
-        else {
-            continue;
-        };
-        let envs: BTreeSet<&str> = by_label
-            .candidates(selector)
-            .iter()
-            .map(|&i| ready_envs[i])
-            .filter(|(pod, _)| selects(selector, pod))
-            .map(|(_, env)| env)
-            .collect();
-        let has_default = default_subset.as_deref().is_some_and(|d| envs.contains(d));
-        if envs.len() < 2 && !has_default {
-            continue;
-        }
-        if let Some(why) = not_routable(service) {
-            plan.skipped.push(Skip::service(&name, why));
-            continue;
-        }
-        let subsets = SubsetNames::new(envs.iter().copied());
-        let subset_of = |env: &str| subsets.get(env).unwrap_or(env).to_owned();
-        let our_subsets: BTreeSet<String> = envs.iter().map(|e| subset_of(e)).collect();
-        let routes_it =
-            |e: &Existing| e.routes_service(&name, &namespace, &settings.cluster_domain);
-        // Istio picks one VirtualService for a host (sidecars do not merge them): leave the
-        // service to its owner. DestinationRules for one host are merged (subsets added,
-        // the first traffic policy applies), so a user's (mTLS, pools, outlier detection)
-        // lives beside ours, unless it has our name or one of our subsets' names.
-        let mut held_by: Vec<String> = others
-            .iter()
-            .filter(|e| match e.kind {
-                Kind::VirtualService => e.name == name || routes_it(e),
-                Kind::DestinationRule => {
-                    e.name == name
-                        || (routes_it(e) && subset_names(e).iter().any(|s| our_subsets.contains(s)))
-                }
-                _ => false,
-            })
-            .map(|e| e.describe())
-            .collect();
-        if !held_by.is_empty() {
-            held_by.sort();
-            held_by.dedup();
-            plan.skipped.push(Skip::service(
-                &name,
-                format_args!(
-                    "left to {}, which this VirtualEnvironment does not manage",
-                    held_by.join(", ")
-                ),
-            ));
-            continue;
-        }
-        for beside in others
-            .iter()
-            .filter(|e| e.kind == Kind::DestinationRule && routes_it(e))
-        {
+    by_label
+        .candidates(selector)
+        .iter()
+        .map(|&i| ready[i])
+        .filter(|(pod, _)| selects(selector, pod))
+        .map(|(_, env)| env)
+        .collect()
+}
+
+/// What planning does with one service.
+enum Routing {
+    /// Nothing to route by env: fewer than two envs, and not the default subset.
+    NotByEnv,
+    /// Left alone, and why.
+    Skipped(Skip),
+    Routed(Box<Routed>),
+}
+
+struct Routed {
+    vs: VirtualService,
+    dr: DestinationRule,
+    envs: Vec<String>,
+    /// Its gateway entry as asked (admission decides later), if any.
+    exposure: Option<gateway::Exposure>,
+    /// What the status says of it besides (a rule beside ours, an annotation not applied).
+    notes: Vec<Skip>,
+}
+
+fn route_service(
+    spec: &Resolved<'_>,
+    service: &Service,
+    envs: &BTreeSet<&str>,
+    exposure: Option<&gateway::Exposure>,
+) -> Routing {
+    let name = service.name_any();
+    let default_subset = spec.config.default_subset.as_deref();
+    let has_default = default_subset.is_some_and(|d| envs.contains(d));
+    if envs.len() < 2 && !has_default {
+        return Routing::NotByEnv;
+    }
+    if let Some(why) = not_routable(service) {
+        return Routing::Skipped(Skip::service(&name, why));
+    }
+    let subsets = SubsetNames::new(envs.iter().copied());
+    let subset_of = |env: &str| subsets.get(env).unwrap_or(env).to_owned();
+    let our_subsets: BTreeSet<String> = envs.iter().map(|e| subset_of(e)).collect();
+    let mut notes = match held_by(spec, &name, &our_subsets) {
+        Ok(notes) => notes,
+        Err(skip) => return Routing::Skipped(skip),
+    };
+    if service.annotations().contains_key(RULE_ANNOTATION) {
+        notes.push(Skip::service(
+            &name,
+            format_args!("annotation {RULE_ANNOTATION} is not supported and not applied; its VirtualService has only the env routes"),
+        ));
+    }
+    let host = service_fqdn(&name, &spec.namespace, &spec.settings.cluster_domain);
+    let meta = managed_meta(spec.ve, &name, &spec.namespace);
+    let mut http: Vec<HttpRoute> = envs
+        .iter()
+        .map(|env| HttpRoute {
+            name: format!("env-{}", subset_of(env)),
+            matches: vec![HttpMatchRequest {
+                headers: BTreeMap::from([(
+                    spec.route_header.clone(),
+                    StringMatch {
+                        exact: env.to_string(),
+                    },
+                )]),
+            }],
+            route: vec![to(&host, Some(subset_of(env)))],
+            headers: spec.strip.clone(),
+        })
+        .collect();
+    http.push(HttpRoute {
+        name: "default".into(),
+        matches: Vec::new(),
+        route: vec![to(
+            &host,
+            default_subset.filter(|_| has_default).map(subset_of),
+        )],
+        headers: spec.strip.clone(),
+    });
+    let exposure = exposure.and_then(|e| gateway_hosts_free(spec, &name, e, &mut notes));
+    let subsets = envs
+        .iter()
+        .map(|env| Subset {
+            name: subset_of(env),
+            labels: BTreeMap::from([(spec.config.env_label.clone(), env.to_string())]),
+        })
+        .collect();
+    Routing::Routed(Box::new(Routed {
+        // Hosts and gateways are set once gateway entry is admitted (`admit_entry`).
+        vs: VirtualService {
+            metadata: meta.clone(),
+            spec: VirtualServiceSpec {
+                hosts: vec![host.clone()],
+                gateways: Vec::new(),
+                http,
+            },
+        },
+        dr: DestinationRule {
+            metadata: meta,
+            spec: DestinationRuleSpec { host, subsets },
+        },
+        envs: envs.iter().map(|e| e.to_string()).collect(),
+        exposure,
+        notes,
+    }))
+}
+
+/// Whether a user's object holds the service: `Err` with the skip when one does; else
+/// the notes on the users' DestinationRules kept beside ours.
+///
+/// Istio picks one VirtualService for a host (sidecars do not merge them): the service is
+/// left to its owner. DestinationRules of one host are merged (subsets added, the first
+/// traffic policy applies), so a user's (mTLS, pools, outlier detection) lives beside
+/// ours, unless it has our name or one of our subsets' names.
+fn held_by(
+    spec: &Resolved<'_>,
+    name: &str,
+    our_subsets: &BTreeSet<String>,
+) -> Result<Vec<Skip>, Skip> {
+    let routes_it =
+        |e: &Existing| e.routes_service(name, &spec.namespace, &spec.settings.cluster_domain);
+    let mut holders: Vec<String> = spec
+        .others
+        .iter()
+        .filter(|e| match e.kind {
+            Kind::VirtualService => e.name == name || routes_it(e),
+            Kind::DestinationRule => {
+                e.name == name
+                    || (routes_it(e) && subset_names(e).iter().any(|s| our_subsets.contains(s)))
+            }
+            _ => false,
+        })
+        .map(|e| e.describe())
+        .collect();
+    if !holders.is_empty() {
+        holders.sort();
+        holders.dedup();
+        return Err(Skip::service(
+            name,
+            format_args!(
+                "left to {}, which this VirtualEnvironment does not manage",
+                holders.join(", ")
+            ),
+        ));
+    }
+    Ok(spec
+        .others
+        .iter()
+        .filter(|e| e.kind == Kind::DestinationRule && routes_it(e))
+        .map(|beside| {
             let policy = if beside.spec["trafficPolicy"].is_null() {
                 "it sets no traffic policy"
             } else {
                 "its trafficPolicy applies to the env subsets too when it is the older one"
             };
-            plan.skipped.push(Skip::service(
-                &name,
+            Skip::service(
+                name,
                 format_args!(
                     "routed by env beside {}: Istio merges its subsets with ours; {policy}",
                     beside.describe()
                 ),
-            ));
-        }
-        if service.annotations().contains_key(RULE_ANNOTATION) {
-            plan.skipped.push(Skip::service(
-                &name,
-                format_args!("annotation {RULE_ANNOTATION} is not supported and not applied; its VirtualService has only the env routes"),
-            ));
-        }
-        let host = service_fqdn(&name, &namespace, &settings.cluster_domain);
-        let meta = managed_meta(ve, &name, &namespace);
+            )
+        })
+        .collect())
+}
 
-        let mut http: Vec<HttpRoute> = envs
-            .iter()
-            .map(|env| HttpRoute {
-                name: format!("env-{}", subset_of(env)),
-                matches: vec![HttpMatchRequest {
-                    headers: BTreeMap::from([(
-                        route_header.clone(),
-                        StringMatch {
-                            exact: env.to_string(),
-                        },
-                    )]),
-                }],
-                route: vec![to(&host, Some(subset_of(env)))],
-                headers: strip.clone(),
-            })
-            .collect();
-        let default_route = default_subset
-            .as_deref()
-            .filter(|_| has_default)
-            .map(subset_of);
-        http.push(HttpRoute {
-            name: "default".into(),
-            matches: Vec::new(),
-            route: vec![to(&host, default_route)],
-            headers: strip.clone(),
-        });
-        let mut hosts = vec![host.clone()];
-        let mut gateways = Vec::new();
-        if let Some(exposure) = exposures.get(&name) {
-            // A user's object for a gateway host would be merged with ours by Istio.
-            let mut taken: Vec<String> = others
-                .iter()
-                .filter(|e| e.kind == Kind::VirtualService)
-                .filter(|e| {
-                    e.hosts
-                        .iter()
-                        .any(|h| exposure.hosts.contains(&lowercase(h).into_owned()))
-                })
-                .map(|e| e.describe())
-                .collect();
-            taken.dedup();
-            if taken.is_empty() {
-                hosts.extend(exposure.hosts.iter().cloned());
-                gateways = exposure
-                    .gateways
-                    .iter()
-                    .map(GatewayName::reference)
-                    .collect();
-                gateways.push("mesh".into());
-                exposed.push((name.clone(), host.clone(), exposure));
-            } else {
-                plan.skipped.push(Skip::service(
-                    &name,
-                    format_args!(
-                        "not exposed through gateways: its hosts are routed by {}, which this VirtualEnvironment does not manage",
-                        taken.join(", ")
-                    ),
-                ));
-            }
-        }
-        plan.virtual_services.push(VirtualService {
-            metadata: meta.clone(),
-            spec: VirtualServiceSpec {
-                hosts,
-                gateways,
-                http,
-            },
-        });
-        plan.destination_rules.push(DestinationRule {
-            metadata: meta,
-            spec: DestinationRuleSpec {
-                host: host.clone(),
-                subsets: envs
-                    .iter()
-                    .map(|env| Subset {
-                        name: subset_of(env),
-                        labels: BTreeMap::from([(env_label.clone(), env.to_string())]),
-                    })
-                    .collect(),
-            },
-        });
-        plan.plugin_config
-            .services
-            .insert(host, envs.iter().map(|e| e.to_string()).collect());
-    }
-    // Gateway entry as the cluster admits it: what is refused is neither bound nor routed.
-    let wanted: BTreeMap<String, gateway::Exposure> = exposed
+/// The service's gateway entry, unless a user's VirtualService of the namespace routes one
+/// of its gateway hosts (Istio would merge the two): then it stays routed in the mesh only.
+fn gateway_hosts_free(
+    spec: &Resolved<'_>,
+    name: &str,
+    exposure: &gateway::Exposure,
+    notes: &mut Vec<Skip>,
+) -> Option<gateway::Exposure> {
+    let mut taken: Vec<String> = spec
+        .others
         .iter()
-        .map(|(name, _, exposure)| (name.clone(), (*exposure).clone()))
+        .filter(|e| e.kind == Kind::VirtualService)
+        .filter(|e| {
+            e.hosts
+                .iter()
+                .any(|h| exposure.hosts.contains(&lowercase(h).into_owned()))
+        })
+        .map(|e| e.describe())
         .collect();
+    taken.dedup();
+    if taken.is_empty() {
+        return Some(exposure.clone());
+    }
+    notes.push(Skip::service(
+        name,
+        format_args!(
+            "not exposed through gateways: its hosts are routed by {}, which this VirtualEnvironment does not manage",
+            taken.join(", ")
+        ),
+    ));
+    None
+}
+
+/// Gateway entry as the cluster admits it (`gateway_admission.rs`): the VirtualServices
+/// of exposed services bound to the admitted gateways and hosts only, and the claims the
+/// namespace publishes.
+fn admit_entry(
+    plan: &mut Plan,
+    spec: &Resolved<'_>,
+    snapshot: &Snapshot,
+    wanted: &BTreeMap<String, gateway::Exposure>,
+) -> Admitted {
     let admitted = admit(
         &Tenant {
-            ve,
-            namespace: &namespace,
-            admission: settings.gateway_admission,
-            scope_gateway_to_namespace: settings.scope_gateway_to_namespace,
+            ve: spec.ve,
+            namespace: &spec.namespace,
+            admission: spec.settings.gateway_admission,
+            scope_gateway_to_namespace: spec.settings.scope_gateway_to_namespace,
         },
-        &wanted,
+        wanted,
         &snapshot.elsewhere,
         &snapshot.cluster,
     );
@@ -505,14 +624,7 @@ pub fn plan_namespace(
         })
         .collect();
     for vs in &mut plan.virtual_services {
-        let name = vs.name_any();
-        if !wanted.contains_key(&name) {
-            continue;
-        }
-        let fqdn = service_fqdn(&name, &namespace, &settings.cluster_domain);
-        vs.spec.hosts = vec![fqdn];
-        vs.spec.gateways = Vec::new();
-        if let Some(exposure) = admitted.exposures.get(&name) {
+        if let Some(exposure) = admitted.exposures.get(&vs.name_any()) {
             vs.spec.hosts.extend(exposure.hosts.iter().cloned());
             vs.spec.gateways = exposure
                 .gateways
@@ -522,14 +634,20 @@ pub fn plan_namespace(
             vs.spec.gateways.push("mesh".into());
         }
     }
-    let peers_skipped = add_peers(&mut plan.plugin_config, &namespace, &snapshot.peers);
+    admitted
+}
+
+/// Takes in the other namespaces' tables (`peers`) within the size budget: the namespace's
+/// own routing goes first, so over the budget calls into the others lose their env;
+/// `ConfigTooLarge` when even its own does not fit.
+fn fit_peers(plan: &mut Plan, spec: &Resolved<'_>, snapshot: &Snapshot) -> Result<(), PlanError> {
+    let max = spec.settings.max_plugin_config_bytes;
+    let peers_skipped = add_peers(&mut plan.plugin_config, &spec.namespace, &snapshot.peers);
     plan.wasm_plugin.spec.plugin_config = plugin_config_value(&plan.plugin_config);
     let mut bytes = stored_bytes(&plan.wasm_plugin.spec.plugin_config);
-    if bytes > settings.max_plugin_config_bytes && !plan.plugin_config.peers.is_empty() {
-        // The namespace's own routing goes first: calls into the others lose their env.
+    if bytes > max && !plan.plugin_config.peers.is_empty() {
         plan.skipped.push(Skip::peers(format_args!(
-            "calls into other namespaces are not routed by env: with their tables the plugin config would be {bytes} bytes, over {}",
-            settings.max_plugin_config_bytes
+            "calls into other namespaces are not routed by env: with their tables the plugin config would be {bytes} bytes, over {max}"
         )));
         plan.plugin_config.peers.clear();
         plan.wasm_plugin.spec.plugin_config = plugin_config_value(&plan.plugin_config);
@@ -537,31 +655,41 @@ pub fn plan_namespace(
     } else {
         plan.skipped.extend(peers_skipped);
     }
-    if bytes > settings.max_plugin_config_bytes {
-        return Err(PlanError::ConfigTooLarge {
-            bytes,
-            max: settings.max_plugin_config_bytes,
-        });
+    if bytes > max {
+        return Err(PlanError::ConfigTooLarge { bytes, max });
     }
-    let exposed: Vec<gateway::ExposedService<'_>> = exposed
+    Ok(())
+}
+
+/// The plugin objects of the gateways admitted for the namespace's exposed services.
+fn plan_gateway_objects(
+    plan: &mut Plan,
+    spec: &Resolved<'_>,
+    snapshot: &Snapshot,
+    admitted: &Admitted,
+) {
+    let exposed: Vec<gateway::ExposedService<'_>> = admitted
+        .exposures
         .iter()
-        .filter_map(|(name, fqdn, _)| {
-            Some(gateway::ExposedService {
+        .map(|(name, exposure)| {
+            let fqdn = service_fqdn(name, &spec.namespace, &spec.settings.cluster_domain);
+            let envs = plan
+                .plugin_config
+                .services
+                .get(&fqdn)
+                .cloned()
+                .unwrap_or_default();
+            gateway::ExposedService {
                 name,
-                fqdn: fqdn.clone(),
-                envs: plan
-                    .plugin_config
-                    .services
-                    .get(fqdn)
-                    .cloned()
-                    .unwrap_or_default(),
-                exposure: admitted.exposures.get(name)?,
-            })
+                fqdn,
+                envs,
+                exposure,
+            }
         })
         .collect();
     let gateway_plans = gateway::plan_gateways(
-        ve,
-        &namespace,
+        spec.ve,
+        &spec.namespace,
         &gateway::Entry {
             exposed: &exposed,
             placements: &admitted.placements,
@@ -569,13 +697,19 @@ pub fn plan_namespace(
         &plan.plugin_config,
         &snapshot.elsewhere,
         &gateway::ModuleSources {
-            tenant: &wasm_source(ve, settings),
-            controller: &settings.wasm,
+            tenant: &wasm_source(spec.ve, spec.settings),
+            controller: &spec.settings.wasm,
         },
-        settings.extension_api.kind(),
+        spec.settings.extension_api.kind(),
     );
     plan.gateway_plugins = gateway_plans.plugins;
     plan.skipped.extend(gateway_plans.skipped);
+}
+
+/// What this VirtualEnvironment owns and no longer needs: VirtualServices first, so that
+/// no route is left pointing at a subset that is gone.
+fn to_prune(plan: &Plan, spec: &Resolved<'_>, snapshot: &Snapshot) -> Vec<Existing> {
+    let plugin_kind = spec.settings.extension_api.kind();
     let wanted = |e: &Existing| match e.kind {
         Kind::VirtualService => plan.virtual_services.iter().any(|o| o.name_any() == e.name),
         Kind::DestinationRule => plan
@@ -583,8 +717,8 @@ pub fn plan_namespace(
             .iter()
             .any(|o| o.name_any() == e.name),
         // Plugin objects of the other API are ours from before a switch: pruned.
-        kind if kind.is_plugin() && kind != settings.extension_api.kind() => false,
-        Kind::WasmPlugin | Kind::TrafficExtension if e.namespace == namespace => {
+        kind if kind.is_plugin() && kind != plugin_kind => false,
+        Kind::WasmPlugin | Kind::TrafficExtension if e.namespace == spec.namespace => {
             e.name == WASM_PLUGIN_NAME || e.name == INBOUND_WASM_PLUGIN_NAME
         }
         Kind::WasmPlugin | Kind::TrafficExtension => plan.gateway_plugins.iter().any(|o| {
@@ -592,6 +726,7 @@ pub fn plan_namespace(
         }),
         Kind::Gateway => true,
     };
+    let owner_uid = spec.ve.uid();
     let mut prune: Vec<Existing> = snapshot
         .existing
         .iter()
@@ -600,8 +735,7 @@ pub fn plan_namespace(
         .cloned()
         .collect();
     prune.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
-    plan.prune = prune;
-    Ok(plan)
+    prune
 }
 
 /// The names of a DestinationRule's subsets.

@@ -253,166 +253,203 @@ pub fn admit(
     gateways: &[Existing],
     cluster: &GatewayCluster,
 ) -> Admitted {
-    let mut out = Admitted::default();
-    let ns = tenant.namespace;
+    let mut judging = Judging {
+        tenant,
+        wanted,
+        cluster,
+        out: Admitted::default(),
+        ok: BTreeSet::new(),
+        refused: BTreeSet::new(),
+    };
     let referenced: BTreeSet<&GatewayName> = wanted.values().flat_map(|e| &e.gateways).collect();
-    // (service, gateway, host) admitted at some placement, and refused at some: a binding
-    // reaches every pod of the gateway, so it needs to be admitted at all of them.
-    let mut ok: BTreeSet<(String, GatewayName, String)> = BTreeSet::new();
-    let mut refused: BTreeSet<(String, GatewayName, String)> = BTreeSet::new();
     for gateway in referenced {
-        let reference = gateway.reference();
-        let Some(object) = gateways.iter().find(|g| {
+        let object = gateways.iter().find(|g| {
             g.kind == Kind::Gateway && g.namespace == gateway.namespace && g.name == gateway.name
-        }) else {
+        });
+        match object {
+            Some(object) => judging.gateway(gateway, object),
             // Bound as asked (istiod ignores a binding to a Gateway that does not exist,
             // and one created later then works); no plugin object, which the plugin
             // planning reports.
-            for (service, exposure) in wanted.iter().filter(|(_, e)| e.gateways.contains(gateway)) {
-                for host in &exposure.hosts {
-                    ok.insert((service.clone(), gateway.clone(), host.clone()));
+            None => {
+                for (service, host) in judging.asked_at(gateway) {
+                    judging.ok.insert((service, gateway.clone(), host));
                 }
             }
-            continue;
-        };
+        }
+    }
+    judging.bind()
+}
+
+/// (service, gateway, host)
+type Pair = (String, GatewayName, String);
+
+/// One namespace's exposures being judged, gateway by gateway and placement by placement.
+struct Judging<'a> {
+    tenant: &'a Tenant<'a>,
+    wanted: &'a BTreeMap<String, Exposure>,
+    cluster: &'a GatewayCluster,
+    out: Admitted,
+    /// Admitted at some placement, and refused at some: a binding reaches every pod of
+    /// the gateway, so it needs to be admitted at all of them.
+    ok: BTreeSet<Pair>,
+    refused: BTreeSet<Pair>,
+}
+
+impl Judging<'_> {
+    /// Every (service, host) asked for at `gateway`.
+    fn asked_at(&self, gateway: &GatewayName) -> Vec<(String, String)> {
+        self.wanted
+            .iter()
+            .filter(|(_, e)| e.gateways.contains(gateway))
+            .flat_map(|(service, e)| e.hosts.iter().map(move |h| (service.clone(), h.clone())))
+            .collect()
+    }
+
+    /// Every placement of `gateway` (the namespaces of its pods).
+    fn gateway(&mut self, gateway: &GatewayName, object: &Existing) {
         let selector = selector_of(object);
-        let mut placements = cluster.placements(object, tenant.scope_gateway_to_namespace);
+        let scoped = self.tenant.scope_gateway_to_namespace;
+        let mut placements = self.cluster.placements(object, scoped);
         if placements.is_empty() && !selector.is_empty() {
-            out.refused.push(Skip::gateway(
-                &reference,
+            self.out.refused.push(Skip::gateway(
+                &gateway.reference(),
                 format_args!(
                     "its selector matches no pod{}; its plugin object waits in namespace {}",
-                    if tenant.scope_gateway_to_namespace {
-                        " in its namespace"
-                    } else {
-                        ""
-                    },
+                    if scoped { " in its namespace" } else { "" },
                     gateway.namespace
                 ),
             ));
             placements.insert(gateway.namespace.as_str(), Vec::new());
         }
-        for (placement_ns, pods) in placements {
-            let pods = GatewayPods {
-                namespace: placement_ns,
-                labels: pods,
-            };
-            let own = placement_ns == ns;
-            let policy = cluster.policies.iter().find(|p| p.covers(&selector, &pods));
-            if !own && policy.is_none() && tenant.admission == GatewayAdmission::Policy {
-                for (service, exposure) in
-                    wanted.iter().filter(|(_, e)| e.gateways.contains(gateway))
-                {
-                    for host in &exposure.hosts {
-                        refused.insert((service.clone(), gateway.clone(), host.clone()));
-                    }
-                }
-                out.refused.push(Skip::gateway(
-                    &reference,
-                    format_args!("its pods in namespace {placement_ns} serve other namespaces too, and no GatewayPolicy for them admits namespace {ns}; not bound, not routed by env there (ask the gateway's owner for a GatewayPolicy)"),
-                ));
-                continue;
+        for (namespace, labels) in placements {
+            let pods = GatewayPods { namespace, labels };
+            if let Some(placement) = self.placement(gateway, object, &selector, &pods) {
+                self.out.placements.push(placement);
             }
-            // Under a policy its own edge guard judges every request before any routing
-            // plugin (see `edge_guard.rs`): the routing plugin judges nothing, so no
-            // tenant's carriers are judged on every team's requests.
-            let edge_trust = match policy {
-                Some(policy) => {
-                    if tenant.ve.spec.edge_trust.is_some() {
-                        out.refused.push(Skip::gateway(
-                            &reference,
-                            format_args!(
-                                "spec.edgeTrust is not applied there; GatewayPolicy {} sets its edge policy",
-                                policy.name_any()
-                            ),
-                        ));
-                    }
-                    None
-                }
-                None => tenant.ve.spec.edge_trust.as_ref().map(|e| e.to_config()),
-            };
-            let mut hosts = BTreeMap::new();
-            for (service, exposure) in wanted.iter().filter(|(_, e)| e.gateways.contains(gateway)) {
-                for host in &exposure.hosts {
-                    let pair = (service.clone(), gateway.clone(), host.clone());
-                    match refusal(tenant, object, gateway, host, policy, &pods, cluster) {
-                        Some(why) => {
-                            refused.insert(pair);
-                            out.refused.push(Skip::service(
-                                service,
-                                format_args!("host {host} at gateway {reference}: {why}"),
-                            ));
-                        }
-                        None => match hosts.get(host) {
-                            Some(first) => {
-                                refused.insert(pair);
-                                out.refused.push(Skip::service(
-                                    service,
-                                    format_args!(
-                                        "host {host} at gateway {reference} already reaches {first}"
-                                    ),
-                                ));
-                            }
-                            None => {
-                                ok.insert(pair);
-                                hosts.insert(host.clone(), service.clone());
-                            }
-                        },
-                    }
-                }
-            }
-            if hosts.is_empty() {
-                // Nothing admitted here: no plugin object.
-                continue;
-            }
-            out.placements.push(Placement {
-                gateway: gateway.clone(),
-                namespace: placement_ns.to_owned(),
-                selector: selector.clone(),
-                own,
-                edge_trust,
-                hosts,
-            });
         }
     }
-    for (service, exposure) in wanted {
-        let admitted: BTreeSet<(GatewayName, String)> = exposure
-            .gateways
+
+    /// One placement: whether the tenant may enter there at all, its edge policy, and
+    /// each host.
+    fn placement(
+        &mut self,
+        gateway: &GatewayName,
+        object: &Existing,
+        selector: &BTreeMap<String, String>,
+        pods: &GatewayPods<'_>,
+    ) -> Option<Placement> {
+        let (tenant, ns, reference) = (self.tenant, self.tenant.namespace, gateway.reference());
+        let own = pods.namespace == ns;
+        let policy = self
+            .cluster
+            .policies
             .iter()
-            .flat_map(|g| exposure.hosts.iter().map(move |h| (g.clone(), h.clone())))
-            .filter(|(g, h)| {
-                let pair = (service.clone(), g.clone(), h.clone());
-                ok.contains(&pair) && !refused.contains(&pair)
-            })
-            .collect();
-        if let Some(binding) = binding(&exposure.gateways, &admitted) {
+            .find(|p| p.covers(selector, pods));
+        if !own && policy.is_none() && tenant.admission == GatewayAdmission::Policy {
+            for (service, host) in self.asked_at(gateway) {
+                self.refused.insert((service, gateway.clone(), host));
+            }
+            self.out.refused.push(Skip::gateway(
+                &reference,
+                format_args!("its pods in namespace {} serve other namespaces too, and no GatewayPolicy for them admits namespace {ns}; not bound, not routed by env there (ask the gateway's owner for a GatewayPolicy)", pods.namespace),
+            ));
+            return None;
+        }
+        // Under a policy its own edge guard judges every request before any routing
+        // plugin (see `edge_guard.rs`): the routing plugin judges nothing, so no tenant's
+        // carriers are judged on every team's requests.
+        let edge_trust = match policy {
+            Some(policy) => {
+                if tenant.ve.spec.edge_trust.is_some() {
+                    self.out.refused.push(Skip::gateway(
+                        &reference,
+                        format_args!(
+                            "spec.edgeTrust is not applied there; GatewayPolicy {} sets its edge policy",
+                            policy.name_any()
+                        ),
+                    ));
+                }
+                None
+            }
+            None => tenant.ve.spec.edge_trust.as_ref().map(|e| e.to_config()),
+        };
+        let mut hosts: BTreeMap<String, String> = BTreeMap::new();
+        for (service, host) in self.asked_at(gateway) {
+            let why =
+                refusal(tenant, object, gateway, &host, policy, pods, self.cluster).or_else(|| {
+                    hosts
+                        .get(&host)
+                        .map(|first| format!("it already reaches {first}"))
+                });
+            let pair = (service.clone(), gateway.clone(), host.clone());
+            match why {
+                Some(why) => {
+                    self.refused.insert(pair);
+                    self.out.refused.push(Skip::service(
+                        &service,
+                        format_args!("host {host} at gateway {reference}: {why}"),
+                    ));
+                }
+                None => {
+                    self.ok.insert(pair);
+                    hosts.insert(host, service);
+                }
+            }
+        }
+        // Nothing admitted here: no plugin object.
+        (!hosts.is_empty()).then(|| Placement {
+            gateway: gateway.clone(),
+            namespace: pods.namespace.to_owned(),
+            selector: selector.clone(),
+            own,
+            edge_trust,
+            hosts,
+        })
+    }
+
+    /// Per service, what its VirtualService may bind ([`binding`]); each placement then
+    /// routes only what is bound.
+    fn bind(mut self) -> Admitted {
+        for (service, exposure) in self.wanted {
+            let admitted: BTreeSet<(GatewayName, String)> = exposure
+                .gateways
+                .iter()
+                .flat_map(|g| exposure.hosts.iter().map(move |h| (g.clone(), h.clone())))
+                .filter(|(g, h)| {
+                    let pair = (service.clone(), g.clone(), h.clone());
+                    self.ok.contains(&pair) && !self.refused.contains(&pair)
+                })
+                .collect();
+            let Some(binding) = binding(&exposure.gateways, &admitted) else {
+                continue;
+            };
             for (g, h) in admitted
                 .iter()
                 .filter(|(g, h)| !binding.gateways.contains(g) || !binding.hosts.contains(h))
             {
-                out.refused.push(Skip::service(
+                self.out.refused.push(Skip::service(
                     service,
                     format_args!(
-                        "host {h} at gateway {}: not bound, since the VirtualService binds each of its hosts at each of its gateways, and {} is not admitted everywhere it would be",
-                        g.reference(),
-                        h
+                        "host {h} at gateway {}: not bound, since the VirtualService binds each of its hosts at each of its gateways, and {h} is not admitted everywhere it would be",
+                        g.reference()
                     ),
                 ));
             }
-            out.exposures.insert(service.clone(), binding);
+            self.out.exposures.insert(service.clone(), binding);
         }
+        let exposures = &self.out.exposures;
+        for placement in &mut self.out.placements {
+            let gateway = placement.gateway.clone();
+            placement.hosts.retain(|host, service| {
+                exposures
+                    .get(service)
+                    .is_some_and(|e| e.gateways.contains(&gateway) && e.hosts.contains(host))
+            });
+        }
+        self.out.placements.retain(|p| !p.hosts.is_empty());
+        self.out
     }
-    // A placement routes only what is bound.
-    for placement in &mut out.placements {
-        let gateway = placement.gateway.clone();
-        placement.hosts.retain(|host, service| {
-            out.exposures
-                .get(service)
-                .is_some_and(|e| e.gateways.contains(&gateway) && e.hosts.contains(host))
-        });
-    }
-    out.placements.retain(|p| !p.hosts.is_empty());
-    out
 }
 
 /// The gateways and hosts one VirtualService binds: it binds every host at every gateway,

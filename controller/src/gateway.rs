@@ -219,101 +219,39 @@ pub fn plan_gateways(
 ) -> GatewayPlans {
     let mut plans = GatewayPlans {
         plugins: Vec::new(),
-        skipped: Vec::new(),
+        skipped: gateways_without_pods(entry, elsewhere),
     };
-    let referenced: BTreeSet<&GatewayName> = entry
-        .exposed
-        .iter()
-        .flat_map(|s| &s.exposure.gateways)
-        .collect();
-    for gateway in referenced {
-        let reference = gateway.reference();
-        let Some(object) = elsewhere.iter().find(|g| {
-            g.kind == Kind::Gateway && g.namespace == gateway.namespace && g.name == gateway.name
-        }) else {
-            plans.skipped.push(Skip::gateway(
-                &reference,
-                "not found; bound in the VirtualServices, but no plugin for its pods (requests entering there take the default routes)",
-            ));
-            continue;
-        };
-        let selector: BTreeMap<String, String> =
-            serde_json::from_value(object.spec["selector"].clone()).unwrap_or_default();
-        if selector.is_empty() {
-            plans.skipped.push(Skip::gateway(
-                &reference,
-                "has no selector, so no pods to give the plugin",
-            ));
-        }
-    }
     let owner_uid = ve.uid();
-    let fqdn_of: BTreeMap<&str, &ExposedService<'_>> =
-        entry.exposed.iter().map(|s| (s.name, s)).collect();
     let mut placed: BTreeSet<(String, String)> = BTreeSet::new();
     for placement in entry.placements.iter().filter(|p| !p.selector.is_empty()) {
         let reference = placement.gateway.reference();
         let at = &placement.namespace;
         let name = plugin_name(namespace, &placement.gateway);
-        if name.len() > 253 {
-            plans.skipped.push(Skip::gateway(
-                &reference,
-                format_args!("the plugin object's name {name:?} is longer than 253 characters"),
-            ));
-            continue;
-        }
-        if !placed.insert((at.clone(), name.clone())) {
-            plans.skipped.push(Skip::gateway(
-                &reference,
-                format_args!("another Gateway of the same name already places plugin object {name} in namespace {at}"),
-            ));
-            continue;
-        }
-        if let Some(other) = elsewhere.iter().find(|e| {
+        let taken = elsewhere.iter().find(|e| {
             e.kind == plugin_kind
                 && e.namespace == *at
                 && e.name == name
                 && !e.managed_by(owner_uid.as_deref())
-        }) {
-            plans.skipped.push(Skip::gateway(
-                &reference,
-                format_args!(
-                    "{} in namespace {} is not this VirtualEnvironment's; left alone",
-                    other.describe(),
-                    other.namespace
-                ),
-            ));
+        });
+        let refused = if name.len() > 253 {
+            Some(format!(
+                "the plugin object's name {name:?} is longer than 253 characters"
+            ))
+        } else if !placed.insert((at.clone(), name.clone())) {
+            Some(format!("another Gateway of the same name already places plugin object {name} in namespace {at}"))
+        } else {
+            taken.map(|other| {
+                format!(
+                    "{} in namespace {at} is not this VirtualEnvironment's; left alone",
+                    other.describe()
+                )
+            })
+        };
+        if let Some(why) = refused {
+            plans.skipped.push(Skip::gateway(&reference, why));
             continue;
         }
-        let mut config = PluginConfig {
-            direction: Some(Direction::Outbound),
-            // A gateway records no env for trace correlation, so it looks none up.
-            correlation_slots: 0,
-            auto_inject: false,
-            services: BTreeMap::new(),
-            hosts: BTreeMap::new(),
-            edge_trust: placement.edge_trust.clone(),
-            // A gateway calls only the exposed services of this namespace.
-            peers: BTreeMap::new(),
-            env_names: Vec::new(),
-            service_envs: BTreeMap::new(),
-            ..namespace_config.clone()
-        };
-        for (host, service) in &placement.hosts {
-            let Some(service) = fqdn_of.get(service.as_str()) else {
-                continue;
-            };
-            config
-                .services
-                .insert(service.fqdn.clone(), service.envs.clone());
-            if host.starts_with("*.") {
-                plans.skipped.push(Skip::service(
-                    service.name,
-                    format_args!("host {host} at gateway {reference}: wildcard hosts are bound but not routed by env there (name the hosts)"),
-                ));
-                continue;
-            }
-            config.hosts.insert(host.clone(), service.fqdn.clone());
-        }
+        let config = gateway_config(namespace_config, placement, entry, &mut plans.skipped);
         let source = if placement.own {
             modules.tenant
         } else {
@@ -325,35 +263,129 @@ pub fn plan_gateways(
             }
             modules.controller
         };
-        let mut labels = BTreeMap::from([
-            (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
-            (OWNER_NAMESPACE_LABEL.to_owned(), namespace.to_owned()),
-        ]);
-        if let Some(uid) = &owner_uid {
-            labels.insert(OWNER_UID_LABEL.to_owned(), uid.clone());
-        }
-        plans.plugins.push(WasmPlugin {
-            metadata: ObjectMeta {
-                name: Some(name),
-                namespace: Some(at.clone()),
-                labels: Some(labels),
-                ..ObjectMeta::default()
-            },
-            spec: WasmPluginSpec {
-                url: source.url.clone(),
-                sha256: source.sha256.clone(),
-                fail_strategy: "FAIL_OPEN".into(),
-                selector: Some(WorkloadSelector {
-                    match_labels: placement.selector.clone(),
-                }),
-                // Every listener of the gateway: it only ever calls out.
-                traffic_selectors: Vec::new(),
-                phase: None,
-                plugin_config: plugin_config_value(&config),
-            },
-        });
+        plans.plugins.push(gateway_plugin(
+            name,
+            at,
+            placement,
+            namespace,
+            owner_uid.as_deref(),
+            source,
+            &config,
+        ));
     }
     plans
+}
+
+/// Gateways named but not found, or without a selector: bound as asked (a Gateway created
+/// later then works), no plugin object for them.
+fn gateways_without_pods(entry: &Entry<'_>, elsewhere: &[Existing]) -> Vec<Skip> {
+    let referenced: BTreeSet<&GatewayName> = entry
+        .exposed
+        .iter()
+        .flat_map(|s| &s.exposure.gateways)
+        .collect();
+    referenced
+        .into_iter()
+        .filter_map(|gateway| {
+            let reference = gateway.reference();
+            let Some(object) = elsewhere.iter().find(|g| {
+                g.kind == Kind::Gateway
+                    && g.namespace == gateway.namespace
+                    && g.name == gateway.name
+            }) else {
+                return Some(Skip::gateway(
+                    &reference,
+                    "not found; bound in the VirtualServices, but no plugin for its pods (requests entering there take the default routes)",
+                ));
+            };
+            let selector: BTreeMap<String, String> =
+                serde_json::from_value(object.spec["selector"].clone()).unwrap_or_default();
+            selector.is_empty().then(|| {
+                Skip::gateway(&reference, "has no selector, so no pods to give the plugin")
+            })
+        })
+        .collect()
+}
+
+/// A gateway's plugin config: the namespace's settings, only the services and hosts
+/// routed at this placement, its edge policy; no correlation (a gateway records nothing),
+/// no peers (it calls only the exposed services of this namespace).
+fn gateway_config(
+    namespace_config: &PluginConfig,
+    placement: &Placement,
+    entry: &Entry<'_>,
+    skipped: &mut Vec<Skip>,
+) -> PluginConfig {
+    let mut config = PluginConfig {
+        direction: Some(Direction::Outbound),
+        correlation_slots: 0,
+        auto_inject: false,
+        services: BTreeMap::new(),
+        hosts: BTreeMap::new(),
+        edge_trust: placement.edge_trust.clone(),
+        peers: BTreeMap::new(),
+        env_names: Vec::new(),
+        service_envs: BTreeMap::new(),
+        ..namespace_config.clone()
+    };
+    let reference = placement.gateway.reference();
+    for (host, service) in &placement.hosts {
+        let Some(service) = entry.exposed.iter().find(|s| s.name == service.as_str()) else {
+            continue;
+        };
+        config
+            .services
+            .insert(service.fqdn.clone(), service.envs.clone());
+        if host.starts_with("*.") {
+            skipped.push(Skip::service(
+                service.name,
+                format_args!("host {host} at gateway {reference}: wildcard hosts are bound but not routed by env there (name the hosts)"),
+            ));
+            continue;
+        }
+        config.hosts.insert(host.clone(), service.fqdn.clone());
+    }
+    config
+}
+
+/// The plugin object `name` for `placement` in namespace `at`, owned (by label) by the
+/// VirtualEnvironment of `namespace` with `owner_uid`.
+fn gateway_plugin(
+    name: String,
+    at: &str,
+    placement: &Placement,
+    namespace: &str,
+    owner_uid: Option<&str>,
+    source: &WasmSource,
+    config: &PluginConfig,
+) -> WasmPlugin {
+    let mut labels = BTreeMap::from([
+        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+        (OWNER_NAMESPACE_LABEL.to_owned(), namespace.to_owned()),
+    ]);
+    if let Some(uid) = owner_uid {
+        labels.insert(OWNER_UID_LABEL.to_owned(), uid.to_owned());
+    }
+    WasmPlugin {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(at.to_owned()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: WasmPluginSpec {
+            url: source.url.clone(),
+            sha256: source.sha256.clone(),
+            fail_strategy: "FAIL_OPEN".into(),
+            selector: Some(WorkloadSelector {
+                match_labels: placement.selector.clone(),
+            }),
+            // Every listener of the gateway: it only ever calls out.
+            traffic_selectors: Vec::new(),
+            phase: None,
+            plugin_config: plugin_config_value(config),
+        },
+    }
 }
 
 fn is_dns_subdomain(s: &str) -> bool {

@@ -175,12 +175,12 @@ impl Caches {
         for (_, store) in self.istio.iter().filter(|(k, _)| k.is_plugin()) {
             for object in store.state() {
                 if object.namespace().as_deref() != Some(ns)
-                    || object.name_any() != crate::plan::WASM_PLUGIN_NAME
+                    || object.name_any() != crate::objects::WASM_PLUGIN_NAME
                     || object
                         .labels()
-                        .get(crate::plan::MANAGED_BY_LABEL)
+                        .get(crate::objects::MANAGED_BY_LABEL)
                         .map(String::as_str)
-                        != Some(crate::plan::MANAGED_BY)
+                        != Some(crate::objects::MANAGED_BY)
                 {
                     continue;
                 }
@@ -190,7 +190,7 @@ impl Caches {
                     serde_json::Value::Null => &spec["pluginConfig"],
                     wasm => wasm,
                 };
-                if let Some(config) = crate::plan::plugin_config_of(config) {
+                if let Some(config) = crate::objects::plugin_config_of(config) {
                     return Some(crate::peer_namespaces::published(&config));
                 }
             }
@@ -321,7 +321,7 @@ pub fn slim_service(service: &mut Service) {
         annotations.retain(|k, _| {
             k == crate::gateway::GATEWAYS_ANNOTATION
                 || k == crate::gateway::HOSTS_ANNOTATION
-                || k == crate::plan::RULE_ANNOTATION
+                || k == crate::objects::RULE_ANNOTATION
         });
     }
     service

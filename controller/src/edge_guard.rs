@@ -22,7 +22,7 @@ use virtual_env_core::{Direction, EdgeCarriers, PluginConfig};
 use crate::crd::VirtualEnvironment;
 use crate::gateway_policy::{FailStrategy, GatewayPolicy};
 use crate::istio::{WasmPlugin, WasmPluginSpec, WorkloadSelector};
-use crate::plan::{plugin_config_value, WasmSource, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::objects::{plugin_config_value, WasmSource, MANAGED_BY, MANAGED_BY_LABEL};
 
 /// The label naming the GatewayPolicy an edge guard belongs to.
 pub const POLICY_LABEL: &str = "env.alibaba.com/gateway-policy";

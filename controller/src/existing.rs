@@ -11,7 +11,7 @@ use serde_json::Value;
 use virtual_env_core::{lowercase, ServiceHost};
 
 use crate::istio::{DestinationRule, Gateway, TrafficExtension, VirtualService, WasmPlugin};
-use crate::plan::{MANAGED_BY, MANAGED_BY_LABEL, OWNER_UID_LABEL};
+use crate::objects::{MANAGED_BY, MANAGED_BY_LABEL, OWNER_UID_LABEL};
 
 /// The Istio kinds the controller writes, and Gateways, which it reads only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

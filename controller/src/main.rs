@@ -23,7 +23,7 @@ use virtual_env_controller::module::FilterModule;
 use virtual_env_controller::offline;
 use virtual_env_controller::peers::Peers;
 use virtual_env_controller::plan::{Settings, WasmSource, MAX_PLUGIN_CONFIG_BYTES};
-use virtual_env_controller::reconcile;
+use virtual_env_controller::runtime;
 use virtual_env_controller::server::{self, State};
 use virtual_env_controller::snapshot::Reader;
 
@@ -398,7 +398,7 @@ async fn run_async(args: RunArgs) -> Result<()> {
     metrics.set_leader(true);
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut controller = tokio::spawn(reconcile::run(client, settings, metrics, async move {
+    let mut controller = tokio::spawn(runtime::run(client, settings, metrics, async move {
         let _ = stopped.await;
     }));
     let leading = !args.no_leader_election;

@@ -18,6 +18,7 @@ use crate::existing::{Existing, Kind};
 use crate::extension::ExtensionApi;
 use crate::gateway::{self, GatewayName};
 use crate::gateway_admission::{admit, Admitted, GatewayAdmission, GatewayCluster, Tenant};
+use crate::gateway_plugins;
 use crate::istio::{
     Destination, DestinationRule, DestinationRuleSpec, HeaderOperations, Headers, HttpMatchRequest,
     HttpRoute, HttpRouteDestination, StringMatch, Subset, TrafficSelector, VirtualService,
@@ -28,30 +29,11 @@ use crate::routable::not_routable;
 use crate::skip::Skip;
 use crate::subset::SubsetNames;
 
-/// The label that marks the objects virtual-env manages (and may prune).
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY: &str = "virtual-env";
-/// On objects in other namespaces (a gateway's plugin), which cannot have an owner
-/// reference: the owning VirtualEnvironment's UID and namespace.
-pub const OWNER_UID_LABEL: &str = "env.alibaba.com/owner-uid";
-pub const OWNER_NAMESPACE_LABEL: &str = "env.alibaba.com/owner-namespace";
-/// The original project's per-service custom route (an Istio HTTPRoute as JSON merged into
-/// each generated route). Not applied here; a service that carries it is named in the
-/// status, so that a route a user relied on is not dropped silently.
-pub const RULE_ANNOTATION: &str = "kt-virtual-environment/rule";
-/// The namespace's WasmPlugin for the calling side (outbound listeners and gateways): it
-/// routes, and carries the services table.
-pub const WASM_PLUGIN_NAME: &str = "virtual-env";
-/// The namespace's WasmPlugin for the called side (inbound listeners): it records the env
-/// for trace correlation, and needs no services table.
-pub const INBOUND_WASM_PLUGIN_NAME: &str = "virtual-env-inbound";
-
-/// Where the sidecars fetch the filter module.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WasmSource {
-    pub url: String,
-    pub sha256: Option<String>,
-}
+pub use crate::objects::{
+    plugin_config_of, plugin_config_value, stored_bytes, WasmSource, COMPACT_ABOVE_BYTES,
+    INBOUND_WASM_PLUGIN_NAME, MANAGED_BY, MANAGED_BY_LABEL, MAX_PLUGIN_CONFIG_BYTES,
+    OWNER_NAMESPACE_LABEL, OWNER_UID_LABEL, RULE_ANNOTATION, WASM_PLUGIN_NAME,
+};
 
 /// Cluster-wide settings of the controller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,56 +121,6 @@ pub enum PlanError {
     InvalidModule(String),
     #[error("the plugin config would take {bytes} bytes of the stored object (with its managed-fields entry) even in compact form, over the {max} bytes this controller writes into one object (Kubernetes stores at most ~1.5 MiB); nothing was changed. Split the namespace, or route fewer envs")]
     ConfigTooLarge { bytes: usize, max: usize },
-}
-
-/// Above this many bytes the plugin config is written in compact form (env names interned):
-/// below it, the plain `services` table is easier to read with `kubectl`.
-pub const COMPACT_ABOVE_BYTES: usize = 128 * 1024;
-/// The most plugin config bytes written into one WasmPlugin: well under the API server's
-/// ~1.5 MiB object limit, leaving room for the rest of the object and for etcd's overhead.
-pub const MAX_PLUGIN_CONFIG_BYTES: usize = 1024 * 1024;
-
-/// The plugin config as the WasmPlugin carries it: plain, or compact when large.
-pub fn plugin_config_value(config: &PluginConfig) -> serde_json::Value {
-    let plain = config.to_json();
-    let wire = if plain.len() > COMPACT_ABOVE_BYTES {
-        config.compacted()
-    } else {
-        config.clone()
-    };
-    serde_json::to_value(&wire).unwrap_or_default()
-}
-
-/// What a plugin config costs in the stored object: its own bytes, and the entry
-/// server-side apply adds to `metadata.managedFields`, which lists every map key of the
-/// config (the field is schemaless, so every object key is tracked; arrays are atomic) as
-/// `"f:<key>":{}`. A config of many short keys (a services table) nearly doubles there,
-/// and the object must stay under etcd's 1.5 MiB whole.
-pub fn stored_bytes(config: &serde_json::Value) -> usize {
-    /// The managed-fields entry around the field set: manager, operation, API version,
-    /// time, `FieldsV1`, and `{"f:spec":{"f:pluginConfig":...}}`.
-    const ENTRY: usize = 256;
-    config.to_string().len() + fields_v1(config).to_string().len() + ENTRY
-}
-
-/// The field set (`fieldsV1`) server-side apply records for `value`.
-fn fields_v1(value: &serde_json::Value) -> serde_json::Value {
-    match value {
-        serde_json::Value::Object(map) => serde_json::Value::Object(
-            map.iter()
-                .map(|(key, child)| (format!("f:{key}"), fields_v1(child)))
-                .collect(),
-        ),
-        _ => serde_json::json!({}),
-    }
-}
-
-/// A plugin config read back from a WasmPlugin, in either form.
-pub fn plugin_config_of(value: &serde_json::Value) -> Option<PluginConfig> {
-    serde_json::from_value::<PluginConfig>(value.clone())
-        .ok()?
-        .expanded()
-        .ok()
 }
 
 /// A stable stand-in for the route header's random suffix, from the VirtualEnvironment's
@@ -668,7 +600,7 @@ fn plan_gateway_objects(
     snapshot: &Snapshot,
     admitted: &Admitted,
 ) {
-    let exposed: Vec<gateway::ExposedService<'_>> = admitted
+    let exposed: Vec<gateway_plugins::ExposedService<'_>> = admitted
         .exposures
         .iter()
         .map(|(name, exposure)| {
@@ -679,7 +611,7 @@ fn plan_gateway_objects(
                 .get(&fqdn)
                 .cloned()
                 .unwrap_or_default();
-            gateway::ExposedService {
+            gateway_plugins::ExposedService {
                 name,
                 fqdn,
                 envs,
@@ -687,16 +619,16 @@ fn plan_gateway_objects(
             }
         })
         .collect();
-    let gateway_plans = gateway::plan_gateways(
+    let gateway_plans = gateway_plugins::plan_gateways(
         spec.ve,
         &spec.namespace,
-        &gateway::Entry {
+        &gateway_plugins::Entry {
             exposed: &exposed,
             placements: &admitted.placements,
         },
         &plan.plugin_config,
         &snapshot.elsewhere,
-        &gateway::ModuleSources {
+        &gateway_plugins::ModuleSources {
             tenant: &wasm_source(spec.ve, spec.settings),
             controller: &spec.settings.wasm,
         },

@@ -9,13 +9,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
-use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::controller::Action;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -24,12 +20,11 @@ use thiserror::Error;
 use tracing::{info, instrument, warn};
 use virtual_env_core::service_fqdn;
 
-use crate::caches::{self, slim_object, slim_pod, slim_service, Caches, NotReady};
+use crate::caches::{Caches, NotReady};
 use crate::crd::{VirtualEnvironment, VirtualEnvironmentStatus, ROUTE_HEADER_SUFFIX_LEN};
 use crate::existing::{Existing, Kind};
 use crate::extension::{traffic_extension, ExtensionApi};
 use crate::gateway::FINALIZER;
-use crate::gateway_policy::GatewayPolicy;
 use crate::istio::{DestinationRule, TrafficExtension, VirtualService, WasmPlugin};
 use crate::metrics::Metrics;
 use crate::peer_namespaces::{published, PeerDirectory};
@@ -42,9 +37,6 @@ use crate::transition::{already, keep_failed_services, transition, Step};
 pub const FIELD_MANAGER: &str = "virtual-env-controller";
 /// Re-plan now and then even without events, to repair drift.
 pub(crate) const RESYNC: Duration = Duration::from_secs(300);
-/// Reconciles of different VirtualEnvironments at once (one VirtualEnvironment is never
-/// reconciled twice at once).
-const MAX_CONCURRENT_RECONCILES: u16 = 8;
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -740,156 +732,6 @@ fn ready(ve: &VirtualEnvironment, plan: &Plan) -> VirtualEnvironmentStatus {
         skipped: plan.skipped.iter().map(ToString::to_string).collect(),
         route_header: Some(plan.route_header.clone()),
     }
-}
-
-/// The `VirtualEnvironment`s of the namespace an object is in.
-fn in_same_namespace<K: Resource>(
-    store: Store<VirtualEnvironment>,
-) -> impl Fn(K) -> Vec<ObjectRef<VirtualEnvironment>> + Send + Sync + Clone + 'static {
-    move |obj: K| {
-        let ns = obj.meta().namespace.clone();
-        store
-            .state()
-            .iter()
-            .filter(|ve| ve.namespace() == ns)
-            .map(|ve| ObjectRef::from_obj(&**ve))
-            .collect()
-    }
-}
-
-/// Every `VirtualEnvironment`, whatever the object.
-fn every<K>(
-    store: Store<VirtualEnvironment>,
-) -> impl Fn(K) -> Vec<ObjectRef<VirtualEnvironment>> + Send + Sync + Clone + 'static {
-    move |_: K| {
-        store
-            .state()
-            .iter()
-            .map(|ve| ObjectRef::from_obj(&**ve))
-            .collect()
-    }
-}
-
-/// Runs the controller until `shutdown` resolves: one watch per kind for the whole
-/// cluster fills the caches reconciles read, and any change in a namespace with a
-/// VirtualEnvironment (a pod, a service, anyone's VirtualService, DestinationRule or
-/// WasmPlugin) reconciles it. A Gateway's change reconciles every VirtualEnvironment, and
-/// so does a change of what one namespace publishes for its callers ([`PeerDirectory`]).
-pub async fn run(
-    client: Client,
-    settings: Settings,
-    metrics: Arc<Metrics>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let (mut caches, writers) = caches::caches(settings.extension_api);
-    let all = watcher::Config::default;
-    let controller = Controller::new(
-        Api::<VirtualEnvironment>::all(client.clone()),
-        all().any_semantic(),
-    )
-    // Coalesce bursts (a rollout's pod events) into one reconcile, and bound how many run
-    // at once: a Gateway's change or a published table queues every namespace, and each
-    // reconcile holds its snapshot of the caches in memory while it writes.
-    .with_config(
-        ControllerConfig::default()
-            .debounce(Duration::from_secs(1))
-            .concurrency(MAX_CONCURRENT_RECONCILES),
-    );
-    let store = controller.store();
-    // Every namespace's claims of gateway hosts and carriers, from a reflector of their
-    // own, which also triggers the edge guards: a guard's reconcile then always sees the
-    // VirtualEnvironment that triggered it.
-    let (ve_store, ve_writer) = kube::runtime::reflector::store();
-    caches.virtual_environments = Some(ve_store);
-    let (replan, replans) = futures::channel::mpsc::unbounded();
-    let peers = PeerDirectory::new(store.clone(), replan);
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        settings,
-        metrics,
-        caches,
-        peers,
-    ));
-    let pods = watcher(Api::<Pod>::all(client.clone()), all())
-        .modify(slim_pod)
-        .default_backoff()
-        .reflect(writers.pods)
-        .touched_objects();
-    let services = watcher(Api::<Service>::all(client.clone()), all())
-        .modify(slim_service)
-        .default_backoff()
-        .reflect(writers.services)
-        .touched_objects();
-    // A GatewayPolicy decides which namespaces enter through a gateway; they change rarely.
-    let policies = watcher(Api::<GatewayPolicy>::all(client.clone()), all())
-        .default_backoff()
-        .reflect(writers.policies)
-        .touched_objects();
-    let mut controller = controller
-        // Another namespace published a change its callers must learn.
-        .reconcile_on(replans)
-        .watches_stream(pods, in_same_namespace(store.clone()))
-        .watches_stream(services, in_same_namespace(store.clone()))
-        .watches_stream(policies, every(store.clone()));
-    for (kind, writer) in writers.istio {
-        let resource = kind.api_resource();
-        let objects = watcher(
-            Api::<DynamicObject>::all_with(client.clone(), &resource),
-            all(),
-        )
-        .modify(slim_object)
-        .default_backoff()
-        .reflect(writer)
-        .touched_objects();
-        controller = if kind == Kind::Gateway {
-            // A Gateway (its selector) decides where the gateway plugin objects of any
-            // namespace go; Gateways change rarely.
-            controller.watches_stream_with(objects, every(store.clone()), resource)
-        } else {
-            controller.watches_stream_with(objects, in_same_namespace(store.clone()), resource)
-        };
-    }
-    // The gateway owners' edge guards: one per GatewayPolicy, carrying every
-    // VirtualEnvironment's carriers, so any VirtualEnvironment's change reconciles them.
-    let policies = Controller::new(Api::<GatewayPolicy>::all(client.clone()), all()).with_config(
-        ControllerConfig::default()
-            .debounce(Duration::from_secs(1))
-            .concurrency(2),
-    );
-    let policy_store = policies.store();
-    let ves = watcher(Api::<VirtualEnvironment>::all(client.clone()), all())
-        .default_backoff()
-        .reflect(ve_writer)
-        .touched_objects();
-    let policies = policies.watches_stream(ves, move |_: VirtualEnvironment| {
-        policy_store
-            .state()
-            .iter()
-            .map(|p| ObjectRef::from_obj(&**p))
-            .collect::<Vec<_>>()
-    });
-    let shutdown = futures::FutureExt::shared(shutdown);
-    let routing = controller
-        .graceful_shutdown_on(shutdown.clone())
-        .run(reconcile, error_policy, Arc::clone(&ctx))
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!("controller: {e}");
-            }
-        });
-    let guards = policies
-        .graceful_shutdown_on(shutdown)
-        .run(
-            crate::reconcile_gateway_policy::reconcile_policy,
-            crate::reconcile_gateway_policy::error_policy,
-            ctx,
-        )
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!("gateway policy controller: {e}");
-            }
-        });
-    futures::join!(routing, guards);
 }
 
 #[cfg(test)]

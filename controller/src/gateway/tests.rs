@@ -1,4 +1,6 @@
 use super::*;
+use crate::existing::{Existing, Kind};
+use crate::objects::{MANAGED_BY, MANAGED_BY_LABEL, OWNER_UID_LABEL};
 use crate::plan::fixtures::{seed_ve, service};
 
 fn annotated(name: &str, gateways: &str, hosts: &str) -> Service {

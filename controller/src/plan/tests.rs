@@ -1,5 +1,6 @@
 use super::fixtures::*;
 use super::*;
+use crate::objects::fields_v1;
 use proptest::prelude::*;
 use virtual_env_core::{Choice, RouteTable};
 

@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::*;
 use crate::plan::fixtures::*;
 use crate::plan::{MANAGED_BY, MANAGED_BY_LABEL};
+use kube::runtime::watcher;
 use virtual_env_core::PluginConfig;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -965,10 +966,16 @@ fn a_gateway_change_reaches_every_namespace() {
         "metadata": {"name": "ingressgateway", "namespace": "istio-system"}
     }))
     .unwrap();
-    assert_eq!(every(ves.as_reader())(gateway.clone()).len(), 2);
-    assert!(in_same_namespace(ves.as_reader())(gateway).is_empty());
+    assert_eq!(
+        crate::runtime::every(ves.as_reader())(gateway.clone()).len(),
+        2
+    );
+    assert!(crate::runtime::in_same_namespace(ves.as_reader())(gateway).is_empty());
     let pod = seed_snapshot().pods.remove(0);
-    assert_eq!(in_same_namespace(ves.as_reader())(pod).len(), 1);
+    assert_eq!(
+        crate::runtime::in_same_namespace(ves.as_reader())(pod).len(),
+        1
+    );
 }
 
 /// A resync of a namespace that is as planned writes nothing but the status.

@@ -1,0 +1,178 @@
+//! The controller's runtime: the watches that fill the caches and trigger reconciles,
+//! and the two controllers (VirtualEnvironments, `reconcile.rs`; GatewayPolicies and
+//! their edge guards, `reconcile_gateway_policy.rs`) run until shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, DynamicObject};
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, Resource, ResourceExt};
+use tracing::warn;
+
+use crate::caches::{self, slim_object, slim_pod, slim_service};
+use crate::crd::VirtualEnvironment;
+use crate::existing::Kind;
+use crate::gateway_policy::GatewayPolicy;
+use crate::metrics::Metrics;
+use crate::peer_namespaces::PeerDirectory;
+use crate::plan::Settings;
+use crate::reconcile::{error_policy, reconcile, Context};
+
+/// Reconciles of different VirtualEnvironments at once (one VirtualEnvironment is never
+/// reconciled twice at once).
+const MAX_CONCURRENT_RECONCILES: u16 = 8;
+
+/// The `VirtualEnvironment`s of the namespace an object is in.
+pub(crate) fn in_same_namespace<K: Resource>(
+    store: Store<VirtualEnvironment>,
+) -> impl Fn(K) -> Vec<ObjectRef<VirtualEnvironment>> + Send + Sync + Clone + 'static {
+    move |obj: K| {
+        let ns = obj.meta().namespace.clone();
+        store
+            .state()
+            .iter()
+            .filter(|ve| ve.namespace() == ns)
+            .map(|ve| ObjectRef::from_obj(&**ve))
+            .collect()
+    }
+}
+
+/// Every `VirtualEnvironment`, whatever the object.
+pub(crate) fn every<K>(
+    store: Store<VirtualEnvironment>,
+) -> impl Fn(K) -> Vec<ObjectRef<VirtualEnvironment>> + Send + Sync + Clone + 'static {
+    move |_: K| {
+        store
+            .state()
+            .iter()
+            .map(|ve| ObjectRef::from_obj(&**ve))
+            .collect()
+    }
+}
+
+/// Runs the controller until `shutdown` resolves: one watch per kind for the whole
+/// cluster fills the caches reconciles read, and any change in a namespace with a
+/// VirtualEnvironment (a pod, a service, anyone's VirtualService, DestinationRule or
+/// WasmPlugin) reconciles it. A Gateway's change reconciles every VirtualEnvironment, and
+/// so does a change of what one namespace publishes for its callers ([`PeerDirectory`]).
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (mut caches, writers) = caches::caches(settings.extension_api);
+    let all = watcher::Config::default;
+    let controller = Controller::new(
+        Api::<VirtualEnvironment>::all(client.clone()),
+        all().any_semantic(),
+    )
+    // Coalesce bursts (a rollout's pod events) into one reconcile, and bound how many run
+    // at once: a Gateway's change or a published table queues every namespace, and each
+    // reconcile holds its snapshot of the caches in memory while it writes.
+    .with_config(
+        ControllerConfig::default()
+            .debounce(Duration::from_secs(1))
+            .concurrency(MAX_CONCURRENT_RECONCILES),
+    );
+    let store = controller.store();
+    // Every namespace's claims of gateway hosts and carriers, from a reflector of their
+    // own, which also triggers the edge guards: a guard's reconcile then always sees the
+    // VirtualEnvironment that triggered it.
+    let (ve_store, ve_writer) = kube::runtime::reflector::store();
+    caches.virtual_environments = Some(ve_store);
+    let (replan, replans) = futures::channel::mpsc::unbounded();
+    let peers = PeerDirectory::new(store.clone(), replan);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        settings,
+        metrics,
+        caches,
+        peers,
+    ));
+    let pods = watcher(Api::<Pod>::all(client.clone()), all())
+        .modify(slim_pod)
+        .default_backoff()
+        .reflect(writers.pods)
+        .touched_objects();
+    let services = watcher(Api::<Service>::all(client.clone()), all())
+        .modify(slim_service)
+        .default_backoff()
+        .reflect(writers.services)
+        .touched_objects();
+    // A GatewayPolicy decides which namespaces enter through a gateway; they change rarely.
+    let policies = watcher(Api::<GatewayPolicy>::all(client.clone()), all())
+        .default_backoff()
+        .reflect(writers.policies)
+        .touched_objects();
+    let mut controller = controller
+        // Another namespace published a change its callers must learn.
+        .reconcile_on(replans)
+        .watches_stream(pods, in_same_namespace(store.clone()))
+        .watches_stream(services, in_same_namespace(store.clone()))
+        .watches_stream(policies, every(store.clone()));
+    for (kind, writer) in writers.istio {
+        let resource = kind.api_resource();
+        let objects = watcher(
+            Api::<DynamicObject>::all_with(client.clone(), &resource),
+            all(),
+        )
+        .modify(slim_object)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+        controller = if kind == Kind::Gateway {
+            // A Gateway (its selector) decides where the gateway plugin objects of any
+            // namespace go; Gateways change rarely.
+            controller.watches_stream_with(objects, every(store.clone()), resource)
+        } else {
+            controller.watches_stream_with(objects, in_same_namespace(store.clone()), resource)
+        };
+    }
+    // The gateway owners' edge guards: one per GatewayPolicy, carrying every
+    // VirtualEnvironment's carriers, so any VirtualEnvironment's change reconciles them.
+    let policies = Controller::new(Api::<GatewayPolicy>::all(client.clone()), all()).with_config(
+        ControllerConfig::default()
+            .debounce(Duration::from_secs(1))
+            .concurrency(2),
+    );
+    let policy_store = policies.store();
+    let ves = watcher(Api::<VirtualEnvironment>::all(client.clone()), all())
+        .default_backoff()
+        .reflect(ve_writer)
+        .touched_objects();
+    let policies = policies.watches_stream(ves, move |_: VirtualEnvironment| {
+        policy_store
+            .state()
+            .iter()
+            .map(|p| ObjectRef::from_obj(&**p))
+            .collect::<Vec<_>>()
+    });
+    let shutdown = futures::FutureExt::shared(shutdown);
+    let routing = controller
+        .graceful_shutdown_on(shutdown.clone())
+        .run(reconcile, error_policy, Arc::clone(&ctx))
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!("controller: {e}");
+            }
+        });
+    let guards = policies
+        .graceful_shutdown_on(shutdown)
+        .run(
+            crate::reconcile_gateway_policy::reconcile_policy,
+            crate::reconcile_gateway_policy::error_policy,
+            ctx,
+        )
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!("gateway policy controller: {e}");
+            }
+        });
+    futures::join!(routing, guards);
+}

@@ -170,17 +170,27 @@ impl Caches {
     }
 
     /// What namespace `ns`'s calling-side plugin object in the cluster publishes for
-    /// callers elsewhere (see `peer_namespaces.rs`): its table as last applied.
+    /// callers elsewhere (see `peer_namespaces.rs`): its table as last applied. Only an
+    /// object a VirtualEnvironment of `ns` owns (controller reference) counts: a tenant may
+    /// write an object of that name and label itself.
     pub fn published_by(&self, ns: &str) -> Option<crate::peer_namespaces::Published> {
+        let owners: Vec<String> = self
+            .virtual_environments
+            .as_ref()?
+            .state()
+            .iter()
+            .filter(|ve| ve.namespace().as_deref() == Some(ns))
+            .filter_map(|ve| ve.uid())
+            .collect();
         for (_, store) in self.istio.iter().filter(|(k, _)| k.is_plugin()) {
             for object in store.state() {
+                let owned = object
+                    .owner_references()
+                    .iter()
+                    .any(|r| r.controller == Some(true) && owners.contains(&r.uid));
                 if object.namespace().as_deref() != Some(ns)
                     || object.name_any() != crate::objects::WASM_PLUGIN_NAME
-                    || object
-                        .labels()
-                        .get(crate::objects::MANAGED_BY_LABEL)
-                        .map(String::as_str)
-                        != Some(crate::objects::MANAGED_BY)
+                    || !owned
                 {
                     continue;
                 }

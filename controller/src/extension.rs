@@ -46,6 +46,10 @@ impl ExtensionApi {
     pub fn from_discovery(result: Result<Vec<&str>, &kube::Error>) -> Option<Self> {
         match result {
             Ok(served) => Some(Self::detect(served)),
+            // The group is not served: kube's discovery says so with MissingApiGroup.
+            Err(kube::Error::Discovery(kube::error::DiscoveryError::MissingApiGroup(_))) => {
+                Some(ExtensionApi::WasmPlugin)
+            }
             Err(kube::Error::Api(e)) if e.code == 404 => Some(ExtensionApi::WasmPlugin),
             Err(_) => None,
         }
@@ -110,6 +114,14 @@ mod tests {
         };
         assert_eq!(
             ExtensionApi::from_discovery(Err(&status(404))),
+            Some(ExtensionApi::WasmPlugin)
+        );
+        // What kube's discovery returns for a group the cluster does not serve.
+        let missing = kube::Error::Discovery(kube::error::DiscoveryError::MissingApiGroup(
+            "extensions.istio.io".into(),
+        ));
+        assert_eq!(
+            ExtensionApi::from_discovery(Err(&missing)),
             Some(ExtensionApi::WasmPlugin)
         );
         assert_eq!(ExtensionApi::from_discovery(Err(&status(503))), None);

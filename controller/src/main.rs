@@ -432,8 +432,6 @@ async fn run_async(args: RunArgs) -> Result<()> {
     outcome
 }
 
-/// TrafficExtension where the cluster serves it; WasmPlugin otherwise, and when discovery
-/// fails (every Istio with Wasm serves WasmPlugin).
 /// TrafficExtension where the cluster serves it; WasmPlugin where it does not. A failed
 /// discovery is retried (1 s doubling to 30 s): a transient error must not switch the
 /// plugin API (see `ExtensionApi::from_discovery`); after 5 minutes the process exits and

@@ -138,8 +138,10 @@ impl PeerDirectory {
             .filter(|ve| ve.metadata.deletion_timestamp.is_none())
             .filter_map(|ve| ve.namespace())
             .collect();
-        let Ok(published) = self.published.lock() else {
-            return BTreeMap::new();
+        // A copy: the fallback parses configs, which must not hold the lock.
+        let published = match self.published.lock() {
+            Ok(published) => published.clone(),
+            Err(_) => return BTreeMap::new(),
         };
         live.into_iter()
             .filter(|ns| ns != namespace)

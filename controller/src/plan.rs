@@ -574,7 +574,24 @@ fn admit_entry(
 /// `ConfigTooLarge` when even its own does not fit.
 fn fit_peers(plan: &mut Plan, spec: &Resolved<'_>, snapshot: &Snapshot) -> Result<(), PlanError> {
     let max = spec.settings.max_plugin_config_bytes;
-    let peers_skipped = add_peers(&mut plan.plugin_config, &spec.namespace, &snapshot.peers);
+    let mut peers_skipped = add_peers(&mut plan.plugin_config, &spec.namespace, &snapshot.peers);
+    // Another namespace's table must never make this namespace's config one its sidecars
+    // reject: each is checked, and one that does not validate is left out.
+    if plan.plugin_config.validate().is_err() {
+        let peers = std::mem::take(&mut plan.plugin_config.peers);
+        for (ns, peer) in peers {
+            let mut probe = plan.plugin_config.clone();
+            probe.peers.insert(ns.clone(), peer.clone());
+            match probe.validate() {
+                Ok(()) => {
+                    plan.plugin_config.peers.insert(ns, peer);
+                }
+                Err(e) => peers_skipped.push(Skip::peers(format_args!(
+                    "calls into namespace {ns} are not routed by env: its table is not valid here: {e}"
+                ))),
+            }
+        }
+    }
     plan.wasm_plugin.spec.plugin_config = plugin_config_value(&plan.plugin_config);
     let mut bytes = stored_bytes(&plan.wasm_plugin.spec.plugin_config);
     if bytes > max && !plan.plugin_config.peers.is_empty() {

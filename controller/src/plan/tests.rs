@@ -89,6 +89,32 @@ fn the_original_rule_annotation_is_reported_not_dropped_silently() {
     );
 }
 
+/// A table another namespace published (or one read back from a plugin object) that
+/// would make this namespace's config invalid is left out, alone.
+#[test]
+fn a_peer_table_that_does_not_validate_is_left_out_alone() {
+    let ve = seed_ve();
+    let good = crate::peer_namespaces::published(&plan_of(&ve, &wide_snapshot(2, 2)).plugin_config);
+    let mut bad = good.clone();
+    // Its route header is this namespace's env header: the filter would refuse the config.
+    bad.routing.route_header = "x-virtual-env".into();
+    let snapshot = Snapshot {
+        peers: BTreeMap::from([("bad".to_owned(), bad), ("good".to_owned(), good)]),
+        ..seed_snapshot()
+    };
+    let plan = plan_namespace(&ve, &snapshot, &settings()).unwrap();
+    let peers: Vec<&String> = plan.plugin_config.peers.keys().collect();
+    assert_eq!(peers, ["good"]);
+    plan.plugin_config.validate().unwrap();
+    assert!(
+        plan.skipped
+            .iter()
+            .any(|s| s.starts_with("calls into namespace bad are not routed by env")),
+        "{:?}",
+        plan.skipped
+    );
+}
+
 /// Other namespaces' tables that would push the config over the limit are dropped,
 /// the namespace's own routing kept, and the status says so.
 #[test]

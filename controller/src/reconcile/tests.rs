@@ -836,12 +836,14 @@ async fn after_a_restart_calls_into_another_namespace_keep_its_table() {
     let mut ves = kube::runtime::reflector::store::Writer::default();
     let mut pay_ve = seed_ve();
     pay_ve.metadata.namespace = Some("pay".into());
-    for ve in [seed_ve_from_api(), pay_ve] {
-        ves.apply_watcher_event(&watcher::Event::Apply(ve));
-    }
+    pay_ve.metadata.uid = Some("pay-uid".into());
+    let mut shop_ve = seed_ve();
+    shop_ve.metadata.namespace = Some("shop".into());
+    shop_ve.metadata.uid = Some("shop-uid".into());
+    crate::caches::testing::fill(&mut ves, vec![seed_ve_from_api(), pay_ve, shop_ve]);
     let peers = PeerDirectory::new(ves.as_reader(), futures::channel::mpsc::unbounded().0);
-    let pay = PluginConfig {
-        route_header: "x-virtual-env-route-pay123".into(),
+    let table = |route_header: &str| PluginConfig {
+        route_header: route_header.into(),
         default_subset: Some("dev".into()),
         services: [(
             "ledger.pay.svc.cluster.local".to_owned(),
@@ -850,29 +852,46 @@ async fn after_a_restart_calls_into_another_namespace_keep_its_table() {
         .into(),
         ..PluginConfig::default()
     };
-    // pay's calling side as an earlier run of the controller applied it.
-    let mut pay_plugin = managed_object("virtual-env");
-    pay_plugin["metadata"]["namespace"] = json!("pay");
-    pay_plugin["spec"] = json!({"url": "http://x/filter.wasm", "failStrategy": "FAIL_OPEN",
-        "pluginConfig": serde_json::to_value(&pay).unwrap()});
+    let plugin = |ns: &str, owner: Option<&str>, config: &PluginConfig| {
+        let mut object = managed_object("virtual-env");
+        object["metadata"]["namespace"] = json!(ns);
+        object["metadata"]["ownerReferences"] = match owner {
+            Some(uid) => json!([{"apiVersion": "env.alibaba.com/v1alpha1",
+                "kind": "VirtualEnvironment", "name": "example-virtualenv", "uid": uid,
+                "controller": true}]),
+            None => json!([]),
+        };
+        object["spec"] = json!({"url": "http://x/filter.wasm", "failStrategy": "FAIL_OPEN",
+            "pluginConfig": serde_json::to_value(config).unwrap()});
+        (Kind::WasmPlugin, object)
+    };
     let mut objects = istio_objects(
         applied_seed("VirtualService"),
         applied_seed("DestinationRule"),
         applied_seed("WasmPlugin"),
     );
-    objects.push((Kind::WasmPlugin, pay_plugin));
-    let caches = crate::caches::testing::filled(&seed_snapshot(), &objects);
+    // pay's calling side as an earlier run of the controller applied it; in shop, an
+    // object of that name and label a tenant wrote itself (no owner): not believed.
+    objects.push(plugin(
+        "pay",
+        Some("pay-uid"),
+        &table("x-virtual-env-route-pay123"),
+    ));
+    objects.push(plugin("shop", None, &table("x-virtual-env-route-forged")));
+    let mut caches = crate::caches::testing::filled(&seed_snapshot(), &objects);
+    caches.virtual_environments = Some(ves.as_reader());
     let (ctx, handle) = mock_context_with(caches, settings(), peers);
     let server = tokio::spawn(async move {
         let mut api = ApiServerVerifier::new(handle);
         api.list_virtual_environments(&[&seed_ve_from_api()]).await;
         let wp = api.apply(WP, "virtual-env").await;
+        let peers = &wp["spec"]["pluginConfig"]["peers"];
         assert_eq!(
-            wp["spec"]["pluginConfig"]["peers"]["pay"]["services"],
+            peers["pay"]["services"],
             json!({"ledger": ["dev", "dev.proj1"]}),
-            "{}",
-            wp["spec"]["pluginConfig"]
+            "{peers}"
         );
+        assert!(peers.get("shop").is_none(), "a forged table: {peers}");
         api.expect_status_patch().await;
     });
     reconcile(Arc::new(seed_ve_with_its_route_header()), ctx)

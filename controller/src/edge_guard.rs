@@ -51,6 +51,21 @@ pub fn plan_edge_guard(
     if edge_trust.mode == virtual_env_core::EdgeMode::Accept {
         return Ok(None);
     }
+    // Only the namespaces the policy admits have their carriers judged at its gateway:
+    // any other tenant's VirtualEnvironment has no say in what every request loses there.
+    let ves: Vec<&VirtualEnvironment> = ves
+        .iter()
+        .copied()
+        .filter(|ve| {
+            let ns = ve.namespace().unwrap_or_default();
+            policy
+                .spec
+                .tenants
+                .iter()
+                .any(|t| t.namespace == "*" || t.namespace == ns)
+        })
+        .collect();
+    let ves = &ves[..];
     let mut config = PluginConfig {
         direction: Some(Direction::Outbound),
         correlation_slots: 0,
@@ -158,6 +173,13 @@ const NEVER_CARRIERS: &[&str] = &[
     "grpc-accept-encoding",
 ];
 
+/// Literal characters a pattern judged at a shared gateway needs right before its
+/// placeholder (`sid=(@)`): a pattern like `.*=(@)` would take every cookie value for an env.
+const MIN_GUARD_LITERAL: usize = 3;
+/// The most atoms such a pattern may have: the guard's work budget must cover the header
+/// sizes of real requests.
+const MAX_GUARD_ATOMS: usize = 24;
+
 /// Whether a tenant may have `header` judged by a shared gateway's guard.
 fn may_carry(header: &str, route_header: &str) -> bool {
     let header = header.to_ascii_lowercase();
@@ -215,11 +237,16 @@ fn carriers_of(
             if carriers.header_patterns.contains(&pattern) {
                 continue;
             }
-            let anchored = pattern.compile().is_ok_and(|p| p.anchored());
-            let name_ok = pattern.name == "cookie" || may_carry(&pattern.name, &own.route_header);
-            if !anchored || !name_ok {
+            // An env pinned by a name of its own (`sid=(@)`, not `.*=(@)`), and a search of
+            // bounded cost: else every value of the header would be judged as an env.
+            let narrow = pattern.compile().is_ok_and(|p| {
+                p.literal_before() >= MIN_GUARD_LITERAL && p.atoms() <= MAX_GUARD_ATOMS
+            });
+            let name_ok = (pattern.name == "cookie" || may_carry(&pattern.name, &own.route_header))
+                && !carriers.headers.contains(&pattern.name);
+            if !narrow || !name_ok {
                 left_out.push(format!(
-                    "pattern header {} of namespace {ns} (a standard header, or no literal right before the placeholder)",
+                    "pattern header {} of namespace {ns} (a standard header, one judged whole, or not {MIN_GUARD_LITERAL} literal characters right before the placeholder within {MAX_GUARD_ATOMS} atoms)",
                     pattern.name
                 ));
             } else if carriers.header_patterns.len() == MAX_EDGE_PATTERNS {
@@ -270,7 +297,10 @@ mod tests {
 
     #[test]
     fn a_policy_gets_a_guard_on_its_pods_before_the_routing_with_every_namespaces_carriers() {
-        let mut policy = ingress_policy("[]", "{mode: allowList, allow: [dev]}");
+        let mut policy = ingress_policy(
+            r#"[{namespace: "*", hosts: ["*"]}]"#,
+            "{mode: allowList, allow: [dev]}",
+        );
         policy.metadata.uid = Some("policy-uid".into());
         let team = ve(
             "envHeader: {name: X-Team-Env, aliases: [x-env, {name: Cookie, pattern: '.*env=(@);?.*'}], baggageKey: team-env}",
@@ -313,9 +343,9 @@ mod tests {
     /// team's requests need, nor break the guard with an entry that does not validate.
     #[test]
     fn a_tenant_cannot_turn_the_guard_against_everyone_nor_break_it() {
-        let policy = ingress_policy("[]", "{mode: strip}");
+        let policy = ingress_policy(r#"[{namespace: "*", hosts: ["*"]}]"#, "{mode: strip}");
         let hostile = ve(
-            "envHeader: {name: Authorization, aliases: [cookie, x-team-env, {name: cookie, pattern: '.*(@).*'}, {name: cookie, pattern: '.*sid=(@)'}], baggageKey: 'a,b'}",
+            "envHeader: {name: Authorization, aliases: [cookie, x-team-env, {name: cookie, pattern: '.*(@).*'}, {name: cookie, pattern: '.*=(@).*'}, {name: cookie, pattern: '.*sid=(@)'}], baggageKey: 'a,b'}",
         );
         let guard = plan_edge_guard(&policy, &[&hostile], &settings().wasm)
             .unwrap()
@@ -341,6 +371,21 @@ mod tests {
         }
     }
 
+    /// A namespace the policy does not admit has no say in what the gateway's guard judges.
+    #[test]
+    fn only_admitted_namespaces_carriers_are_judged() {
+        let policy = ingress_policy("[{namespace: team, hosts: ['*']}]", "{mode: strip}");
+        let mut team = ve("envHeader: {name: x-team-env}");
+        team.metadata.namespace = Some("team".into());
+        let mut other = ve("envHeader: {name: x-api-key}");
+        other.metadata.namespace = Some("other".into());
+        let guard = plan_edge_guard(&policy, &[&team, &other], &settings().wasm)
+            .unwrap()
+            .unwrap();
+        let config = plugin_config_of(&guard.plugin.spec.plugin_config).unwrap();
+        assert_eq!(config.edge_carriers.headers, ["x-team-env"]);
+    }
+
     #[test]
     fn an_edge_policy_that_is_not_valid_has_no_guard_and_says_why() {
         let policy = ingress_policy("[]", "{mode: allowList}");
@@ -353,7 +398,7 @@ mod tests {
 
     #[test]
     fn carriers_over_the_bounds_are_left_out_and_named() {
-        let policy = ingress_policy("[]", "");
+        let policy = ingress_policy(r#"[{namespace: "*", hosts: ["*"]}]"#, "");
         let many: Vec<VirtualEnvironment> = (0..MAX_EDGE_HEADERS + 2)
             .map(|i| ve(&format!("envHeader: {{name: x-env-{i}}}")))
             .collect();

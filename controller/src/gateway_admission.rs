@@ -356,6 +356,21 @@ impl Judging<'_> {
             ));
             return None;
         }
+        // A policy whose edge policy is not valid has no guard: nothing enters under it
+        // (its routing plugins would let every env in).
+        if let Some((policy, Err(e))) = policy.map(|p| (p, p.edge_trust().validate('.'))) {
+            for (service, host) in self.asked_at(gateway) {
+                self.refused.insert((service, gateway.clone(), host));
+            }
+            self.out.refused.push(Skip::gateway(
+                &reference,
+                format_args!(
+                    "GatewayPolicy {} is not valid ({e}): nothing is entered by env under it until its owner fixes it",
+                    policy.name_any()
+                ),
+            ));
+            return None;
+        }
         // Under a policy its own edge guard judges every request before any routing
         // plugin (see `edge_guard.rs`): the routing plugin judges nothing, so no tenant's
         // carriers are judged on every team's requests.
@@ -376,11 +391,12 @@ impl Judging<'_> {
         };
         let mut hosts: BTreeMap<String, String> = BTreeMap::new();
         for (service, host) in self.asked_at(gateway) {
-            let why =
-                refusal(tenant, object, gateway, &host, policy, pods, self.cluster).or_else(|| {
+            let why = refusal(tenant, object, gateway, &host, policy, pods, self.cluster)
+                .map(|why| format!(": {why}"))
+                .or_else(|| {
                     hosts
                         .get(&host)
-                        .map(|first| format!("it already reaches {first}"))
+                        .map(|first| format!(" already reaches {first}"))
                 });
             let pair = (service.clone(), gateway.clone(), host.clone());
             match why {
@@ -388,7 +404,7 @@ impl Judging<'_> {
                     self.refused.insert(pair);
                     self.out.refused.push(Skip::service(
                         &service,
-                        format_args!("host {host} at gateway {reference}: {why}"),
+                        format_args!("host {host} at gateway {reference}{why}"),
                     ));
                 }
                 None => {
@@ -578,8 +594,9 @@ fn could_serve(
             gateway_admits(servers, &claim.gateway.namespace, &claim.namespace, host)
         });
     let admitted = match (policy, &claim.by) {
+        // istiod serves a user's VirtualService whatever a GatewayPolicy says.
+        (_, Claimant::User(_)) => true,
         (Some(policy), _) => policy.admits(&claim.namespace, host).is_some(),
-        (None, Claimant::User(_)) => true,
         (None, Claimant::VirtualEnvironment(_)) => {
             tenant.admission == GatewayAdmission::Open || claim.namespace == pods.namespace
         }

@@ -246,7 +246,7 @@ mod tests {
     }
 
     fn policy() -> GatewayPolicy {
-        let mut policy = ingress_policy("[]", "{mode: strip}");
+        let mut policy = ingress_policy(r#"[{namespace: "*", hosts: ["*"]}]"#, "{mode: strip}");
         policy.metadata.uid = Some("policy-uid".into());
         policy.metadata.generation = Some(2);
         policy

@@ -150,9 +150,21 @@ impl EnvPattern {
     /// an env starts is then pinned by the value itself, not by where a match happens to
     /// begin (`.*(@)` would let an env start anywhere).
     pub fn anchored(&self) -> bool {
+        self.literal_before() > 0
+    }
+
+    /// How many literal characters stand right before the placeholder (`sid=(@)`: 4).
+    pub fn literal_before(&self) -> usize {
         self.before
-            .last()
-            .is_some_and(|a| a.repeat == Repeat::One && matches!(a.matcher, Matcher::Byte(_)))
+            .iter()
+            .rev()
+            .take_while(|a| a.repeat == Repeat::One && matches!(a.matcher, Matcher::Byte(_)))
+            .count()
+    }
+
+    /// The pattern's atoms on both sides: what one step of a search costs.
+    pub fn atoms(&self) -> usize {
+        self.before.len() + self.after_reversed.len()
     }
 
     /// What searching a value of `len` bytes costs, in automaton steps: the bound a

@@ -482,15 +482,18 @@ async fn no_env_passes_the_gateways_edge_policy_in_any_spelling() -> Result<()> 
 }
 
 /// The gateway owner's edge guard holds for every request through the gateway, also where
-/// no namespace is routed by env at it, and for every namespace's carriers: here the
-/// policy admits no namespace (so no routing plugin runs at the gateway) and strips envs;
-/// namespace `team` reads its env from `x-team-env`. Without the guard both envs would
+/// no namespace is routed by env at it, and for the carriers of every namespace it admits:
+/// here no routing plugin runs at the gateway, the policy strips envs, and namespace
+/// `team` (admitted) reads its env from `x-team-env`. Without the guard both envs would
 /// reach the sidecars behind the gateway and be routed.
 #[tokio::test]
 async fn the_gateway_owners_edge_guard_holds_where_nothing_is_routed_by_env() -> Result<()> {
     let _serial = serial().await;
     let mut topology = topology("gateway.yaml");
-    topology.gateway_policies[0].spec.tenants.clear();
+    // Namespace team is admitted (for a host it does not use): its carriers are judged.
+    // Namespace default is not: nothing of it is routed by env at the gateway.
+    topology.gateway_policies[0].spec.tenants =
+        serde_yaml::from_str("[{namespace: team, hosts: [t.example.com]}]")?;
     topology.gateway_policies[0].spec.edge_trust = Some(serde_yaml::from_str("{mode: strip}")?);
     topology.namespaces.push(Topology::parse(
         r#"

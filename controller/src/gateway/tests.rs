@@ -605,3 +605,68 @@ fn an_invalid_edge_trust_is_an_invalid_spec() {
     let err = plan_namespace(&ve, &snapshot, &settings()).unwrap_err();
     assert!(err.to_string().contains("at least one entry"), "{err}");
 }
+
+/// A policy whose edge policy is not valid has no guard: nothing enters under it.
+#[test]
+fn nothing_enters_under_a_policy_that_is_not_valid() {
+    let (ve, mut snapshot) = exposed("istio-system/public");
+    let broken = ingress_policy(
+        r#"[{namespace: default, hosts: ["*"]}]"#,
+        "{mode: allowList}",
+    );
+    with_cluster(&mut snapshot, &ve, vec![broken]);
+    let plan = plan_of_gw(&ve, &snapshot);
+    assert!(plan.gateway_plugins.is_empty());
+    assert!(route_of_app_a(&plan).spec.gateways.is_empty());
+    assert!(
+        skipped_with(&plan, "GatewayPolicy ingressgateway is not valid"),
+        "{:?}",
+        plan.skipped
+    );
+}
+
+/// istiod serves a user's VirtualService whatever a GatewayPolicy says: one in a namespace
+/// the policy does not list still keeps its host.
+#[test]
+fn a_users_virtual_service_keeps_its_host_whatever_the_policy_lists() {
+    let (ve, mut snapshot) = exposed("istio-system/public");
+    let only_default = ingress_policy(r#"[{namespace: default, hosts: ["*"]}]"#, "");
+    let user = object(
+        Kind::VirtualService,
+        serde_json::json!({"metadata": {"name": "front", "namespace": "team-c"},
+            "spec": {"hosts": ["a.example.com"], "gateways": ["istio-system/public"]}}),
+    );
+    snapshot.cluster = cluster_with(&snapshot, &ve, &[], &[user], vec![only_default]);
+    let plan = plan_of_gw(&ve, &snapshot);
+    assert!(plan.gateway_plugins.is_empty(), "{:?}", plan.skipped);
+}
+
+/// Two services of the namespace under one host at one gateway: the first keeps it.
+#[test]
+fn a_host_two_services_claim_goes_to_the_first() {
+    let (ve, mut snapshot) = exposed("istio-system/public");
+    if let Some(b) = snapshot
+        .services
+        .iter_mut()
+        .find(|s| s.name_any() == "app-c")
+    {
+        b.metadata.annotations = Some(BTreeMap::from([
+            (
+                GATEWAYS_ANNOTATION.to_owned(),
+                "istio-system/public".to_owned(),
+            ),
+            (HOSTS_ANNOTATION.to_owned(), "a.example.com".to_owned()),
+        ]));
+    }
+    let policy = ingress_policy(r#"[{namespace: default, hosts: ["*"]}]"#, "");
+    with_cluster(&mut snapshot, &ve, vec![policy]);
+    let plan = plan_of_gw(&ve, &snapshot);
+    assert!(
+        skipped_with(
+            &plan,
+            "app-c: host a.example.com at gateway istio-system/public already reaches app-a"
+        ),
+        "{:?}",
+        plan.skipped
+    );
+}

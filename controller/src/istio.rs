@@ -81,6 +81,15 @@ pub struct Destination {
 )]
 pub struct DestinationRuleSpec {
     pub host: String,
+    /// A user's wildcard DestinationRule's policy for the namespace (mTLS, pools, outlier
+    /// detection), carried over: Istio applies only the most specific host's rule, ours.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "trafficPolicy"
+    )]
+    #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
+    pub traffic_policy: Option<serde_json::Value>,
     pub subsets: Vec<Subset>,
 }
 

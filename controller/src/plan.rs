@@ -369,8 +369,8 @@ fn route_service(
     let subsets = SubsetNames::new(envs.iter().copied());
     let subset_of = |env: &str| subsets.get(env).unwrap_or(env).to_owned();
     let our_subsets: BTreeSet<String> = envs.iter().map(|e| subset_of(e)).collect();
-    let mut notes = match held_by(spec, &name, &our_subsets) {
-        Ok(notes) => notes,
+    let (mut notes, traffic_policy) = match held_by(spec, &name, &our_subsets) {
+        Ok(kept) => kept,
         Err(skip) => return Routing::Skipped(skip),
     };
     if service.annotations().contains_key(RULE_ANNOTATION) {
@@ -426,7 +426,11 @@ fn route_service(
         },
         dr: DestinationRule {
             metadata: meta,
-            spec: DestinationRuleSpec { host, subsets },
+            spec: DestinationRuleSpec {
+                host,
+                traffic_policy,
+                subsets,
+            },
         },
         envs: envs.iter().map(|e| e.to_string()).collect(),
         exposure,
@@ -435,19 +439,28 @@ fn route_service(
 }
 
 /// Whether a user's object holds the service: `Err` with the skip when one does; else
-/// the notes on the users' DestinationRules kept beside ours.
+/// the notes on the users' DestinationRules for its host, and the traffic policy ours
+/// carries over.
 ///
 /// Istio picks one VirtualService for a host (sidecars do not merge them): the service is
-/// left to its owner. DestinationRules of one host are merged (subsets added, the first
-/// traffic policy applies), so a user's (mTLS, pools, outlier detection) lives beside
-/// ours, unless it has our name or one of our subsets' names.
+/// left to its owner. A user's DestinationRule for the same host (spelled as ours) is
+/// merged with ours (subsets added; ours sets no traffic policy, so theirs applies). One
+/// for a wildcard host (`*.ns.svc.cluster.local`: mTLS, pools, outlier detection for the
+/// namespace) would be shadowed by ours, Istio applying the most specific host's rule
+/// only: ours carries its traffic policy over. One that has our name or one of our
+/// subsets' names, a workload selector or an `exportTo` leaves the service to it.
 fn held_by(
     spec: &Resolved<'_>,
     name: &str,
     our_subsets: &BTreeSet<String>,
-) -> Result<Vec<Skip>, Skip> {
+) -> Result<(Vec<Skip>, Option<serde_json::Value>), Skip> {
     let routes_it =
         |e: &Existing| e.routes_service(name, &spec.namespace, &spec.settings.cluster_domain);
+    let rules: Vec<&&Existing> = spec
+        .others
+        .iter()
+        .filter(|e| e.kind == Kind::DestinationRule && routes_it(e))
+        .collect();
     let mut holders: Vec<String> = spec
         .others
         .iter()
@@ -455,7 +468,10 @@ fn held_by(
             Kind::VirtualService => e.name == name || routes_it(e),
             Kind::DestinationRule => {
                 e.name == name
-                    || (routes_it(e) && subset_names(e).iter().any(|s| our_subsets.contains(s)))
+                    || (routes_it(e)
+                        && (subset_names(e).iter().any(|s| our_subsets.contains(s))
+                            || !e.spec["workloadSelector"].is_null()
+                            || !e.spec["exportTo"].is_null()))
             }
             _ => false,
         })
@@ -472,25 +488,38 @@ fn held_by(
             ),
         ));
     }
-    Ok(spec
-        .others
+    let wildcard = |e: &Existing| e.hosts.iter().any(|h| h.starts_with('*'));
+    // Without ours Istio would apply the user's exact-host rule if there is one, else the
+    // most specific wildcard rule. An exact-host rule merges with ours (theirs is the only
+    // traffic policy), so a wildcard rule is carried only when there is none.
+    let carried = if rules.iter().any(|e| !wildcard(e)) {
+        None
+    } else {
+        rules
+            .iter()
+            .filter(|e| wildcard(e))
+            .max_by_key(|e| e.hosts.first().map_or(0, String::len))
+    };
+    let notes = rules
         .iter()
-        .filter(|e| e.kind == Kind::DestinationRule && routes_it(e))
-        .map(|beside| {
-            let policy = if beside.spec["trafficPolicy"].is_null() {
-                "it sets no traffic policy"
+        .map(|rule| {
+            let what = if !wildcard(rule) {
+                "Istio merges its subsets with ours, and its traffic policy applies (ours sets none)"
+            } else if carried.is_some_and(|c| c.name == rule.name) {
+                "its traffic policy is carried over into ours (Istio applies only the most specific host's rule)"
             } else {
-                "its trafficPolicy applies to the env subsets too when it is the older one"
+                "a more specific rule for the host applies instead, as it would without ours"
             };
             Skip::service(
                 name,
-                format_args!(
-                    "routed by env beside {}: Istio merges its subsets with ours; {policy}",
-                    beside.describe()
-                ),
+                format_args!("routed by env beside {}: {what}", rule.describe()),
             )
         })
-        .collect())
+        .collect();
+    let traffic_policy = carried
+        .map(|c| c.spec["trafficPolicy"].clone())
+        .filter(|p| !p.is_null());
+    Ok((notes, traffic_policy))
 }
 
 /// The service's gateway entry, unless a user's VirtualService of the namespace routes one

@@ -41,14 +41,36 @@ fn a_users_destination_rule_lives_beside_ours_unless_it_takes_our_names() {
         plan.skipped
     );
     assert!(
-        plan.skipped.iter().any(|s| s.starts_with("app-a: routed by env beside DestinationRule mtls: Istio merges its subsets with ours; its trafficPolicy")),
+        plan.skipped.iter().any(|s| s.starts_with(
+            "app-a: routed by env beside DestinationRule mtls: its traffic policy is carried over"
+        )),
         "{:?}",
         plan.skipped
     );
-    assert!(plan
-        .skipped
-        .iter()
-        .any(|s| s.starts_with("app-c: routed by env beside DestinationRule c-pools")));
+    assert!(plan.skipped.iter().any(|s| s.starts_with(
+        "app-c: routed by env beside DestinationRule c-pools: Istio merges its subsets"
+    )));
+    // Istio applies only the most specific host's rule: ours (for app-a) would shadow the
+    // namespace-wide mTLS and outlier detection unless it carries them.
+    let rule_of = |name: &str| {
+        plan.destination_rules
+            .iter()
+            .find(|d| d.name_any() == name)
+            .unwrap_or_else(|| panic!("no rule {name}"))
+            .spec
+            .traffic_policy
+            .clone()
+    };
+    let mtls = serde_json::json!({"tls": {"mode": "ISTIO_MUTUAL"},
+        "outlierDetection": {"consecutive5xxErrors": 5}});
+    assert_eq!(rule_of("app-a"), Some(mtls.clone()));
+    assert_eq!(rule_of("app-b"), Some(mtls));
+    // app-c has its own exact-host rule: Istio merges it with ours and its policy applies
+    // alone, as it did before ours.
+    assert_eq!(rule_of("app-c"), None);
+    assert!(plan.skipped.iter().any(
+        |s| s.starts_with("app-c: routed by env beside DestinationRule mtls: a more specific rule")
+    ));
     // A subset of our name, or our object's name: left to the user.
     snapshot.existing = vec![
         user_rule(
@@ -69,6 +91,28 @@ fn a_users_destination_rule_lives_beside_ours_unless_it_takes_our_names() {
         .skipped
         .iter()
         .any(|s| s.starts_with("app-c: left to DestinationRule c-envs")));
+    // A rule scoped to some workloads or exported elsewhere cannot be merged with ours
+    // without changing what it means: left to the user.
+    let scoped = |name: &str, host: &str, field: &str, value: serde_json::Value| {
+        Existing::from_json(
+            Kind::DestinationRule,
+            &serde_json::json!({"metadata": {"name": name, "namespace": "default"},
+                "spec": {"host": host, field: value}}),
+            "default",
+        )
+    };
+    snapshot.existing = vec![
+        scoped(
+            "a-scoped",
+            "app-a",
+            "workloadSelector",
+            serde_json::json!({"matchLabels": {"app": "app-a"}}),
+        ),
+        scoped("b-exported", "app-b", "exportTo", serde_json::json!(["."])),
+    ];
+    let plan = plan_of(&seed_ve(), &snapshot);
+    let routed: Vec<String> = plan.virtual_services.iter().map(|v| v.name_any()).collect();
+    assert_eq!(routed, ["app-c"], "{:?}", plan.skipped);
 }
 
 #[test]

@@ -149,9 +149,13 @@ async fn record_route_header(
         route_header: named.status.and_then(|s| s.route_header),
         ..ve.status.clone().unwrap_or_default()
     };
+    // With the resourceVersion read, a stale cache (another replica, or an earlier run of
+    // this one, already saved a suffix) gets 409 Conflict and a retry from fresh state,
+    // never an overwrite of the suffix already in force.
     let patch = json!({
         "apiVersion": "env.alibaba.com/v1alpha1",
         "kind": "VirtualEnvironment",
+        "metadata": {"resourceVersion": ve.metadata.resource_version},
         "status": status,
     });
     let params = PatchParams::apply(FIELD_MANAGER).force();

@@ -94,6 +94,7 @@ fn seed_ve_from_api() -> VirtualEnvironment {
     let mut ve = seed_ve();
     ve.metadata.uid = Some("uid-1".into());
     ve.metadata.generation = Some(3);
+    ve.metadata.resource_version = Some("41".into());
     ve
 }
 
@@ -221,6 +222,12 @@ impl ApiServerVerifier {
         let bytes = request.into_body().collect_bytes().await.unwrap();
         let body: Value = serde_json::from_slice(&bytes).unwrap();
         self.calls.push((Method::PATCH, uri, body.clone()));
+        // Optimistic concurrency: a stale read gets 409 instead of overwriting a suffix.
+        assert_eq!(
+            body["metadata"]["resourceVersion"].as_str(),
+            ve.metadata.resource_version.as_deref(),
+            "{body}"
+        );
         let header = body["status"]["routeHeader"].as_str().unwrap().to_owned();
         let mut saved = ve.clone();
         saved

@@ -36,6 +36,10 @@ use crate::peers::{Fetch, Peers, PEER_PREFIX};
 /// asking for made-up digests costs one peer round per digest and this long, not one per
 /// request.
 const MISSING_FOR: Duration = Duration::from_secs(30);
+/// How long a digest some peer did not answer for is answered 503 without asking again:
+/// short, since the peer may hold it, but long enough that made-up digests cannot keep
+/// the one peer fetch (and every request waiting on it) busy with slow peers.
+const UNANSWERED_FOR: Duration = Duration::from_secs(5);
 /// Digests remembered as missing at once (the oldest go first).
 const MISSING_KEPT: usize = 256;
 /// How long a request waits for the one peer fetch under way before it is told to retry.
@@ -50,8 +54,9 @@ pub struct State {
     pub peers: Option<Peers>,
     /// One peer fetch at a time: a burst of sidecars asking for a new digest makes one.
     pub fetching: tokio::sync::Mutex<()>,
-    /// Digests no peer held, and when that was learnt (see [`MISSING_FOR`]).
-    missing: std::sync::Mutex<std::collections::VecDeque<(String, tokio::time::Instant)>>,
+    /// Digests not found at the peers: the outcome and until when it is answered without
+    /// asking again (see [`MISSING_FOR`], [`UNANSWERED_FOR`]).
+    missing: std::sync::Mutex<std::collections::VecDeque<(String, tokio::time::Instant, Fetch)>>,
     /// Set once the VirtualEnvironment CRD is served and the controller can work.
     pub ready: AtomicBool,
     /// Cleared when the controller task or the leadership ends: the process is exiting.
@@ -81,19 +86,28 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 }
 
 impl State {
-    fn known_missing(&self, digest: &str) -> bool {
+    /// The remembered outcome of a recent fetch of `digest` that found nothing.
+    fn known_missing(&self, digest: &str) -> Option<Fetch> {
         let now = tokio::time::Instant::now();
         let mut missing = self.missing.lock().unwrap_or_else(|e| e.into_inner());
-        missing.retain(|(_, at)| now.duration_since(*at) < MISSING_FOR);
-        missing.iter().any(|(d, _)| d == digest)
+        missing.retain(|(_, until, _)| now < *until);
+        missing
+            .iter()
+            .find(|(d, _, _)| d == digest)
+            .map(|(_, _, outcome)| *outcome)
     }
 
-    fn remember_missing(&self, digest: &str) {
+    fn remember_missing(&self, digest: &str, outcome: Fetch) {
+        let kept_for = match outcome {
+            Fetch::Unreachable => UNANSWERED_FOR,
+            _ => MISSING_FOR,
+        };
         let mut missing = self.missing.lock().unwrap_or_else(|e| e.into_inner());
         if missing.len() >= MISSING_KEPT {
             missing.pop_front();
         }
-        missing.push_back((digest.to_owned(), tokio::time::Instant::now()));
+        let until = tokio::time::Instant::now() + kept_for;
+        missing.push_back((digest.to_owned(), until, outcome));
     }
 }
 
@@ -165,8 +179,8 @@ async fn module(state: &State, digest: &str) -> Response<Full<Bytes>> {
     let Some(peers) = &state.peers else {
         return text(StatusCode::NOT_FOUND, "no module with that digest here\n");
     };
-    if state.known_missing(digest) {
-        return text(StatusCode::NOT_FOUND, NOT_AT_PEERS);
+    if let Some(outcome) = state.known_missing(digest) {
+        return not_fetched(outcome);
     }
     let Ok(_one_at_a_time) = tokio::time::timeout(FETCH_WAIT, state.fetching.lock()).await else {
         return text(
@@ -178,8 +192,8 @@ async fn module(state: &State, digest: &str) -> Response<Full<Bytes>> {
     if let Some(bytes) = state.modules.get(digest) {
         return wasm(bytes);
     }
-    if state.known_missing(digest) {
-        return text(StatusCode::NOT_FOUND, NOT_AT_PEERS);
+    if let Some(outcome) = state.known_missing(digest) {
+        return not_fetched(outcome);
     }
     let outcome = tokio::time::timeout(PEER_FETCH, peers.fetch_into(&state.modules, digest))
         .await
@@ -187,16 +201,23 @@ async fn module(state: &State, digest: &str) -> Response<Full<Bytes>> {
     state.metrics.peer_fetch(outcome.label());
     match state.modules.get(digest) {
         Some(bytes) => wasm(bytes),
-        // Only when every peer said it holds none: a peer that did not answer may.
-        None if outcome == Fetch::NotFound => {
-            state.remember_missing(digest);
-            text(StatusCode::NOT_FOUND, NOT_AT_PEERS)
+        None => {
+            // Every peer said it holds none (long), or one did not answer and may (short).
+            if matches!(outcome, Fetch::NotFound | Fetch::Unreachable) {
+                state.remember_missing(digest, outcome);
+            }
+            not_fetched(outcome)
         }
-        None if outcome == Fetch::Unreachable => text(
+    }
+}
+
+fn not_fetched(outcome: Fetch) -> Response<Full<Bytes>> {
+    match outcome {
+        Fetch::Unreachable => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "a peer that may hold this module did not answer; retry\n",
         ),
-        None => text(StatusCode::NOT_FOUND, NOT_AT_PEERS),
+        _ => text(StatusCode::NOT_FOUND, NOT_AT_PEERS),
     }
 }
 
@@ -663,11 +684,13 @@ mod tests {
             get(&addr, &theirs.path()).await,
             (200, theirs.bytes.clone())
         );
-        // Unknown here, and the peer does not answer: it may hold it, so "retry", and
-        // nothing is remembered as missing.
+        // Unknown here, and the peer does not answer: it may hold it, so "retry", and it
+        // is remembered only briefly (a second ask within that is answered without a
+        // peer round, so made-up digests cannot keep the one fetch busy).
         let unknown = crate::module::path_of(&"ef".repeat(32));
         assert_eq!(get(&addr, &unknown).await.0, 503);
-        assert!(!state.known_missing(&"ef".repeat(32)));
+        assert_eq!(state.known_missing(&"ef".repeat(32)), Some(Fetch::Unreachable));
+        assert_eq!(get(&addr, &unknown).await.0, 503);
         let metrics = state.metrics.render();
         assert!(
             metrics.contains("virtual_env_module_peer_fetches_total{result=\"fetched\"} 1"),

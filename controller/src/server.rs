@@ -689,7 +689,10 @@ mod tests {
         // peer round, so made-up digests cannot keep the one fetch busy).
         let unknown = crate::module::path_of(&"ef".repeat(32));
         assert_eq!(get(&addr, &unknown).await.0, 503);
-        assert_eq!(state.known_missing(&"ef".repeat(32)), Some(Fetch::Unreachable));
+        assert_eq!(
+            state.known_missing(&"ef".repeat(32)),
+            Some(Fetch::Unreachable)
+        );
         assert_eq!(get(&addr, &unknown).await.0, 503);
         let metrics = state.metrics.render();
         assert!(

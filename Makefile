@@ -54,7 +54,7 @@ demo: setup build
 	cargo build -q -p virtual-env-e2e --bin virtual-env-mesh
 	./target/debug/virtual-env-mesh demo --topology $(TOPOLOGY) $(if $(KEEP),--keep)
 
-# Benchmarks (see README, Performance): writes bench/results/results.{md,json}.
+# Benchmarks (see docs/performance.md): writes bench/results/results.{md,json}.
 # On the newest Envoy by default; BENCH_ENVOY=... for another. BENCH_ARGS="--rounds 3" for a
 # quicker, noisier run; "--upstream proxied" for a proxied upstream instead of direct
 # responses; "--candidate other.wasm" to compare another build of the filter.
@@ -101,7 +101,7 @@ fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release -p virtual-env-core -p virtual-env-filter fuzz
 
 # A million distinct trace ids through one sidecar's correlation table: Envoy's memory
-# must stay flat (the figure in the README, Reliability).
+# must stay flat (the figure in docs/operations.md, Reliability).
 TRACE_IDS ?= 1000000
 soak: setup build
 	VIRTUAL_ENV_TRACE_IDS=$(TRACE_IDS) cargo test --release -p virtual-env-e2e --test hostile_input \

@@ -5,7 +5,7 @@
 //! Objects are slimmed before they are cached, to what planning reads: a pod keeps its
 //! name, namespace, labels, deletion mark and Ready condition, nothing else; every object
 //! loses its managed fields and annotations (a Service keeps the original project's
-//! `kt-virtual-environment/*` ones). See the README's scale figures for what 10,000 pods
+//! `kt-virtual-environment/*` ones). See docs/performance.md's scale figures for what 10,000 pods
 //! cost (`make bench-controller`).
 
 use std::time::Duration;

@@ -68,6 +68,9 @@ pub struct Existing {
     pub mesh: bool,
     /// The spec as read, for the transition from what the controller applied before.
     pub spec: Value,
+    /// `metadata.creationTimestamp` (RFC 3339, so it sorts as text): Istio takes the older
+    /// of two merged DestinationRules' traffic policies.
+    pub created: Option<String>,
 }
 
 impl Existing {
@@ -112,6 +115,7 @@ impl Existing {
             hosts,
             mesh,
             spec: spec.clone(),
+            created: text(&meta["creationTimestamp"]),
         }
     }
 
@@ -147,6 +151,18 @@ impl Existing {
                         && h.domain.is_none_or(|d| d == cluster_domain)
                 })
             })
+    }
+
+    /// Whether it names the service's host as Istio resolves a DestinationRule's: the
+    /// short name (in the object's namespace) or the FQDN. Istio expands no other spelling
+    /// (`svc.ns` matches no service), unlike [`Self::routes_service`], which counts those
+    /// too so as never to take a host a user meant.
+    pub fn names_host_exactly(&self, name: &str, namespace: &str, cluster_domain: &str) -> bool {
+        let fqdn = format!("{name}.{namespace}.svc.{cluster_domain}");
+        self.hosts.iter().any(|host| {
+            let host = lowercase(host);
+            host == fqdn || (host == name && self.namespace == namespace)
+        })
     }
 
     /// `VirtualService reviews`.

@@ -471,7 +471,7 @@ fn held_by(
                     || (routes_it(e)
                         && (subset_names(e).iter().any(|s| our_subsets.contains(s))
                             || !e.spec["workloadSelector"].is_null()
-                            || !e.spec["exportTo"].is_null()))
+                            || exported_narrowly(e)))
             }
             _ => false,
         })
@@ -489,24 +489,44 @@ fn held_by(
         ));
     }
     let wildcard = |e: &Existing| e.hosts.iter().any(|h| h.starts_with('*'));
-    // Without ours Istio would apply the user's exact-host rule if there is one, else the
-    // most specific wildcard rule. An exact-host rule merges with ours (theirs is the only
-    // traffic policy), so a wildcard rule is carried only when there is none.
-    let carried = if rules.iter().any(|e| !wildcard(e)) {
+    let exact =
+        |e: &Existing| e.names_host_exactly(name, &spec.namespace, &spec.settings.cluster_domain);
+    // Without ours Istio would apply the user's exact-host rules if there are any (merged,
+    // the oldest one's traffic policy), else the most specific wildcard host's rules
+    // (merged the same way). Exact-host rules merge with ours, whose policy is none: theirs
+    // stays in force. Wildcard rules would be shadowed by ours: the policy they would
+    // have applied is carried over, and only when no exact-host rule exists.
+    let most_specific = rules
+        .iter()
+        .filter(|e| wildcard(e))
+        .map(|e| e.hosts.first().map_or(0, String::len))
+        .max();
+    let mut shadowed: Vec<&Existing> = rules
+        .iter()
+        .filter(|e| wildcard(e) && Some(e.hosts.first().map_or(0, String::len)) == most_specific)
+        .map(|e| **e)
+        .collect();
+    shadowed.sort_by(|a, b| (&a.created, &a.name).cmp(&(&b.created, &b.name)));
+    let carried = if rules.iter().any(|e| exact(e)) {
         None
     } else {
-        rules
+        shadowed
             .iter()
-            .filter(|e| wildcard(e))
-            .max_by_key(|e| e.hosts.first().map_or(0, String::len))
+            .find(|e| !e.spec["trafficPolicy"].is_null())
+            .or(shadowed.first())
+            .copied()
     };
     let notes = rules
         .iter()
         .map(|rule| {
-            let what = if !wildcard(rule) {
+            let what = if exact(rule) {
                 "Istio merges its subsets with ours, and its traffic policy applies (ours sets none)"
+            } else if !wildcard(rule) {
+                "Istio matches no service by this host spelling (only the short name or the FQDN), so it changes nothing"
             } else if carried.is_some_and(|c| c.name == rule.name) {
                 "its traffic policy is carried over into ours (Istio applies only the most specific host's rule)"
+            } else if carried.is_some() && shadowed.iter().any(|s| s.name == rule.name) {
+                "merged by Istio with the other rules of its host; the oldest traffic policy among them is carried over"
             } else {
                 "a more specific rule for the host applies instead, as it would without ours"
             };
@@ -520,6 +540,16 @@ fn held_by(
         .map(|c| c.spec["trafficPolicy"].clone())
         .filter(|p| !p.is_null());
     Ok((notes, traffic_policy))
+}
+
+/// Whether a DestinationRule is exported to fewer namespaces than the mesh default (`*`):
+/// merging ours into it would change who sees the env subsets.
+fn exported_narrowly(rule: &Existing) -> bool {
+    match rule.spec["exportTo"].as_array() {
+        None => false,
+        // Empty, like absent, takes the mesh default.
+        Some(to) => to.iter().any(|t| t != "*"),
+    }
 }
 
 /// The service's gateway entry, unless a user's VirtualService of the namespace routes one

@@ -152,12 +152,14 @@ async fn record_route_header(
     // With the resourceVersion read, a stale cache (another replica, or an earlier run of
     // this one, already saved a suffix) gets 409 Conflict and a retry from fresh state,
     // never an overwrite of the suffix already in force.
-    let patch = json!({
+    let mut patch = json!({
         "apiVersion": "env.alibaba.com/v1alpha1",
         "kind": "VirtualEnvironment",
-        "metadata": {"resourceVersion": ve.metadata.resource_version},
         "status": status,
     });
+    if let Some(version) = &ve.metadata.resource_version {
+        patch["metadata"] = json!({ "resourceVersion": version });
+    }
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let saved = timed(
         api.ves
@@ -239,7 +241,15 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
     let ve = if ve.route_header_in_force().is_some() {
         ve
     } else {
-        Arc::new(record_route_header(&api, &ve).await?)
+        match record_route_header(&api, &ve).await {
+            Ok(saved) => Arc::new(saved),
+            // Read from a stale cache: the object changed (perhaps a suffix saved by
+            // another run). Not a failure; plan again from the fresh object soon.
+            Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 => {
+                return Ok(Action::requeue(Duration::from_secs(1)))
+            }
+            Err(e) => return Err(e),
+        }
     };
 
     let mut snapshot = read(&api, ctx).await?;

@@ -37,8 +37,10 @@ use crate::peers::{Fetch, Peers, PEER_PREFIX};
 /// request.
 const MISSING_FOR: Duration = Duration::from_secs(30);
 /// How long a digest some peer did not answer for is answered 503 without asking again:
-/// short, since the peer may hold it, but long enough that made-up digests cannot keep
-/// the one peer fetch (and every request waiting on it) busy with slow peers.
+/// short, since the peer may hold it, but long enough that asking again and again for
+/// one digest costs one slow peer round per this long. (Each new made-up digest still
+/// costs a round of up to [`PEER_FETCH`]; other requests then wait [`FETCH_WAIT`] and get
+/// 503, and a sidecar retries: a limit to see in the threat model.)
 const UNANSWERED_FOR: Duration = Duration::from_secs(5);
 /// Digests remembered as missing at once (the oldest go first).
 const MISSING_KEPT: usize = 256;

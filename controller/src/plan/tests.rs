@@ -113,6 +113,78 @@ fn a_users_destination_rule_lives_beside_ours_unless_it_takes_our_names() {
     let plan = plan_of(&seed_ve(), &snapshot);
     let routed: Vec<String> = plan.virtual_services.iter().map(|v| v.name_any()).collect();
     assert_eq!(routed, ["app-c"], "{:?}", plan.skipped);
+    // Exported to every namespace (`*`, as by default): merged like one without exportTo.
+    snapshot.existing = vec![scoped(
+        "all",
+        "*.default.svc.cluster.local",
+        "exportTo",
+        serde_json::json!(["*"]),
+    )];
+    assert_eq!(plan_of(&seed_ve(), &snapshot).virtual_services.len(), 3);
+}
+
+/// Istio merges DestinationRules of one host, the oldest traffic policy first, and
+/// expands only a short name or the FQDN: other spellings match no service and take
+/// nothing from the wildcard rule that does apply.
+#[test]
+fn the_carried_policy_is_the_one_istio_would_have_applied() {
+    let rule = |name: &str, created: &str, host: &str, policy: serde_json::Value| {
+        Existing::from_json(
+            Kind::DestinationRule,
+            &serde_json::json!({"metadata": {"name": name, "namespace": "default",
+                    "creationTimestamp": created},
+                "spec": {"host": host, "trafficPolicy": policy}}),
+            "default",
+        )
+    };
+    let wildcard = "*.default.svc.cluster.local";
+    let strict = serde_json::json!({"tls": {"mode": "ISTIO_MUTUAL"}});
+    let pools = serde_json::json!({"connectionPool": {"tcp": {"maxConnections": 10}}});
+    let mut snapshot = seed_snapshot();
+    snapshot.existing = vec![
+        // Listed newest first: the order the cache gives is no order.
+        rule("newer", "2026-02-01T00:00:00Z", wildcard, pools.clone()),
+        rule(
+            "empty",
+            "2025-01-01T00:00:00Z",
+            wildcard,
+            serde_json::Value::Null,
+        ),
+        rule("older", "2026-01-01T00:00:00Z", wildcard, strict.clone()),
+        rule("mesh", "2020-01-01T00:00:00Z", "*.svc.cluster.local", pools),
+        rule(
+            "odd",
+            "2020-01-01T00:00:00Z",
+            "app-a.default",
+            serde_json::json!({}),
+        ),
+    ];
+    let plan = plan_of(&seed_ve(), &snapshot);
+    for dr in &plan.destination_rules {
+        assert_eq!(
+            dr.spec.traffic_policy,
+            Some(strict.clone()),
+            "{}: {:?}",
+            dr.name_any(),
+            plan.skipped
+        );
+    }
+    let note = |rule: &str| {
+        plan.skipped
+            .iter()
+            .find(|s| {
+                s.starts_with(&format!(
+                    "app-a: routed by env beside DestinationRule {rule}:"
+                ))
+            })
+            .unwrap_or_else(|| panic!("{rule}: {:?}", plan.skipped))
+            .clone()
+    };
+    assert!(note("older").contains("carried over into ours"));
+    assert!(note("newer").contains("merged by Istio with the other rules of its host"));
+    assert!(note("empty").contains("merged by Istio with the other rules of its host"));
+    assert!(note("mesh").contains("a more specific rule"));
+    assert!(note("odd").contains("matches no service by this host spelling"));
 }
 
 #[test]

@@ -941,6 +941,25 @@ async fn a_route_header_that_could_not_be_saved_is_used_nowhere() {
     assert_eq!(server.await.unwrap(), 3, "no apply");
 }
 
+/// The route header saved from a stale read (the object changed since: perhaps another
+/// run saved a suffix) is refused by the API server (409, on the resourceVersion sent):
+/// nothing is applied, no error lands in the status, and the reconcile runs again soon
+/// from the fresh object.
+#[tokio::test]
+async fn a_route_header_saved_from_a_stale_read_is_refused_and_retried_quietly() {
+    let (ctx, handle) = mock_context(namespace(&seed_snapshot(), vec![], vec![], vec![]));
+    let server = tokio::spawn(async move {
+        let mut api = ApiServerVerifier::new(handle);
+        api.list_virtual_environments(&[&seed_ve_from_api()]).await;
+        reply_error(&mut api, Method::PATCH, STATUS, 409).await;
+        // The mock API server goes: any further request (an apply, an error written
+        // into the status) would fail the reconcile.
+    });
+    let action = reconcile(Arc::new(seed_ve_from_api()), ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(1)));
+    server.await.unwrap();
+}
+
 /// A reconcile that fails after the route header was saved (the caches not filled in
 /// time, here) reports the error from the object it was given, which has no route
 /// header yet: the report must not take the saved one out of the status.

@@ -5,7 +5,10 @@ use std::fmt::Write;
 
 use kube::ResourceExt;
 use thiserror::Error;
-use virtual_env_core::{lowercase, service_fqdn, validate_env_name, Choice, ServiceHost, Target};
+use virtual_env_core::routing::{RouteTable, ServiceEnvs};
+use virtual_env_core::{
+    lowercase, service_fqdn, validate_env_name, Choice, PluginConfig, ServiceHost, Target,
+};
 use virtual_env_filter::dry_run::{self, Route};
 use virtual_env_filter::{EnvSource, FilterConfig, Node};
 
@@ -170,39 +173,8 @@ pub fn explain(
     let plan = plans.swap_remove(index);
     let config = &plan.plugin_config;
     let filter = FilterConfig::new(config, None);
-    let ve_namespace = ns.virtual_environment.namespace().unwrap_or_default();
     let mut out = String::new();
-
-    let node = match question.from {
-        Some(name) => {
-            let pod = ns
-                .snapshot
-                .pods
-                .iter()
-                .find(|p| p.name_any() == name)
-                .ok_or_else(|| ExplainError::NoSuchPod(name.to_owned()))?;
-            let label = pod.labels().get(&config.env_label).cloned();
-            let node = Node {
-                namespace: pod.namespace().unwrap_or_else(|| ve_namespace.clone()),
-                own_env: filter.own_env(label.clone()),
-            };
-            let env = match (&label, &node.own_env) {
-                (Some(_), Some(env)) => format!("env {env}"),
-                (Some(bad), None) => format!("env label {bad:?}, not a valid env name"),
-                (None, _) => format!("no {} label", config.env_label),
-            };
-            let _ = writeln!(
-                out,
-                "request from pod {name} (namespace {}, {env})",
-                node.namespace
-            );
-            node
-        }
-        None => Node {
-            namespace: ve_namespace,
-            own_env: None,
-        },
-    };
+    let node = sender(ns, question, config, &filter, &mut out)?;
 
     let mut headers: Vec<(&str, &[u8])> = vec![(":authority", question.service.as_bytes())];
     if let Some(env) = question.env {
@@ -212,14 +184,6 @@ pub fn explain(
     let routes = filter.routes();
     let authority = lowercase(question.service);
     let target = routes.target(&authority, &node.namespace);
-    let fqdn = ServiceHost::parse(&authority).map(|h| {
-        service_fqdn(
-            h.name,
-            h.namespace.unwrap_or(&node.namespace),
-            &settings.cluster_domain,
-        )
-    });
-
     if let Target::Outside = target {
         let _ = writeln!(
             out,
@@ -228,43 +192,17 @@ pub fn explain(
         );
         return Ok(out);
     }
-    let fqdn = fqdn.unwrap_or_else(|| question.service.to_owned());
-    if let Some(env) = question.env {
-        if let Err(e) = validate_env_name(env, filter.splitter()) {
-            let _ = writeln!(
-                out,
-                "request env {env:?} is ignored, as the filter ignores it: {e}"
-            );
-        }
-    }
-    match &outcome.env {
-        Some((env, EnvSource::Header)) => {
-            let _ = writeln!(
-                out,
-                "request env {env} (from the {} header)",
-                filter.env_header()
-            );
-        }
-        Some((env, EnvSource::OwnLabel)) => {
-            let _ = writeln!(
-                out,
-                "request env {env}: the sending pod's own env (autoInject is on), written into the {} header",
-                filter.env_header()
-            );
-        }
-        Some((env, source)) => {
-            let _ = writeln!(out, "request env {env} (from {source:?})");
-        }
-        None => {
-            let why = match (&node.own_env, config.auto_inject) {
-                (Some(own), false) => {
-                    format!(" (autoInject is off, so the pod's own env {own} does not apply)")
-                }
-                _ => String::new(),
-            };
-            let _ = writeln!(out, "request without env{why}");
-        }
-    }
+    let fqdn = ServiceHost::parse(&authority).map_or_else(
+        || question.service.to_owned(),
+        |h| {
+            service_fqdn(
+                h.name,
+                h.namespace.unwrap_or(&node.namespace),
+                &settings.cluster_domain,
+            )
+        },
+    );
+    request_env(&mut out, question, &outcome, &node, config, &filter);
     let Target::Service(envs) = target else {
         let _ = writeln!(
             out,
@@ -279,9 +217,103 @@ pub fn explain(
         routes.envs_of(envs).join(", ")
     );
     let env = outcome.env.as_ref().map(|(env, _)| env.as_str());
+    walk(&mut out, routes, envs, env, &config.splitter);
+    chosen(&mut out, &outcome);
+    Ok(out)
+}
+
+/// The node the request leaves from, described: the pod asked about, else an unlabelled
+/// sender in the VirtualEnvironment's namespace.
+fn sender(
+    ns: &NamespaceSnapshot,
+    question: &Question<'_>,
+    config: &PluginConfig,
+    filter: &FilterConfig,
+    out: &mut String,
+) -> Result<Node, ExplainError> {
+    let ve_namespace = ns.virtual_environment.namespace().unwrap_or_default();
+    let Some(name) = question.from else {
+        return Ok(Node {
+            namespace: ve_namespace,
+            own_env: None,
+        });
+    };
+    let pod = ns
+        .snapshot
+        .pods
+        .iter()
+        .find(|p| p.name_any() == name)
+        .ok_or_else(|| ExplainError::NoSuchPod(name.to_owned()))?;
+    let label = pod.labels().get(&config.env_label).cloned();
+    let node = Node {
+        namespace: pod.namespace().unwrap_or(ve_namespace),
+        own_env: filter.own_env(label.clone()),
+    };
+    let env = match (&label, &node.own_env) {
+        (Some(_), Some(env)) => format!("env {env}"),
+        (Some(bad), None) => format!("env label {bad:?}, not a valid env name"),
+        (None, _) => format!("no {} label", config.env_label),
+    };
+    let _ = writeln!(
+        out,
+        "request from pod {name} (namespace {}, {env})",
+        node.namespace
+    );
+    Ok(node)
+}
+
+/// The request's env as the filter resolved it, and why.
+fn request_env(
+    out: &mut String,
+    question: &Question<'_>,
+    outcome: &dry_run::Outcome,
+    node: &Node,
+    config: &PluginConfig,
+    filter: &FilterConfig,
+) {
+    if let Some(env) = question.env {
+        if let Err(e) = validate_env_name(env, filter.splitter()) {
+            let _ = writeln!(
+                out,
+                "request env {env:?} is ignored, as the filter ignores it: {e}"
+            );
+        }
+    }
+    let _ = match &outcome.env {
+        Some((env, EnvSource::Header)) => writeln!(
+            out,
+            "request env {env} (from the {} header)",
+            filter.env_header()
+        ),
+        Some((env, EnvSource::OwnLabel)) => writeln!(
+            out,
+            "request env {env}: the sending pod's own env (autoInject is on), written into the {} header",
+            filter.env_header()
+        ),
+        Some((env, source)) => writeln!(out, "request env {env} (from {source:?})"),
+        None => {
+            let why = match (&node.own_env, config.auto_inject) {
+                (Some(own), false) => {
+                    format!(" (autoInject is off, so the pod's own env {own} does not apply)")
+                }
+                _ => String::new(),
+            };
+            writeln!(out, "request without env{why}")
+        }
+    };
+}
+
+/// The fallback walk, one line per env tried, then the default subset when it was reached.
+fn walk(
+    out: &mut String,
+    routes: &RouteTable,
+    envs: &ServiceEnvs,
+    env: Option<&str>,
+    splitter: &str,
+) {
     let (steps, choice) = routes.explain(envs, env);
     if let Some(env) = env {
-        let _ = writeln!(out, "walking {env} up by {:?}:", config.splitter);
+        let _ = writeln!(out, "walking {env} up by {splitter:?}:");
     }
     let walked = matches!(choice, Choice::Exact(_) | Choice::Fallback(_));
     for (step, has_pods) in steps {
@@ -313,6 +345,10 @@ pub fn explain(
         }
         _ => {}
     }
+}
+
+/// What was chosen, and the route header the filter set.
+fn chosen(out: &mut String, outcome: &dry_run::Outcome) {
     let route_header = &outcome.route_header_name;
     let _ = match (outcome.route, &outcome.route_header) {
         (Some(Route::Exact), Some(e)) => writeln!(out, "chosen: {e} (exact)\nroute header: {route_header}: {e}"),
@@ -323,7 +359,6 @@ pub fn explain(
             "chosen: nothing; the route header is removed and the VirtualService's default route applies (the whole service)"
         ),
     };
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -347,51 +347,17 @@ async fn apply_plan(
             failed_services.extend(step.service());
         }
     }
-    let mut wasm_plugin = plan.wasm_plugin.clone();
-    if !failed_services.is_empty() {
-        let previous = owned
-            .iter()
-            .find(|e| e.kind == ctx.settings.extension_api.kind() && e.name == WASM_PLUGIN_NAME)
-            .and_then(|e| {
-                // A TrafficExtension keeps it under `wasm`.
-                let wasm = &e.spec["wasm"]["pluginConfig"];
-                plugin_config_of(if wasm.is_null() {
-                    &e.spec["pluginConfig"]
-                } else {
-                    wasm
-                })
-            });
-        let config = keep_failed_services(
-            &plan.plugin_config,
-            previous.as_ref(),
-            &failed_services,
-            |name| service_fqdn(name, &api.ns, &ctx.settings.cluster_domain),
-        );
-        wasm_plugin.spec.plugin_config = plugin_config_value(&config);
-    }
+    let wasm_plugin = calling_side_plugin(plan, &owned, &failed_services, api, ctx);
     let kind = ctx.settings.extension_api.kind().name();
     // The called side's plugin first: until the calling side's is updated, an older
     // controller's single plugin object still covers both sides. It routes nothing, so
     // its failure holds nothing back.
-    let elsewhere: Vec<&Existing> = snapshot
+    let elsewhere = snapshot
         .elsewhere
         .iter()
-        .filter(|e| e.managed_by(owner_uid.as_deref()))
-        .collect();
-    let current = |plugin: &WasmPlugin| {
-        owned
-            .iter()
-            .chain(elsewhere.iter().copied())
-            .find(|e| {
-                e.kind == ctx.settings.extension_api.kind()
-                    && e.name == plugin.name_any()
-                    && Some(e.namespace.as_str()) == plugin.namespace().as_deref()
-            })
-            .is_some_and(|e| match ctx.settings.extension_api {
-                ExtensionApi::WasmPlugin => already(&plugin.spec, Some(e)),
-                ExtensionApi::TrafficExtension => already(&traffic_extension(plugin).spec, Some(e)),
-            })
-    };
+        .filter(|e| e.managed_by(owner_uid.as_deref()));
+    let ours: Vec<&Existing> = owned.iter().chain(elsewhere).collect();
+    let current = |plugin: &WasmPlugin| is_current(ctx, &ours, plugin);
     match apply_plugin(
         ctx,
         &plan.inbound_wasm_plugin,
@@ -430,6 +396,57 @@ async fn apply_plan(
         Err(e) => failures.push(format!("{kind} {WASM_PLUGIN_NAME}: {e}")),
     }
     failures
+}
+
+/// The calling side's plugin object to apply: the plan's, except that a service whose
+/// objects could not be written keeps what the plugin object in force gives it, so that
+/// sidecars never select subsets that were not written.
+fn calling_side_plugin(
+    plan: &Plan,
+    owned: &[Existing],
+    failed_services: &BTreeSet<String>,
+    api: &NamespaceApi,
+    ctx: &Context,
+) -> WasmPlugin {
+    let mut wasm_plugin = plan.wasm_plugin.clone();
+    if failed_services.is_empty() {
+        return wasm_plugin;
+    }
+    let previous = owned
+        .iter()
+        .find(|e| e.kind == ctx.settings.extension_api.kind() && e.name == WASM_PLUGIN_NAME)
+        .and_then(|e| {
+            // A TrafficExtension keeps it under `wasm`.
+            let wasm = &e.spec["wasm"]["pluginConfig"];
+            plugin_config_of(if wasm.is_null() {
+                &e.spec["pluginConfig"]
+            } else {
+                wasm
+            })
+        });
+    let config = keep_failed_services(
+        &plan.plugin_config,
+        previous.as_ref(),
+        failed_services,
+        |name| service_fqdn(name, &api.ns, &ctx.settings.cluster_domain),
+    );
+    wasm_plugin.spec.plugin_config = plugin_config_value(&config);
+    wasm_plugin
+}
+
+/// Whether the plugin object in force (one of `ours`) already is `plugin`, in the API in
+/// use: then it is not written again.
+fn is_current(ctx: &Context, ours: &[&Existing], plugin: &WasmPlugin) -> bool {
+    ours.iter()
+        .find(|e| {
+            e.kind == ctx.settings.extension_api.kind()
+                && e.name == plugin.name_any()
+                && Some(e.namespace.as_str()) == plugin.namespace().as_deref()
+        })
+        .is_some_and(|e| match ctx.settings.extension_api {
+            ExtensionApi::WasmPlugin => already(&plugin.spec, Some(e)),
+            ExtensionApi::TrafficExtension => already(&traffic_extension(plugin).spec, Some(e)),
+        })
 }
 
 /// A VirtualEnvironment being deleted: its objects in other namespaces go (those in its

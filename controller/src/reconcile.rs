@@ -435,8 +435,8 @@ fn calling_side_plugin(
 }
 
 /// Whether the plugin object in force (one of `ours`) already is `plugin`, in the API in
-/// use: then it is not written again.
-fn is_current(ctx: &Context, ours: &[&Existing], plugin: &WasmPlugin) -> bool {
+/// use: then it is not written again (also for the gateway policies' edge guards).
+pub(crate) fn is_current(ctx: &Context, ours: &[&Existing], plugin: &WasmPlugin) -> bool {
     ours.iter()
         .find(|e| {
             e.kind == ctx.settings.extension_api.kind()

@@ -13,13 +13,13 @@ use kube::ResourceExt;
 use tracing::{info, instrument, warn};
 
 use crate::crd::VirtualEnvironment;
-use crate::edge_guard::{plan_edge_guard, POLICY_LABEL};
-use crate::extension::{traffic_extension, ExtensionApi};
+use crate::edge_guard::{plan_edge_guard, EdgeGuard, POLICY_LABEL};
+use crate::existing::Existing;
 use crate::gateway_policy::{GatewayPolicy, GatewayPolicyStatus};
 use crate::reconcile::{
-    apply_plugin, apply_status, prune_plugin, ready_condition, Context, Error, CACHE_WAIT, RESYNC,
+    apply_plugin, apply_status, is_current, prune_plugin, ready_condition, Context, Error,
+    CACHE_WAIT, RESYNC,
 };
-use crate::transition::already;
 
 #[instrument(skip_all, fields(policy = policy.name_any()))]
 pub async fn reconcile_policy(
@@ -62,11 +62,7 @@ pub async fn reconcile_policy(
         .collect();
     let Some(guard) = guard else {
         // Accepting every env: nothing to judge, so no guard.
-        for stale in &ours {
-            if prune_plugin(&ctx, stale).await? {
-                ctx.metrics.pruned(stale.kind.name());
-            }
-        }
+        prune_all(&ctx, ours.iter()).await?;
         let message = "edgeTrust accept: envs from outside are routed as they come; no edge guard";
         patch_status(
             &api,
@@ -78,18 +74,12 @@ pub async fn reconcile_policy(
     };
     let plugin = &guard.plugin;
     let kind = ctx.settings.extension_api.kind();
-    let is_planned = |e: &crate::existing::Existing| {
+    let is_planned = |e: &Existing| {
         e.kind == kind
             && e.name == plugin.name_any()
             && Some(e.namespace.as_str()) == plugin.namespace().as_deref()
     };
-    let current =
-        ours.iter()
-            .find(|e| is_planned(e))
-            .is_some_and(|e| match ctx.settings.extension_api {
-                ExtensionApi::WasmPlugin => already(&plugin.spec, Some(e)),
-                ExtensionApi::TrafficExtension => already(&traffic_extension(plugin).spec, Some(e)),
-            });
+    let current = is_current(&ctx, &ours.iter().collect::<Vec<_>>(), plugin);
     if let Err(e) = apply_plugin(&ctx, plugin, current).await {
         let message = format!("applying the edge guard: {e}");
         patch_status(
@@ -104,11 +94,33 @@ pub async fn reconcile_policy(
         ctx.metrics.applied(kind.name());
     }
     // A guard left where the policy no longer points (another namespace, the other API).
-    for stale in ours.iter().filter(|e| !is_planned(e)) {
-        if prune_plugin(&ctx, stale).await? {
-            ctx.metrics.pruned(stale.kind.name());
+    prune_all(&ctx, ours.iter().filter(|e| !is_planned(e))).await?;
+    let (at, ready, reason, message) = guard_report(&guard);
+    patch_status(
+        &api,
+        &policy,
+        status(&policy, Some(at), ready, reason, &message),
+    )
+    .await?;
+    info!(took = ?started.elapsed(), "edge guard reconciled");
+    Ok(Action::requeue(RESYNC))
+}
+
+async fn prune_all<'a>(
+    ctx: &Context,
+    stale: impl Iterator<Item = &'a Existing>,
+) -> Result<(), Error> {
+    for plugin in stale {
+        if prune_plugin(ctx, plugin).await? {
+            ctx.metrics.pruned(plugin.kind.name());
         }
     }
+    Ok(())
+}
+
+/// Where the guard runs, whether the policy is Ready, why, and the message saying so.
+fn guard_report(guard: &EdgeGuard) -> (String, bool, &'static str, String) {
+    let plugin = &guard.plugin;
     let at = format!(
         "{}/{}",
         plugin.namespace().unwrap_or_default(),
@@ -123,14 +135,7 @@ pub async fn reconcile_policy(
         false => (true, "Applied"),
         true => (false, "CarriersLeftOut"),
     };
-    patch_status(
-        &api,
-        &policy,
-        status(&policy, Some(at), ready, reason, &message),
-    )
-    .await?;
-    info!(took = ?started.elapsed(), "edge guard reconciled");
-    Ok(Action::requeue(RESYNC))
+    (at, ready, reason, message)
 }
 
 pub fn error_policy(policy: Arc<GatewayPolicy>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DynamicObject};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
@@ -110,49 +111,14 @@ pub async fn run(
         .default_backoff()
         .reflect(writers.policies)
         .touched_objects();
-    let mut controller = controller
+    let controller = controller
         // Another namespace published a change its callers must learn.
         .reconcile_on(replans)
         .watches_stream(pods, in_same_namespace(store.clone()))
         .watches_stream(services, in_same_namespace(store.clone()))
         .watches_stream(policies, every(store.clone()));
-    for (kind, writer) in writers.istio {
-        let resource = kind.api_resource();
-        let objects = watcher(
-            Api::<DynamicObject>::all_with(client.clone(), &resource),
-            all(),
-        )
-        .modify(slim_object)
-        .default_backoff()
-        .reflect(writer)
-        .touched_objects();
-        controller = if kind == Kind::Gateway {
-            // A Gateway (its selector) decides where the gateway plugin objects of any
-            // namespace go; Gateways change rarely.
-            controller.watches_stream_with(objects, every(store.clone()), resource)
-        } else {
-            controller.watches_stream_with(objects, in_same_namespace(store.clone()), resource)
-        };
-    }
-    // The gateway owners' edge guards: one per GatewayPolicy, carrying every
-    // VirtualEnvironment's carriers, so any VirtualEnvironment's change reconciles them.
-    let policies = Controller::new(Api::<GatewayPolicy>::all(client.clone()), all()).with_config(
-        ControllerConfig::default()
-            .debounce(Duration::from_secs(1))
-            .concurrency(2),
-    );
-    let policy_store = policies.store();
-    let ves = watcher(Api::<VirtualEnvironment>::all(client.clone()), all())
-        .default_backoff()
-        .reflect(ve_writer)
-        .touched_objects();
-    let policies = policies.watches_stream(ves, move |_: VirtualEnvironment| {
-        policy_store
-            .state()
-            .iter()
-            .map(|p| ObjectRef::from_obj(&**p))
-            .collect::<Vec<_>>()
-    });
+    let controller = watch_istio(controller, &client, writers.istio, &store);
+    let policies = edge_guard_controller(&client, ve_writer);
     let shutdown = futures::FutureExt::shared(shutdown);
     let routing = controller
         .graceful_shutdown_on(shutdown.clone())
@@ -175,4 +141,60 @@ pub async fn run(
             }
         });
     futures::join!(routing, guards);
+}
+
+/// Istio's objects, cached and watched: a change in a namespace reconciles its
+/// VirtualEnvironment; a Gateway's change every one.
+fn watch_istio(
+    mut controller: Controller<VirtualEnvironment>,
+    client: &Client,
+    writers: Vec<(Kind, Writer<DynamicObject>)>,
+    store: &Store<VirtualEnvironment>,
+) -> Controller<VirtualEnvironment> {
+    for (kind, writer) in writers {
+        let resource = kind.api_resource();
+        let objects = watcher(
+            Api::<DynamicObject>::all_with(client.clone(), &resource),
+            watcher::Config::default(),
+        )
+        .modify(slim_object)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+        controller = if kind == Kind::Gateway {
+            // A Gateway (its selector) decides where the gateway plugin objects of any
+            // namespace go; Gateways change rarely.
+            controller.watches_stream_with(objects, every(store.clone()), resource)
+        } else {
+            controller.watches_stream_with(objects, in_same_namespace(store.clone()), resource)
+        };
+    }
+    controller
+}
+
+/// The gateway owners' edge guards: one per GatewayPolicy, carrying the carriers of the
+/// VirtualEnvironments it admits, so any VirtualEnvironment's change reconciles them. Its
+/// watch of VirtualEnvironments fills `ve_writer`'s store, the namespaces' claims.
+fn edge_guard_controller(
+    client: &Client,
+    ve_writer: Writer<VirtualEnvironment>,
+) -> Controller<GatewayPolicy> {
+    let all = watcher::Config::default;
+    let policies = Controller::new(Api::<GatewayPolicy>::all(client.clone()), all()).with_config(
+        ControllerConfig::default()
+            .debounce(Duration::from_secs(1))
+            .concurrency(2),
+    );
+    let policy_store = policies.store();
+    let ves = watcher(Api::<VirtualEnvironment>::all(client.clone()), all())
+        .default_backoff()
+        .reflect(ve_writer)
+        .touched_objects();
+    policies.watches_stream(ves, move |_: VirtualEnvironment| {
+        policy_store
+            .state()
+            .iter()
+            .map(|p| ObjectRef::from_obj(&**p))
+            .collect::<Vec<_>>()
+    })
 }

@@ -456,10 +456,11 @@ fn held_by(
 ) -> Result<(Vec<Skip>, Option<serde_json::Value>), Skip> {
     let routes_it =
         |e: &Existing| e.routes_service(name, &spec.namespace, &spec.settings.cluster_domain);
-    let rules: Vec<&&Existing> = spec
+    let rules: Vec<&Existing> = spec
         .others
         .iter()
         .filter(|e| e.kind == Kind::DestinationRule && routes_it(e))
+        .copied()
         .collect();
     let mut holders: Vec<String> = spec
         .others
@@ -488,6 +489,16 @@ fn held_by(
             ),
         ));
     }
+    Ok(beside_rules(spec, name, &rules))
+}
+
+/// The users' DestinationRules kept beside ours for the service: a note on each, and the
+/// traffic policy ours carries over.
+fn beside_rules(
+    spec: &Resolved<'_>,
+    name: &str,
+    rules: &[&Existing],
+) -> (Vec<Skip>, Option<serde_json::Value>) {
     let wildcard = |e: &Existing| e.hosts.iter().any(|h| h.starts_with('*'));
     let exact =
         |e: &Existing| e.names_host_exactly(name, &spec.namespace, &spec.settings.cluster_domain);
@@ -504,7 +515,7 @@ fn held_by(
     let mut shadowed: Vec<&Existing> = rules
         .iter()
         .filter(|e| wildcard(e) && Some(e.hosts.first().map_or(0, String::len)) == most_specific)
-        .map(|e| **e)
+        .copied()
         .collect();
     shadowed.sort_by(|a, b| (&a.created, &a.name).cmp(&(&b.created, &b.name)));
     let carried = if rules.iter().any(|e| exact(e)) {
@@ -539,7 +550,7 @@ fn held_by(
     let traffic_policy = carried
         .map(|c| c.spec["trafficPolicy"].clone())
         .filter(|p| !p.is_null());
-    Ok((notes, traffic_policy))
+    (notes, traffic_policy)
 }
 
 /// Whether a DestinationRule is exported to fewer namespaces than the mesh default (`*`):

@@ -138,6 +138,22 @@ pub async fn reconcile(ve: Arc<VirtualEnvironment>, ctx: Arc<Context>) -> Result
     result
 }
 
+/// `ve` with its route header in force: as it is, or with one saved now; `None` when the
+/// save met a newer version of the object (409), to be read again.
+async fn with_route_header(
+    api: &NamespaceApi,
+    ve: Arc<VirtualEnvironment>,
+) -> Result<Option<Arc<VirtualEnvironment>>, Error> {
+    if ve.route_header_in_force().is_some() {
+        return Ok(Some(ve));
+    }
+    match record_route_header(api, &ve).await {
+        Ok(saved) => Ok(Some(Arc::new(saved))),
+        Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Saves a new route header (the spec's name and a random suffix) in the status, keeping
 /// the rest of it; returns the object as the API server returned it, to plan from.
 async fn record_route_header(
@@ -238,18 +254,10 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
 
     // The route header's suffix is chosen once and saved in the status before anything
     // uses it: if the save fails nothing is applied, and the next reconcile finds it.
-    let ve = if ve.route_header_in_force().is_some() {
-        ve
-    } else {
-        match record_route_header(&api, &ve).await {
-            Ok(saved) => Arc::new(saved),
-            // Read from a stale cache: the object changed (perhaps a suffix saved by
-            // another run). Not a failure; plan again from the fresh object soon.
-            Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 => {
-                return Ok(Action::requeue(Duration::from_secs(1)))
-            }
-            Err(e) => return Err(e),
-        }
+    let Some(ve) = with_route_header(&api, ve).await? else {
+        // Read from a stale cache: the object changed (perhaps a suffix saved by another
+        // run). Not a failure; plan again from the fresh object soon.
+        return Ok(Action::requeue(Duration::from_secs(1)));
     };
 
     let mut snapshot = read(&api, ctx).await?;

@@ -32,4 +32,5 @@ pub mod server;
 pub mod skip;
 pub mod snapshot;
 pub mod subset;
+pub mod sweep;
 pub mod transition;

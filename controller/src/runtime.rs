@@ -13,7 +13,7 @@ use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::caches::{self, slim_object, slim_pod, slim_service};
 use crate::crd::VirtualEnvironment;
@@ -22,7 +22,8 @@ use crate::gateway_policy::GatewayPolicy;
 use crate::metrics::Metrics;
 use crate::peer_namespaces::PeerDirectory;
 use crate::plan::Settings;
-use crate::reconcile::{error_policy, reconcile, Context};
+use crate::reconcile::{error_policy, reconcile, Context, RESYNC};
+use crate::sweep::sweep_orphans;
 
 /// Reconciles of different VirtualEnvironments at once (one VirtualEnvironment is never
 /// reconciled twice at once).
@@ -128,6 +129,7 @@ pub async fn run(
                 warn!("controller: {e}");
             }
         });
+    let sweeper = sweep_periodically(Arc::clone(&ctx), shutdown.clone());
     let guards = policies
         .graceful_shutdown_on(shutdown)
         .run(
@@ -140,7 +142,28 @@ pub async fn run(
                 warn!("gateway policy controller: {e}");
             }
         });
-    futures::join!(routing, guards);
+    futures::join!(routing, guards, sweeper);
+}
+
+/// Sweeps orphaned gateway plugin objects ([`sweep_orphans`]) a minute after leadership
+/// begins, then at every resync, until `shutdown`.
+async fn sweep_periodically(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()>) {
+    let sweeping = async {
+        let mut wait = Duration::from_secs(60);
+        loop {
+            tokio::time::sleep(wait).await;
+            wait = RESYNC;
+            match sweep_orphans(&ctx).await {
+                Ok(0) => {}
+                Ok(swept) => info!(swept, "swept orphaned plugin objects"),
+                Err(e) => warn!("sweeping orphaned plugin objects: {e}"),
+            }
+        }
+    };
+    tokio::select! {
+        () = sweeping => {}
+        () = shutdown => {}
+    }
 }
 
 /// Istio's objects, cached and watched: a change in a namespace reconciles its

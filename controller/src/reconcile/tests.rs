@@ -1192,3 +1192,74 @@ async fn failures_are_counted_per_object_until_a_success() {
     assert_eq!(ctx.failures("ns/ve", false), 0);
     assert_eq!(ctx.failures("ns/ve", true), 1);
 }
+
+/// A gateway plugin object whose VirtualEnvironment is gone (removed while no controller
+/// ran, or its finalizer taken off by hand) is deleted by the sweep, conditionally on what
+/// was listed; one whose owner lives is kept. Everything is read from the (mock) API
+/// server, plugin objects before owners.
+#[tokio::test]
+async fn the_sweep_deletes_gateway_plugins_whose_owner_is_gone_and_only_those() {
+    let (ctx, handle) = mock_context(namespace(&seed_snapshot(), vec![], vec![], vec![]));
+    let server = tokio::spawn(async move {
+        let mut api = ApiServerVerifier::new(handle);
+        let (request, send, uri) = api
+            .next_request(
+                &Method::GET,
+                "/apis/extensions.istio.io/v1alpha1/wasmplugins",
+            )
+            .await;
+        drop(request);
+        assert!(
+            uri.contains("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dvirtual-env%2Cenv.alibaba.com%2Fowner-uid"),
+            "{uri}"
+        );
+        let typed = |mut plugin: Value| {
+            plugin["apiVersion"] = json!("extensions.istio.io/v1alpha1");
+            plugin["kind"] = json!("WasmPlugin");
+            plugin
+        };
+        let living = typed(our_gateway_plugin().1);
+        let mut orphan = typed(our_gateway_plugin().1);
+        orphan["metadata"]["name"] = json!("virtual-env.gone.public");
+        orphan["metadata"]["uid"] = json!("orphan-uid");
+        orphan["metadata"]["resourceVersion"] = json!("77");
+        orphan["metadata"]["labels"][crate::plan::OWNER_UID_LABEL] = json!("uid-gone");
+        send.send_response(
+            Response::builder()
+                .body(Body::from(
+                    serde_json::to_vec(&list("WasmPlugin", vec![living, orphan])).unwrap(),
+                ))
+                .unwrap(),
+        );
+        let owners = serde_json::to_value(seed_ve_from_api()).unwrap();
+        api.expect(
+            Method::GET,
+            "/apis/env.alibaba.com/v1alpha1/virtualenvironments",
+            list("VirtualEnvironment", vec![owners]),
+        )
+        .await;
+        let body = api
+            .expect(
+                Method::DELETE,
+                "/apis/extensions.istio.io/v1alpha1/namespaces/istio-system/wasmplugins/virtual-env.gone.public",
+                json!({"kind": "Status", "status": "Success"}),
+            )
+            .await;
+        assert_eq!(body["preconditions"]["uid"], "orphan-uid");
+        assert_eq!(body["preconditions"]["resourceVersion"], "77");
+        // Nothing else: the living owner's plugin is not touched.
+        let more = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            api.handle.next_request(),
+        )
+        .await;
+        assert!(more.is_err(), "an unexpected request after the sweep");
+    });
+    let swept = crate::sweep::sweep_orphans(&ctx).await.unwrap();
+    server.await.unwrap();
+    assert_eq!(swept, 1);
+    assert!(ctx
+        .metrics
+        .render()
+        .contains("virtual_env_objects_total{kind=\"WasmPlugin\",action=\"pruned\"} 1"));
+}

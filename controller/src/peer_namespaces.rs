@@ -152,6 +152,16 @@ impl PeerDirectory {
             .collect()
     }
 
+    /// Queues the VirtualEnvironments of `namespace` for a reconcile: something they
+    /// plan changed where no watch of theirs sees it (a gateway's namespace).
+    pub fn replan_namespace(&self, namespace: &str) {
+        for ve in self.virtual_environments.state() {
+            if ve.namespace().as_deref() == Some(namespace) {
+                let _ = self.replan.unbounded_send(ObjectRef::from_obj(&*ve));
+            }
+        }
+    }
+
     /// Records what `namespace` publishes now (`None`: nothing, it is going away). When
     /// that changed, the other namespaces' VirtualEnvironments are queued for a reconcile.
     pub fn publish(&self, namespace: &str, now: Option<Published>) {

@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use tracing::{info, warn};
 
 use crate::crd::VirtualEnvironment;
-use crate::objects::{MANAGED_BY, MANAGED_BY_LABEL, OWNER_UID_LABEL};
+use crate::objects::{MANAGED_BY, MANAGED_BY_LABEL, OWNER_NAMESPACE_LABEL, OWNER_UID_LABEL};
 use crate::reconcile::{timed, Context, Error};
 
 /// Deletes the plugin objects whose owning VirtualEnvironment no longer exists; returns
@@ -24,8 +24,10 @@ use crate::reconcile::{timed, Context, Error};
 /// Everything is read from the API server, not the caches (a cache still filling would
 /// make every owner look gone): the plugin objects first, then the VirtualEnvironments,
 /// so an owner that existed when its object was listed is seen. Each delete is
-/// conditional on the object's UID and resourceVersion as listed: an object applied again
-/// meanwhile (its owner recreated under the same name) is left alone.
+/// conditional on the object's UID and resourceVersion as listed: an object changed or
+/// replaced meanwhile is left alone. After a delete the owner's namespace is planned
+/// again: a VirtualEnvironment recreated there under the same name (a new UID) left the
+/// old object alone as another's, and can now apply its own without waiting for a resync.
 pub async fn sweep_orphans(ctx: &Context) -> Result<usize, Error> {
     let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY},{OWNER_UID_LABEL}");
     let mut labelled = Vec::new();
@@ -78,6 +80,9 @@ pub async fn sweep_orphans(ctx: &Context) -> Result<usize, Error> {
                 );
                 ctx.metrics.pruned(kind.name());
                 swept += 1;
+                if let Some(owner_namespace) = object.labels().get(OWNER_NAMESPACE_LABEL) {
+                    ctx.peers.replan_namespace(owner_namespace);
+                }
             }
             // Gone already, or changed since it was listed: not ours to judge now.
             Err(Error::Kube(kube::Error::Api(e))) if e.code == 404 || e.code == 409 => {}

@@ -1199,7 +1199,19 @@ async fn failures_are_counted_per_object_until_a_success() {
 /// server, plugin objects before owners.
 #[tokio::test]
 async fn the_sweep_deletes_gateway_plugins_whose_owner_is_gone_and_only_those() {
-    let (ctx, handle) = mock_context(namespace(&seed_snapshot(), vec![], vec![], vec![]));
+    // A VirtualEnvironment recreated in the orphan's owner namespace: planned again after
+    // the sweep, since no watch of its namespace sees the gateway's.
+    let mut recreated = seed_ve_from_api();
+    recreated.metadata.namespace = Some("gone".into());
+    recreated.metadata.uid = Some("uid-new".into());
+    let mut writer = kube::runtime::reflector::store::Writer::default();
+    writer.apply_watcher_event(&watcher::Event::Apply(recreated));
+    let (replan, mut replans) = futures::channel::mpsc::unbounded();
+    let (ctx, handle) = mock_context_with(
+        namespace(&seed_snapshot(), vec![], vec![], vec![]),
+        settings(),
+        PeerDirectory::new(writer.as_reader(), replan),
+    );
     let server = tokio::spawn(async move {
         let mut api = ApiServerVerifier::new(handle);
         let (request, send, uri) = api
@@ -1224,6 +1236,7 @@ async fn the_sweep_deletes_gateway_plugins_whose_owner_is_gone_and_only_those() 
         orphan["metadata"]["uid"] = json!("orphan-uid");
         orphan["metadata"]["resourceVersion"] = json!("77");
         orphan["metadata"]["labels"][crate::plan::OWNER_UID_LABEL] = json!("uid-gone");
+        orphan["metadata"]["labels"][crate::plan::OWNER_NAMESPACE_LABEL] = json!("gone");
         send.send_response(
             Response::builder()
                 .body(Body::from(
@@ -1258,6 +1271,11 @@ async fn the_sweep_deletes_gateway_plugins_whose_owner_is_gone_and_only_those() 
     let swept = crate::sweep::sweep_orphans(&ctx).await.unwrap();
     server.await.unwrap();
     assert_eq!(swept, 1);
+    let queued = replans
+        .try_recv()
+        .expect("the owner namespace planned again");
+    assert_eq!(queued.namespace.as_deref(), Some("gone"));
+    assert!(replans.try_recv().is_err(), "and nobody else");
     assert!(ctx
         .metrics
         .render()

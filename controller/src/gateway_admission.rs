@@ -95,29 +95,20 @@ impl GatewayCluster {
         policies: Vec<GatewayPolicy>,
         namespaces: impl Iterator<Item = (&'a VirtualEnvironment, Vec<&'a Service>)>,
     ) -> Self {
-        let objects_servers: BTreeMap<GatewayName, serde_json::Value> = objects
-            .clone()
-            .filter(|o| o.kind == Kind::Gateway)
-            .map(|o| {
-                let name = GatewayName {
-                    namespace: o.namespace.clone(),
-                    name: o.name.clone(),
-                };
-                (name, o.spec["servers"].clone())
-            })
-            .collect();
-        let gateways: Vec<(GatewayName, BTreeMap<String, String>)> = objects
-            .clone()
-            .filter(|o| o.kind == Kind::Gateway)
-            .map(|o| {
-                let name = GatewayName {
-                    namespace: o.namespace.clone(),
-                    name: o.name.clone(),
-                };
-                (name, selector_of(o))
-            })
-            .filter(|(_, s)| !s.is_empty())
-            .collect();
+        // Each Gateway's servers (its hosts) and, when it selects pods, its selector.
+        let mut objects_servers: BTreeMap<GatewayName, serde_json::Value> = BTreeMap::new();
+        let mut gateways: Vec<(GatewayName, BTreeMap<String, String>)> = Vec::new();
+        for o in objects.clone().filter(|o| o.kind == Kind::Gateway) {
+            let name = GatewayName {
+                namespace: o.namespace.clone(),
+                name: o.name.clone(),
+            };
+            let selector = selector_of(o);
+            if !selector.is_empty() {
+                gateways.push((name.clone(), selector));
+            }
+            objects_servers.insert(name, o.spec["servers"].clone());
+        }
         let mut gateway_pods: BTreeMap<GatewayName, BTreeSet<PodLabels>> = BTreeMap::new();
         for pod in pods {
             let labels = pod.labels();

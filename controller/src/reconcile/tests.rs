@@ -242,6 +242,35 @@ impl ApiServerVerifier {
         header
     }
 
+    /// Answers the next request, a list of the gateway plugin objects across namespaces,
+    /// with `plugins` (typed as WasmPlugins); returns its URI (its label selector). Not
+    /// recorded in `calls`, which count writes and the reconcile's own reads.
+    async fn list_gateway_plugins(&mut self, plugins: Vec<Value>) -> String {
+        let (request, send, uri) = self
+            .next_request(
+                &Method::GET,
+                "/apis/extensions.istio.io/v1alpha1/wasmplugins",
+            )
+            .await;
+        drop(request);
+        let plugins = plugins
+            .into_iter()
+            .map(|mut plugin| {
+                plugin["apiVersion"] = json!("extensions.istio.io/v1alpha1");
+                plugin["kind"] = json!("WasmPlugin");
+                plugin
+            })
+            .collect();
+        send.send_response(
+            Response::builder()
+                .body(Body::from(
+                    serde_json::to_vec(&list("WasmPlugin", plugins)).unwrap(),
+                ))
+                .unwrap(),
+        );
+        uri
+    }
+
     /// Answers the next request (`method` on `path`) with a 500 error; returns its body.
     async fn fail(&mut self, method: Method, path: &str) -> Value {
         let (request, send, uri) = self.next_request(&method, path).await;
@@ -512,26 +541,10 @@ async fn deleting_the_virtual_environment_deletes_its_gateway_plugins_then_the_f
     let reply = serde_json::to_value(&ve).unwrap();
     let server = tokio::spawn(async move {
         let mut api = ApiServerVerifier::new(handle);
-        let (request, send, uri) = api
-            .next_request(
-                &Method::GET,
-                "/apis/extensions.istio.io/v1alpha1/wasmplugins",
-            )
-            .await;
-        drop(request);
+        let uri = api.list_gateway_plugins(vec![our_gateway_plugin().1]).await;
         assert!(
             uri.contains("labelSelector=env.alibaba.com%2Fowner-uid%3Duid-1"),
             "{uri}"
-        );
-        let mut plugin = our_gateway_plugin().1;
-        plugin["apiVersion"] = json!("extensions.istio.io/v1alpha1");
-        plugin["kind"] = json!("WasmPlugin");
-        send.send_response(
-            Response::builder()
-                .body(Body::from(
-                    serde_json::to_vec(&list("WasmPlugin", vec![plugin])).unwrap(),
-                ))
-                .unwrap(),
         );
         let body = api
             .expect(
@@ -1214,35 +1227,17 @@ async fn the_sweep_deletes_gateway_plugins_whose_owner_is_gone_and_only_those() 
     );
     let server = tokio::spawn(async move {
         let mut api = ApiServerVerifier::new(handle);
-        let (request, send, uri) = api
-            .next_request(
-                &Method::GET,
-                "/apis/extensions.istio.io/v1alpha1/wasmplugins",
-            )
-            .await;
-        drop(request);
-        assert!(
-            uri.contains("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dvirtual-env%2Cenv.alibaba.com%2Fowner-uid"),
-            "{uri}"
-        );
-        let typed = |mut plugin: Value| {
-            plugin["apiVersion"] = json!("extensions.istio.io/v1alpha1");
-            plugin["kind"] = json!("WasmPlugin");
-            plugin
-        };
-        let living = typed(our_gateway_plugin().1);
-        let mut orphan = typed(our_gateway_plugin().1);
+        let living = our_gateway_plugin().1;
+        let mut orphan = our_gateway_plugin().1;
         orphan["metadata"]["name"] = json!("virtual-env.gone.public");
         orphan["metadata"]["uid"] = json!("orphan-uid");
         orphan["metadata"]["resourceVersion"] = json!("77");
         orphan["metadata"]["labels"][crate::plan::OWNER_UID_LABEL] = json!("uid-gone");
         orphan["metadata"]["labels"][crate::plan::OWNER_NAMESPACE_LABEL] = json!("gone");
-        send.send_response(
-            Response::builder()
-                .body(Body::from(
-                    serde_json::to_vec(&list("WasmPlugin", vec![living, orphan])).unwrap(),
-                ))
-                .unwrap(),
+        let uri = api.list_gateway_plugins(vec![living, orphan]).await;
+        assert!(
+            uri.contains("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dvirtual-env%2Cenv.alibaba.com%2Fowner-uid"),
+            "{uri}"
         );
         let owners = serde_json::to_value(seed_ve_from_api()).unwrap();
         api.expect(

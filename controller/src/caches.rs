@@ -22,6 +22,7 @@ use crate::extension::ExtensionApi;
 use crate::gateway::{GATEWAYS_ANNOTATION, HOSTS_ANNOTATION};
 use crate::gateway_admission::GatewayCluster;
 use crate::gateway_policy::GatewayPolicy;
+use crate::objects::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::plan::Snapshot;
 
 /// The caches one controller reads; cheap to clone (the stores are shared).
@@ -234,15 +235,19 @@ impl Caches {
                 continue;
             }
             for object in store.state() {
-                let Ok(value) = serde_json::to_value(&*object) else {
-                    continue;
-                };
-                let object = Existing::from_json(*kind, &value, "");
-                let bound = object.spec["gateways"]
+                // Judged before the object is converted: there is one VirtualService per
+                // routed service in the cluster, and few of them are the users' gateway
+                // routes this wants.
+                let bound = object.data["spec"]["gateways"]
                     .as_array()
                     .is_some_and(|g| g.iter().any(|g| g != "mesh"));
-                if *kind == Kind::Gateway || (bound && !object.labelled) {
-                    objects.push(object);
+                let ours =
+                    object.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY);
+                if *kind != Kind::Gateway && (!bound || ours) {
+                    continue;
+                }
+                if let Ok(value) = serde_json::to_value(&*object) {
+                    objects.push(Existing::from_json(*kind, &value, ""));
                 }
             }
         }
@@ -258,18 +263,27 @@ impl Caches {
             .as_ref()
             .map(|store| store.state())
             .unwrap_or_default();
+        // Grouped by namespace in one pass: each VirtualEnvironment reads its own.
         let services = self.services.state();
-        let exposing = |s: &&std::sync::Arc<Service>| {
+        let mut by_namespace: std::collections::HashMap<String, Vec<&Service>> =
+            std::collections::HashMap::new();
+        for service in &services {
+            if let Some(ns) = service.namespace() {
+                by_namespace.entry(ns).or_default().push(service);
+            }
+        }
+        let exposing = |s: &&Service| {
             let annotations = s.annotations();
             annotations.contains_key(GATEWAYS_ANNOTATION)
                 || annotations.contains_key(HOSTS_ANNOTATION)
         };
         let namespaces = ves.iter().map(|ve| {
-            let ns = ve.namespace();
-            let theirs: Vec<&Service> = services
-                .iter()
-                .filter(|s| s.namespace() == ns && (exposing(s) || !ve.spec.gateways.is_empty()))
-                .map(|s| &**s)
+            let in_ns = ve.namespace().and_then(|ns| by_namespace.get(&ns));
+            let theirs: Vec<&Service> = in_ns
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|s| exposing(s) || !ve.spec.gateways.is_empty())
                 .collect();
             (&**ve, theirs)
         });

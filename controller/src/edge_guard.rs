@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use virtual_env_core::config::{MAX_EDGE_BAGGAGE_KEYS, MAX_EDGE_HEADERS, MAX_EDGE_PATTERNS};
-use virtual_env_core::{Direction, EdgeCarriers, PluginConfig};
+use virtual_env_core::{Direction, EdgeCarriers, HeaderPattern, PluginConfig};
 
 use crate::crd::VirtualEnvironment;
 use crate::gateway_policy::{FailStrategy, GatewayPolicy};
@@ -205,63 +205,93 @@ fn carriers_of(
     ves: &[&VirtualEnvironment],
     own: &PluginConfig,
 ) -> (EdgeCarriers, Vec<String>, bool) {
-    let mut carriers = EdgeCarriers::default();
-    let mut left_out = Vec::new();
-    let mut overflow = false;
     let mut ves: Vec<&VirtualEnvironment> = ves.to_vec();
     ves.sort_by_key(|ve| (ve.namespace(), ve.name_any()));
-    let own_whole = own.env_header.to_ascii_lowercase();
+    let mut gathered = Gathered {
+        own,
+        own_whole: own.env_header.to_ascii_lowercase(),
+        carriers: EdgeCarriers::default(),
+        left_out: Vec::new(),
+        overflow: false,
+    };
     for ve in ves {
         let ns = ve.namespace().unwrap_or_default();
         let config = ve.spec.plugin_config();
         for header in std::iter::once(&config.env_header).chain(&config.header_aliases) {
-            let lower = header.to_ascii_lowercase();
-            if lower == own_whole || carriers.headers.contains(&lower) {
-                continue;
-            }
-            if !may_carry(&lower, &own.route_header) {
-                left_out.push(format!(
-                    "header {lower} of namespace {ns} (not judged at a shared gateway)"
-                ));
-            } else if carriers.headers.len() == MAX_EDGE_HEADERS {
-                overflow = true;
-                left_out.push(format!(
-                    "header {lower} of namespace {ns} (over {MAX_EDGE_HEADERS})"
-                ));
-            } else {
-                carriers.headers.push(lower);
-            }
+            gathered.header(header, &ns);
         }
-        for mut pattern in config.header_patterns {
-            pattern.name = pattern.name.to_ascii_lowercase();
-            if carriers.header_patterns.contains(&pattern) {
-                continue;
-            }
-            // An env pinned by a name of its own (`sid=(@)`, not `.*=(@)`), and a search of
-            // bounded cost: else every value of the header would be judged as an env.
-            let narrow = pattern.compile().is_ok_and(|p| {
-                p.literal_before() >= MIN_GUARD_LITERAL && p.atoms() <= MAX_GUARD_ATOMS
-            });
-            let name_ok = (pattern.name == "cookie" || may_carry(&pattern.name, &own.route_header))
-                && !carriers.headers.contains(&pattern.name);
-            if !narrow || !name_ok {
-                left_out.push(format!(
-                    "pattern header {} of namespace {ns} (a standard header, one judged whole, or not {MIN_GUARD_LITERAL} literal characters right before the placeholder within {MAX_GUARD_ATOMS} atoms)",
-                    pattern.name
-                ));
-            } else if carriers.header_patterns.len() == MAX_EDGE_PATTERNS {
-                overflow = true;
-                left_out.push(format!(
-                    "pattern header {} of namespace {ns} (over {MAX_EDGE_PATTERNS})",
-                    pattern.name
-                ));
-            } else {
-                carriers.header_patterns.push(pattern);
-            }
+        for pattern in config.header_patterns {
+            gathered.pattern(pattern, &ns);
         }
-        let key = config.baggage_key;
-        if key.is_empty() || key == own.baggage_key || carriers.baggage_keys.contains(&key) {
-            continue;
+        gathered.baggage_key(config.baggage_key, &ns);
+    }
+    (gathered.carriers, gathered.left_out, gathered.overflow)
+}
+
+/// The carriers gathered so far, what was left out (named) and whether a limit was met.
+struct Gathered<'a> {
+    own: &'a PluginConfig,
+    own_whole: String,
+    carriers: EdgeCarriers,
+    left_out: Vec<String>,
+    overflow: bool,
+}
+
+impl Gathered<'_> {
+    fn header(&mut self, header: &str, ns: &str) {
+        let lower = header.to_ascii_lowercase();
+        if lower == self.own_whole || self.carriers.headers.contains(&lower) {
+            return;
+        }
+        if !may_carry(&lower, &self.own.route_header) {
+            self.left_out.push(format!(
+                "header {lower} of namespace {ns} (not judged at a shared gateway)"
+            ));
+        } else if self.carriers.headers.len() == MAX_EDGE_HEADERS {
+            self.overflow = true;
+            self.left_out.push(format!(
+                "header {lower} of namespace {ns} (over {MAX_EDGE_HEADERS})"
+            ));
+        } else {
+            self.carriers.headers.push(lower);
+        }
+    }
+
+    fn pattern(&mut self, mut pattern: HeaderPattern, ns: &str) {
+        pattern.name = pattern.name.to_ascii_lowercase();
+        if self.carriers.header_patterns.contains(&pattern) {
+            return;
+        }
+        // An env pinned by a name of its own (`sid=(@)`, not `.*=(@)`), and a search of
+        // bounded cost: else every value of the header would be judged as an env.
+        let narrow = pattern
+            .compile()
+            .is_ok_and(|p| p.literal_before() >= MIN_GUARD_LITERAL && p.atoms() <= MAX_GUARD_ATOMS);
+        let name_ok = (pattern.name == "cookie"
+            || may_carry(&pattern.name, &self.own.route_header))
+            && !self.carriers.headers.contains(&pattern.name);
+        if !narrow || !name_ok {
+            self.left_out.push(format!(
+                "pattern header {} of namespace {ns} (a standard header, one judged whole, or not {MIN_GUARD_LITERAL} literal characters right before the placeholder within {MAX_GUARD_ATOMS} atoms)",
+                pattern.name
+            ));
+        } else if self.carriers.header_patterns.len() == MAX_EDGE_PATTERNS {
+            self.overflow = true;
+            self.left_out.push(format!(
+                "pattern header {} of namespace {ns} (over {MAX_EDGE_PATTERNS})",
+                pattern.name
+            ));
+        } else {
+            self.carriers.header_patterns.push(pattern);
+        }
+    }
+
+    fn baggage_key(&mut self, key: String, ns: &str) {
+        if key.is_empty()
+            || key == self.own.baggage_key
+            || self.carriers.baggage_keys.contains(&key)
+        {
+            return;
         }
         let valid = PluginConfig {
             baggage_key: key.clone(),
@@ -270,19 +300,18 @@ fn carriers_of(
         .validate()
         .is_ok();
         if !valid {
-            left_out.push(format!(
+            self.left_out.push(format!(
                 "baggage key {key:?} of namespace {ns} (not a token)"
             ));
-        } else if carriers.baggage_keys.len() == MAX_EDGE_BAGGAGE_KEYS {
-            overflow = true;
-            left_out.push(format!(
+        } else if self.carriers.baggage_keys.len() == MAX_EDGE_BAGGAGE_KEYS {
+            self.overflow = true;
+            self.left_out.push(format!(
                 "baggage key {key} of namespace {ns} (over {MAX_EDGE_BAGGAGE_KEYS})"
             ));
         } else {
-            carriers.baggage_keys.push(key);
+            self.carriers.baggage_keys.push(key);
         }
     }
-    (carriers, left_out, overflow)
 }
 
 #[cfg(test)]

@@ -85,6 +85,79 @@ pub enum Claimant {
     User(String),
 }
 
+/// Per Gateway (of those that select pods), the namespace and labels of each pod it
+/// selects.
+fn pods_of<'a>(
+    gateways: &[(GatewayName, BTreeMap<String, String>)],
+    pods: impl Iterator<Item = &'a Pod>,
+) -> BTreeMap<GatewayName, Vec<PodLabels>> {
+    let mut gateway_pods: BTreeMap<GatewayName, BTreeSet<PodLabels>> = BTreeMap::new();
+    for pod in pods {
+        let labels = pod.labels();
+        for (name, selector) in gateways {
+            if selects(selector, labels) {
+                gateway_pods
+                    .entry(name.clone())
+                    .or_default()
+                    .insert((pod.namespace().unwrap_or_default(), labels.clone()));
+            }
+        }
+    }
+    gateway_pods
+        .into_iter()
+        .map(|(name, pods)| (name, pods.into_iter().collect()))
+        .collect()
+}
+
+/// The (gateway, host) pairs each namespace's VirtualEnvironment asks to be entered by.
+fn virtual_environment_claims<'a>(
+    namespaces: impl Iterator<Item = (&'a VirtualEnvironment, Vec<&'a Service>)>,
+) -> Vec<HostClaim> {
+    let mut claims = Vec::new();
+    for (ve, services) in namespaces {
+        let ns = ve.namespace().unwrap_or_default();
+        let owned: Vec<Service> = services.into_iter().cloned().collect();
+        let (exposed, _) = exposures(ve, &owned, &ns);
+        for exposure in exposed.values() {
+            for gateway in &exposure.gateways {
+                for host in &exposure.hosts {
+                    claims.push(HostClaim {
+                        namespace: ns.clone(),
+                        gateway: gateway.clone(),
+                        host: host.clone(),
+                        by: Claimant::VirtualEnvironment(ve.metadata.creation_timestamp.clone()),
+                    });
+                }
+            }
+        }
+    }
+    claims
+}
+
+/// The (gateway, host) pairs users' gateway-bound VirtualServices hold.
+fn user_claims<'a>(virtual_services: impl Iterator<Item = &'a Existing>) -> Vec<HostClaim> {
+    let mut claims = Vec::new();
+    for vs in virtual_services {
+        for reference in vs.spec["gateways"].as_array().into_iter().flatten() {
+            let Some(gateway) = reference
+                .as_str()
+                .and_then(|r| GatewayName::parse(r, &vs.namespace))
+            else {
+                continue;
+            };
+            for host in &vs.hosts {
+                claims.push(HostClaim {
+                    namespace: vs.namespace.clone(),
+                    gateway: gateway.clone(),
+                    host: host.to_ascii_lowercase(),
+                    by: Claimant::User(vs.describe()),
+                });
+            }
+        }
+    }
+    claims
+}
+
 impl GatewayCluster {
     /// The view from the cluster's objects: `gateways` (Gateways, and anyone's
     /// VirtualServices), `pods`, the policies, and per namespace its VirtualEnvironment
@@ -109,60 +182,11 @@ impl GatewayCluster {
             }
             objects_servers.insert(name, o.spec["servers"].clone());
         }
-        let mut gateway_pods: BTreeMap<GatewayName, BTreeSet<PodLabels>> = BTreeMap::new();
-        for pod in pods {
-            let labels = pod.labels();
-            for (name, selector) in &gateways {
-                if selects(selector, labels) {
-                    gateway_pods
-                        .entry(name.clone())
-                        .or_default()
-                        .insert((pod.namespace().unwrap_or_default(), labels.clone()));
-                }
-            }
-        }
-        let gateway_pods = gateway_pods
-            .into_iter()
-            .map(|(name, pods)| (name, pods.into_iter().collect()))
-            .collect();
-        let mut claims = Vec::new();
-        for (ve, services) in namespaces {
-            let ns = ve.namespace().unwrap_or_default();
-            let owned: Vec<Service> = services.into_iter().cloned().collect();
-            let (exposed, _) = exposures(ve, &owned, &ns);
-            for exposure in exposed.values() {
-                for gateway in &exposure.gateways {
-                    for host in &exposure.hosts {
-                        claims.push(HostClaim {
-                            namespace: ns.clone(),
-                            gateway: gateway.clone(),
-                            host: host.clone(),
-                            by: Claimant::VirtualEnvironment(
-                                ve.metadata.creation_timestamp.clone(),
-                            ),
-                        });
-                    }
-                }
-            }
-        }
-        for vs in objects.filter(|o| o.kind == Kind::VirtualService && !o.labelled) {
-            for reference in vs.spec["gateways"].as_array().into_iter().flatten() {
-                let Some(gateway) = reference
-                    .as_str()
-                    .and_then(|r| GatewayName::parse(r, &vs.namespace))
-                else {
-                    continue;
-                };
-                for host in &vs.hosts {
-                    claims.push(HostClaim {
-                        namespace: vs.namespace.clone(),
-                        gateway: gateway.clone(),
-                        host: host.to_ascii_lowercase(),
-                        by: Claimant::User(vs.describe()),
-                    });
-                }
-            }
-        }
+        let gateway_pods = pods_of(&gateways, pods);
+        let mut claims = virtual_environment_claims(namespaces);
+        claims.extend(user_claims(
+            objects.filter(|o| o.kind == Kind::VirtualService && !o.labelled),
+        ));
         let gateway_servers = objects_servers;
         let mut policies = policies;
         // Two policies covering the same pods: the first by name decides, every time.
@@ -338,10 +362,7 @@ impl Judging<'_> {
             .iter()
             .find(|p| p.covers(selector, pods));
         if !own && policy.is_none() && tenant.admission == GatewayAdmission::Policy {
-            for (service, host) in self.asked_at(gateway) {
-                self.refused.insert((service, gateway.clone(), host));
-            }
-            self.out.refused.push(Skip::gateway(
+            self.refuse_every_host(gateway, Skip::gateway(
                 &reference,
                 format_args!("its pods in namespace {} serve other namespaces too, and no GatewayPolicy for them admits namespace {ns}; not bound, not routed by env there (ask the gateway's owner for a GatewayPolicy)", pods.namespace),
             ));
@@ -350,10 +371,7 @@ impl Judging<'_> {
         // A policy whose edge policy is not valid has no guard: nothing enters under it
         // (its routing plugins would let every env in).
         if let Some((policy, Err(e))) = policy.map(|p| (p, p.edge_trust().validate('.'))) {
-            for (service, host) in self.asked_at(gateway) {
-                self.refused.insert((service, gateway.clone(), host));
-            }
-            self.out.refused.push(Skip::gateway(
+            self.refuse_every_host(gateway, Skip::gateway(
                 &reference,
                 format_args!(
                     "GatewayPolicy {} is not valid ({e}): nothing is entered by env under it until its owner fixes it",
@@ -362,33 +380,79 @@ impl Judging<'_> {
             ));
             return None;
         }
-        // Under a policy its own edge guard judges every request before any routing
-        // plugin (see `edge_guard.rs`): the routing plugin judges nothing, so no tenant's
-        // carriers are judged on every team's requests.
-        let edge_trust = match policy {
-            Some(policy) => {
-                if tenant.ve.spec.edge_trust.is_some() {
-                    self.out.refused.push(Skip::gateway(
-                        &reference,
-                        format_args!(
-                            "spec.edgeTrust is not applied there; GatewayPolicy {} sets its edge policy",
-                            policy.name_any()
-                        ),
-                    ));
-                }
-                None
-            }
-            None => tenant.ve.spec.edge_trust.as_ref().map(|e| e.to_config()),
+        let edge_trust = self.edge_trust_under(policy, &reference);
+        let hosts = self.admit_hosts(gateway, object, policy, pods);
+        // Nothing admitted here: no plugin object.
+        (!hosts.is_empty()).then(|| Placement {
+            gateway: gateway.clone(),
+            namespace: pods.namespace.to_owned(),
+            selector: selector.clone(),
+            own,
+            edge_trust,
+            hosts,
+        })
+    }
+
+    /// Refuses every host the tenant asks for at `gateway`, for the reason `skip` reports.
+    fn refuse_every_host(&mut self, gateway: &GatewayName, skip: Skip) {
+        for (service, host) in self.asked_at(gateway) {
+            self.refused.insert((service, gateway.clone(), host));
+        }
+        self.out.refused.push(skip);
+    }
+
+    /// The edge policy the routing plugin at a placement applies. Under a policy its own
+    /// edge guard judges every request before any routing plugin (see `edge_guard.rs`):
+    /// the routing plugin judges nothing, so no tenant's carriers are judged on every
+    /// team's requests.
+    fn edge_trust_under(
+        &mut self,
+        policy: Option<&GatewayPolicy>,
+        reference: &str,
+    ) -> Option<EdgeTrust> {
+        let asked = self.tenant.ve.spec.edge_trust.as_ref();
+        let Some(policy) = policy else {
+            return asked.map(|e| e.to_config());
         };
+        if asked.is_some() {
+            self.out.refused.push(Skip::gateway(
+                reference,
+                format_args!(
+                    "spec.edgeTrust is not applied there; GatewayPolicy {} sets its edge policy",
+                    policy.name_any()
+                ),
+            ));
+        }
+        None
+    }
+
+    /// The hosts admitted at one placement (host -> service); each one refused is
+    /// reported with its reason.
+    fn admit_hosts(
+        &mut self,
+        gateway: &GatewayName,
+        object: &Existing,
+        policy: Option<&GatewayPolicy>,
+        pods: &GatewayPods<'_>,
+    ) -> BTreeMap<String, String> {
+        let reference = gateway.reference();
         let mut hosts: BTreeMap<String, String> = BTreeMap::new();
         for (service, host) in self.asked_at(gateway) {
-            let why = refusal(tenant, object, gateway, &host, policy, pods, self.cluster)
-                .map(|why| format!(": {why}"))
-                .or_else(|| {
-                    hosts
-                        .get(&host)
-                        .map(|first| format!(" already reaches {first}"))
-                });
+            let why = refusal(
+                self.tenant,
+                object,
+                gateway,
+                &host,
+                policy,
+                pods,
+                self.cluster,
+            )
+            .map(|why| format!(": {why}"))
+            .or_else(|| {
+                hosts
+                    .get(&host)
+                    .map(|first| format!(" already reaches {first}"))
+            });
             let pair = (service.clone(), gateway.clone(), host.clone());
             match why {
                 Some(why) => {
@@ -404,15 +468,7 @@ impl Judging<'_> {
                 }
             }
         }
-        // Nothing admitted here: no plugin object.
-        (!hosts.is_empty()).then(|| Placement {
-            gateway: gateway.clone(),
-            namespace: pods.namespace.to_owned(),
-            selector: selector.clone(),
-            own,
-            edge_trust,
-            hosts,
-        })
+        hosts
     }
 
     /// Per service, what its VirtualService may bind ([`binding`]); each placement then

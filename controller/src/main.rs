@@ -369,32 +369,7 @@ async fn run_async(args: RunArgs) -> Result<()> {
     info!(api = ?settings.extension_api, "plugin objects");
     state.ready.store(true, Ordering::Relaxed);
 
-    let identity = args
-        .identity
-        .clone()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "virtual-env".into());
-    let mut elector = Elector::new(
-        Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
-        virtual_env_controller::rbac::LEASE_NAME,
-        &identity,
-        Timing::default(),
-    );
-    // Lead (and so pin this build's module in the WasmPlugins) only once the Service hands
-    // the module out: this replica must first pass its readiness probe. Waiting here, before
-    // the lease, leaves the current leader undisturbed meanwhile.
-    if let (Some(peers), Some(digest), None) = (&peers, &own_digest, &args.module.wasm_url) {
-        if !peers
-            .wait_until_served(digest, Duration::from_secs(60))
-            .await
-        {
-            warn!("no ready replica serves this build's module after 60 s; going on");
-        }
-    }
-    if !args.no_leader_election {
-        info!(identity, "waiting for the leader lease");
-        elector.acquire().await;
-    }
+    let mut elector = become_leader(&args, &client, peers.as_ref(), own_digest.as_deref()).await;
     metrics.set_leader(true);
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -430,6 +405,43 @@ async fn run_async(args: RunArgs) -> Result<()> {
         state.alive.store(false, Ordering::Relaxed);
     }
     outcome
+}
+
+/// This replica's elector, holding the lease once this returns (unless leader election
+/// is off).
+async fn become_leader(
+    args: &RunArgs,
+    client: &Client,
+    peers: Option<&Peers>,
+    own_digest: Option<&str>,
+) -> Elector {
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "virtual-env".into());
+    let mut elector = Elector::new(
+        Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+        virtual_env_controller::rbac::LEASE_NAME,
+        &identity,
+        Timing::default(),
+    );
+    // Lead (and so pin this build's module in the WasmPlugins) only once the Service hands
+    // the module out: this replica must first pass its readiness probe. Waiting here, before
+    // the lease, leaves the current leader undisturbed meanwhile.
+    if let (Some(peers), Some(digest), None) = (peers, own_digest, &args.module.wasm_url) {
+        if !peers
+            .wait_until_served(digest, Duration::from_secs(60))
+            .await
+        {
+            warn!("no ready replica serves this build's module after 60 s; going on");
+        }
+    }
+    if !args.no_leader_election {
+        info!(identity, "waiting for the leader lease");
+        elector.acquire().await;
+    }
+    elector
 }
 
 /// TrafficExtension where the cluster serves it; WasmPlugin where it does not. A failed

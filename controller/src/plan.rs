@@ -381,31 +381,8 @@ fn route_service(
     }
     let host = service_fqdn(&name, &spec.namespace, &spec.settings.cluster_domain);
     let meta = managed_meta(spec.ve, &name, &spec.namespace);
-    let mut http: Vec<HttpRoute> = envs
-        .iter()
-        .map(|env| HttpRoute {
-            name: format!("env-{}", subset_of(env)),
-            matches: vec![HttpMatchRequest {
-                headers: BTreeMap::from([(
-                    spec.route_header.clone(),
-                    StringMatch {
-                        exact: env.to_string(),
-                    },
-                )]),
-            }],
-            route: vec![to(&host, Some(subset_of(env)))],
-            headers: spec.strip.clone(),
-        })
-        .collect();
-    http.push(HttpRoute {
-        name: "default".into(),
-        matches: Vec::new(),
-        route: vec![to(
-            &host,
-            default_subset.filter(|_| has_default).map(subset_of),
-        )],
-        headers: spec.strip.clone(),
-    });
+    let default = default_subset.filter(|_| has_default).map(subset_of);
+    let http = env_routes(spec, &host, envs, &subset_of, default);
     let exposure = exposure.and_then(|e| gateway_hosts_free(spec, &name, e, &mut notes));
     let subsets = envs
         .iter()
@@ -436,6 +413,40 @@ fn route_service(
         exposure,
         notes,
     }))
+}
+
+/// The VirtualService's routes: one per env matching the route header exactly, to that
+/// env's subset, then the default route (to `default`, or to the whole service).
+fn env_routes(
+    spec: &Resolved<'_>,
+    host: &str,
+    envs: &BTreeSet<&str>,
+    subset_of: &dyn Fn(&str) -> String,
+    default: Option<String>,
+) -> Vec<HttpRoute> {
+    let mut http: Vec<HttpRoute> = envs
+        .iter()
+        .map(|env| HttpRoute {
+            name: format!("env-{}", subset_of(env)),
+            matches: vec![HttpMatchRequest {
+                headers: BTreeMap::from([(
+                    spec.route_header.clone(),
+                    StringMatch {
+                        exact: env.to_string(),
+                    },
+                )]),
+            }],
+            route: vec![to(host, Some(subset_of(env)))],
+            headers: spec.strip.clone(),
+        })
+        .collect();
+    http.push(HttpRoute {
+        name: "default".into(),
+        matches: Vec::new(),
+        route: vec![to(host, default)],
+        headers: spec.strip.clone(),
+    });
+    http
 }
 
 /// Whether a user's object holds the service: `Err` with the skip when one does; else

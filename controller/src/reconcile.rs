@@ -237,13 +237,14 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
     let ns = ve.namespace().ok_or(Error::NoNamespace)?;
     let api = NamespaceApi::new(&ctx.client, &ns);
     if ve.metadata.deletion_timestamp.is_some() {
-        ctx.peers.publish(&ns, None);
+        ctx.peers
+            .publish(&ns, None, |other| ctx.caches.published_by(other));
         return delete_elsewhere(&api, ctx, &ve).await;
     }
 
     // One VirtualEnvironment per namespace: the oldest one rules, the others say so.
-    let siblings = api.ves.list(&ListParams::default()).await?;
-    if let Some(ruler) = ruling(&siblings.items).filter(|r| r.name_any() != ve.name_any()) {
+    let siblings = siblings(&api, ctx, &ve).await?;
+    if let Some(ruler) = ruling(&siblings).filter(|r| r.name_any() != ve.name_any()) {
         let message = format!(
             "VirtualEnvironment {} already manages namespace {ns}; only one is used per namespace",
             ruler.name_any()
@@ -264,37 +265,10 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
     snapshot.peers = ctx
         .peers
         .others(&ns, |other| ctx.caches.published_by(other));
-    let plan = match plan_namespace(&ve, &snapshot, &ctx.settings) {
-        Ok(plan) => {
-            let mut now = published(&plan.plugin_config);
-            now.gateway_claims = plan.gateway_claims.clone();
-            ctx.peers.publish(&ns, Some(now));
-            plan
-        }
-        Err(e) => {
-            warn!("not applying anything: {e}");
-            let reason = match e {
-                PlanError::WasmPluginTaken(..) => "Conflict",
-                PlanError::ConfigTooLarge { .. } => "ConfigTooLarge",
-                _ => "InvalidSpec",
-            };
-            patch_status(&api.ves, &ve, not_ready(&ve, reason, &e.to_string())).await?;
-            return Ok(Action::await_change());
-        }
+    let Some(plan) = plan_and_publish(&api, ctx, &ve, &snapshot).await? else {
+        return Ok(Action::await_change());
     };
-    // Objects in other namespaces have no owner reference to collect them: a finalizer
-    // deletes them with the VirtualEnvironment. Added before the first is written.
-    let owner_uid = ve.uid();
-    let owns_elsewhere = !plan.gateway_plugins.is_empty()
-        || snapshot
-            .elsewhere
-            .iter()
-            .any(|e| e.kind.is_plugin() && e.managed_by(owner_uid.as_deref()));
-    if owns_elsewhere && !ve.finalizers().iter().any(|f| f == FINALIZER) {
-        let mut finalizers = ve.finalizers().to_vec();
-        finalizers.push(FINALIZER.to_owned());
-        patch_finalizers(&api.ves, &ve, finalizers).await?;
-    }
+    ensure_finalizer(&api, &ve, &plan, &snapshot).await?;
     let failures = apply_plan(&api, ctx, &ve, &plan, &snapshot).await;
     if !failures.is_empty() {
         let message = format!(
@@ -319,6 +293,57 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
         "reconciled"
     );
     Ok(Action::requeue(RESYNC))
+}
+
+/// Plans the namespace and publishes its table for callers elsewhere; a plan that fails
+/// is reported in the status (`None`: nothing to apply).
+async fn plan_and_publish(
+    api: &NamespaceApi,
+    ctx: &Context,
+    ve: &VirtualEnvironment,
+    snapshot: &Snapshot,
+) -> Result<Option<Plan>, Error> {
+    match plan_namespace(ve, snapshot, &ctx.settings) {
+        Ok(plan) => {
+            let mut now = published(&plan.plugin_config);
+            now.gateway_claims = plan.gateway_claims.clone();
+            ctx.peers
+                .publish(&api.ns, Some(now), |other| ctx.caches.published_by(other));
+            Ok(Some(plan))
+        }
+        Err(e) => {
+            warn!("not applying anything: {e}");
+            let reason = match e {
+                PlanError::WasmPluginTaken(..) => "Conflict",
+                PlanError::ConfigTooLarge { .. } => "ConfigTooLarge",
+                _ => "InvalidSpec",
+            };
+            patch_status(&api.ves, ve, not_ready(ve, reason, &e.to_string())).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Objects in other namespaces have no owner reference to collect them: a finalizer
+/// deletes them with the VirtualEnvironment. Added before the first is written.
+async fn ensure_finalizer(
+    api: &NamespaceApi,
+    ve: &VirtualEnvironment,
+    plan: &Plan,
+    snapshot: &Snapshot,
+) -> Result<(), Error> {
+    let owner_uid = ve.uid();
+    let owns_elsewhere = !plan.gateway_plugins.is_empty()
+        || snapshot
+            .elsewhere
+            .iter()
+            .any(|e| e.kind.is_plugin() && e.managed_by(owner_uid.as_deref()));
+    if owns_elsewhere && !ve.finalizers().iter().any(|f| f == FINALIZER) {
+        let mut finalizers = ve.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_owned());
+        patch_finalizers(&api.ves, ve, finalizers).await?;
+    }
+    Ok(())
 }
 
 /// Reads what is in the namespace from the watch caches: services, pods, and whatever
@@ -539,6 +564,27 @@ fn backoff(failures: u32) -> Duration {
 }
 
 /// The VirtualEnvironment that manages a namespace: the oldest, then by name.
+/// The VirtualEnvironments of `ve`'s namespace: from the controller's cache of them when it
+/// holds `ve` (the event that queued this reconcile filled it), else listed from the API.
+async fn siblings(
+    api: &NamespaceApi,
+    ctx: &Context,
+    ve: &VirtualEnvironment,
+) -> Result<Vec<VirtualEnvironment>, Error> {
+    if let Some(store) = &ctx.caches.virtual_environments {
+        let here: Vec<VirtualEnvironment> = store
+            .state()
+            .iter()
+            .filter(|other| other.namespace() == ve.namespace())
+            .map(|other| (**other).clone())
+            .collect();
+        if here.iter().any(|other| other.uid() == ve.uid()) {
+            return Ok(here);
+        }
+    }
+    Ok(api.ves.list(&ListParams::default()).await?.items)
+}
+
 fn ruling(ves: &[VirtualEnvironment]) -> Option<&VirtualEnvironment> {
     ves.iter()
         .min_by_key(|ve| (ve.metadata.creation_timestamp.clone(), ve.name_any()))
@@ -681,6 +727,11 @@ async fn patch_status(
     ve: &VirtualEnvironment,
     status: VirtualEnvironmentStatus,
 ) -> Result<(), Error> {
+    // Already so (as read: if that is stale, the change that made it so queues another
+    // reconcile): a restart or a re-plan that changes nothing writes nothing.
+    if ve.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
     apply_status(api, &ve.name_any(), "VirtualEnvironment", &status).await
 }
 

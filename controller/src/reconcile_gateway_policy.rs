@@ -16,6 +16,7 @@ use crate::crd::VirtualEnvironment;
 use crate::edge_guard::{plan_edge_guard, EdgeGuard, POLICY_LABEL};
 use crate::existing::Existing;
 use crate::gateway_policy::{GatewayPolicy, GatewayPolicyStatus};
+use crate::istio::WasmPlugin;
 use crate::reconcile::{
     apply_plugin, apply_status, is_current, prune_plugin, ready_condition, Context, Error,
     CACHE_WAIT, RESYNC,
@@ -72,29 +73,7 @@ pub async fn reconcile_policy(
         .await?;
         return Ok(Action::requeue(RESYNC));
     };
-    let plugin = &guard.plugin;
-    let kind = ctx.settings.extension_api.kind();
-    let is_planned = |e: &Existing| {
-        e.kind == kind
-            && e.name == plugin.name_any()
-            && Some(e.namespace.as_str()) == plugin.namespace().as_deref()
-    };
-    let current = is_current(&ctx, &ours.iter().collect::<Vec<_>>(), plugin);
-    if let Err(e) = apply_plugin(&ctx, plugin, current).await {
-        let message = format!("applying the edge guard: {e}");
-        patch_status(
-            &api,
-            &policy,
-            status(&policy, None, false, "ApplyFailed", &message),
-        )
-        .await?;
-        return Err(e);
-    }
-    if !current {
-        ctx.metrics.applied(kind.name());
-    }
-    // A guard left where the policy no longer points (another namespace, the other API).
-    prune_all(&ctx, ours.iter().filter(|e| !is_planned(e))).await?;
+    apply_guard(&ctx, &api, &policy, &guard.plugin, &ours).await?;
     let (at, ready, reason, message) = guard_report(&guard);
     patch_status(
         &api,
@@ -104,6 +83,38 @@ pub async fn reconcile_policy(
     .await?;
     info!(took = ?started.elapsed(), "edge guard reconciled");
     Ok(Action::requeue(RESYNC))
+}
+
+/// Applies the policy's guard (unless it is in force already) and prunes any other guard
+/// of the policy (another namespace, the other API); a failed apply is reported.
+async fn apply_guard(
+    ctx: &Context,
+    api: &Api<GatewayPolicy>,
+    policy: &GatewayPolicy,
+    plugin: &WasmPlugin,
+    ours: &[Existing],
+) -> Result<(), Error> {
+    let kind = ctx.settings.extension_api.kind();
+    let is_planned = |e: &Existing| {
+        e.kind == kind
+            && e.name == plugin.name_any()
+            && Some(e.namespace.as_str()) == plugin.namespace().as_deref()
+    };
+    let current = is_current(ctx, &ours.iter().collect::<Vec<_>>(), plugin);
+    if let Err(e) = apply_plugin(ctx, plugin, current).await {
+        let message = format!("applying the edge guard: {e}");
+        patch_status(
+            api,
+            policy,
+            status(policy, None, false, "ApplyFailed", &message),
+        )
+        .await?;
+        return Err(e);
+    }
+    if !current {
+        ctx.metrics.applied(kind.name());
+    }
+    prune_all(ctx, ours.iter().filter(|e| !is_planned(e))).await
 }
 
 async fn prune_all<'a>(

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DynamicObject};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::reflector::store::Writer;
@@ -97,21 +96,10 @@ pub async fn run(
         caches,
         peers,
     ));
-    let pods = watcher(Api::<Pod>::all(client.clone()), all())
-        .modify(slim_pod)
-        .default_backoff()
-        .reflect(writers.pods)
-        .touched_objects();
-    let services = watcher(Api::<Service>::all(client.clone()), all())
-        .modify(slim_service)
-        .default_backoff()
-        .reflect(writers.services)
-        .touched_objects();
+    let pods = reflected(&client, writers.pods, slim_pod);
+    let services = reflected(&client, writers.services, slim_service);
     // A GatewayPolicy decides which namespaces enter through a gateway; they change rarely.
-    let policies = watcher(Api::<GatewayPolicy>::all(client.clone()), all())
-        .default_backoff()
-        .reflect(writers.policies)
-        .touched_objects();
+    let policies = reflected(&client, writers.policies, |_| {});
     let controller = controller
         // Another namespace published a change its callers must learn.
         .reconcile_on(replans)
@@ -143,6 +131,28 @@ pub async fn run(
             }
         });
     futures::join!(routing, guards, sweeper);
+}
+
+/// A watch of every `K` in the cluster, each object slimmed by `slim` and kept in
+/// `writer`'s cache; yields the objects that changed.
+fn reflected<K>(
+    client: &Client,
+    writer: Writer<K>,
+    slim: fn(&mut K),
+) -> impl futures::Stream<Item = Result<K, watcher::Error>>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+{
+    watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .modify(slim)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
 }
 
 /// Sweeps orphaned gateway plugin objects ([`sweep_orphans`]) a minute after leadership

@@ -109,14 +109,60 @@ impl Reader {
         Ok(())
     }
 
+    /// What planning namespace `ns` reads: its services, pods and objects, the plugin
+    /// objects of its gateways elsewhere, every Gateway, and the `cluster`'s view.
+    fn namespace(
+        &self,
+        ns: &str,
+        default_namespace: &str,
+        cluster: &std::sync::Arc<GatewayCluster>,
+    ) -> Snapshot {
+        let in_ns = |obj_ns: Option<String>| obj_ns.as_deref().unwrap_or(default_namespace) == ns;
+        let (mut existing, mut elsewhere) = (Vec::new(), Vec::new());
+        for (kind, value) in &self.existing {
+            let object = Existing::from_json(*kind, value, default_namespace);
+            let labels: std::collections::BTreeMap<String, String> =
+                serde_json::from_value(value["metadata"]["labels"].clone()).unwrap_or_default();
+            match kind {
+                Kind::Gateway => elsewhere.push(object),
+                _ if object.namespace == ns => existing.push(object),
+                kind if kind.is_plugin()
+                    && crate::gateway::of_namespace(&object.name, &labels, ns) =>
+                {
+                    elsewhere.push(object)
+                }
+                _ => {}
+            }
+        }
+        Snapshot {
+            services: (self.services.iter())
+                .filter(|s| in_ns(s.namespace()))
+                .cloned()
+                .collect(),
+            pods: (self.pods.iter())
+                .filter(|p| in_ns(p.namespace()))
+                .cloned()
+                .collect(),
+            existing,
+            elsewhere,
+            // Filled in by planning from the other namespaces' plans (see
+            // `offline::plan_namespaces`).
+            peers: Default::default(),
+            cluster: std::sync::Arc::clone(cluster),
+        }
+    }
+
     /// Ties the objects to their `VirtualEnvironment`s' namespaces: one snapshot per
     /// namespace with a VirtualEnvironment, sorted by namespace. Objects without a
     /// namespace are taken to be in `default_namespace`.
-    pub fn finish(self, default_namespace: &str) -> Result<Vec<NamespaceSnapshot>, SnapshotError> {
+    pub fn finish(
+        mut self,
+        default_namespace: &str,
+    ) -> Result<Vec<NamespaceSnapshot>, SnapshotError> {
         if self.ves.is_empty() {
             return Err(SnapshotError::NoVirtualEnvironment);
         }
-        let mut ves = self.ves;
+        let mut ves = std::mem::take(&mut self.ves);
         for ve in &mut ves {
             if ve.namespace().is_none() {
                 ve.metadata.namespace = Some(default_namespace.to_owned());
@@ -159,46 +205,17 @@ impl Reader {
                 (ve, services)
             }),
         ));
-        let mut out = Vec::new();
-        for ve in ves {
-            let ns = ve.namespace().unwrap_or_default();
-            let (mut existing_here, mut elsewhere) = (Vec::new(), Vec::new());
-            for (kind, value) in &self.existing {
-                let object = Existing::from_json(*kind, value, default_namespace);
-                let labels: std::collections::BTreeMap<String, String> =
-                    serde_json::from_value(value["metadata"]["labels"].clone()).unwrap_or_default();
-                match kind {
-                    Kind::Gateway => elsewhere.push(object),
-                    _ if object.namespace == ns => existing_here.push(object),
-                    kind if kind.is_plugin()
-                        && crate::gateway::of_namespace(&object.name, &labels, &ns) =>
-                    {
-                        elsewhere.push(object)
-                    }
-                    _ => {}
+        let out = ves
+            .into_iter()
+            .map(|ve| {
+                let ns = ve.namespace().unwrap_or_default();
+                let snapshot = self.namespace(&ns, default_namespace, &cluster);
+                NamespaceSnapshot {
+                    virtual_environment: ve,
+                    snapshot,
                 }
-            }
-            let snapshot = Snapshot {
-                services: (self.services.iter())
-                    .filter(|s| in_ns(s.namespace(), &ns))
-                    .cloned()
-                    .collect(),
-                pods: (self.pods.iter())
-                    .filter(|p| in_ns(p.namespace(), &ns))
-                    .cloned()
-                    .collect(),
-                existing: existing_here,
-                elsewhere,
-                // Filled in by planning from the other namespaces' plans (see
-                // `offline::plan_namespaces`).
-                peers: Default::default(),
-                cluster: std::sync::Arc::clone(&cluster),
-            };
-            out.push(NamespaceSnapshot {
-                virtual_environment: ve,
-                snapshot,
-            });
-        }
+            })
+            .collect();
         Ok(out)
     }
 }

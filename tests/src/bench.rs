@@ -1112,8 +1112,8 @@ pub mod planning {
         pod
     }
 
-    /// A process's peak resident set (`VmHWM`).
-    fn peak_resident_bytes() -> u64 {
+    /// This process's peak resident set (`VmHWM`).
+    pub fn peak_resident_bytes() -> u64 {
         std::fs::read_to_string("/proc/self/status")
             .ok()
             .and_then(|s| {

@@ -12,6 +12,7 @@ pub mod app;
 pub mod bench;
 pub mod demo;
 pub mod envoy;
+pub mod fleet;
 pub mod http;
 pub mod manifests;
 pub mod mesh;

@@ -812,7 +812,7 @@ async fn a_namespace_takes_in_the_table_another_published() {
             .collect(),
         ..PluginConfig::default()
     };
-    peers.publish("pay", Some(published(&pay)));
+    peers.publish("pay", Some(published(&pay)), |_| None);
     while replans.try_recv().is_ok() {}
     let caches = namespace(
         &seed_snapshot(),
@@ -903,7 +903,7 @@ async fn after_a_restart_calls_into_another_namespace_keep_its_table() {
     let (ctx, handle) = mock_context_with(caches, settings(), peers);
     let server = tokio::spawn(async move {
         let mut api = ApiServerVerifier::new(handle);
-        api.list_virtual_environments(&[&seed_ve_from_api()]).await;
+        // No list of the namespace's VirtualEnvironments: the cache of them holds it.
         let wp = api.apply(WP, "virtual-env").await;
         let peers = &wp["spec"]["pluginConfig"]["peers"];
         assert_eq!(

@@ -2,6 +2,8 @@
 //! [--candidate WASM] [--out DIR] [--only A,B]`: the benchmark `make bench` runs.
 //! `virtual-env-bench --controller-memory`: only the controller's memory figure (`make
 //! bench-controller`), in a process of its own as the full run measures it.
+//! `virtual-env-bench --controller-fleet [NAMESPACES SERVICES ENVS]`: the controller across
+//! many namespaces (`make bench-controller`; `virtual_env_e2e::fleet`).
 //! `--candidate` adds a scenario with another build of the filter, beside the current one. Writes `results.md` and `results.json` to DIR
 //! (default `bench/results`). See `virtual_env_e2e::bench` for what is measured.
 
@@ -23,13 +25,19 @@ mod heap {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     static LIVE: AtomicU64 = AtomicU64::new(0);
+    static PEAK: AtomicU64 = AtomicU64::new(0);
+
+    fn grew(size: u64) {
+        let live = LIVE.fetch_add(size, Ordering::Relaxed) + size;
+        PEAK.fetch_max(live, Ordering::Relaxed);
+    }
 
     struct Counting;
 
     // SAFETY: every call is passed to the system allocator unchanged; only counted.
     unsafe impl GlobalAlloc for Counting {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            LIVE.fetch_add(layout.size() as u64, Ordering::Relaxed);
+            grew(layout.size() as u64);
             // SAFETY: the caller's contract is the system allocator's.
             unsafe { System.alloc(layout) }
         }
@@ -39,7 +47,7 @@ mod heap {
             unsafe { System.dealloc(ptr, layout) }
         }
         unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            LIVE.fetch_add(new_size as u64, Ordering::Relaxed);
+            grew(new_size as u64);
             LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
             // SAFETY: as above.
             unsafe { System.realloc(ptr, layout, new_size) }
@@ -52,6 +60,21 @@ mod heap {
     pub fn live() -> u64 {
         LIVE.load(Ordering::Relaxed)
     }
+
+    /// The most live at once since the last [`reset_peak`].
+    pub fn peak() -> u64 {
+        PEAK.load(Ordering::Relaxed)
+    }
+
+    pub fn reset_peak() {
+        PEAK.store(live(), Ordering::Relaxed);
+    }
+
+    pub const METER: virtual_env_e2e::fleet::Heap = virtual_env_e2e::fleet::Heap {
+        live,
+        peak,
+        reset_peak,
+    };
 }
 
 struct Options {
@@ -154,7 +177,37 @@ fn cross_namespace_lines() -> Vec<String> {
         .collect()
 }
 
+/// `--controller-fleet [NAMESPACES SERVICES ENVS]` (default 100 200 20): see
+/// `virtual_env_e2e::fleet`. Writes `controller-fleet.{md,json}` to `bench/results`.
+fn controller_fleet() -> Result<()> {
+    let arg = |i: usize, default: usize| -> Result<usize> {
+        std::env::args()
+            .nth(i)
+            .map_or(Ok(default), |a| a.parse().context("a count"))
+    };
+    let shape = virtual_env_e2e::fleet::Shape {
+        namespaces: arg(2, 100)?,
+        services: arg(3, 200)?,
+        envs: arg(4, 20)?,
+    };
+    eprintln!("measuring the controller across {shape:?}");
+    let figures = virtual_env_e2e::fleet::measure(shape, heap::METER)?;
+    let md = virtual_env_e2e::fleet::table(&figures);
+    let out = repo_root().join("bench/results");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("controller-fleet.md"), &md)?;
+    std::fs::write(
+        out.join("controller-fleet.json"),
+        serde_json::to_vec_pretty(&json!({"machine": machine(), "figures": figures}))?,
+    )?;
+    print!("{md}");
+    Ok(())
+}
+
 async fn run() -> Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("--controller-fleet") {
+        return controller_fleet();
+    }
     if std::env::args().nth(1).as_deref() == Some("--controller-memory") {
         // First and alone in this process: its peak is the measurement.
         let (cached, heap, peak) = planning::controller_memory(1000, 10, &heap::live);

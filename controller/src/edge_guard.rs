@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use virtual_env_core::config::{MAX_EDGE_BAGGAGE_KEYS, MAX_EDGE_HEADERS, MAX_EDGE_PATTERNS};
-use virtual_env_core::{Direction, EdgeCarriers, HeaderPattern, PluginConfig};
+use virtual_env_core::{EdgeCarriers, HeaderPattern, PluginConfig};
 
 use crate::crd::VirtualEnvironment;
 use crate::gateway_policy::{FailStrategy, GatewayPolicy};
@@ -66,15 +66,9 @@ pub fn plan_edge_guard(
         })
         .collect();
     let ves = &ves[..];
-    let mut config = PluginConfig {
-        direction: Some(Direction::Outbound),
-        correlation_slots: 0,
-        auto_inject: false,
-        edge_trust: Some(edge_trust),
-        ..PluginConfig::default()
-    };
-    let (carriers, left_out, overflow) = carriers_of(ves, &config);
-    config.edge_carriers = carriers;
+    // The guard's own carriers are the default ones.
+    let (carriers, left_out, overflow) = carriers_of(ves, &PluginConfig::default());
+    let config = PluginConfig::edge_guard(edge_trust, carriers);
     config
         .validate()
         .map_err(|e| format!("spec.edgeTrust: {e}"))?;

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kube::api::ObjectMeta;
 use kube::ResourceExt;
-use virtual_env_core::{Direction, PluginConfig};
+use virtual_env_core::PluginConfig;
 
 use crate::crd::VirtualEnvironment;
 use crate::existing::{Existing, Kind};
@@ -167,18 +167,7 @@ fn gateway_config(
     entry: &Entry<'_>,
     skipped: &mut Vec<Skip>,
 ) -> PluginConfig {
-    let mut config = PluginConfig {
-        direction: Some(Direction::Outbound),
-        correlation_slots: 0,
-        auto_inject: false,
-        services: BTreeMap::new(),
-        hosts: BTreeMap::new(),
-        edge_trust: placement.edge_trust.clone(),
-        peers: BTreeMap::new(),
-        env_names: Vec::new(),
-        service_envs: BTreeMap::new(),
-        ..namespace_config.clone()
-    };
+    let mut config = namespace_config.gateway(placement.edge_trust.clone());
     let reference = placement.gateway.reference();
     for (host, service) in &placement.hosts {
         let Some(service) = entry.exposed.iter().find(|s| s.name == service.as_str()) else {

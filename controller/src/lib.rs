@@ -19,6 +19,7 @@ pub mod leader;
 pub mod metrics;
 pub mod module;
 pub mod objects;
+pub mod own_writes;
 pub mod offline;
 pub mod peer_namespaces;
 pub mod peers;

@@ -9,7 +9,8 @@ use virtual_env_core::routing::{RouteTable, ServiceEnvs};
 use virtual_env_core::{
     lowercase, service_fqdn, validate_env_name, Choice, PluginConfig, ServiceHost, Target,
 };
-use virtual_env_filter::dry_run::{self, Route};
+use virtual_env_filter::dry_run;
+use virtual_env_filter::{Decision, Destination, Route};
 use virtual_env_filter::{EnvSource, FilterConfig, Node};
 
 use crate::extension::{traffic_extension, ExtensionApi};
@@ -184,7 +185,7 @@ pub fn explain(
     let routes = filter.routes();
     let authority = lowercase(question.service);
     let target = routes.target(&authority, &node.namespace);
-    if let Target::Outside = target {
+    if outcome.target == Some(Destination::Outside) {
         let _ = writeln!(
             out,
             "{} is not a service of the mesh (not in a namespace the plugin config knows, or another cluster domain): the filter leaves the request untouched",
@@ -266,7 +267,7 @@ fn sender(
 fn request_env(
     out: &mut String,
     question: &Question<'_>,
-    outcome: &dry_run::Outcome,
+    outcome: &Decision<'_>,
     node: &Node,
     config: &PluginConfig,
     filter: &FilterConfig,
@@ -348,17 +349,27 @@ fn walk(
 }
 
 /// What was chosen, and the route header the filter set.
-fn chosen(out: &mut String, outcome: &dry_run::Outcome) {
-    let route_header = &outcome.route_header_name;
-    let _ = match (outcome.route, &outcome.route_header) {
-        (Some(Route::Exact), Some(e)) => writeln!(out, "chosen: {e} (exact)\nroute header: {route_header}: {e}"),
-        (Some(Route::Fallback), Some(e)) => writeln!(out, "chosen: {e} (fallback)\nroute header: {route_header}: {e}"),
-        (Some(Route::Default), Some(e)) => writeln!(out, "chosen: {e} (default subset)\nroute header: {route_header}: {e}"),
-        _ => writeln!(
-            out,
-            "chosen: nothing; the route header is removed and the VirtualService's default route applies (the whole service)"
-        ),
+fn chosen(out: &mut String, outcome: &Decision<'_>) {
+    let (route_header, subset) = match &outcome.route_header {
+        Some((name, Some(subset))) => (name.as_ref(), subset.as_str()),
+        _ => ("", ""),
     };
+    let how = match outcome.choice {
+        Some(Route::Exact) if !subset.is_empty() => "exact",
+        Some(Route::Fallback) if !subset.is_empty() => "fallback",
+        Some(Route::Default) if !subset.is_empty() => "default subset",
+        _ => {
+            let _ = writeln!(
+                out,
+                "chosen: nothing; the route header is removed and the VirtualService's default route applies (the whole service)"
+            );
+            return;
+        }
+    };
+    let _ = writeln!(
+        out,
+        "chosen: {subset} ({how})\nroute header: {route_header}: {subset}"
+    );
 }
 
 #[cfg(test)]

@@ -158,7 +158,7 @@ pub fn plan_namespace(
         virtual_services: Vec::new(),
         destination_rules: Vec::new(),
         wasm_plugin: wasm_plugin(ve, &spec.namespace, settings, &spec.config),
-        inbound_wasm_plugin: wasm_plugin(ve, &spec.namespace, settings, &inbound(&spec.config)),
+        inbound_wasm_plugin: wasm_plugin(ve, &spec.namespace, settings, &spec.config.called_side()),
         plugin_config: spec.config.clone(),
         envs: ready.iter().map(|(_, env)| env.to_string()).collect(),
         skipped: Vec::new(),
@@ -844,17 +844,6 @@ fn managed_meta(ve: &VirtualEnvironment, name: &str, namespace: &str) -> ObjectM
         // Only an object read from the API has a uid; offline renders carry no owner.
         owner_references: ve.controller_owner_ref(&()).map(|r| vec![r]),
         ..ObjectMeta::default()
-    }
-}
-
-/// The called side's config: the same settings, no services table (inbound requests are
-/// recorded, not routed), so each sidecar holds the table once.
-pub fn inbound(config: &PluginConfig) -> PluginConfig {
-    PluginConfig {
-        direction: Some(Direction::Inbound),
-        services: Default::default(),
-        peers: Default::default(),
-        ..config.clone()
     }
 }
 

@@ -27,6 +27,7 @@ use crate::extension::{traffic_extension, ExtensionApi};
 use crate::gateway::FINALIZER;
 use crate::istio::{DestinationRule, TrafficExtension, VirtualService, WasmPlugin};
 use crate::metrics::Metrics;
+use crate::own_writes::OwnWrites;
 use crate::peer_namespaces::{published, PeerDirectory};
 use crate::plan::{
     plan_namespace, plugin_config_of, plugin_config_value, Plan, PlanError, Settings, Snapshot,
@@ -79,6 +80,9 @@ pub struct Context {
     pub caches: Caches,
     /// What each namespace's plan published for callers in the others.
     pub peers: PeerDirectory,
+    /// The versions of this controller's own last writes: their watch events reconcile
+    /// nothing.
+    pub own_writes: OwnWrites,
     /// Consecutive failures per VirtualEnvironment, for backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -97,6 +101,7 @@ impl Context {
             metrics,
             caches,
             peers,
+            own_writes: OwnWrites::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -594,11 +599,11 @@ fn ruling(ves: &[VirtualEnvironment]) -> Option<&VirtualEnvironment> {
 async fn write_step(step: &Step, api: &NamespaceApi, ctx: &Context) -> Result<(), Error> {
     match step {
         Step::DestinationRule(dr) => {
-            apply(&api.drs, dr, "DestinationRule").await?;
+            apply(ctx, &api.drs, dr, "DestinationRule").await?;
             ctx.metrics.applied("DestinationRule");
         }
         Step::VirtualService(vs) => {
-            apply(&api.vss, vs, "VirtualService").await?;
+            apply(ctx, &api.vss, vs, "VirtualService").await?;
             ctx.metrics.applied("VirtualService");
         }
         Step::WasmPlugin => {}
@@ -642,7 +647,8 @@ fn istio_error(kind: &'static str, error: kube::Error) -> Error {
     }
 }
 
-async fn apply<K>(api: &Api<K>, object: &K, kind: &'static str) -> Result<(), Error>
+/// Server-side applies `object`, recording the version written (see `own_writes.rs`).
+async fn apply<K>(ctx: &Context, api: &Api<K>, object: &K, kind: &'static str) -> Result<(), Error>
 where
     K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
@@ -653,7 +659,11 @@ where
     )
     .await
     {
-        Ok(result) => result.map(drop).map_err(|e| istio_error(kind, e)),
+        Ok(Ok(applied)) => {
+            ctx.own_writes.record(kind, &applied);
+            Ok(())
+        }
+        Ok(Err(e)) => Err(istio_error(kind, e)),
         Err(_) => Err(Error::Timeout(WRITE_TIMEOUT)),
     }
 }
@@ -672,11 +682,11 @@ pub(crate) async fn apply_plugin(
     match ctx.settings.extension_api {
         ExtensionApi::WasmPlugin => {
             let api = Api::<WasmPlugin>::namespaced(ctx.client.clone(), &ns);
-            apply(&api, plugin, "WasmPlugin").await
+            apply(ctx, &api, plugin, "WasmPlugin").await
         }
         ExtensionApi::TrafficExtension => {
             let api = Api::<TrafficExtension>::namespaced(ctx.client.clone(), &ns);
-            apply(&api, &traffic_extension(plugin), "TrafficExtension").await
+            apply(ctx, &api, &traffic_extension(plugin), "TrafficExtension").await
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::crd::VirtualEnvironment;
 use crate::existing::Kind;
 use crate::gateway_policy::GatewayPolicy;
 use crate::metrics::Metrics;
+use crate::own_writes::OwnWrites;
 use crate::peer_namespaces::PeerDirectory;
 use crate::plan::Settings;
 use crate::reconcile::{error_policy, reconcile, Context, RESYNC};
@@ -106,7 +107,7 @@ pub async fn run(
         .watches_stream(pods, in_same_namespace(store.clone()))
         .watches_stream(services, in_same_namespace(store.clone()))
         .watches_stream(policies, every(store.clone()));
-    let controller = watch_istio(controller, &client, writers.istio, &store);
+    let controller = watch_istio(controller, &client, writers.istio, &store, &ctx.own_writes);
     let policies = edge_guard_controller(&client, ve_writer);
     let shutdown = futures::FutureExt::shared(shutdown);
     let routing = controller
@@ -177,12 +178,14 @@ async fn sweep_periodically(ctx: Arc<Context>, shutdown: impl std::future::Futur
 }
 
 /// Istio's objects, cached and watched: a change in a namespace reconciles its
-/// VirtualEnvironment; a Gateway's change every one.
+/// VirtualEnvironment (unless it is the echo of this controller's own write, see
+/// `own_writes.rs`); a Gateway's change every one.
 fn watch_istio(
     mut controller: Controller<VirtualEnvironment>,
     client: &Client,
     writers: Vec<(Kind, Writer<DynamicObject>)>,
     store: &Store<VirtualEnvironment>,
+    own_writes: &OwnWrites,
 ) -> Controller<VirtualEnvironment> {
     for (kind, writer) in writers {
         let resource = kind.api_resource();
@@ -199,7 +202,15 @@ fn watch_istio(
             // namespace go; Gateways change rarely.
             controller.watches_stream_with(objects, every(store.clone()), resource)
         } else {
-            controller.watches_stream_with(objects, in_same_namespace(store.clone()), resource)
+            let (in_namespace, own_writes) = (in_same_namespace(store.clone()), own_writes.clone());
+            let reconciles = move |object: DynamicObject| {
+                if own_writes.is_echo(kind.name(), &object) {
+                    Vec::new()
+                } else {
+                    in_namespace(object)
+                }
+            };
+            controller.watches_stream_with(objects, reconciles, resource)
         };
     }
     controller

@@ -362,6 +362,53 @@ impl PluginConfig {
         Ok(self)
     }
 
+    /// The called side's config, derived from a namespace's calling side: the same
+    /// settings, no services table and no peers (inbound requests are recorded, not
+    /// routed), so each sidecar holds the table once.
+    pub fn called_side(&self) -> Self {
+        Self {
+            direction: Some(Direction::Inbound),
+            services: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            env_names: Vec::new(),
+            service_envs: BTreeMap::new(),
+            ..self.clone()
+        }
+    }
+
+    /// A gateway's config, derived from a namespace's calling side: its settings with
+    /// `edge_trust`, an empty services table and hosts (the gateway's placement fills
+    /// them), no trace correlation (a gateway records nothing), no auto-inject (a gateway
+    /// has no env of its own) and no peers (it calls only the namespace's exposed
+    /// services).
+    pub fn gateway(&self, edge_trust: Option<EdgeTrust>) -> Self {
+        Self {
+            direction: Some(Direction::Outbound),
+            correlation_slots: 0,
+            auto_inject: false,
+            services: BTreeMap::new(),
+            hosts: BTreeMap::new(),
+            edge_trust,
+            peers: BTreeMap::new(),
+            env_names: Vec::new(),
+            service_envs: BTreeMap::new(),
+            ..self.clone()
+        }
+    }
+
+    /// A gateway owner's edge guard: nothing to route, only `edge_trust` over the
+    /// default carriers and `edge_carriers`.
+    pub fn edge_guard(edge_trust: EdgeTrust, edge_carriers: EdgeCarriers) -> Self {
+        Self {
+            direction: Some(Direction::Outbound),
+            correlation_slots: 0,
+            auto_inject: false,
+            edge_trust: Some(edge_trust),
+            edge_carriers,
+            ..Self::default()
+        }
+    }
+
     pub fn to_json(&self) -> String {
         // Serializing plain strings, bools and maps with string keys cannot fail.
         serde_json::to_string(self).unwrap_or_default()

@@ -19,12 +19,13 @@ use virtual_env_core::{
     lowercase, validate_env_name, Choice, EdgeMode, EdgeTrust, PluginConfig, RouteTable, Target,
 };
 
-use crate::baggage::baggage_member;
 use crate::correlation::CorrelationTable;
+use crate::decision::{Decision, Destination, EdgeVerdict, Edit, Route};
 use crate::edge::{guard, Carriers};
 use crate::host::Host;
-use crate::metrics::Metric;
-use crate::trace::trace_id;
+use reading::Reading;
+
+mod reading;
 
 /// Which side of the sidecar the request passes: from the config's `direction` when the
 /// controller set it, else from the listener (see [`direction_of_listener`]).
@@ -49,19 +50,6 @@ pub enum EnvSource {
     OwnLabel,
 }
 
-impl EnvSource {
-    fn metric(source: Option<Self>) -> Metric {
-        match source {
-            Some(EnvSource::Header) => Metric::EnvFromHeader,
-            Some(EnvSource::Alias) => Metric::EnvFromAlias,
-            Some(EnvSource::Baggage) => Metric::EnvFromBaggage,
-            Some(EnvSource::Trace) => Metric::EnvFromTrace,
-            Some(EnvSource::OwnLabel) => Metric::EnvFromOwnLabel,
-            None => Metric::EnvFromNowhere,
-        }
-    }
-}
-
 /// What the sidecar knows about its own pod, from Envoy's node metadata.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Node {
@@ -69,14 +57,6 @@ pub struct Node {
     pub namespace: String,
     /// The pod's env label, when it is a valid env name.
     pub own_env: Option<String>,
-}
-
-/// How much of a rejected value a debug log line shows: a hostile value can be as long as
-/// Envoy's header limit.
-const LOGGED_VALUE_LEN: usize = 64;
-
-fn shown(bytes: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(&bytes[..bytes.len().min(LOGGED_VALUE_LEN)])
 }
 
 /// A validated plugin config, compiled for per-request use.
@@ -208,81 +188,123 @@ impl FilterConfig {
         }
     }
 
-    pub fn on_request_headers(&self, node: &Node, direction: Direction, host: &mut impl Host) {
+    /// Decides on one request ([`Self::decide`]), applies the decision to `host` (its
+    /// edits, records and counters) and returns it.
+    pub fn on_request_headers<H: Host>(
+        &self,
+        node: &Node,
+        direction: Direction,
+        host: &mut H,
+    ) -> Decision<'_> {
+        let decision = self.decide(node, direction, &*host);
+        decision.apply(host);
+        decision
+    }
+
+    /// What the filter does to one request, read through `host` and never written to it.
+    pub fn decide(&self, node: &Node, direction: Direction, host: &impl Host) -> Decision<'_> {
         match direction {
-            Direction::Inbound => self.on_inbound(host),
-            Direction::Outbound => self.on_outbound(node, host),
+            Direction::Inbound => {
+                let mut read = Reading::new(self, host, &[]);
+                let mut decision = self.decide_inbound(&mut read);
+                decision.rejected += read.rejected;
+                decision
+            }
+            Direction::Outbound => self.decide_outbound(node, host),
         }
     }
 
-    fn on_outbound(&self, node: &Node, host: &mut impl Host) {
-        // A gateway's edge policy holds for every request through it, whatever its host.
-        if let Some(edge) = &self.edge_trust {
-            self.guard_edge(edge, host);
-        }
-        if self.guard_only {
-            return;
-        }
-        let authority = self.text(host, ":authority");
+    fn decide_outbound(&self, node: &Node, host: &impl Host) -> Decision<'_> {
+        // A gateway's edge policy holds for every request through it, whatever its host;
+        // what follows reads the request as the guard leaves it.
+        let (edge, guarded) = match &self.edge_trust {
+            Some(edge) => {
+                let (verdict, edits) = self.guard_edge(edge, host);
+                (Some(verdict), edits)
+            }
+            None => (None, Vec::new()),
+        };
+        let mut read = Reading::new(self, host, &guarded);
+        let mut decision = if self.guard_only {
+            Decision::default()
+        } else {
+            self.route(node, &mut read)
+        };
+        decision.rejected += read.rejected;
+        decision.edge = edge;
+        decision.edits.splice(0..0, guarded);
+        decision
+    }
+
+    /// The env, the target, the subset and the route header of an outbound request.
+    fn route(&self, node: &Node, read: &mut Reading<'_, '_, impl Host>) -> Decision<'_> {
+        let mut decision = Decision::default();
+        let own_route_header = self.route_header.as_str();
+        let authority = read.text(":authority");
         let target = authority.as_deref().map_or(Target::Outside, |authority| {
             self.routes.target(&lowercase(authority), &node.namespace)
         });
         if target == Target::Outside {
-            host.increment(Metric::RouteUnknownService);
+            decision.target = Some(Destination::Outside);
             // The route header is ours: whatever the application forwarded never leaves.
-            host.remove_request_header(&self.route_header);
-            return;
+            decision.remove(own_route_header);
+            decision.route_header = Some((own_route_header.into(), None));
+            return decision;
         }
-        let resolved = self
-            .env_from_request(host)
-            .or_else(|| self.env_from_trace(host).map(|env| (env, EnvSource::Trace)))
+        let resolved = read
+            .env_from_request()
+            .or_else(|| read.env_from_trace().map(|env| (env, EnvSource::Trace)))
             .or_else(|| {
                 let own = node.own_env.as_ref().filter(|_| self.auto_inject)?;
                 Some((own.clone(), EnvSource::OwnLabel))
             });
-        let (env, source) = match resolved {
-            Some((env, source)) => (Some(env), Some(source)),
-            None => (None, None),
-        };
-        host.increment(EnvSource::metric(source));
-        if let (Some(env), Some(source)) = (&env, source) {
-            if source != EnvSource::Header {
-                host.set_request_header(&self.env_header, env);
+        if let Some((env, source)) = &resolved {
+            if *source != EnvSource::Header {
+                decision.set(self.env_header.as_str(), env.as_str());
             }
         }
+        decision.env = resolved;
         let Target::Service(service) = target else {
-            host.increment(Metric::RouteUnknownService);
-            host.remove_request_header(&self.route_header);
-            return;
+            decision.target = Some(Destination::Unrouted);
+            decision.remove(own_route_header);
+            decision.route_header = Some((own_route_header.into(), None));
+            return decision;
         };
-        let choice = self.routes.choose(service, env.as_deref());
-        host.increment(match choice {
-            Choice::Exact(_) => Metric::RouteExact,
-            Choice::Fallback(_) => Metric::RouteFallback,
-            Choice::Default(_) => Metric::RouteDefault,
-            Choice::None => Metric::RouteNone,
+        let env = decision.env.as_ref().map(|(env, _)| env.as_str());
+        let choice = self.routes.choose(service, env);
+        debug!("virtual-env: env={:?} -> {choice:?}", decision.env);
+        let subset = choice.env().map(str::to_owned);
+        decision.choice = Some(match choice {
+            Choice::Exact(_) => Route::Exact,
+            Choice::Fallback(_) => Route::Fallback,
+            Choice::Default(_) => Route::Default,
+            Choice::None => Route::None,
         });
-        debug!("virtual-env: env={env:?} from {source:?} -> {choice:?}");
         // A service of another namespace is routed by that namespace's VirtualService,
         // which matches its own route header; ours has no business there.
         let route_header = match self.routes.peer_route_header(service) {
-            None => self.route_header.as_str(),
+            None => {
+                decision.target = Some(Destination::Service);
+                own_route_header
+            }
             Some(peer) => {
-                host.increment(Metric::RoutePeer);
-                host.remove_request_header(&self.route_header);
+                decision.target = Some(Destination::PeerService);
+                decision.remove(own_route_header);
                 peer
             }
         };
-        match choice.env() {
-            Some(subset) => host.set_request_header(route_header, subset),
-            None => host.remove_request_header(route_header),
+        match &subset {
+            Some(subset) => decision.set(route_header, subset.as_str()),
+            None => decision.remove(route_header),
         }
+        decision.route_header = Some((route_header.into(), subset));
+        decision
     }
 
     /// At a gateway that does not accept every env: every line of every carrier is judged
     /// and only admitted envs stay (see `edge.rs`), so that neither this hop nor any
-    /// behind the gateway finds another.
-    fn guard_edge(&self, edge: &EdgeTrust, host: &mut impl Host) {
+    /// behind the gateway finds another. Returns the verdict and the edits.
+    fn guard_edge(&self, edge: &EdgeTrust, host: &impl Host) -> (EdgeVerdict, Vec<Edit<'_>>) {
         let carriers = Carriers {
             whole: &self.edge_whole,
             patterns: &self.edge_patterns,
@@ -294,165 +316,78 @@ impl FilterConfig {
             log::warn!(
                 "virtual-env: cannot read the request's headers; removing every env carrier"
             );
-            host.increment(Metric::HeaderRejected);
-            for name in carriers.names() {
-                host.remove_request_header(name);
-            }
-            return;
+            let edits = carriers
+                .names()
+                .map(|name| Edit::Remove(Cow::Owned(name.to_owned())))
+                .collect();
+            let verdict = EdgeVerdict {
+                unreadable: true,
+                ..EdgeVerdict::default()
+            };
+            return (verdict, edits);
         };
-        let edits = guard(edge, &carriers, &lines);
-        if edits.envs_removed > 0 {
+        let judged = guard(edge, &carriers, &lines);
+        if judged.envs_removed > 0 {
             debug!(
                 "virtual-env: removed {} envs at the edge",
-                edits.envs_removed
+                judged.envs_removed
             );
-            host.increment(Metric::EnvRemovedAtEdge);
         }
-        if edits.lines_unjudged > 0 {
+        if judged.lines_unjudged > 0 {
             debug!(
                 "virtual-env: removed {} carrier lines at the edge that could not be judged",
-                edits.lines_unjudged
+                judged.lines_unjudged
             );
-            host.increment(Metric::HeaderRejected);
         }
-        for (name, value) in &edits.headers {
+        let mut edits = Vec::new();
+        for (name, value) in judged.headers {
             // Every line goes first: the result never depends on how the proxy's replace
             // treats a header of several lines.
-            host.remove_request_header(name);
+            edits.push(Edit::Remove(Cow::Owned(name.clone())));
             if let Some(value) = value {
-                host.set_request_header(name, value);
+                edits.push(Edit::Set(Cow::Owned(name), value));
             }
         }
+        let verdict = EdgeVerdict {
+            envs_removed: judged.envs_removed,
+            lines_unjudged: judged.lines_unjudged,
+            unreadable: false,
+        };
+        (verdict, edits)
     }
 
-    fn on_inbound(&self, host: &mut impl Host) {
-        let Some((env, source)) = self.env_from_request(host) else {
-            return;
+    /// The called side: hand the application the env under the env header, and record it
+    /// under the request's trace ids for the calls it causes.
+    fn decide_inbound(&self, read: &mut Reading<'_, '_, impl Host>) -> Decision<'_> {
+        let mut decision = Decision::default();
+        let Some((env, source)) = read.env_from_request() else {
+            return decision;
         };
-        // Hand the application the env under the header it is asked to forward.
         if source != EnvSource::Header {
-            host.set_request_header(&self.env_header, &env);
+            decision.set(self.env_header.as_str(), env.as_str());
         }
-        let Some(table) = self.correlation else {
-            return;
-        };
-        let now = host.now_unix_ms();
-        let mut recorded = false;
-        // `traceparent` and B3 headers of one trace carry one id: write it once.
-        let mut written: Vec<String> = Vec::new();
-        for header in &self.trace_headers {
-            let Some(value) = self.text(host, header) else {
-                continue;
-            };
-            let Some(id) = self.trace_id(host, header, &value) else {
-                continue;
-            };
-            if written.iter().any(|w| *w == *id) {
-                continue;
-            }
-            if let Some(entry) = table.entry(&id, &env, now) {
-                recorded |= host.set_shared_data(&table.slot_key(&id), entry.as_bytes(), None);
-            }
-            written.push(id.into_owned());
-        }
-        if recorded {
-            host.increment(Metric::TraceRecorded);
-        }
-    }
-
-    /// A header as text; a value that is not UTF-8 counts as absent and is counted.
-    fn text(&self, host: &mut impl Host, header: &str) -> Option<String> {
-        let bytes = host.request_header(header)?;
-        match String::from_utf8(bytes) {
-            Ok(text) => Some(text),
-            Err(e) => {
-                debug!(
-                    "virtual-env: ignoring {header}: not UTF-8: {}",
-                    shown(e.as_bytes())
-                );
-                host.increment(Metric::HeaderRejected);
-                None
-            }
-        }
-    }
-
-    fn trace_id<'v>(
-        &self,
-        host: &mut impl Host,
-        header: &str,
-        value: &'v str,
-    ) -> Option<Cow<'v, str>> {
-        let id = trace_id(header, value);
-        if id.is_none() {
-            debug!(
-                "virtual-env: ignoring {header}: not a trace id: {}",
-                shown(value.as_bytes())
-            );
-            host.increment(Metric::HeaderRejected);
-        }
-        id
-    }
-
-    /// The env carried by the request itself: env header, aliases, baggage.
-    fn env_from_request(&self, host: &mut impl Host) -> Option<(String, EnvSource)> {
-        if let Some(env) = self.header_env(host, &self.env_header) {
-            return Some((env, EnvSource::Header));
-        }
-        for alias in &self.header_aliases {
-            if let Some(env) = self.header_env(host, alias) {
-                return Some((env, EnvSource::Alias));
-            }
-        }
-        for (header, pattern) in &self.header_patterns {
-            let Some(value) = self.text(host, header) else {
-                continue;
-            };
-            if let Some(env) = pattern.extract(&value) {
-                if let Some(env) = self.accept(host, header, Cow::Borrowed(env)) {
-                    return Some((env, EnvSource::Alias));
+        if let Some(table) = self.correlation {
+            let now = read.host.now_unix_ms();
+            // `traceparent` and B3 headers of one trace carry one id: write it once.
+            let mut written: Vec<String> = Vec::new();
+            for header in &self.trace_headers {
+                let Some(value) = read.text(header) else {
+                    continue;
+                };
+                let Some(id) = read.trace_id(header, &value) else {
+                    continue;
+                };
+                if written.iter().any(|w| *w == *id) {
+                    continue;
                 }
+                if let Some(entry) = table.entry(&id, &env, now) {
+                    decision.records.push((table.slot_key(&id), entry));
+                }
+                written.push(id.into_owned());
             }
         }
-        let key = self.baggage_key.as_deref()?;
-        let baggage = self.text(host, "baggage")?;
-        let member = baggage_member(&baggage, key)?;
-        let env = self.accept(host, "baggage", member)?;
-        Some((env, EnvSource::Baggage))
-    }
-
-    fn header_env(&self, host: &mut impl Host, header: &str) -> Option<String> {
-        let value = self.text(host, header)?;
-        self.accept(host, header, Cow::Owned(value))
-    }
-
-    /// An env value from the request, if it is a valid env name; else it is as if absent.
-    fn accept(&self, host: &mut impl Host, origin: &str, value: Cow<'_, str>) -> Option<String> {
-        match validate_env_name(&value, self.splitter) {
-            Ok(()) => Some(value.into_owned()),
-            Err(e) => {
-                debug!(
-                    "virtual-env: ignoring {origin} value {}: {e}",
-                    shown(value.as_bytes())
-                );
-                host.increment(Metric::HeaderRejected);
-                None
-            }
-        }
-    }
-
-    /// The env recorded on the inbound side for one of the request's trace ids.
-    fn env_from_trace(&self, host: &mut impl Host) -> Option<String> {
-        let table = self.correlation?;
-        let now = host.now_unix_ms();
-        self.trace_headers.iter().find_map(|header| {
-            let value = self.text(host, header)?;
-            let id = self.trace_id(host, header, &value)?;
-            let (slot, _) = host.shared_data(&table.slot_key(&id))?;
-            let env = table.lookup(&slot, &id, now)?;
-            // Shared data is writable by any filter in the proxy: check before trusting.
-            validate_env_name(env, self.splitter).ok()?;
-            Some(env.to_owned())
-        })
+        decision.env = Some((env, source));
+        decision
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod baggage;
 pub mod correlation;
+pub mod decision;
 pub mod dry_run;
 pub mod edge;
 pub mod flow;
@@ -25,5 +26,6 @@ mod adapter;
 #[cfg(all(target_arch = "wasm32", feature = "ladder"))]
 mod ladder;
 
+pub use decision::{Decision, Destination, Edit, Route};
 pub use flow::{Direction, EnvSource, FilterConfig, Node};
 pub use metrics::Metric;

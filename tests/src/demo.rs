@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 use anyhow::Result;
-use virtual_env_filter::dry_run::{self, Route};
+use virtual_env_filter::{dry_run, Route};
 use virtual_env_filter::{FilterConfig, Node};
 
 use crate::app::Hop;
@@ -30,7 +30,11 @@ pub fn outcome(
         headers.push((filter.env_header(), env.as_bytes()));
     }
     let decided = dry_run::outbound(filter, caller, &headers);
-    match (decided.route, decided.route_header.as_deref()) {
+    let subset = decided
+        .route_header
+        .as_ref()
+        .and_then(|(_, v)| v.as_deref());
+    match (decided.choice, subset) {
         (Some(_), Some(chosen)) if Some(chosen) != served_by_env => "MISMATCH",
         (Some(Route::Exact), _) => "exact",
         (Some(Route::Fallback), _) => "fallback",

@@ -30,6 +30,7 @@ use virtual_env_controller::caches::{caches, slim_object, slim_pod, slim_service
 use virtual_env_controller::crd::VirtualEnvironment;
 use virtual_env_controller::extension::ExtensionApi;
 use virtual_env_controller::metrics::Metrics;
+use virtual_env_controller::own_writes::OwnWrites;
 use virtual_env_controller::peer_namespaces::PeerDirectory;
 use virtual_env_controller::reconcile::{reconcile, Context};
 
@@ -92,8 +93,9 @@ fn calls_by_kind<S: serde::Serializer>(counts: &Counts, s: S) -> Result<S::Ok, S
 pub struct Figures {
     pub shape: Shape,
     pub pods: usize,
-    /// The caches' heap after a start's first fill (pods, services, Istio objects).
-    pub caches_heap_bytes: u64,
+    /// The caches' heap after a start's first fill, by cache (pods, services, each kind
+    /// of Istio object, VirtualEnvironments).
+    pub caches_heap_bytes: Vec<(String, u64)>,
     pub phases: Vec<Phase>,
 }
 
@@ -126,9 +128,14 @@ async fn phases(shape: Shape, heap: Heap) -> Result<Figures> {
 
     // A restart (or a new leader): the caches filled from the cluster as it is now, the
     // peer directory empty.
-    let live = (heap.live)();
-    let mut controller = cluster.start();
-    let caches_heap_bytes = (heap.live)().saturating_sub(live);
+    let mut caches_heap_bytes = Vec::new();
+    let mut controller = cluster.start_measured(&mut |cache| {
+        caches_heap_bytes.push((cache.to_owned(), (heap.live)()));
+    });
+    let caches_heap_bytes = caches_heap_bytes
+        .windows(2)
+        .map(|w| (w[1].0.clone(), w[1].1.saturating_sub(w[0].1)))
+        .collect();
     phases.push(controller.phase("restart", everyone, &heap).await?);
 
     // One env appears in one namespace: pods of a new env for 10 of its services.
@@ -217,6 +224,13 @@ impl Cluster {
 
     /// A controller starting now: caches filled from the cluster, nothing published yet.
     fn start(&self) -> Controller {
+        self.start_measured(&mut |_| {})
+    }
+
+    /// As [`Self::start`], calling `filled` before the first cache is filled (with "")
+    /// and after each one (with its name).
+    fn start_measured(&self, filled: &mut dyn FnMut(&str)) -> Controller {
+        filled("");
         let (mut caches, mut writers) = caches(ExtensionApi::WasmPlugin);
         let (ve_store, mut ves) = reflector::store::<VirtualEnvironment>();
         caches.virtual_environments = Some(ve_store.clone());
@@ -227,6 +241,7 @@ impl Cluster {
                 p
             }),
         );
+        filled("pods");
         fill(
             &mut writers.services,
             self.services.iter().cloned().map(|mut s| {
@@ -234,10 +249,12 @@ impl Cluster {
                 s
             }),
         );
+        filled("services");
         fill(&mut writers.policies, std::iter::empty());
         for (kind, writer) in &mut writers.istio {
             let objects = self.standin.objects(&kind.api_resource().plural);
             fill(writer, objects.into_iter().filter_map(dynamic));
+            filled(kind.name());
         }
         fill(
             &mut ves,
@@ -246,6 +263,7 @@ impl Cluster {
                 .into_iter()
                 .filter_map(|v| serde_json::from_value(v).ok()),
         );
+        filled("VirtualEnvironment");
         self.standin.take_changes();
         let (replan, replans) = futures::channel::mpsc::unbounded();
         let ctx = Context::new(
@@ -296,26 +314,30 @@ struct Watches {
 }
 
 impl Watches {
-    /// Delivers `change` as the watch of its kind would.
-    fn deliver(&mut self, change: &Change) {
+    /// Delivers `change` as the watch of its kind would; true when the runtime's mapper
+    /// for that kind queues the namespace (not for the echo of the controller's own write).
+    fn deliver(&mut self, change: &Change, own_writes: &OwnWrites) -> bool {
         let plural = change.key.0.as_str();
         if plural == "virtualenvironments" {
             if let Ok(ve) = serde_json::from_value::<VirtualEnvironment>(change.object.clone()) {
                 self.ves.apply_watcher_event(&event(ve, change.deleted));
             }
-            return;
+            return true;
         }
-        let Some((_, writer)) = self
+        let Some((kind, writer)) = self
             .writers
             .istio
             .iter_mut()
             .find(|(kind, _)| kind.api_resource().plural == plural)
         else {
-            return;
+            return false;
         };
-        if let Some(object) = dynamic(change.object.clone()) {
-            writer.apply_watcher_event(&event(object, change.deleted));
-        }
+        let Some(object) = dynamic(change.object.clone()) else {
+            return false;
+        };
+        let echo = !change.deleted && own_writes.is_echo(kind.name(), &object);
+        writer.apply_watcher_event(&event(object, change.deleted));
+        !echo
     }
 }
 
@@ -383,14 +405,16 @@ impl Controller {
                 failed += 1;
             }
             // What queues a namespace again in the controller: the peer directory's
-            // re-plans, and its watches seeing one of its objects change.
+            // re-plans, and its watches seeing one of its objects changed by someone else
+            // or its VirtualEnvironment changed.
             let mut next = Vec::new();
             while let Ok(replan) = self.replans.try_recv() {
                 next.extend(replan.namespace);
             }
             for change in self.standin.take_changes() {
-                self.watches.deliver(&change);
-                next.push(change.key.1);
+                if self.watches.deliver(&change, &self.ctx.own_writes) {
+                    next.push(change.key.1);
+                }
             }
             for ns in next {
                 if queued.insert(ns.clone()) {
@@ -414,13 +438,20 @@ fn reset_peak_resident() {
 pub fn table(figures: &Figures) -> String {
     let mb = |b: u64| b as f64 / 1e6;
     let shape = figures.shape;
+    let caches: u64 = figures.caches_heap_bytes.iter().map(|(_, b)| b).sum();
+    let by_cache: Vec<String> = figures
+        .caches_heap_bytes
+        .iter()
+        .map(|(cache, bytes)| format!("{cache} {:.1}", mb(*bytes)))
+        .collect();
     let mut out = format!(
-        "Controller across namespaces (`make bench-controller`): {} namespaces x {} services x {} envs ({} pods), one controller, reconciles one at a time against an in-memory API server; the caches hold {:.1} MB of heap after a start.\n\n",
+        "Controller across namespaces (`make bench-controller`): {} namespaces x {} services x {} envs ({} pods), one controller, reconciles one at a time against an in-memory API server; the caches hold {:.1} MB of heap after a start ({}).\n\n",
         shape.namespaces,
         shape.services,
         shape.envs,
         figures.pods,
-        mb(figures.caches_heap_bytes)
+        mb(caches),
+        by_cache.join(", ")
     );
     out.push_str("| phase | reconciles | API calls | writes that changed an object | applies | status writes | lists | controller CPU (ms) | peak heap above start (MB) | process peak resident (MB) |\n| :-- | --: | --: | --: | --: | --: | --: | --: | --: | --: |\n");
     for p in &figures.phases {

@@ -51,5 +51,7 @@ fn a_restart_writes_no_object_and_an_env_change_rewrites_only_the_callers_plugin
         change.counts.total(),
         "no idle writes"
     );
-    assert!(change.reconciles <= 1 + 3 + 4, "{}", change.reconciles);
+    // The changed namespace, its callers, and the changed namespace once more for its
+    // status; the echoes of the controller's own writes reconcile nothing.
+    assert!(change.reconciles <= 1 + 3 + 1, "{}", change.reconciles);
 }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::host::mock::MockHost;
+use crate::metrics::Metric;
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const REQUEST_ID: &str = "9a7c2f00-5d6d-4f0b-9a4e-5b2b0f3c1d2e";

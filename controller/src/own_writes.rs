@@ -19,11 +19,14 @@ pub struct OwnWrites(Arc<Mutex<Versions>>);
 impl OwnWrites {
     /// Records `object` as the API server returned it from this controller's write.
     pub fn record(&self, kind: &'static str, object: &impl Resource) {
-        let (Some(version), Ok(mut versions)) = (object.resource_version(), self.0.lock())
-        else {
+        let (Some(version), Ok(mut versions)) = (object.resource_version(), self.0.lock()) else {
             return;
         };
-        let key = (kind, object.namespace().unwrap_or_default(), object.name_any());
+        let key = (
+            kind,
+            object.namespace().unwrap_or_default(),
+            object.name_any(),
+        );
         versions.insert(key, version);
     }
 
@@ -33,7 +36,11 @@ impl OwnWrites {
         let Ok(mut versions) = self.0.lock() else {
             return false;
         };
-        let key = (kind, object.namespace().unwrap_or_default(), object.name_any());
+        let key = (
+            kind,
+            object.namespace().unwrap_or_default(),
+            object.name_any(),
+        );
         match (versions.get(&key), object.resource_version()) {
             (Some(ours), Some(seen)) if *ours == seen => {
                 versions.remove(&key);
@@ -65,9 +72,18 @@ mod tests {
     fn only_the_version_written_is_an_echo_and_only_once() {
         let writes = OwnWrites::default();
         writes.record("VirtualService", &object("7"));
-        assert!(!writes.is_echo("DestinationRule", &object("7")), "another kind");
-        assert!(!writes.is_echo("VirtualService", &object("8")), "someone else's change");
+        assert!(
+            !writes.is_echo("DestinationRule", &object("7")),
+            "another kind"
+        );
+        assert!(
+            !writes.is_echo("VirtualService", &object("8")),
+            "someone else's change"
+        );
         assert!(writes.is_echo("VirtualService", &object("7")));
-        assert!(!writes.is_echo("VirtualService", &object("7")), "one echo per write");
+        assert!(
+            !writes.is_echo("VirtualService", &object("7")),
+            "one echo per write"
+        );
     }
 }

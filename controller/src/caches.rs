@@ -122,29 +122,32 @@ impl Caches {
 
     /// What is in namespace `ns`, for planning.
     pub fn snapshot(&self, ns: &str) -> Snapshot {
-        let here = |namespace: Option<String>| namespace.as_deref() == Some(ns);
+        // Every object of the cluster is looked at: compared in place, not copied.
+        let here = |meta: &ObjectMeta| meta.namespace.as_deref() == Some(ns);
         let services = self
             .services
             .state()
             .into_iter()
-            .filter(|s| here(s.namespace()))
+            .filter(|s| here(&s.metadata))
             .map(|s| (*s).clone())
             .collect();
         let pods = self
             .pods
             .state()
             .into_iter()
-            .filter(|p| here(p.namespace()))
+            .filter(|p| here(&p.metadata))
             .map(|p| (*p).clone())
             .collect();
         let mut existing = Vec::new();
         let mut elsewhere = Vec::new();
         for (kind, store) in &self.istio {
             for object in store.state() {
-                let in_ns = here(object.namespace());
+                let in_ns = here(&object.metadata);
                 let gateway_plugin = kind.is_plugin()
                     && !in_ns
-                    && crate::gateway::of_namespace(&object.name_any(), object.labels(), ns);
+                    && object.metadata.name.as_deref().is_some_and(|name| {
+                        crate::gateway::of_namespace(name, object.labels(), ns)
+                    });
                 if !(in_ns || gateway_plugin || *kind == Kind::Gateway) {
                     continue;
                 }

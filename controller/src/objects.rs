@@ -39,13 +39,33 @@ pub const MAX_PLUGIN_CONFIG_BYTES: usize = 1024 * 1024;
 
 /// The plugin config as the WasmPlugin carries it: plain, or compact when large.
 pub fn plugin_config_value(config: &PluginConfig) -> serde_json::Value {
-    let plain = config.to_json();
-    let wire = if plain.len() > COMPACT_ABOVE_BYTES {
-        config.compacted()
+    if json_len(config) > COMPACT_ABOVE_BYTES {
+        serde_json::to_value(config.compacted())
     } else {
-        config.clone()
-    };
-    serde_json::to_value(&wire).unwrap_or_default()
+        serde_json::to_value(config)
+    }
+    .unwrap_or_default()
+}
+
+/// How many bytes `value` takes as compact JSON, counted without writing them: at 100
+/// namespaces a calling side's config with its peers is megabytes, measured in every
+/// reconcile.
+pub(crate) fn json_len(value: &impl serde::Serialize) -> usize {
+    /// Counts what is written to it.
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing to a counter fails only where serializing itself would.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
 }
 
 /// What a plugin config costs in the stored object: its own bytes, and the entry
@@ -57,10 +77,26 @@ pub fn stored_bytes(config: &serde_json::Value) -> usize {
     /// The managed-fields entry around the field set: manager, operation, API version,
     /// time, `FieldsV1`, and `{"f:spec":{"f:pluginConfig":...}}`.
     const ENTRY: usize = 256;
-    config.to_string().len() + fields_v1(config).to_string().len() + ENTRY
+    json_len(config) + fields_v1_len(config) + ENTRY
 }
 
-/// The field set (`fieldsV1`) server-side apply records for `value`.
+/// The length of [`fields_v1`]`(value)` as JSON, without building it.
+fn fields_v1_len(value: &serde_json::Value) -> usize {
+    let serde_json::Value::Object(map) = value else {
+        return 2; // {}
+    };
+    // `{` `}`, a comma between entries, and per entry `"f:<key>":<child>`: the key as
+    // JSON (its quotes and escapes) plus the two characters `f:`.
+    let entries: usize = map
+        .iter()
+        .map(|(key, child)| json_len(key) + 2 + 1 + fields_v1_len(child))
+        .sum();
+    2 + entries + map.len().saturating_sub(1)
+}
+
+/// The field set (`fieldsV1`) server-side apply records for `value`: the model
+/// [`fields_v1_len`] counts (tests hold the two together).
+#[cfg(test)]
 pub(crate) fn fields_v1(value: &serde_json::Value) -> serde_json::Value {
     match value {
         serde_json::Value::Object(map) => serde_json::Value::Object(

@@ -138,27 +138,29 @@ impl PeerDirectory {
             .filter(|ve| ve.metadata.deletion_timestamp.is_none())
             .filter_map(|ve| ve.namespace())
             .collect();
-        // A copy: the fallback parses configs, which must not hold the lock.
-        let published = match self.published.lock() {
-            Ok(published) => published.clone(),
-            Err(_) => return BTreeMap::new(),
-        };
-        let mut seeded = Vec::new();
-        let others = live
-            .into_iter()
-            .filter(|ns| ns != namespace)
-            .filter_map(|ns| {
-                let p = match published.get(&ns) {
-                    Some(p) => p.clone(),
-                    None => {
-                        let p = applied(&ns)?;
-                        seeded.push((ns.clone(), p.clone()));
-                        p
+        // What was recorded, copied under the lock; the rest is parsed from the cluster
+        // outside it.
+        let (mut others, missing): (BTreeMap<String, Published>, Vec<String>) = {
+            let Ok(published) = self.published.lock() else {
+                return BTreeMap::new();
+            };
+            let mut others = BTreeMap::new();
+            let mut missing = Vec::new();
+            for ns in live.into_iter().filter(|ns| ns != namespace) {
+                match published.get(&ns) {
+                    Some(p) => {
+                        others.insert(ns, p.clone());
                     }
-                };
-                Some((ns, p))
-            })
+                    None => missing.push(ns),
+                }
+            }
+            (others, missing)
+        };
+        let seeded: Vec<(String, Published)> = missing
+            .into_iter()
+            .filter_map(|ns| Some((ns.clone(), applied(&ns)?)))
             .collect();
+        others.extend(seeded.iter().cloned());
         // Recorded as what those namespaces' callers were given, so that a table is parsed
         // from the cluster once after a start, not in every other namespace's reconcile
         // (at 100 namespaces a restart would parse 9,900 configs, each with 99 tables).

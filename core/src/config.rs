@@ -330,19 +330,49 @@ impl PluginConfig {
             .iter()
             .map(|(ns, peer)| {
                 let compact = PeerNamespace {
+                    route_header: peer.route_header.clone(),
+                    default_subset: peer.default_subset.clone(),
                     services: BTreeMap::new(),
                     service_envs: ids(&peer.services),
-                    ..peer.clone()
                 };
                 (ns.clone(), compact)
             })
             .collect();
         Self {
-            services: BTreeMap::new(),
             service_envs: ids(&self.services),
             peers,
             env_names,
-            ..self.clone()
+            ..self.without_tables()
+        }
+    }
+
+    /// This config without its services tables (its own, in either form, and the
+    /// peers'), the rest cloned: the tables are most of a large config, and the configs
+    /// derived from it replace them. Every field is named, so that a new one is decided on
+    /// here.
+    fn without_tables(&self) -> Self {
+        Self {
+            env_header: self.env_header.clone(),
+            route_header: self.route_header.clone(),
+            env_label: self.env_label.clone(),
+            splitter: self.splitter.clone(),
+            default_subset: self.default_subset.clone(),
+            auto_inject: self.auto_inject,
+            header_aliases: self.header_aliases.clone(),
+            header_patterns: self.header_patterns.clone(),
+            baggage_key: self.baggage_key.clone(),
+            trace_headers: self.trace_headers.clone(),
+            correlation_slots: self.correlation_slots,
+            correlation_ttl_seconds: self.correlation_ttl_seconds,
+            cluster_domain: self.cluster_domain.clone(),
+            direction: self.direction,
+            services: BTreeMap::new(),
+            hosts: self.hosts.clone(),
+            edge_trust: self.edge_trust.clone(),
+            edge_carriers: self.edge_carriers.clone(),
+            peers: BTreeMap::new(),
+            env_names: Vec::new(),
+            service_envs: BTreeMap::new(),
         }
     }
 
@@ -368,11 +398,7 @@ impl PluginConfig {
     pub fn called_side(&self) -> Self {
         Self {
             direction: Some(Direction::Inbound),
-            services: BTreeMap::new(),
-            peers: BTreeMap::new(),
-            env_names: Vec::new(),
-            service_envs: BTreeMap::new(),
-            ..self.clone()
+            ..self.without_tables()
         }
     }
 
@@ -386,13 +412,9 @@ impl PluginConfig {
             direction: Some(Direction::Outbound),
             correlation_slots: 0,
             auto_inject: false,
-            services: BTreeMap::new(),
             hosts: BTreeMap::new(),
             edge_trust,
-            peers: BTreeMap::new(),
-            env_names: Vec::new(),
-            service_envs: BTreeMap::new(),
-            ..self.clone()
+            ..self.without_tables()
         }
     }
 

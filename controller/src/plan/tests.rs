@@ -306,6 +306,18 @@ fn the_stored_size_counts_the_managed_fields_server_side_apply_adds() {
         stored_bytes(&config),
         config.to_string().len() + fields.len() + 256
     );
+    // Counted without building it, escapes included.
+    for value in [
+        serde_json::json!({}),
+        serde_json::json!({"q\"uote": {"\u{e9}": 1, "tab\t": {"x": {}}}, "b": 2}),
+        config.clone(),
+    ] {
+        assert_eq!(
+            stored_bytes(&value),
+            value.to_string().len() + fields_v1(&value).to_string().len() + 256,
+            "{value}"
+        );
+    }
     // A services table: every FQDN is written twice.
     let plan = plan_of(&seed_ve(), &wide_snapshot(100, 3));
     let written = &plan.wasm_plugin.spec.plugin_config;

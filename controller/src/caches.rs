@@ -315,16 +315,24 @@ where
     )
 }
 
-/// A pod as planning reads it: name, namespace, labels, deletion mark, and whether it is
-/// Ready (its Ready condition's type and status only). Everything else goes: at 10,000
-/// pods the rest (spec, other conditions and their messages and timestamps, owner
-/// references, uid, resource version) is most of the cache.
+/// A pod as planning reads it: name, namespace, labels, deletion mark, whether Istio's
+/// ambient mode captured it (`plan::in_ambient_mode`), and whether it is Ready (its Ready
+/// condition's type and status only). Everything else goes: at 10,000 pods the rest
+/// (spec, other conditions and their messages and timestamps, owner references, uid,
+/// resource version, other annotations) is most of the cache.
 pub fn slim_pod(pod: &mut Pod) {
     let meta = std::mem::take(&mut pod.metadata);
+    let annotations = meta
+        .annotations
+        .into_iter()
+        .flatten()
+        .filter(|(key, _)| key == crate::plan::AMBIENT_REDIRECTION)
+        .collect::<std::collections::BTreeMap<_, _>>();
     pod.metadata = ObjectMeta {
         name: meta.name,
         namespace: meta.namespace,
         labels: meta.labels,
+        annotations: Some(annotations).filter(|a| !a.is_empty()),
         deletion_timestamp: meta.deletion_timestamp,
         ..ObjectMeta::default()
     };

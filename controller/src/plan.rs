@@ -182,6 +182,8 @@ pub fn plan_namespace(
             Routing::Routed(routed) => {
                 let routed = *routed;
                 plan.skipped.extend(routed.notes);
+                plan.skipped
+                    .extend(ambient_note(service, &by_label, &ready));
                 if let Some(exposure) = routed.exposure {
                     exposed.insert(routed.vs.name_any(), exposure);
                 }
@@ -330,6 +332,37 @@ fn envs_of<'p>(
         .filter(|(pod, _)| selects(selector, pod))
         .map(|(_, env)| env)
         .collect()
+}
+
+/// What a routed service whose pods (some envs of it) run in Istio's ambient mode does
+/// not get, said in the status: nothing of virtual-env runs in those pods (there is no
+/// sidecar to load the filter into), so their calls carry an env only if the application
+/// forwards the header, and ambient callers' requests are not routed by env (that needs
+/// waypoints: docs/design/ambient-and-gateway-api.md).
+fn ambient_note(
+    service: &Service,
+    by_label: &LabelIndex<'_>,
+    ready: &[(&Pod, &str)],
+) -> Option<Skip> {
+    let selector = service.spec.as_ref()?.selector.as_ref()?;
+    let envs: BTreeSet<&str> = by_label
+        .candidates(selector)
+        .iter()
+        .map(|&i| ready[i])
+        .filter(|(pod, _)| selects(selector, pod) && in_ambient_mode(pod))
+        .map(|(_, env)| env)
+        .collect();
+    if envs.is_empty() {
+        return None;
+    }
+    let envs: Vec<&str> = envs.into_iter().collect();
+    Some(Skip::service(
+        &service.name_any(),
+        format_args!(
+            "its pods in {} run in Istio's ambient mode (no sidecar): the filter does not run there, so their calls keep an env only if the application forwards the env header, and calls from ambient pods are not routed by env (waypoints are not supported yet)",
+            envs.join(", ")
+        ),
+    ))
 }
 
 /// What planning does with one service.
@@ -785,6 +818,19 @@ fn to(host: &str, subset: Option<String>) -> HttpRouteDestination {
             subset,
         },
     }
+}
+
+/// The annotation Istio's CNI sets on a pod whose traffic it redirected to ztunnel
+/// (ambient mode), `enabled` once it is; such a pod has no sidecar (Istio
+/// `pkg/config/constants`, `AmbientRedirectionEnabled`).
+pub const AMBIENT_REDIRECTION: &str = "ambient.istio.io/redirection";
+
+/// Whether the pod runs in Istio's ambient mode: no sidecar, so no filter of ours.
+pub fn in_ambient_mode(pod: &Pod) -> bool {
+    pod.annotations()
+        .get(AMBIENT_REDIRECTION)
+        .map(String::as_str)
+        == Some("enabled")
 }
 
 /// Ready, and not on its way out.

@@ -760,3 +760,57 @@ proptest! {
         }
     }
 }
+
+/// A routed service whose pods of one env run in Istio's ambient mode (the CNI's
+/// annotation, as a captured pod carries it): still routed for callers with a sidecar, and
+/// the status says what those pods do not get.
+#[test]
+fn pods_in_ambient_mode_are_named_in_the_status() {
+    let mut snapshot = seed_snapshot();
+    for pod in snapshot
+        .pods
+        .iter_mut()
+        .filter(|p| p.name_any() == "app-a-proj1")
+    {
+        pod.metadata.annotations = Some(BTreeMap::from([(
+            crate::plan::AMBIENT_REDIRECTION.to_owned(),
+            "enabled".to_owned(),
+        )]));
+    }
+    // Captured but not redirected yet: not ambient.
+    for pod in snapshot
+        .pods
+        .iter_mut()
+        .filter(|p| p.name_any() == "app-c-dev")
+    {
+        pod.metadata.annotations = Some(BTreeMap::from([(
+            crate::plan::AMBIENT_REDIRECTION.to_owned(),
+            "pending".to_owned(),
+        )]));
+    }
+    let plan = plan_of(&seed_ve(), &snapshot);
+    assert_eq!(
+        plan.virtual_services.len(),
+        3,
+        "still routed for sidecar callers"
+    );
+    let notes: Vec<&str> = plan
+        .skipped
+        .iter()
+        .filter(|s| s.contains("ambient"))
+        .map(|s| &**s)
+        .collect();
+    assert_eq!(notes.len(), 1, "{:?}", plan.skipped);
+    assert!(notes[0].starts_with("app-a: its pods in dev.proj1 run in Istio's ambient mode"));
+    // The annotation survives the caches' slimming; other annotations do not.
+    let mut cached = snapshot.pods[3].clone();
+    cached
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert("other".into(), "x".repeat(100));
+    crate::caches::slim_pod(&mut cached);
+    assert!(crate::plan::in_ambient_mode(&cached));
+    assert_eq!(cached.metadata.annotations.unwrap().len(), 1);
+}

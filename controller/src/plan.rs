@@ -356,14 +356,23 @@ fn ambient_note(
         return None;
     }
     let envs: Vec<&str> = envs.into_iter().collect();
+    // The service's own waypoint label (the namespace's is not read: namespaces are not
+    // watched).
+    let waypoint = match service.labels().get(USE_WAYPOINT).map(String::as_str) {
+        Some("none") | None => String::new(),
+        Some(name) => format!("; its waypoint {name} is not configured by virtual-env"),
+    };
     Some(Skip::service(
         &service.name_any(),
         format_args!(
-            "its pods in {} run in Istio's ambient mode (no sidecar): the filter does not run there, so their calls keep an env only if the application forwards the env header, and calls from ambient pods are not routed by env (waypoints are not supported yet)",
+            "its pods in {} run in Istio's ambient mode (no sidecar): the filter does not run there, so their calls keep an env only if the application forwards the env header, and calls from ambient pods are not routed by env (waypoints are not supported yet{waypoint})",
             envs.join(", ")
         ),
     ))
 }
+
+/// The label naming the waypoint that serves a service (or namespace) in ambient mode.
+const USE_WAYPOINT: &str = "istio.io/use-waypoint";
 
 /// What planning does with one service.
 enum Routing {

@@ -788,6 +788,10 @@ fn pods_in_ambient_mode_are_named_in_the_status() {
             "pending".to_owned(),
         )]));
     }
+    snapshot.services[0].metadata.labels = Some(BTreeMap::from([(
+        "istio.io/use-waypoint".to_owned(),
+        "waypoint".to_owned(),
+    )]));
     let plan = plan_of(&seed_ve(), &snapshot);
     assert_eq!(
         plan.virtual_services.len(),
@@ -802,6 +806,11 @@ fn pods_in_ambient_mode_are_named_in_the_status() {
         .collect();
     assert_eq!(notes.len(), 1, "{:?}", plan.skipped);
     assert!(notes[0].starts_with("app-a: its pods in dev.proj1 run in Istio's ambient mode"));
+    assert!(
+        notes[0].contains("its waypoint waypoint is not configured"),
+        "{}",
+        notes[0]
+    );
     // The annotation survives the caches' slimming; other annotations do not.
     let mut cached = snapshot.pods[3].clone();
     cached

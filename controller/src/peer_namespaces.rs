@@ -101,7 +101,13 @@ pub fn add_peers(
 /// its own changed (an env came or went, a route header was chosen) every other namespace
 /// with a VirtualEnvironment is planned again, so its callers learn the change at once.
 pub struct PeerDirectory {
+    /// What this process's plans published.
     published: Mutex<BTreeMap<String, Published>>,
+    /// For namespaces not planned yet by this process: their tables as read from the
+    /// cluster (parsed once, not in every other namespace's reconcile: at 100 namespaces a
+    /// restart would parse 9,900 configs, each with 99 tables). A plugin object carries no
+    /// gateway claims; the others read those from the VirtualEnvironments themselves.
+    in_cluster: Mutex<BTreeMap<String, Published>>,
     /// The controller's VirtualEnvironments: who is planned again, and which namespaces
     /// still have one (a VirtualEnvironment deleted without our finalizer leaves no trace
     /// in reconciles, so the directory is read through this).
@@ -116,6 +122,7 @@ impl PeerDirectory {
     ) -> Self {
         Self {
             published: Mutex::new(BTreeMap::new()),
+            in_cluster: Mutex::new(BTreeMap::new()),
             virtual_environments,
             replan,
         }
@@ -138,8 +145,7 @@ impl PeerDirectory {
             .filter(|ve| ve.metadata.deletion_timestamp.is_none())
             .filter_map(|ve| ve.namespace())
             .collect();
-        // What was recorded, copied under the lock; the rest is parsed from the cluster
-        // outside it.
+        // What was recorded, copied under the lock; the rest is read from the cluster.
         let (mut others, missing): (BTreeMap<String, Published>, Vec<String>) = {
             let Ok(published) = self.published.lock() else {
                 return BTreeMap::new();
@@ -156,20 +162,25 @@ impl PeerDirectory {
             }
             (others, missing)
         };
-        let seeded: Vec<(String, Published)> = missing
-            .into_iter()
-            .filter_map(|ns| Some((ns.clone(), applied(&ns)?)))
-            .collect();
-        others.extend(seeded.iter().cloned());
-        // Recorded as what those namespaces' callers were given, so that a table is parsed
-        // from the cluster once after a start, not in every other namespace's reconcile
-        // (at 100 namespaces a restart would parse 9,900 configs, each with 99 tables).
-        if let Ok(mut published) = self.published.lock() {
-            for (ns, p) in seeded {
-                published.entry(ns).or_insert(p);
+        for ns in missing {
+            if let Some(p) = self.applied(&ns, &applied) {
+                others.insert(ns, p);
             }
         }
         others
+    }
+
+    /// Namespace `ns`'s table as the cluster has it, parsed once by `applied` (not under a
+    /// lock: it parses a config).
+    fn applied(&self, ns: &str, applied: &impl Fn(&str) -> Option<Published>) -> Option<Published> {
+        if let Some(p) = self.in_cluster.lock().ok()?.get(ns) {
+            return Some(p.clone());
+        }
+        let p = applied(ns)?;
+        if let Ok(mut in_cluster) = self.in_cluster.lock() {
+            in_cluster.insert(ns.to_owned(), p.clone());
+        }
+        Some(p)
     }
 
     /// Queues the VirtualEnvironments of `namespace` for a reconcile: something they
@@ -198,8 +209,12 @@ impl PeerDirectory {
             Ok(published) => published.contains_key(namespace),
             Err(_) => return,
         };
-        // Parsed outside the lock; only read when nothing is recorded yet.
-        let in_cluster = if recorded { None } else { applied(namespace) };
+        // Read outside the lock; only when nothing is recorded yet.
+        let in_cluster = if recorded {
+            None
+        } else {
+            self.applied(namespace, &applied)
+        };
         let changed = {
             let Ok(mut published) = self.published.lock() else {
                 return;
@@ -208,7 +223,10 @@ impl PeerDirectory {
                 Some(now) => published.insert(namespace.to_owned(), now.clone()),
                 None => published.remove(namespace),
             };
-            before.or(in_cluster) != now
+            match before {
+                Some(before) => Some(before) != now,
+                None => !same_table(now.as_ref(), in_cluster.as_ref()),
+            }
         };
         if !changed {
             return;
@@ -219,6 +237,20 @@ impl PeerDirectory {
                 let _ = self.replan.unbounded_send(ObjectRef::from_obj(&*ve));
             }
         }
+    }
+}
+
+/// Whether `now` gives callers what the cluster's plugin object gave them (gateway claims
+/// apart: no plugin object carries them).
+fn same_table(now: Option<&Published>, in_cluster: Option<&Published>) -> bool {
+    match (now, in_cluster) {
+        (Some(now), Some(in_cluster)) => {
+            now.env_header == in_cluster.env_header
+                && now.splitter == in_cluster.splitter
+                && now.routing == in_cluster.routing
+        }
+        (None, None) => true,
+        _ => false,
     }
 }
 
@@ -334,7 +366,12 @@ mod tests {
         let directory = PeerDirectory::new(writer.as_reader(), tx);
         let pay = published(&config("pay", &[("ledger", &["dev", "dev.proj1"])]));
         let in_cluster = |ns: &str| (ns == "pay").then(|| pay.clone());
-        directory.publish("pay", Some(pay.clone()), in_cluster);
+        // Planned with gateway claims, which no plugin object carries: the same table.
+        let mut claiming = pay.clone();
+        claiming
+            .gateway_claims
+            .insert(("istio-system/public".into(), "pay.example.com".into()));
+        directory.publish("pay", Some(claiming), in_cluster);
         assert!(rx.try_recv().is_err(), "as applied: shop keeps what it has");
         // What the cluster has is not what this process records: a later change counts.
         let grown = published(&config("pay", &[("ledger", &["dev", "dev.proj2"])]));

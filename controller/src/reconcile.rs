@@ -248,8 +248,7 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
     }
 
     // One VirtualEnvironment per namespace: the oldest one rules, the others say so.
-    let siblings = siblings(&api, ctx, &ve).await?;
-    if let Some(ruler) = ruling(&siblings).filter(|r| r.name_any() != ve.name_any()) {
+    if let Some(ruler) = other_ruler(&api, ctx, &ve).await? {
         let message = format!(
             "VirtualEnvironment {} already manages namespace {ns}; only one is used per namespace",
             ruler.name_any()
@@ -568,14 +567,22 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_secs(5 << doublings).min(Duration::from_secs(300))
 }
 
-/// The VirtualEnvironment that manages a namespace: the oldest, then by name.
-/// The VirtualEnvironments of `ve`'s namespace: from the controller's cache of them when it
-/// holds `ve` (the event that queued this reconcile filled it), else listed from the API.
-async fn siblings(
+/// Another VirtualEnvironment that manages `ve`'s namespace, if one does. Read from the
+/// controller's cache of VirtualEnvironments when it holds `ve`; a conflict found there is
+/// confirmed by a list from the API (that cache is another watch's, and may still hold an
+/// older VirtualEnvironment that was deleted: then `ve` rules, and a conflict reported
+/// from the cache would wait for a change that never comes). A VirtualEnvironment newer
+/// than `ve` that the cache misses cannot rule.
+async fn other_ruler(
     api: &NamespaceApi,
     ctx: &Context,
     ve: &VirtualEnvironment,
-) -> Result<Vec<VirtualEnvironment>, Error> {
+) -> Result<Option<VirtualEnvironment>, Error> {
+    let another = |ves: &[VirtualEnvironment]| {
+        ruling(ves)
+            .filter(|r| r.name_any() != ve.name_any())
+            .cloned()
+    };
     if let Some(store) = &ctx.caches.virtual_environments {
         let here: Vec<VirtualEnvironment> = store
             .state()
@@ -583,13 +590,15 @@ async fn siblings(
             .filter(|other| other.namespace() == ve.namespace())
             .map(|other| (**other).clone())
             .collect();
-        if here.iter().any(|other| other.uid() == ve.uid()) {
-            return Ok(here);
+        if here.iter().any(|other| other.uid() == ve.uid()) && another(&here).is_none() {
+            return Ok(None);
         }
     }
-    Ok(api.ves.list(&ListParams::default()).await?.items)
+    let listed = api.ves.list(&ListParams::default()).await?.items;
+    Ok(another(&listed))
 }
 
+/// The VirtualEnvironment that manages a namespace: the oldest, then by name.
 fn ruling(ves: &[VirtualEnvironment]) -> Option<&VirtualEnvironment> {
     ves.iter()
         .min_by_key(|ve| (ve.metadata.creation_timestamp.clone(), ve.name_any()))

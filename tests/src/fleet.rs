@@ -9,8 +9,9 @@
 //! something queued again — the peer directory (another namespace published a change) or
 //! a watch (an object of the namespace, or its VirtualEnvironment, changed) — until nothing
 //! is queued. The caches are filled and kept up as the watches keep them (the objects
-//! slimmed as the runtime slims them). CPU time is this thread's (the reconciles, the
-//! kube-rs client, the caches) less the stand-in's own.
+//! slimmed as the runtime slims them). CPU time is this thread's during the reconciles
+//! (planning, the kube-rs client) less the stand-in's own; keeping the caches up is not
+//! counted.
 
 pub mod standin;
 

@@ -1190,6 +1190,36 @@ async fn a_second_virtual_environment_in_a_namespace_stands_aside() {
     server.await.unwrap();
 }
 
+/// The controller's cache of VirtualEnvironments (another watch's) still holds an older
+/// one that was deleted: the conflict it suggests is checked with a list from the API,
+/// which has only this one, and this one goes on to manage the namespace (a conflict
+/// reported from the cache would wait for a change that never comes).
+#[tokio::test]
+async fn a_conflict_only_a_stale_cache_shows_is_checked_with_the_api() {
+    let mut caches = namespace(&seed_snapshot(), vec![], vec![], vec![]);
+    let mut deleted = seed_ve_from_api();
+    deleted.metadata.name = Some("deleted".into());
+    deleted.metadata.uid = Some("uid-0".into());
+    deleted.metadata.creation_timestamp = Some(Time("2026-01-01T00:00:00Z".parse().unwrap()));
+    let mut ours = seed_ve_from_api();
+    ours.metadata.creation_timestamp = Some(Time("2026-06-01T00:00:00Z".parse().unwrap()));
+    let mut ves = kube::runtime::reflector::store::Writer::default();
+    crate::caches::testing::fill(&mut ves, vec![deleted, ours.clone()]);
+    caches.virtual_environments = Some(ves.as_reader());
+    let (ctx, handle) = mock_context(caches);
+    let listed = ours.clone();
+    let server = tokio::spawn(async move {
+        let mut api = ApiServerVerifier::new(handle);
+        api.list_virtual_environments(&[&listed]).await;
+        // Not a Conflict: the route header is saved, as for the namespace's only one.
+        let header = api.record_route_header(&listed).await;
+        assert!(header.starts_with("x-virtual-env-route"), "{header}");
+    });
+    // The rest of the reconcile is not scripted: it fails once the server stops answering.
+    let _ = reconcile(Arc::new(ours), ctx).await;
+    server.await.unwrap();
+}
+
 #[test]
 fn backoff_doubles_and_is_capped() {
     let delays: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();

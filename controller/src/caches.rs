@@ -22,15 +22,16 @@ use crate::extension::ExtensionApi;
 use crate::gateway::{GATEWAYS_ANNOTATION, HOSTS_ANNOTATION};
 use crate::gateway_admission::GatewayCluster;
 use crate::gateway_policy::GatewayPolicy;
+use crate::indexed::{IndexedStore, IndexedWriter};
 use crate::objects::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::plan::Snapshot;
 
 /// The caches one controller reads; cheap to clone (the stores are shared).
 #[derive(Clone)]
 pub struct Caches {
-    pub services: Store<Service>,
-    pub pods: Store<Pod>,
-    pub istio: Vec<(Kind, Store<DynamicObject>)>,
+    pub services: IndexedStore<Service>,
+    pub pods: IndexedStore<Pod>,
+    pub istio: Vec<(Kind, IndexedStore<DynamicObject>)>,
     pub policies: Store<GatewayPolicy>,
     /// The controller's own store of VirtualEnvironments (every namespace's claims of
     /// gateway hosts); none in tests that do not need them.
@@ -39,22 +40,22 @@ pub struct Caches {
 
 /// The writing ends of [`Caches`], for the reflectors (or a test) to fill.
 pub struct Writers {
-    pub services: Writer<Service>,
-    pub pods: Writer<Pod>,
-    pub istio: Vec<(Kind, Writer<DynamicObject>)>,
+    pub services: IndexedWriter<Service>,
+    pub pods: IndexedWriter<Pod>,
+    pub istio: Vec<(Kind, IndexedWriter<DynamicObject>)>,
     pub policies: Writer<GatewayPolicy>,
 }
 
 /// Empty caches of the Istio kinds the controller reads with `api` (see
 /// [`ExtensionApi::watched_kinds`]), and their writers.
 pub fn caches(api: ExtensionApi) -> (Caches, Writers) {
-    let services = Writer::default();
-    let pods = Writer::default();
+    let services = IndexedWriter::default();
+    let pods = IndexedWriter::default();
     let policies = Writer::default();
-    let istio: Vec<(Kind, Writer<DynamicObject>)> = api
+    let istio: Vec<(Kind, IndexedWriter<DynamicObject>)> = api
         .watched_kinds()
         .into_iter()
-        .map(|kind| (kind, Writer::new(kind.api_resource())))
+        .map(|kind| (kind, IndexedWriter::new(kind.api_resource())))
         .collect();
     let caches = Caches {
         services: services.as_reader(),
@@ -92,14 +93,14 @@ impl Caches {
             waited: wait,
             hint,
         };
-        if !filled_within(&self.services, wait).await {
+        if !filled_within(self.services.store(), wait).await {
             return Err(not_ready("Service", ""));
         }
-        if !filled_within(&self.pods, wait).await {
+        if !filled_within(self.pods.store(), wait).await {
             return Err(not_ready("Pod", ""));
         }
         for (kind, store) in &self.istio {
-            if !filled_within(store, wait).await {
+            if !filled_within(store.store(), wait).await {
                 return Err(not_ready(kind.name(), "; is Istio (its CRDs) installed?"));
             }
         }
@@ -122,26 +123,24 @@ impl Caches {
 
     /// What is in namespace `ns`, for planning.
     pub fn snapshot(&self, ns: &str) -> Snapshot {
-        // Every object of the cluster is looked at: compared in place, not copied.
         let here = |meta: &ObjectMeta| meta.namespace.as_deref() == Some(ns);
-        let services = self
-            .services
-            .state()
-            .into_iter()
-            .filter(|s| here(&s.metadata))
-            .map(|s| (*s).clone())
+        let services = (self.services.in_namespace(ns).iter())
+            .map(|s| (**s).clone())
             .collect();
-        let pods = self
-            .pods
-            .state()
-            .into_iter()
-            .filter(|p| here(&p.metadata))
-            .map(|p| (*p).clone())
+        let pods = (self.pods.in_namespace(ns).iter())
+            .map(|p| (**p).clone())
             .collect();
         let mut existing = Vec::new();
         let mut elsewhere = Vec::new();
         for (kind, store) in &self.istio {
-            for object in store.state() {
+            // The namespace's own by the index; plugin objects (a gateway's, for this
+            // namespace, live in the gateway's) and Gateways wherever they are.
+            let objects = if kind.is_plugin() || *kind == Kind::Gateway {
+                store.state()
+            } else {
+                store.in_namespace(ns)
+            };
+            for object in objects {
                 let in_ns = here(&object.metadata);
                 let gateway_plugin = kind.is_plugin()
                     && !in_ns
@@ -271,28 +270,24 @@ impl Caches {
             .as_ref()
             .map(|store| store.state())
             .unwrap_or_default();
-        // Grouped by namespace in one pass: each VirtualEnvironment reads its own.
-        let services = self.services.state();
-        let mut by_namespace: std::collections::HashMap<String, Vec<&Service>> =
-            std::collections::HashMap::new();
-        for service in &services {
-            if let Some(ns) = service.namespace() {
-                by_namespace.entry(ns).or_default().push(service);
-            }
-        }
-        let exposing = |s: &&Service| {
+        // Each VirtualEnvironment's namespace's services, by the index.
+        let exposing = |s: &Service| {
             let annotations = s.annotations();
             annotations.contains_key(GATEWAYS_ANNOTATION)
                 || annotations.contains_key(HOSTS_ANNOTATION)
         };
-        let namespaces = ves.iter().map(|ve| {
-            let in_ns = ve.namespace().and_then(|ns| by_namespace.get(&ns));
-            let theirs: Vec<&Service> = in_ns
-                .into_iter()
-                .flatten()
-                .copied()
-                .filter(|s| exposing(s) || !ve.spec.gateways.is_empty())
-                .collect();
+        let services: Vec<Vec<std::sync::Arc<Service>>> = ves
+            .iter()
+            .map(|ve| {
+                let ns = ve.namespace().unwrap_or_default();
+                let in_ns = self.services.in_namespace(&ns).into_iter();
+                in_ns
+                    .filter(|s| exposing(s) || !ve.spec.gateways.is_empty())
+                    .collect()
+            })
+            .collect();
+        let namespaces = ves.iter().zip(&services).map(|(ve, theirs)| {
+            let theirs: Vec<&Service> = theirs.iter().map(|s| &**s).collect();
             (&**ve, theirs)
         });
         GatewayCluster::from_objects(
@@ -411,8 +406,9 @@ pub mod testing {
     use kube::runtime::watcher::Event;
 
     use super::*;
+    use crate::indexed::ApplyEvents;
 
-    pub fn fill<K: Clone + kube::Resource>(writer: &mut Writer<K>, objects: Vec<K>)
+    pub fn fill<K: Clone + kube::Resource>(writer: &mut impl ApplyEvents<K>, objects: Vec<K>)
     where
         K::DynamicType: Clone + Eq + std::hash::Hash,
     {

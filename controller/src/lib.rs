@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod gateway_admission;
 pub mod gateway_plugins;
 pub mod gateway_policy;
+pub mod indexed;
 pub mod istio;
 pub mod leader;
 pub mod metrics;

@@ -10,6 +10,7 @@ use kube::api::{Api, DynamicObject};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher::Event;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{info, warn};
@@ -18,6 +19,7 @@ use crate::caches::{self, slim_object, slim_pod, slim_service};
 use crate::crd::VirtualEnvironment;
 use crate::existing::Kind;
 use crate::gateway_policy::GatewayPolicy;
+use crate::indexed::{ApplyEvents, IndexedWriter};
 use crate::metrics::Metrics;
 use crate::own_writes::OwnWrites;
 use crate::peer_namespaces::PeerDirectory;
@@ -138,7 +140,7 @@ pub async fn run(
 /// `writer`'s cache; yields the objects that changed.
 fn reflected<K>(
     client: &Client,
-    writer: Writer<K>,
+    writer: impl ApplyEvents<K> + Send + 'static,
     slim: fn(&mut K),
 ) -> impl futures::Stream<Item = Result<K, watcher::Error>>
 where
@@ -149,11 +151,22 @@ where
         + Send
         + 'static,
 {
-    watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+    let events = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
         .modify(slim)
-        .default_backoff()
-        .reflect(writer)
-        .touched_objects()
+        .default_backoff();
+    kept_in(events, writer).touched_objects()
+}
+
+/// `events` as they pass, applied to `writer` (kube-runtime's `reflect`, for any writer
+/// of [`ApplyEvents`], the namespace-indexed ones included).
+fn kept_in<K>(
+    events: impl futures::Stream<Item = Result<Event<K>, watcher::Error>>,
+    mut writer: impl ApplyEvents<K>,
+) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>> {
+    futures::TryStreamExt::map_ok(events, move |event| {
+        writer.apply_watcher_event(&event);
+        event
+    })
 }
 
 /// Sweeps orphaned gateway plugin objects ([`sweep_orphans`]) a minute after leadership
@@ -183,20 +196,19 @@ async fn sweep_periodically(ctx: Arc<Context>, shutdown: impl std::future::Futur
 fn watch_istio(
     mut controller: Controller<VirtualEnvironment>,
     client: &Client,
-    writers: Vec<(Kind, Writer<DynamicObject>)>,
+    writers: Vec<(Kind, IndexedWriter<DynamicObject>)>,
     store: &Store<VirtualEnvironment>,
     own_writes: &OwnWrites,
 ) -> Controller<VirtualEnvironment> {
     for (kind, writer) in writers {
         let resource = kind.api_resource();
-        let objects = watcher(
+        let events = watcher(
             Api::<DynamicObject>::all_with(client.clone(), &resource),
             watcher::Config::default(),
         )
         .modify(slim_object)
-        .default_backoff()
-        .reflect(writer)
-        .touched_objects();
+        .default_backoff();
+        let objects = kept_in(events, writer).touched_objects();
         controller = if kind == Kind::Gateway {
             // A Gateway (its selector) decides where the gateway plugin objects of any
             // namespace go; Gateways change rarely.

@@ -1143,6 +1143,7 @@ pub mod planning {
     ) -> (u64, u64, u64) {
         use kube::runtime::watcher::Event;
         use virtual_env_controller::caches::{caches, slim_pod, slim_service};
+        use virtual_env_controller::indexed::ApplyEvents;
 
         let before = super::resident_bytes(std::process::id()).unwrap_or(0);
         let heap_before = live_heap();

@@ -30,6 +30,7 @@ use serde_json::json;
 use virtual_env_controller::caches::{caches, slim_object, slim_pod, slim_service, Writers};
 use virtual_env_controller::crd::VirtualEnvironment;
 use virtual_env_controller::extension::ExtensionApi;
+use virtual_env_controller::indexed::ApplyEvents;
 use virtual_env_controller::metrics::Metrics;
 use virtual_env_controller::own_writes::OwnWrites;
 use virtual_env_controller::peer_namespaces::PeerDirectory;
@@ -295,7 +296,7 @@ fn dynamic(value: serde_json::Value) -> Option<DynamicObject> {
     Some(object)
 }
 
-fn fill<K>(writer: &mut Writer<K>, objects: impl Iterator<Item = K>)
+fn fill<K>(writer: &mut impl ApplyEvents<K>, objects: impl Iterator<Item = K>)
 where
     K: kube::Resource + Clone,
     K::DynamicType: Eq + std::hash::Hash + Clone,

@@ -608,11 +608,11 @@ fn ruling(ves: &[VirtualEnvironment]) -> Option<&VirtualEnvironment> {
 async fn write_step(step: &Step, api: &NamespaceApi, ctx: &Context) -> Result<(), Error> {
     match step {
         Step::DestinationRule(dr) => {
-            apply(ctx, &api.drs, dr, "DestinationRule").await?;
+            apply(ctx, &api.drs, dr, Kind::DestinationRule).await?;
             ctx.metrics.applied("DestinationRule");
         }
         Step::VirtualService(vs) => {
-            apply(ctx, &api.vss, vs, "VirtualService").await?;
+            apply(ctx, &api.vss, vs, Kind::VirtualService).await?;
             ctx.metrics.applied("VirtualService");
         }
         Step::WasmPlugin => {}
@@ -657,7 +657,7 @@ fn istio_error(kind: &'static str, error: kube::Error) -> Error {
 }
 
 /// Server-side applies `object`, recording the version written (see `own_writes.rs`).
-async fn apply<K>(ctx: &Context, api: &Api<K>, object: &K, kind: &'static str) -> Result<(), Error>
+async fn apply<K>(ctx: &Context, api: &Api<K>, object: &K, kind: Kind) -> Result<(), Error>
 where
     K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
@@ -669,10 +669,11 @@ where
     .await
     {
         Ok(Ok(applied)) => {
-            ctx.own_writes.record(kind, &applied);
+            // Keyed by the kind's one name, which the watches ask by too.
+            ctx.own_writes.record(kind.name(), &applied);
             Ok(())
         }
-        Ok(Err(e)) => Err(istio_error(kind, e)),
+        Ok(Err(e)) => Err(istio_error(kind.name(), e)),
         Err(_) => Err(Error::Timeout(WRITE_TIMEOUT)),
     }
 }
@@ -691,11 +692,17 @@ pub(crate) async fn apply_plugin(
     match ctx.settings.extension_api {
         ExtensionApi::WasmPlugin => {
             let api = Api::<WasmPlugin>::namespaced(ctx.client.clone(), &ns);
-            apply(ctx, &api, plugin, "WasmPlugin").await
+            apply(ctx, &api, plugin, Kind::WasmPlugin).await
         }
         ExtensionApi::TrafficExtension => {
             let api = Api::<TrafficExtension>::namespaced(ctx.client.clone(), &ns);
-            apply(ctx, &api, &traffic_extension(plugin), "TrafficExtension").await
+            apply(
+                ctx,
+                &api,
+                &traffic_extension(plugin),
+                Kind::TrafficExtension,
+            )
+            .await
         }
     }
 }

@@ -6,8 +6,6 @@ use crate::decision::Decision;
 use crate::flow::{Direction, FilterConfig, Node};
 use crate::host::mock::MockHost;
 
-pub use crate::decision::Route;
-
 /// The filter's decision on an outbound request with `headers` (lower-case names, raw
 /// values; `:authority` names the target) from a pod described by `node`: the same
 /// [`FilterConfig::decide`] a sidecar runs. Nothing is shared with earlier requests, so
@@ -29,7 +27,7 @@ mod tests {
     use virtual_env_core::PluginConfig;
 
     use super::*;
-    use crate::decision::{Destination, Edit};
+    use crate::decision::{Destination, Edit, Route};
     use crate::flow::EnvSource;
 
     fn config() -> FilterConfig {

@@ -19,6 +19,7 @@ use kube::ResourceExt;
 use crate::crd::VirtualEnvironment;
 use crate::existing::{Existing, Kind};
 use crate::extension::ExtensionApi;
+use crate::gamma::GatewayApi;
 use crate::gateway::{GATEWAYS_ANNOTATION, HOSTS_ANNOTATION};
 use crate::gateway_admission::GatewayCluster;
 use crate::gateway_policy::GatewayPolicy;
@@ -48,12 +49,12 @@ pub struct Writers {
 
 /// Empty caches of the Istio kinds the controller reads with `api` (see
 /// [`ExtensionApi::watched_kinds`]), and their writers.
-pub fn caches(api: ExtensionApi) -> (Caches, Writers) {
+pub fn caches(api: ExtensionApi, gateway_api: Option<GatewayApi>) -> (Caches, Writers) {
     let services = IndexedWriter::default();
     let pods = IndexedWriter::default();
     let policies = Writer::default();
     let istio: Vec<(Kind, IndexedWriter<DynamicObject>)> = api
-        .watched_kinds()
+        .watched_kinds(gateway_api)
         .into_iter()
         .map(|kind| (kind, IndexedWriter::new(kind.api_resource())))
         .collect();
@@ -442,7 +443,7 @@ pub mod testing {
         istio: &[(Kind, serde_json::Value)],
         unfilled: Option<Kind>,
     ) -> Caches {
-        let (caches, mut writers) = caches(api);
+        let (caches, mut writers) = caches(api, Some(GatewayApi { grpc_route: true }));
         let mut pods = snapshot.pods.clone();
         pods.iter_mut().for_each(slim_pod);
         fill(&mut writers.services, snapshot.services.clone());
@@ -582,7 +583,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unfilled_cache_is_reported_not_planned_from() {
-        let (caches, _writers) = caches(ExtensionApi::WasmPlugin);
+        let (caches, _writers) = caches(ExtensionApi::WasmPlugin, None);
         let err = caches.ready(Duration::from_millis(20)).await.unwrap_err();
         assert_eq!(err.kind, "Service");
         let caches = filled(&seed_snapshot(), &[]);

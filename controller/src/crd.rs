@@ -58,6 +58,26 @@ pub struct VirtualEnvironmentSpec {
     /// accept it, as the original project did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edge_trust: Option<EdgeTrustSpec>,
+    /// Which API the routes are written in. Default: Gateway API HTTPRoutes in a
+    /// namespace whose pods run in Istio's ambient mode, VirtualServices elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<RoutingSpec>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+pub struct RoutingSpec {
+    /// `VirtualService` (with DestinationRule subsets) or `HTTPRoute` (Gateway API's mesh
+    /// routes, GRPCRoutes for gRPC ports, and one Service per env of a service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<RoutingApi>,
+}
+
+/// The API routes are written in.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+pub enum RoutingApi {
+    VirtualService,
+    #[serde(rename = "HTTPRoute")]
+    HttpRoute,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]

@@ -10,10 +10,15 @@ use kube::api::ApiResource;
 use serde_json::Value;
 use virtual_env_core::{lowercase, ServiceHost};
 
+use k8s_openapi::api::core::v1::Service;
+
+use crate::gamma::{GRPCRoute, HTTPRoute};
 use crate::istio::{DestinationRule, Gateway, TrafficExtension, VirtualService, WasmPlugin};
 use crate::objects::{MANAGED_BY, MANAGED_BY_LABEL, OWNER_UID_LABEL};
 
-/// The Istio kinds the controller writes, and Gateways, which it reads only.
+/// The kinds the controller writes (Istio's; Gateway API's routes and the Services they
+/// send to), and Gateways, which it reads only. Declared in the order objects are pruned:
+/// routes before what they send to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     VirtualService,
@@ -21,6 +26,10 @@ pub enum Kind {
     WasmPlugin,
     Gateway,
     TrafficExtension,
+    HttpRoute,
+    GrpcRoute,
+    /// The Services the controller writes for one env of a service (`gamma.rs`).
+    Service,
 }
 
 impl Kind {
@@ -31,6 +40,9 @@ impl Kind {
             Kind::WasmPlugin => "WasmPlugin",
             Kind::Gateway => "Gateway",
             Kind::TrafficExtension => "TrafficExtension",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
+            Kind::Service => "Service",
         }
     }
 
@@ -42,12 +54,20 @@ impl Kind {
             Kind::WasmPlugin => ApiResource::erase::<WasmPlugin>(&()),
             Kind::Gateway => ApiResource::erase::<Gateway>(&()),
             Kind::TrafficExtension => ApiResource::erase::<TrafficExtension>(&()),
+            Kind::HttpRoute => ApiResource::erase::<HTTPRoute>(&()),
+            Kind::GrpcRoute => ApiResource::erase::<GRPCRoute>(&()),
+            Kind::Service => ApiResource::erase::<Service>(&()),
         }
     }
 
     /// A plugin object: a WasmPlugin or its successor, a TrafficExtension.
     pub fn is_plugin(self) -> bool {
         matches!(self, Kind::WasmPlugin | Kind::TrafficExtension)
+    }
+
+    /// A Gateway API route.
+    pub fn is_route(self) -> bool {
+        matches!(self, Kind::HttpRoute | Kind::GrpcRoute)
     }
 }
 
@@ -95,6 +115,34 @@ impl Existing {
                 )
             }
             Kind::DestinationRule => (text(&spec["host"]).into_iter().collect(), true),
+            // A route's Service parents are the hosts it routes for sidecars (GAMMA); one
+            // bound only to Gateways is not a mesh route.
+            Kind::HttpRoute | Kind::GrpcRoute => {
+                let services: Vec<String> = spec["parentRefs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| {
+                        p["kind"] == "Service" && p["group"].as_str().unwrap_or("").is_empty()
+                    })
+                    .filter_map(|p| {
+                        let name = p["name"].as_str()?;
+                        Some(match p["namespace"].as_str() {
+                            Some(ns) => format!("{name}.{ns}"),
+                            None => name.to_owned(),
+                        })
+                    })
+                    .collect();
+                let mesh = !services.is_empty();
+                (services, mesh)
+            }
+            // An env Service (`gamma.rs`): the service it is an env of.
+            Kind::Service => (
+                text(&meta["labels"][crate::gamma::ENV_SERVICE_OF_LABEL])
+                    .into_iter()
+                    .collect(),
+                true,
+            ),
             Kind::WasmPlugin | Kind::Gateway | Kind::TrafficExtension => (Vec::new(), true),
         };
         Self {

@@ -10,6 +10,7 @@
 use kube::ResourceExt;
 
 use crate::existing::Kind;
+use crate::gamma::GatewayApi;
 use crate::istio::{TrafficExtension, TrafficExtensionSpec, WasmConfig, WasmPlugin};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,20 +45,12 @@ impl ExtensionApi {
     /// TrafficExtension": writing WasmPlugins beside the TrafficExtensions of an earlier run
     /// would load the filter twice and leave those unpruned.
     pub fn from_discovery(result: Result<Vec<&str>, &kube::Error>) -> Option<Self> {
-        match result {
-            Ok(served) => Some(Self::detect(served)),
-            // The group is not served: kube's discovery says so with MissingApiGroup.
-            Err(kube::Error::Discovery(kube::error::DiscoveryError::MissingApiGroup(_))) => {
-                Some(ExtensionApi::WasmPlugin)
-            }
-            Err(kube::Error::Api(e)) if e.code == 404 => Some(ExtensionApi::WasmPlugin),
-            Err(_) => None,
-        }
+        served_or_retry(result).map(Self::detect)
     }
 
     /// The Istio kinds the controller watches with this API: after a switch to
     /// TrafficExtension it still reads WasmPlugins, to prune the ones it wrote before.
-    pub fn watched_kinds(self) -> Vec<Kind> {
+    pub fn watched_kinds(self, gateway_api: Option<GatewayApi>) -> Vec<Kind> {
         let mut kinds = vec![
             Kind::VirtualService,
             Kind::DestinationRule,
@@ -67,7 +60,29 @@ impl ExtensionApi {
         if self == ExtensionApi::TrafficExtension {
             kinds.push(Kind::TrafficExtension);
         }
+        // Users' routes hold services as their VirtualServices do, and ours are pruned.
+        if let Some(gateway_api) = gateway_api {
+            kinds.push(Kind::HttpRoute);
+            if gateway_api.grpc_route {
+                kinds.push(Kind::GrpcRoute);
+            }
+        }
         kinds
+    }
+}
+
+/// What a discovery of an API group says: what it serves where it answered, nothing where
+/// the group is not served at all (404); `None` for any other failure (a timeout, a 5xx,
+/// a refused connection), which must be retried, not taken as "not served".
+pub fn served_or_retry<T>(result: Result<Vec<T>, &kube::Error>) -> Option<Vec<T>> {
+    match result {
+        Ok(served) => Some(served),
+        // The group is not served: kube's discovery says so with MissingApiGroup.
+        Err(kube::Error::Discovery(kube::error::DiscoveryError::MissingApiGroup(_))) => {
+            Some(Vec::new())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Some(Vec::new()),
+        Err(_) => None,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod crd;
 pub mod edge_guard;
 pub mod existing;
 pub mod extension;
+pub mod gamma;
 pub mod gateway;
 pub mod gateway_admission;
 pub mod gateway_plugins;

@@ -15,7 +15,8 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use tracing::{error, info, warn};
 use virtual_env_controller::crd::{VirtualEnvironment, ROUTE_HEADER_SUFFIX_LEN};
-use virtual_env_controller::extension::ExtensionApi;
+use virtual_env_controller::extension::{served_or_retry, ExtensionApi};
+use virtual_env_controller::gamma::GatewayApi;
 use virtual_env_controller::gateway_admission::GatewayAdmission;
 use virtual_env_controller::leader::{Elector, Timing};
 use virtual_env_controller::metrics::Metrics;
@@ -127,6 +128,22 @@ struct ModuleArgs {
     /// its own namespace only.
     #[arg(long, env = "VIRTUAL_ENV_SCOPE_GATEWAY_TO_NAMESPACE")]
     scope_gateway_to_namespace: bool,
+    /// Whether routes may be written as Gateway API (HTTPRoute, GRPCRoute): `auto` (where
+    /// the cluster serves HTTPRoute v1; offline: yes), `on` or `off`.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        env = "VIRTUAL_ENV_GATEWAY_API"
+    )]
+    gateway_api: GatewayApiArg,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum GatewayApiArg {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -176,6 +193,11 @@ impl ModuleArgs {
                 GatewayAdmissionArg::Open => GatewayAdmission::Open,
             },
             scope_gateway_to_namespace: self.scope_gateway_to_namespace,
+            // Offline (render, explain): what the spec asks is rendered.
+            gateway_api: match self.gateway_api {
+                GatewayApiArg::Auto | GatewayApiArg::On => Some(GatewayApi { grpc_route: true }),
+                GatewayApiArg::Off => None,
+            },
         })
     }
 }
@@ -367,6 +389,12 @@ async fn run_async(args: RunArgs) -> Result<()> {
         settings.extension_api = detect_extension_api(&client).await?;
     }
     info!(api = ?settings.extension_api, "plugin objects");
+    if args.module.gateway_api == GatewayApiArg::Auto {
+        let served = served_in(&client, "gateway.networking.k8s.io").await?;
+        settings.gateway_api =
+            GatewayApi::detect(served.iter().map(|(r, v)| (r.as_str(), v.as_str())));
+    }
+    info!(gateway_api = ?settings.gateway_api, "Gateway API routes");
     state.ready.store(true, Ordering::Relaxed);
 
     let mut elector = become_leader(&args, &client, peers.as_ref(), own_digest.as_deref()).await;
@@ -444,31 +472,36 @@ async fn become_leader(
     elector
 }
 
-/// TrafficExtension where the cluster serves it; WasmPlugin where it does not. A failed
-/// discovery is retried (1 s doubling to 30 s): a transient error must not switch the
-/// plugin API (see `ExtensionApi::from_discovery`); after 5 minutes the process exits and
-/// is restarted.
+/// TrafficExtension where the cluster serves it; WasmPlugin where it does not.
 async fn detect_extension_api(client: &Client) -> Result<ExtensionApi> {
+    let served = served_in(client, "extensions.istio.io").await?;
+    Ok(ExtensionApi::detect(served.iter().map(|(r, _)| r.as_str())))
+}
+
+/// The resources (plural, version) `group` serves in its preferred version; none where
+/// the group is not served. A failed discovery is retried (1 s doubling to 30 s): a
+/// transient error must not switch an API (see `served_or_retry`); after 5 minutes the
+/// process exits and is restarted.
+async fn served_in(client: &Client, group: &str) -> Result<Vec<(String, String)>> {
     let mut delay = Duration::from_secs(1);
     let started = std::time::Instant::now();
     loop {
-        let result = kube::discovery::group(client, "extensions.istio.io").await;
-        let decided = match &result {
-            Ok(group) => {
-                let resources = group.recommended_resources();
-                let served: Vec<&str> = resources.iter().map(|(r, _)| r.plural.as_str()).collect();
-                ExtensionApi::from_discovery(Ok(served))
+        let result = kube::discovery::group(client, group).await.map(|g| {
+            g.recommended_resources()
+                .into_iter()
+                .map(|(r, _)| (r.plural, r.version))
+                .collect::<Vec<_>>()
+        });
+        match served_or_retry(result.as_ref().map(Clone::clone)) {
+            Some(served) => return Ok(served),
+            None => {
+                if let Err(e) = result {
+                    if started.elapsed() > Duration::from_secs(300) {
+                        bail!("discovering {group} failed for 5 minutes: {e}");
+                    }
+                    warn!("discovering {group}: {e}; retrying in {delay:?}");
+                }
             }
-            Err(e) => ExtensionApi::from_discovery(Err(e)),
-        };
-        if let Some(api) = decided {
-            return Ok(api);
-        }
-        if let Err(e) = result {
-            if started.elapsed() > Duration::from_secs(300) {
-                bail!("discovering extensions.istio.io failed for 5 minutes: {e}");
-            }
-            warn!("discovering extensions.istio.io: {e}; retrying in {delay:?}");
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(30));

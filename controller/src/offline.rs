@@ -122,6 +122,9 @@ pub fn render_plan(plan: &Plan, api: ExtensionApi) -> String {
         docs.push(to_yaml(vs));
         docs.push(to_yaml(dr));
     }
+    // Gateway API routing: the envs' Services first, as they are applied.
+    docs.extend(plan.env_services.iter().map(to_yaml));
+    docs.extend(plan.mesh_routes.iter().map(|r| to_yaml(&r.to_value())));
     out.push_str(&docs.join("---\n"));
     out
 }

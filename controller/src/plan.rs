@@ -13,9 +13,12 @@ use virtual_env_core::{
     lowercase, service_fqdn, validate_env_name, ConfigError, Direction, PluginConfig,
 };
 
-use crate::crd::{HeaderAlias, VirtualEnvironment, ROUTE_HEADER_SUFFIX_LEN};
+use crate::crd::{HeaderAlias, RoutingApi, VirtualEnvironment, ROUTE_HEADER_SUFFIX_LEN};
 use crate::existing::{Existing, Kind};
 use crate::extension::ExtensionApi;
+use crate::gamma::{
+    env_service_name, is_env_service, EnvBackend, GatewayApi, GatewayApiRouting, MeshRoute,
+};
 use crate::gateway::{self, GatewayName};
 use crate::gateway_admission::{admit, Admitted, GatewayAdmission, GatewayCluster, Tenant};
 use crate::gateway_plugins;
@@ -51,6 +54,8 @@ pub struct Settings {
     /// istiod's `PILOT_SCOPE_GATEWAY_TO_NAMESPACE`: a Gateway selects pods of its own
     /// namespace only.
     pub scope_gateway_to_namespace: bool,
+    /// The Gateway API routes the cluster serves; `None`: no Gateway API CRDs.
+    pub gateway_api: Option<GatewayApi>,
 }
 
 /// What is in the namespace now.
@@ -77,8 +82,14 @@ pub struct Snapshot {
 /// The desired state of a namespace.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
+    /// The API the namespace's routes are written in.
+    pub routing_api: RoutingApi,
     pub virtual_services: Vec<VirtualService>,
     pub destination_rules: Vec<DestinationRule>,
+    /// With routing in Gateway API: the Services of the routed services' envs, by name.
+    pub env_services: Vec<Service>,
+    /// With routing in Gateway API: the HTTPRoutes and GRPCRoutes, by service.
+    pub mesh_routes: Vec<MeshRoute>,
     /// The calling side's plugin object (Istio `match` mode CLIENT) and its config.
     pub wasm_plugin: WasmPlugin,
     pub plugin_config: PluginConfig,
@@ -105,6 +116,13 @@ pub struct Plan {
     pub gateway_claims: BTreeSet<(String, String)>,
 }
 
+impl Plan {
+    /// The namespace's services routed by env, whatever the API.
+    pub fn routed_services(&self) -> usize {
+        self.plugin_config.services.len()
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum PlanError {
     #[error("invalid spec: {0}")]
@@ -117,6 +135,8 @@ pub enum PlanError {
     WasmPluginTaken(String, &'static str, &'static str),
     #[error("invalid spec: {0}")]
     InvalidEdgeTrust(#[from] virtual_env_core::edge::EdgeTrustError),
+    #[error("spec.routing.api is HTTPRoute, but the cluster does not serve Gateway API's HTTPRoute (gateway.networking.k8s.io/v1): install the Gateway API CRDs, or route with VirtualService")]
+    GatewayApiMissing,
     #[error("invalid spec: {0}")]
     InvalidModule(String),
     #[error("the plugin config would take {bytes} bytes of the stored object (with its managed-fields entry) even in compact form, over the {max} bytes this controller writes into one object (Kubernetes stores at most ~1.5 MiB); nothing was changed. Split the namespace, or route fewer envs")]
@@ -154,14 +174,18 @@ pub fn plan_namespace(
 ) -> Result<Plan, PlanError> {
     let spec = resolve(ve, snapshot, settings)?;
     let (ready, ignored_pods) = ready_envs(&spec.config, &snapshot.pods);
+    let (routing_api, routing_note) = routing_api(ve, &ready, settings)?;
     let mut plan = Plan {
+        routing_api,
         virtual_services: Vec::new(),
         destination_rules: Vec::new(),
+        env_services: Vec::new(),
+        mesh_routes: Vec::new(),
         wasm_plugin: wasm_plugin(ve, &spec.namespace, settings, &spec.config),
         inbound_wasm_plugin: wasm_plugin(ve, &spec.namespace, settings, &spec.config.called_side()),
         plugin_config: spec.config.clone(),
         envs: ready.iter().map(|(_, env)| env.to_string()).collect(),
-        skipped: Vec::new(),
+        skipped: routing_note.into_iter().collect(),
         ignored_pods,
         route_header: spec.route_header.clone(),
         prune: Vec::new(),
@@ -171,12 +195,16 @@ pub fn plan_namespace(
     let (exposures, problems) = gateway::exposures(ve, &snapshot.services, &spec.namespace);
     plan.skipped.extend(problems);
     let by_label = LabelIndex::new(ready.iter().map(|(pod, _)| *pod));
-    let mut services: Vec<&Service> = snapshot.services.iter().collect();
+    // The Services the controller wrote for envs are not routed themselves.
+    let mut services: Vec<&Service> = (snapshot.services.iter())
+        .filter(|s| !is_env_service(s))
+        .collect();
     services.sort_by_key(|s| s.name_any());
     let mut exposed = BTreeMap::new();
     for service in services {
         let envs = envs_of(service, &by_label, &ready);
-        match route_service(&spec, service, &envs, exposures.get(&service.name_any())) {
+        let exposure = exposures.get(&service.name_any());
+        match route_service(&spec, routing_api, service, &envs, exposure) {
             Routing::NotByEnv => {}
             Routing::Skipped(skip) => plan.skipped.push(skip),
             Routing::Routed(routed) => {
@@ -185,15 +213,28 @@ pub fn plan_namespace(
                 plan.skipped
                     .extend(ambient_note(service, &by_label, &ready));
                 if let Some(exposure) = routed.exposure {
-                    exposed.insert(routed.vs.name_any(), exposure);
+                    exposed.insert(service.name_any(), exposure);
                 }
-                let host = routed.dr.spec.host.clone();
-                plan.virtual_services.push(routed.vs);
-                plan.destination_rules.push(routed.dr);
+                match routed.objects {
+                    RouteObjects::Istio { vs, dr } => {
+                        plan.virtual_services.push(vs);
+                        plan.destination_rules.push(dr);
+                    }
+                    RouteObjects::GatewayApi { services, routes } => {
+                        plan.env_services.extend(services);
+                        plan.mesh_routes.extend(routes);
+                    }
+                }
+                let host = service_fqdn(
+                    &service.name_any(),
+                    &spec.namespace,
+                    &settings.cluster_domain,
+                );
                 plan.plugin_config.services.insert(host, routed.envs);
             }
         }
     }
+    plan.env_services.sort_by_key(|s| s.name_any());
     let admitted = admit_entry(&mut plan, &spec, snapshot, &exposed);
     fit_peers(&mut plan, &spec, snapshot)?;
     plan_gateway_objects(&mut plan, &spec, snapshot, &admitted);
@@ -214,6 +255,11 @@ struct Resolved<'a> {
     strip: Option<Headers>,
     /// The namespace's Istio objects this VirtualEnvironment does not manage.
     others: Vec<&'a Existing>,
+    /// The names of the namespace's Services but the env Services this VirtualEnvironment
+    /// wrote.
+    foreign_services: BTreeSet<String>,
+    /// The env Services this VirtualEnvironment wrote (`gamma.rs`), to prune or keep.
+    env_services: Vec<Existing>,
 }
 
 fn resolve<'a>(
@@ -240,6 +286,8 @@ fn resolve<'a>(
         edge.to_config().validate(config.splitter_char())?;
     }
     let owner_uid = ve.uid();
+    let (env_services, foreign_services) =
+        env_services_of(snapshot, &namespace, owner_uid.as_deref());
     let others: Vec<&Existing> = snapshot
         .existing
         .iter()
@@ -284,7 +332,34 @@ fn resolve<'a>(
         route_header,
         strip,
         others,
+        foreign_services,
+        env_services,
     })
+}
+
+/// The namespace's Services split: those this VirtualEnvironment wrote for envs (as
+/// objects it owns), and the names of all others.
+fn env_services_of(
+    snapshot: &Snapshot,
+    namespace: &str,
+    owner_uid: Option<&str>,
+) -> (Vec<Existing>, BTreeSet<String>) {
+    let mut ours = Vec::new();
+    let mut foreign = BTreeSet::new();
+    for service in &snapshot.services {
+        let object = is_env_service(service)
+            .then(|| serde_json::to_value(service).ok())
+            .flatten()
+            .map(|value| Existing::from_json(Kind::Service, &value, namespace))
+            .filter(|object| object.managed_by(owner_uid));
+        match object {
+            Some(object) => ours.push(object),
+            None => {
+                foreign.insert(service.name_any());
+            }
+        }
+    }
+    (ours, foreign)
 }
 
 /// The ready pods with a valid env label, and those whose label is not a valid env name.
@@ -384,8 +459,7 @@ enum Routing {
 }
 
 struct Routed {
-    vs: VirtualService,
-    dr: DestinationRule,
+    objects: RouteObjects,
     envs: Vec<String>,
     /// Its gateway entry as asked (admission decides later), if any.
     exposure: Option<gateway::Exposure>,
@@ -393,8 +467,51 @@ struct Routed {
     notes: Vec<Skip>,
 }
 
+/// A routed service's objects, in the API the namespace routes with.
+#[allow(clippy::large_enum_variant)] // held in a `Box<Routed>`, briefly
+enum RouteObjects {
+    Istio {
+        vs: VirtualService,
+        dr: DestinationRule,
+    },
+    GatewayApi {
+        services: Vec<Service>,
+        routes: Vec<MeshRoute>,
+    },
+}
+
+/// The API the namespace's routes are written in: the spec's; else HTTPRoute where its
+/// pods run in Istio's ambient mode (waypoints apply HTTPRoutes; VirtualServices there
+/// are alpha) and the cluster serves it; else VirtualService.
+fn routing_api(
+    ve: &VirtualEnvironment,
+    ready: &[(&Pod, &str)],
+    settings: &Settings,
+) -> Result<(RoutingApi, Option<Skip>), PlanError> {
+    match ve.spec.routing.as_ref().and_then(|r| r.api) {
+        Some(RoutingApi::HttpRoute) if settings.gateway_api.is_none() => {
+            Err(PlanError::GatewayApiMissing)
+        }
+        Some(api) => Ok((api, None)),
+        None if ready.iter().any(|(pod, _)| in_ambient_mode(pod)) => {
+            if settings.gateway_api.is_some() {
+                Ok((RoutingApi::HttpRoute, None))
+            } else {
+                Ok((
+                    RoutingApi::VirtualService,
+                    Some(Skip::routing(
+                        "pods of the namespace run in Istio's ambient mode, where routes are best written as HTTPRoutes, but the cluster does not serve Gateway API: written as VirtualServices",
+                    )),
+                ))
+            }
+        }
+        None => Ok((RoutingApi::VirtualService, None)),
+    }
+}
+
 fn route_service(
     spec: &Resolved<'_>,
+    api: RoutingApi,
     service: &Service,
     envs: &BTreeSet<&str>,
     exposure: Option<&gateway::Exposure>,
@@ -411,21 +528,60 @@ fn route_service(
     let subsets = SubsetNames::new(envs.iter().copied());
     let subset_of = |env: &str| subsets.get(env).unwrap_or(env).to_owned();
     let our_subsets: BTreeSet<String> = envs.iter().map(|e| subset_of(e)).collect();
-    let (mut notes, traffic_policy) = match held_by(spec, &name, &our_subsets) {
+    let (mut notes, traffic_policy) = match held_by(spec, api, &name, &our_subsets) {
         Ok(kept) => kept,
         Err(skip) => return Routing::Skipped(skip),
     };
     if service.annotations().contains_key(RULE_ANNOTATION) {
         notes.push(Skip::service(
             &name,
-            format_args!("annotation {RULE_ANNOTATION} is not supported and not applied; its VirtualService has only the env routes"),
+            format_args!("annotation {RULE_ANNOTATION} is not supported and not applied; its routes are only the env routes"),
         ));
     }
-    let host = service_fqdn(&name, &spec.namespace, &spec.settings.cluster_domain);
-    let meta = managed_meta(spec.ve, &name, &spec.namespace);
-    let default = default_subset.filter(|_| has_default).map(subset_of);
-    let http = env_routes(spec, &host, envs, &subset_of, default);
     let exposure = exposure.and_then(|e| gateway_hosts_free(spec, &name, e, &mut notes));
+    let envs_out = envs.iter().map(|e| e.to_string()).collect();
+    let (objects, exposure) = match api {
+        RoutingApi::VirtualService => {
+            let default = default_subset.filter(|_| has_default).map(subset_of);
+            let objects = istio_objects(spec, &name, envs, &subset_of, default, traffic_policy);
+            (objects, exposure)
+        }
+        RoutingApi::HttpRoute => {
+            let default = default_subset.filter(|_| has_default);
+            let objects = match gateway_api_objects(spec, service, envs, default) {
+                Ok(objects) => objects,
+                Err(skip) => return Routing::Skipped(skip),
+            };
+            if exposure.is_some() {
+                notes.push(Skip::service(
+                    &name,
+                    "not exposed through gateways: gateway entry is written with VirtualServices only (spec.routing.api: VirtualService); its mesh routes are HTTPRoutes",
+                ));
+            }
+            (objects, None)
+        }
+    };
+    Routing::Routed(Box::new(Routed {
+        objects,
+        envs: envs_out,
+        exposure,
+        notes,
+    }))
+}
+
+/// A service's VirtualService and DestinationRule. Hosts and gateways are set once
+/// gateway entry is admitted (`admit_entry`).
+fn istio_objects(
+    spec: &Resolved<'_>,
+    name: &str,
+    envs: &BTreeSet<&str>,
+    subset_of: &dyn Fn(&str) -> String,
+    default: Option<String>,
+    traffic_policy: Option<serde_json::Value>,
+) -> RouteObjects {
+    let host = service_fqdn(name, &spec.namespace, &spec.settings.cluster_domain);
+    let meta = managed_meta(spec.ve, name, &spec.namespace);
+    let http = env_routes(spec, &host, envs, subset_of, default);
     let subsets = envs
         .iter()
         .map(|env| Subset {
@@ -433,8 +589,7 @@ fn route_service(
             labels: BTreeMap::from([(spec.config.env_label.clone(), env.to_string())]),
         })
         .collect();
-    Routing::Routed(Box::new(Routed {
-        // Hosts and gateways are set once gateway entry is admitted (`admit_entry`).
+    RouteObjects::Istio {
         vs: VirtualService {
             metadata: meta.clone(),
             spec: VirtualServiceSpec {
@@ -451,10 +606,66 @@ fn route_service(
                 subsets,
             },
         },
-        envs: envs.iter().map(|e| e.to_string()).collect(),
-        exposure,
-        notes,
-    }))
+    }
+}
+
+/// A service's Gateway API objects (`gamma.rs`): a Service per env and the routes; a
+/// skip when one of their names is another's object's.
+fn gateway_api_objects(
+    spec: &Resolved<'_>,
+    service: &Service,
+    envs: &BTreeSet<&str>,
+    default_env: Option<&str>,
+) -> Result<RouteObjects, Skip> {
+    let name = service.name_any();
+    let routing = GatewayApiRouting {
+        service,
+        env_label: &spec.config.env_label,
+        envs: envs
+            .iter()
+            .map(|env| EnvBackend {
+                env: env.to_string(),
+                service: env_service_name(&name, env),
+            })
+            .collect(),
+        default_env: default_env.map(str::to_owned),
+        route_header: &spec.route_header,
+        strip: spec
+            .strip
+            .as_ref()
+            .map(|h| h.request.remove.clone())
+            .unwrap_or_default(),
+        grpc_route: spec.settings.gateway_api.is_some_and(|g| g.grpc_route),
+    };
+    let meta = |n: &str| managed_meta(spec.ve, n, &spec.namespace);
+    let services = routing.env_services(&meta);
+    let routes = routing.routes(&meta);
+    let mut taken: Vec<String> = services
+        .iter()
+        .map(ResourceExt::name_any)
+        .filter(|n| spec.foreign_services.contains(n))
+        .map(|n| format!("Service {n}"))
+        .collect();
+    taken.extend(
+        routes
+            .iter()
+            .filter(|r| {
+                spec.others
+                    .iter()
+                    .any(|e| e.kind == r.kind() && e.name == r.name())
+            })
+            .map(|r| format!("{} {}", r.kind().name(), r.name())),
+    );
+    if !taken.is_empty() {
+        return Err(Skip::service(
+            &name,
+            format_args!(
+                "the names of its env objects are taken: {} exist and are not managed by this VirtualEnvironment",
+                taken.join(", ")
+            ),
+        ));
+    }
+    Ok(RouteObjects::GatewayApi { services, routes })
 }
 
 /// The VirtualService's routes: one per env matching the route header exactly, to that
@@ -504,6 +715,7 @@ fn env_routes(
 /// subsets' names, a workload selector or an `exportTo` leaves the service to it.
 fn held_by(
     spec: &Resolved<'_>,
+    api: RoutingApi,
     name: &str,
     our_subsets: &BTreeSet<String>,
 ) -> Result<(Vec<Skip>, Option<serde_json::Value>), Skip> {
@@ -515,12 +727,17 @@ fn held_by(
         .filter(|e| e.kind == Kind::DestinationRule && routes_it(e))
         .copied()
         .collect();
+    let with_subsets = api == RoutingApi::VirtualService;
     let mut holders: Vec<String> = spec
         .others
         .iter()
         .filter(|e| match e.kind {
-            Kind::VirtualService => e.name == name || routes_it(e),
-            Kind::DestinationRule => {
+            // Istio makes one VirtualService of a namespace's routes for a service, and
+            // sidecars use one VirtualService per host: a user's route (either API) and
+            // ours would not both apply.
+            Kind::VirtualService => (with_subsets && e.name == name) || routes_it(e),
+            Kind::HttpRoute | Kind::GrpcRoute => routes_it(e),
+            Kind::DestinationRule if with_subsets => {
                 e.name == name
                     || (routes_it(e)
                         && (subset_names(e).iter().any(|s| our_subsets.contains(s))
@@ -541,6 +758,21 @@ fn held_by(
                 holders.join(", ")
             ),
         ));
+    }
+    if !with_subsets {
+        // The routes send to the envs' own Services, other hosts than the service's: a
+        // rule for its host does not reach them (a namespace-wide wildcard rule does).
+        let notes = rules
+            .iter()
+            .filter(|e| e.names_host_exactly(name, &spec.namespace, &spec.settings.cluster_domain))
+            .map(|rule| {
+                Skip::service(
+                    name,
+                    format_args!("routed by env beside {}: its traffic policy applies to the service's own host, not to the envs' Services the HTTPRoutes send to", rule.describe()),
+                )
+            })
+            .collect();
+        return Ok((notes, None));
     }
     Ok(beside_rules(spec, name, &rules))
 }
@@ -778,8 +1010,8 @@ fn plan_gateway_objects(
     plan.skipped.extend(gateway_plans.skipped);
 }
 
-/// What this VirtualEnvironment owns and no longer needs: VirtualServices first, so that
-/// no route is left pointing at a subset that is gone.
+/// What this VirtualEnvironment owns and no longer needs: routes first (VirtualServices,
+/// HTTPRoutes), so that no route is left pointing at a subset or Service that is gone.
 fn to_prune(plan: &Plan, spec: &Resolved<'_>, snapshot: &Snapshot) -> Vec<Existing> {
     let plugin_kind = spec.settings.extension_api.kind();
     let wanted = |e: &Existing| match e.kind {
@@ -797,12 +1029,18 @@ fn to_prune(plan: &Plan, spec: &Resolved<'_>, snapshot: &Snapshot) -> Vec<Existi
             o.name_any() == e.name && o.namespace().as_deref() == Some(e.namespace.as_str())
         }),
         Kind::Gateway => true,
+        Kind::HttpRoute | Kind::GrpcRoute => plan
+            .mesh_routes
+            .iter()
+            .any(|r| r.kind() == e.kind && r.name() == e.name),
+        Kind::Service => plan.env_services.iter().any(|s| s.name_any() == e.name),
     };
     let owner_uid = spec.ve.uid();
     let mut prune: Vec<Existing> = snapshot
         .existing
         .iter()
         .chain(&snapshot.elsewhere)
+        .chain(&spec.env_services)
         .filter(|e| e.managed_by(owner_uid.as_deref()) && !wanted(e))
         .cloned()
         .collect();
@@ -945,3 +1183,6 @@ pub mod fixtures;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod gateway_api_tests;

@@ -34,7 +34,14 @@ pub const LEASE_NAME: &str = "virtual-env-controller";
 /// creates the object.
 pub const CLUSTER: &[ApiUse] = &[
     uses("", "pods", &["list", "watch"]),
-    uses("", "services", &["list", "watch"]),
+    // Written: the Services of one env of a service that routes written as Gateway API
+    // send to (`gamma.rs`); only those it labelled and owns are patched or deleted (a
+    // delete is preconditioned on the UID it read). RBAC cannot narrow this by label.
+    uses(
+        "",
+        "services",
+        &["list", "watch", "create", "patch", "delete"],
+    ),
     // `patch`: the finalizer that deletes gateway plugin objects with the VirtualEnvironment.
     uses(
         "env.alibaba.com",
@@ -61,6 +68,18 @@ pub const CLUSTER: &[ApiUse] = &[
     uses(
         "extensions.istio.io",
         "trafficextensions",
+        &["list", "watch", "create", "patch", "delete"],
+    ),
+    // Gateway API's mesh routes (GAMMA), where the cluster serves them: written for
+    // `spec.routing.api: HTTPRoute`, and read everywhere (a user's route holds a service).
+    uses(
+        "gateway.networking.k8s.io",
+        "httproutes",
+        &["list", "watch", "create", "patch", "delete"],
+    ),
+    uses(
+        "gateway.networking.k8s.io",
+        "grpcroutes",
         &["list", "watch", "create", "patch", "delete"],
     ),
     // Read only: a Gateway's selector names the pods that get its plugin object.

@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
@@ -24,6 +25,7 @@ use crate::caches::{Caches, NotReady};
 use crate::crd::{VirtualEnvironment, VirtualEnvironmentStatus, ROUTE_HEADER_SUFFIX_LEN};
 use crate::existing::{Existing, Kind};
 use crate::extension::{traffic_extension, ExtensionApi};
+use crate::gamma::{GRPCRoute, HTTPRoute, MeshRoute};
 use crate::gateway::FINALIZER;
 use crate::istio::{DestinationRule, TrafficExtension, VirtualService, WasmPlugin};
 use crate::metrics::Metrics;
@@ -222,6 +224,9 @@ struct NamespaceApi {
     ves: Api<VirtualEnvironment>,
     vss: Api<VirtualService>,
     drs: Api<DestinationRule>,
+    services: Api<Service>,
+    http_routes: Api<HTTPRoute>,
+    grpc_routes: Api<GRPCRoute>,
 }
 
 impl NamespaceApi {
@@ -231,6 +236,9 @@ impl NamespaceApi {
             ves: Api::namespaced(client.clone(), ns),
             vss: Api::namespaced(client.clone(), ns),
             drs: Api::namespaced(client.clone(), ns),
+            services: Api::namespaced(client.clone(), ns),
+            http_routes: Api::namespaced(client.clone(), ns),
+            grpc_routes: Api::namespaced(client.clone(), ns),
         }
     }
 }
@@ -291,7 +299,7 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
     ctx.failures(&key(&ve), false);
     ctx.metrics.reconciled(started.elapsed());
     info!(
-        services = plan.virtual_services.len(),
+        services = plan.routed_services(),
         envs = plan.envs.len(),
         skipped = plan.skipped.len(),
         "reconciled"
@@ -503,7 +511,10 @@ async fn delete_elsewhere(
         return Ok(Action::await_change());
     };
     let selector = format!("{OWNER_UID_LABEL}={owner_uid}");
-    let kinds = ctx.settings.extension_api.watched_kinds();
+    let kinds = ctx
+        .settings
+        .extension_api
+        .watched_kinds(ctx.settings.gateway_api);
     for kind in kinds.into_iter().filter(|k| k.is_plugin()) {
         let all: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &kind.api_resource());
         let listed = match timed(all.list(&ListParams::default().labels(&selector))).await {
@@ -615,11 +626,25 @@ async fn write_step(step: &Step, api: &NamespaceApi, ctx: &Context) -> Result<()
             apply(ctx, &api.vss, vs, Kind::VirtualService).await?;
             ctx.metrics.applied("VirtualService");
         }
+        Step::EnvService(service) => {
+            apply(ctx, &api.services, service, Kind::Service).await?;
+            ctx.metrics.applied("Service");
+        }
+        Step::MeshRoute(route) => {
+            match route {
+                MeshRoute::Http(r) => apply(ctx, &api.http_routes, r, Kind::HttpRoute).await?,
+                MeshRoute::Grpc(r) => apply(ctx, &api.grpc_routes, r, Kind::GrpcRoute).await?,
+            }
+            ctx.metrics.applied(route.kind().name());
+        }
         Step::WasmPlugin => {}
         Step::Prune(object) => {
             let deleted = match object.kind {
                 Kind::VirtualService => prune(&api.vss, object).await?,
                 Kind::DestinationRule => prune(&api.drs, object).await?,
+                Kind::HttpRoute => prune(&api.http_routes, object).await?,
+                Kind::GrpcRoute => prune(&api.grpc_routes, object).await?,
+                Kind::Service => prune(&api.services, object).await?,
                 // In the namespace, or a gateway's plugin object in the gateway's.
                 Kind::WasmPlugin | Kind::TrafficExtension => prune_plugin(ctx, object).await?,
                 Kind::Gateway => false,
@@ -828,14 +853,14 @@ fn ready(ve: &VirtualEnvironment, plan: &Plan) -> VirtualEnvironmentStatus {
     let (reason, message) = if plan.skipped.is_empty() {
         (
             "Applied",
-            format!("{} services routed by env", plan.virtual_services.len()),
+            format!("{} services routed by env", plan.routed_services()),
         )
     } else {
         (
             "AppliedWithSkips",
             format!(
                 "{} services routed by env; skipped: {}",
-                plan.virtual_services.len(),
+                plan.routed_services(),
                 plan.skipped.join("; ")
             ),
         )
@@ -843,7 +868,7 @@ fn ready(ve: &VirtualEnvironment, plan: &Plan) -> VirtualEnvironmentStatus {
     VirtualEnvironmentStatus {
         observed_generation: ve.metadata.generation,
         conditions: vec![condition(ve, true, reason, &message)],
-        services: u32::try_from(plan.virtual_services.len()).unwrap_or(u32::MAX),
+        services: u32::try_from(plan.routed_services()).unwrap_or(u32::MAX),
         envs: u32::try_from(plan.envs.len()).unwrap_or(u32::MAX),
         skipped: plan.skipped.iter().map(ToString::to_string).collect(),
         route_header: Some(plan.route_header.clone()),

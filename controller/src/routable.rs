@@ -51,6 +51,27 @@ fn protocol(port: &ServicePort) -> Protocol {
     }
 }
 
+/// Whether traffic on `port` takes an HTTP route (HTTP or gRPC, declared or sniffed).
+pub fn routes_http(port: &ServicePort) -> bool {
+    protocol(port) != Protocol::Other
+}
+
+/// Whether `port` is declared gRPC (by `appProtocol`, or Istio's port-name prefix).
+pub fn is_grpc(port: &ServicePort) -> bool {
+    let declared = port
+        .app_protocol
+        .as_deref()
+        .map(|p| p.trim_start_matches("kubernetes.io/").to_ascii_lowercase());
+    match declared.filter(|p| !p.is_empty()) {
+        Some(p) => p == "grpc",
+        None => port
+            .name
+            .as_deref()
+            .and_then(|n| n.split('-').next())
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("grpc")),
+    }
+}
+
 /// Why `service` cannot be routed by subset, or `None` when it can.
 pub fn not_routable(service: &Service) -> Option<&'static str> {
     let spec = service.spec.as_ref()?;

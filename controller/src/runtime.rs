@@ -70,7 +70,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (mut caches, writers) = caches::caches(settings.extension_api);
+    let (mut caches, writers) = caches::caches(settings.extension_api, settings.gateway_api);
     let all = watcher::Config::default;
     let controller = Controller::new(
         Api::<VirtualEnvironment>::all(client.clone()),

@@ -16,6 +16,8 @@ pub enum Subject {
     Gateway,
     /// Calls into other namespaces.
     Peers,
+    /// The namespace's routing as a whole (the API its routes are written in).
+    Routing,
 }
 
 /// One skip: its subject and the sentence the status shows (`app-a: ...`,
@@ -51,12 +53,20 @@ impl Skip {
         }
     }
 
+    /// About the namespace's routing as a whole.
+    pub fn routing(why: impl fmt::Display) -> Self {
+        Self {
+            subject: Subject::Routing,
+            text: format!("routing: {why}"),
+        }
+    }
+
     /// As `render` comments it.
     pub fn rendered(&self) -> String {
         match self.subject {
             Subject::Service => format!("skipped service {}", self.text),
             Subject::Gateway => format!("skipped {}", self.text),
-            Subject::Peers => self.text.clone(),
+            Subject::Peers | Subject::Routing => self.text.clone(),
         }
     }
 }

@@ -98,7 +98,17 @@ impl Reader {
             "VirtualService" => self.existing.push((Kind::VirtualService, value)),
             "DestinationRule" => self.existing.push((Kind::DestinationRule, value)),
             "WasmPlugin" => self.existing.push((Kind::WasmPlugin, value)),
-            "Gateway" => self.existing.push((Kind::Gateway, value)),
+            // Istio's Gateway; Gateway API's (gateway.networking.k8s.io) selects no pods.
+            "Gateway"
+                if value["apiVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("networking.istio.io/") =>
+            {
+                self.existing.push((Kind::Gateway, value))
+            }
+            "HTTPRoute" => self.existing.push((Kind::HttpRoute, value)),
+            "GRPCRoute" => self.existing.push((Kind::GrpcRoute, value)),
             "TrafficExtension" => self.existing.push((Kind::TrafficExtension, value)),
             "GatewayPolicy" => self
                 .policies

@@ -31,7 +31,11 @@ use crate::reconcile::{timed, Context, Error};
 pub async fn sweep_orphans(ctx: &Context) -> Result<usize, Error> {
     let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY},{OWNER_UID_LABEL}");
     let mut labelled = Vec::new();
-    for kind in ctx.settings.extension_api.watched_kinds() {
+    for kind in ctx
+        .settings
+        .extension_api
+        .watched_kinds(ctx.settings.gateway_api)
+    {
         if !kind.is_plugin() {
             continue;
         }

@@ -12,6 +12,10 @@
 //! 3. after it: the new VirtualService, then the new DestinationRule (only where they
 //!    differ from the union), then the objects no longer needed, routes before subsets.
 //!
+//! Routes written as Gateway API (`gamma.rs`) go the same way: the envs' Services and the
+//! routes with the union of the old and the new env rules before the plugin config; the
+//! new routes, then the routes and Services no longer needed, after it.
+//!
 //! When a service's step 1 fails, its old entry of the plugin config is kept and its
 //! step 3 is skipped; when the plugin config fails, no step 3 runs.
 //!
@@ -23,7 +27,10 @@ use std::collections::BTreeSet;
 use kube::ResourceExt;
 use virtual_env_core::PluginConfig;
 
+use k8s_openapi::api::core::v1::Service;
+
 use crate::existing::{Existing, Kind};
+use crate::gamma::{split_rules, MeshRoute, RouteRule, ENV_SERVICE_OF_LABEL};
 use crate::istio::{DestinationRule, HttpRoute, VirtualService};
 use crate::plan::Plan;
 
@@ -32,6 +39,10 @@ use crate::plan::Plan;
 pub enum Step {
     DestinationRule(DestinationRule),
     VirtualService(VirtualService),
+    /// The Service of one env of a service (Gateway API routing).
+    EnvService(Box<Service>),
+    /// An HTTPRoute or GRPCRoute.
+    MeshRoute(MeshRoute),
     WasmPlugin,
     Prune(Existing),
 }
@@ -42,7 +53,13 @@ impl Step {
         match self {
             Step::DestinationRule(o) => Some(o.name_any()),
             Step::VirtualService(o) => Some(o.name_any()),
+            Step::EnvService(o) => o.labels().get(ENV_SERVICE_OF_LABEL).cloned(),
+            Step::MeshRoute(o) => Some(o.service()),
             Step::WasmPlugin => None,
+            // A route's or an env Service's `hosts` is the service (`existing.rs`).
+            Step::Prune(e) if e.kind.is_route() || e.kind == Kind::Service => {
+                e.hosts.first().cloned()
+            }
             Step::Prune(e) => Some(e.name.clone()),
         }
     }
@@ -51,6 +68,8 @@ impl Step {
         match self {
             Step::DestinationRule(o) => format!("DestinationRule {}", o.name_any()),
             Step::VirtualService(o) => format!("VirtualService {}", o.name_any()),
+            Step::EnvService(o) => format!("Service {}", o.name_any()),
+            Step::MeshRoute(o) => format!("{} {}", o.kind().name(), o.name()),
             Step::WasmPlugin => "WasmPlugin".into(),
             Step::Prune(e) => format!("deleting {}", e.describe()),
         }
@@ -88,10 +107,111 @@ pub fn transition(plan: &Plan, owned: &[Existing]) -> Transition {
             t.before.push(Step::VirtualService(vs_union));
         }
     }
+    for service in &plan.env_services {
+        let old = old(Kind::Service, &service.name_any());
+        if !same_env_service(service, old) {
+            t.before.push(Step::EnvService(Box::new(service.clone())));
+        }
+    }
+    let mut after_routes = Vec::new();
+    let mut prune_shards = Vec::new();
+    for union in union_routes(&plan.mesh_routes, owned) {
+        let planned = plan
+            .mesh_routes
+            .iter()
+            .find(|r| r.kind() == union.kind() && r.name() == union.name());
+        if !already(union.spec(), old(union.kind(), &union.name())) {
+            t.before.push(Step::MeshRoute(union.clone()));
+        }
+        match planned {
+            Some(planned) if *planned != union => {
+                after_routes.push(Step::MeshRoute(planned.clone()))
+            }
+            Some(_) => {}
+            // A shard only the union has goes with the prunes.
+            None => {
+                let value = union.to_value();
+                let ns = value["metadata"]["namespace"].as_str().unwrap_or_default();
+                let shard = Existing::from_json(union.kind(), &value, ns);
+                if !plan
+                    .prune
+                    .iter()
+                    .any(|e| e.kind == shard.kind && e.name == shard.name)
+                {
+                    prune_shards.push(Step::Prune(shard));
+                }
+            }
+        }
+    }
     t.after.extend(after_vss);
     t.after.extend(after_drs);
+    t.after.extend(after_routes);
+    t.after.extend(prune_shards);
     t.after.extend(plan.prune.iter().cloned().map(Step::Prune));
     t
+}
+
+/// Whether `old` (an env Service this VirtualEnvironment wrote) has every field of the
+/// spec `new` sets as it sets it (the API server adds its own: `clusterIP`, ...).
+fn same_env_service(new: &Service, old: Option<&Existing>) -> bool {
+    let (Some(old), Ok(new)) = (old, serde_json::to_value(&new.spec)) else {
+        return false;
+    };
+    new.as_object()
+        .is_some_and(|fields| fields.iter().all(|(k, v)| old.spec.get(k) == Some(v)))
+}
+
+/// The planned routes with the env rules of the ones applied before that they no longer
+/// have, per parent (a service, or one port of it), split again as planning splits them:
+/// until the plugin config stops selecting a leaving env, its rule still sends to its
+/// Service.
+fn union_routes(planned: &[MeshRoute], owned: &[Existing]) -> Vec<MeshRoute> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < planned.len() {
+        // The shards of one parent are consecutive, the first named without a shard number.
+        let first = &planned[i];
+        let parent = first.spec().parent_refs.clone();
+        let shards: Vec<&MeshRoute> = planned[i..]
+            .iter()
+            .take_while(|r| r.kind() == first.kind() && r.spec().parent_refs == parent)
+            .collect();
+        i += shards.len();
+        let mut rules: Vec<RouteRule> =
+            shards.iter().flat_map(|r| r.spec().rules.clone()).collect();
+        let env_of = |rule: &RouteRule| {
+            rule.matches
+                .first()
+                .and_then(|m| m.headers.first())
+                .map(|h| (h.name.clone(), h.value.clone()))
+        };
+        let have: BTreeSet<(String, String)> = rules.iter().filter_map(env_of).collect();
+        let leaving: Vec<RouteRule> = owned
+            .iter()
+            .filter(|e| e.kind == first.kind())
+            .filter_map(|e| read_back_route(first, e))
+            .filter(|old| old.spec().parent_refs == parent)
+            .flat_map(|old| old.spec().rules.clone())
+            .filter(|rule| env_of(rule).is_some_and(|env| !have.contains(&env)))
+            .collect();
+        if leaving.is_empty() {
+            out.extend(shards.into_iter().cloned());
+            continue;
+        }
+        rules.extend(leaving);
+        out.extend(split_rules(first, rules));
+    }
+    out
+}
+
+/// A route applied before, in the type of `like`; `None` if it no longer has the shape
+/// the controller writes.
+fn read_back_route(like: &MeshRoute, old: &Existing) -> Option<MeshRoute> {
+    let value = serde_json::json!({"metadata": {"name": old.name}, "spec": old.spec});
+    match like {
+        MeshRoute::Http(_) => serde_json::from_value(value).ok().map(MeshRoute::Http),
+        MeshRoute::Grpc(_) => serde_json::from_value(value).ok().map(MeshRoute::Grpc),
+    }
 }
 
 /// Whether `old`, one of this VirtualEnvironment's objects, already has `spec`.

@@ -1003,6 +1003,7 @@ pub mod planning {
             extension_api: Default::default(),
             gateway_admission: Default::default(),
             scope_gateway_to_namespace: false,
+            gateway_api: Some(virtual_env_controller::gamma::GatewayApi { grpc_route: true }),
         }
     }
 
@@ -1147,8 +1148,10 @@ pub mod planning {
 
         let before = super::resident_bytes(std::process::id()).unwrap_or(0);
         let heap_before = live_heap();
-        let (caches, mut writers) =
-            caches(virtual_env_controller::extension::ExtensionApi::WasmPlugin);
+        let (caches, mut writers) = caches(
+            virtual_env_controller::extension::ExtensionApi::WasmPlugin,
+            None,
+        );
         writers.pods.apply_watcher_event(&Event::Init);
         writers.services.apply_watcher_event(&Event::Init);
         let envs = ["dev", "dev.p1", "dev.p1.u1"];

@@ -233,7 +233,7 @@ impl Cluster {
     /// and after each one (with its name).
     fn start_measured(&self, filled: &mut dyn FnMut(&str)) -> Controller {
         filled("");
-        let (mut caches, mut writers) = caches(ExtensionApi::WasmPlugin);
+        let (mut caches, mut writers) = caches(ExtensionApi::WasmPlugin, None);
         let (ve_store, mut ves) = reflector::store::<VirtualEnvironment>();
         caches.virtual_environments = Some(ve_store.clone());
         fill(

@@ -295,6 +295,7 @@ impl Mesh {
             extension_api: Default::default(),
             gateway_admission: GatewayAdmission::Policy,
             scope_gateway_to_namespace: false,
+            gateway_api: Some(virtual_env_controller::gamma::GatewayApi { grpc_route: true }),
         };
         let mut namespaces: Vec<NamespaceSnapshot> = self.topology.all().map(snapshot_of).collect();
         let cluster = std::sync::Arc::new(self.gateway_cluster(&namespaces));

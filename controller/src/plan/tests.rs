@@ -792,12 +792,21 @@ fn pods_in_ambient_mode_are_named_in_the_status() {
         "istio.io/use-waypoint".to_owned(),
         "waypoint".to_owned(),
     )]));
-    let plan = plan_of(&seed_ve(), &snapshot);
+    // Ambient pods: routes are written as HTTPRoutes by default, which sidecars (and
+    // waypoints) apply; VirtualServices when the spec says so.
+    let forced = ve("envHeader: {name: X-Virtual-Env, autoInject: true}\nenvLabel: {name: virtual-env, splitter: ., defaultSubset: dev}\nrouting: {api: VirtualService}");
+    let plan = plan_of(&forced, &snapshot);
+    assert_eq!(plan.routing_api, RoutingApi::VirtualService);
     assert_eq!(
         plan.virtual_services.len(),
         3,
         "still routed for sidecar callers"
     );
+    let plan = plan_of(&seed_ve(), &snapshot);
+    assert_eq!(plan.routing_api, RoutingApi::HttpRoute);
+    assert!(plan.virtual_services.is_empty());
+    let routed: BTreeSet<String> = plan.mesh_routes.iter().map(|r| r.service()).collect();
+    assert_eq!(routed.len(), 3, "still routed for sidecar callers");
     let notes: Vec<&str> = plan
         .skipped
         .iter()

@@ -1306,3 +1306,89 @@ async fn the_sweep_deletes_gateway_plugins_whose_owner_is_gone_and_only_those() 
         .render()
         .contains("virtual_env_objects_total{kind=\"WasmPlugin\",action=\"pruned\"} 1"));
 }
+
+const SERVICES: &str = "/api/v1/namespaces/default/services";
+const HTTP_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes";
+
+/// Routes written as Gateway API: the envs' Services, then the HTTPRoutes, before the
+/// plugin config; a Service of ours no longer needed goes after it; a user's HTTPRoute for
+/// a service leaves that service alone. Every call is one `deploy/rbac.yaml` grants.
+#[tokio::test]
+async fn routes_in_gateway_api_write_env_services_then_httproutes_then_the_plugin_config() {
+    let mut ve = seed_ve_from_api();
+    ve.spec.routing = Some(crate::crd::RoutingSpec {
+        api: Some(crate::crd::RoutingApi::HttpRoute),
+    });
+    let mut snapshot = seed_snapshot();
+    let mut stale = service("app-old-dev-0123abcd");
+    stale.metadata.uid = Some("obj-app-old-dev".into());
+    stale.metadata.labels = Some(std::collections::BTreeMap::from([
+        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+        (
+            crate::gamma::ENV_SERVICE_OF_LABEL.to_owned(),
+            "app-old".to_owned(),
+        ),
+    ]));
+    stale.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            uid: "uid-1".into(),
+            ..Default::default()
+        },
+    ]);
+    snapshot.services.push(stale);
+    let users_route = json!({"metadata": {"name": "b-canary", "namespace": NS},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "app-b"}],
+                 "rules": [{"backendRefs": [{"name": "app-b", "port": 8080}]}]}});
+    let caches =
+        crate::caches::testing::filled(&snapshot, &[(Kind::HttpRoute, users_route.clone())]);
+    snapshot
+        .existing
+        .push(Existing::from_json(Kind::HttpRoute, &users_route, NS));
+    let expected = crate::plan::plan_namespace(&ve, &snapshot, &settings()).unwrap();
+    let env_services: Vec<String> = expected.env_services.iter().map(|s| s.name_any()).collect();
+    assert_eq!(env_services.len(), 4, "app-a and app-c, two envs each");
+    let (ctx, handle) = mock_context(caches);
+    let answer_ve = ve.clone();
+    let server = tokio::spawn(async move {
+        let mut api = ApiServerVerifier::new(handle);
+        api.list_virtual_environments(&[&answer_ve]).await;
+        api.record_route_header(&answer_ve).await;
+        for name in &env_services {
+            let body = api.apply(SERVICES, name).await;
+            assert_eq!(body["kind"], "Service");
+            assert!(
+                body["spec"]["selector"]["virtual-env"].is_string(),
+                "{body}"
+            );
+        }
+        for name in ["app-a", "app-c"] {
+            let body = api.apply(HTTP_ROUTES, name).await;
+            assert_eq!(body["apiVersion"], "gateway.networking.k8s.io/v1");
+            assert_eq!(body["spec"]["parentRefs"][0]["name"], name);
+        }
+        let wp = api.apply_plugins().await;
+        let services = &wp["spec"]["pluginConfig"]["services"];
+        assert!(
+            services.get("app-b.default.svc.cluster.local").is_none(),
+            "{services}"
+        );
+        let body = api
+            .expect(
+                Method::DELETE,
+                &format!("{SERVICES}/app-old-dev-0123abcd"),
+                json!({"kind": "Status", "status": "Success"}),
+            )
+            .await;
+        assert_eq!(body["preconditions"]["uid"], "obj-app-old-dev", "{body}");
+        let status = api.expect_status_patch().await;
+        assert_eq!(
+            status["status"]["skipped"][0],
+            "app-b: left to HTTPRoute b-canary, which this VirtualEnvironment does not manage",
+            "{status}"
+        );
+        api.calls.len()
+    });
+    reconcile(Arc::new(ve), ctx.clone()).await.unwrap();
+    // 1 read, the route header, 4 Services, 2 HTTPRoutes, 2 plugins, 1 prune, the status.
+    assert_eq!(server.await.unwrap(), 12);
+}

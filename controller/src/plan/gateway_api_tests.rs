@@ -1,0 +1,340 @@
+//! Planning with routes written as Gateway API (`gamma.rs`).
+
+use super::fixtures::*;
+use super::*;
+use crate::gamma::ENV_SERVICE_OF_LABEL;
+use crate::transition::{transition, Step};
+
+fn http_route_ve() -> VirtualEnvironment {
+    ve("envHeader: {name: X-Virtual-Env, autoInject: true}\nenvLabel: {name: virtual-env, splitter: ., defaultSubset: dev}\nrouting: {api: HTTPRoute}")
+}
+
+fn planned(ve: &VirtualEnvironment, snapshot: &Snapshot) -> Plan {
+    plan_namespace(ve, snapshot, &settings()).unwrap()
+}
+
+/// The objects of `plan` as the API returns them: with a uid and this owner, so that a
+/// later plan prunes what it no longer needs.
+fn applied(ve: &VirtualEnvironment, plan: &Plan) -> (Vec<Existing>, Vec<Service>) {
+    let owned = |mut meta: ObjectMeta| {
+        meta.uid = Some(format!("uid-{}", meta.name.clone().unwrap_or_default()));
+        meta.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                uid: ve.uid().unwrap(),
+                ..Default::default()
+            },
+        ]);
+        meta
+    };
+    let mut existing = Vec::new();
+    for route in &plan.mesh_routes {
+        let mut value = route.to_value();
+        value["metadata"] = serde_json::to_value(owned(
+            serde_json::from_value(value["metadata"].clone()).unwrap(),
+        ))
+        .unwrap();
+        existing.push(Existing::from_json(route.kind(), &value, NS));
+    }
+    for vs in &plan.virtual_services {
+        let mut vs = vs.clone();
+        vs.metadata = owned(vs.metadata);
+        existing.push(Existing::from_json(
+            Kind::VirtualService,
+            &serde_json::to_value(&vs).unwrap(),
+            NS,
+        ));
+    }
+    for dr in &plan.destination_rules {
+        let mut dr = dr.clone();
+        dr.metadata = owned(dr.metadata);
+        existing.push(Existing::from_json(
+            Kind::DestinationRule,
+            &serde_json::to_value(&dr).unwrap(),
+            NS,
+        ));
+    }
+    let services = plan
+        .env_services
+        .iter()
+        .map(|s| {
+            let mut s = s.clone();
+            s.metadata = owned(s.metadata);
+            // What the API server adds.
+            s.spec.as_mut().unwrap().cluster_ip = Some("10.0.0.7".into());
+            s
+        })
+        .collect();
+    (existing, services)
+}
+
+fn with_uid(mut ve: VirtualEnvironment) -> VirtualEnvironment {
+    ve.metadata.uid = Some("ve-uid".into());
+    ve
+}
+
+#[test]
+fn the_seed_routed_as_httproutes_gets_a_service_per_env_and_no_istio_routes() {
+    let plan = planned(&http_route_ve(), &seed_snapshot());
+    assert_eq!(plan.routing_api, RoutingApi::HttpRoute);
+    assert!(plan.virtual_services.is_empty() && plan.destination_rules.is_empty());
+    // app-a and app-c in dev and dev.proj1, app-b in dev (the default subset).
+    let of = |svc: &str| {
+        plan.env_services
+            .iter()
+            .filter(|s| s.labels()[ENV_SERVICE_OF_LABEL] == svc)
+            .count()
+    };
+    assert_eq!((of("app-a"), of("app-b"), of("app-c")), (2, 1, 2));
+    let names: Vec<String> = plan.mesh_routes.iter().map(|r| r.name()).collect();
+    assert_eq!(names, ["app-a", "app-b", "app-c"]);
+    // The filter's table is the same whatever the API.
+    let vs_plan = planned(&seed_ve(), &seed_snapshot());
+    assert_eq!(plan.plugin_config.services, vs_plan.plugin_config.services);
+    // Every rule matches the route header in force (as the VirtualServices do).
+    let a = plan.mesh_routes[0].spec();
+    assert_eq!(a.rules.len(), 3);
+    assert!(a.rules[1..]
+        .iter()
+        .all(|r| r.matches[0].headers[0].name == plan.route_header));
+}
+
+#[test]
+fn httproute_asked_of_a_cluster_without_gateway_api_is_an_error_and_ambient_pods_fall_back() {
+    let mut no_gateway_api = settings();
+    no_gateway_api.gateway_api = None;
+    let err = plan_namespace(&http_route_ve(), &seed_snapshot(), &no_gateway_api).unwrap_err();
+    assert!(matches!(err, PlanError::GatewayApiMissing), "{err}");
+    let mut snapshot = seed_snapshot();
+    snapshot.pods[0].metadata.annotations = Some(BTreeMap::from([(
+        AMBIENT_REDIRECTION.to_owned(),
+        "enabled".to_owned(),
+    )]));
+    let plan = plan_namespace(&seed_ve(), &snapshot, &no_gateway_api).unwrap();
+    assert_eq!(plan.routing_api, RoutingApi::VirtualService);
+    assert!(
+        plan.skipped
+            .iter()
+            .any(|s| s.starts_with("routing: ") && s.contains("does not serve Gateway API")),
+        "{:?}",
+        plan.skipped
+    );
+}
+
+#[test]
+fn a_users_route_for_the_service_or_a_taken_name_leaves_the_service_alone() {
+    let user_route = |name: &str, parent: &str| {
+        Existing::from_json(
+            Kind::HttpRoute,
+            &serde_json::json!({
+                "metadata": {"name": name, "namespace": NS},
+                "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": parent}],
+                         "rules": [{"backendRefs": [{"name": parent, "port": 8080}]}]}
+            }),
+            NS,
+        )
+    };
+    let mut snapshot = seed_snapshot();
+    snapshot.existing.push(user_route("canary", "app-a"));
+    // A route bound only to a Gateway (north-south) holds nothing in the mesh.
+    snapshot.existing.push(Existing::from_json(
+        Kind::HttpRoute,
+        &serde_json::json!({"metadata": {"name": "edge", "namespace": NS},
+            "spec": {"parentRefs": [{"name": "public"}], "rules": []}}),
+        NS,
+    ));
+    for ve in [http_route_ve(), seed_ve()] {
+        let plan = planned(&ve, &snapshot);
+        assert!(
+            plan.skipped
+                .iter()
+                .any(|s| s.starts_with("app-a: left to HTTPRoute canary")),
+            "{:?}",
+            plan.skipped
+        );
+        assert!(!plan
+            .plugin_config
+            .services
+            .keys()
+            .any(|h| h.starts_with("app-a.")));
+        assert!(plan
+            .plugin_config
+            .services
+            .keys()
+            .any(|h| h.starts_with("app-c.")));
+    }
+    // Another's route named as ours, and a Service named as one of our env Services.
+    let mut snapshot = seed_snapshot();
+    snapshot.existing.push(user_route("app-c", "app-b"));
+    let taken = crate::gamma::env_service_name("app-a", "dev");
+    snapshot.services.push(service(&taken));
+    let plan = planned(&http_route_ve(), &snapshot);
+    let skipped: Vec<&str> = plan.skipped.iter().map(|s| &**s).collect();
+    assert!(
+        skipped
+            .iter()
+            .any(|s| s.starts_with("app-a: the names of its env objects are taken: Service ")),
+        "{skipped:?}"
+    );
+    assert!(
+        skipped
+            .iter()
+            .any(|s| s.starts_with("app-b: left to HTTPRoute app-c")),
+        "{skipped:?}"
+    );
+    assert!(
+        skipped.iter().any(
+            |s| s.starts_with("app-c: the names of its env objects are taken: HTTPRoute app-c")
+        ),
+        "{skipped:?}"
+    );
+}
+
+#[test]
+fn env_services_are_not_routed_and_switching_the_api_prunes_the_others_objects() {
+    let ve = with_uid(http_route_ve());
+    let first = planned(&ve, &seed_snapshot());
+    let (existing, env_services) = applied(&ve, &first);
+    let mut snapshot = seed_snapshot();
+    snapshot.existing = existing;
+    snapshot.services.extend(env_services);
+    // Planned again over its own objects: the same plan, nothing pruned, nothing written.
+    let again = planned(&ve, &snapshot);
+    assert_eq!(again.env_services, first.env_services);
+    assert_eq!(again.mesh_routes, first.mesh_routes);
+    assert!(again.prune.is_empty(), "{:?}", again.prune);
+    let owned: Vec<Existing> = snapshot
+        .existing
+        .iter()
+        .cloned()
+        .chain(
+            snapshot
+                .services
+                .iter()
+                .filter(|s| crate::gamma::is_env_service(s))
+                .map(|s| Existing::from_json(Kind::Service, &serde_json::to_value(s).unwrap(), NS)),
+        )
+        .collect();
+    let t = transition(&again, &owned);
+    assert!(t.before.is_empty() && t.after.is_empty(), "{t:?}");
+    // Back to VirtualServices: every route goes before any Service.
+    let mut back = ve.clone();
+    back.spec.routing = None;
+    let plan = planned(&back, &snapshot);
+    assert_eq!(plan.virtual_services.len(), 3);
+    let pruned: Vec<(Kind, String)> = plan
+        .prune
+        .iter()
+        .map(|e| (e.kind, e.name.clone()))
+        .collect();
+    assert_eq!(pruned.len(), 3 + 5, "{pruned:?}");
+    let last_route = pruned.iter().rposition(|(k, _)| k.is_route()).unwrap();
+    let first_service = pruned
+        .iter()
+        .position(|(k, _)| *k == Kind::Service)
+        .unwrap();
+    assert!(last_route < first_service, "{pruned:?}");
+}
+
+#[test]
+fn a_leaving_env_keeps_its_rule_and_service_until_the_plugin_config_drops_it() {
+    let ve = with_uid(http_route_ve());
+    let before = planned(&ve, &seed_snapshot());
+    let (existing, env_services) = applied(&ve, &before);
+    let mut snapshot = seed_snapshot();
+    snapshot.pods.retain(|p| p.name_any() != "app-a-proj1");
+    snapshot.existing = existing;
+    snapshot.services.extend(env_services);
+    let now = planned(&ve, &snapshot);
+    let owned: Vec<Existing> = snapshot
+        .existing
+        .iter()
+        .cloned()
+        .chain(
+            snapshot
+                .services
+                .iter()
+                .filter(|s| crate::gamma::is_env_service(s))
+                .map(|s| Existing::from_json(Kind::Service, &serde_json::to_value(s).unwrap(), NS)),
+        )
+        .collect();
+    let t = transition(&now, &owned);
+    // Before the plugin config: app-a's route is what it was (the union), so nothing.
+    assert!(t.before.is_empty(), "{:?}", t.before);
+    let after: Vec<String> = t.after.iter().map(Step::describe).collect();
+    let proj1 = crate::gamma::env_service_name("app-a", "dev.proj1");
+    assert_eq!(
+        after,
+        [
+            "HTTPRoute app-a".to_owned(),
+            format!("deleting Service {proj1}"),
+        ]
+    );
+    // An arriving env: its Service and its rule before the plugin config.
+    let t = transition(&before, &owned_of(&ve, &now));
+    let before_steps: Vec<String> = t.before.iter().map(Step::describe).collect();
+    assert_eq!(
+        before_steps,
+        [format!("Service {proj1}"), "HTTPRoute app-a".to_owned()]
+    );
+    assert!(t.after.is_empty(), "{:?}", t.after);
+}
+
+fn owned_of(ve: &VirtualEnvironment, plan: &Plan) -> Vec<Existing> {
+    let (existing, services) = applied(ve, plan);
+    existing
+        .into_iter()
+        .chain(
+            services
+                .iter()
+                .map(|s| Existing::from_json(Kind::Service, &serde_json::to_value(s).unwrap(), NS)),
+        )
+        .collect()
+}
+
+#[test]
+fn more_envs_than_a_route_holds_split_and_a_shard_only_the_union_needs_is_pruned_after() {
+    let ve = with_uid(http_route_ve());
+    let snapshot_with = |envs: usize| {
+        let mut snapshot = Snapshot {
+            services: vec![service("app-a")],
+            ..Snapshot::default()
+        };
+        for i in 0..envs {
+            let env = format!("dev.e{i:02}");
+            snapshot
+                .pods
+                .push(pod(&format!("a-{i}"), "app-a", Some(&env), true));
+        }
+        snapshot.pods.push(pod("a-dev", "app-a", Some("dev"), true));
+        snapshot
+    };
+    // 15 envs and dev: 16 env rules and the default, 17 rules: two routes.
+    let before = planned(&ve, &snapshot_with(15));
+    let names: Vec<String> = before.mesh_routes.iter().map(|r| r.name()).collect();
+    assert_eq!(names, ["app-a", "app-a.2"]);
+    // Down to 14 and dev: one route; the second stays (union) until the plugin config no
+    // longer selects the leaving env, then goes.
+    let mut snapshot = snapshot_with(14);
+    let (existing, services) = applied(&ve, &before);
+    snapshot.existing = existing;
+    snapshot.services.extend(services);
+    let now = planned(&ve, &snapshot);
+    assert_eq!(now.mesh_routes.len(), 1);
+    let t = transition(&now, &owned_of(&ve, &before));
+    assert!(
+        t.before.is_empty(),
+        "the union is what is there: {:?}",
+        t.before
+    );
+    let after: Vec<String> = t.after.iter().map(Step::describe).collect();
+    assert!(
+        after.contains(&"deleting HTTPRoute app-a.2".to_owned()),
+        "{after:?}"
+    );
+    assert!(
+        after
+            .iter()
+            .any(|s| s.starts_with("deleting Service app-a-dev-e14")),
+        "{after:?}"
+    );
+}

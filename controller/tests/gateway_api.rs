@@ -1,0 +1,212 @@
+//! Routes written as Gateway API are valid for Gateway API: every HTTPRoute and GRPCRoute
+//! `render` prints is checked against the v1 schemas of Gateway API's own CRDs (v1.6,
+//! `tests/gateway-api/`, copied from kubernetes-sigs/gateway-api) with their CEL rules,
+//! and is already in the form the API server stores after applying the schemas' defaults
+//! (else every reconcile would find it changed and write it again). The envs' Services are
+//! checked against Kubernetes' naming rules.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde_json::Value;
+
+mod common;
+use common::{check_schema, repo, virtual_env};
+
+fn docs(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+const SNAPSHOT: [&str; 2] = [
+    "tests/snapshots/gateway-api/virtualenvironment.yaml",
+    "tests/snapshots/gateway-api/cluster.yaml",
+];
+
+fn render() -> String {
+    let mut args = vec!["render"];
+    for f in SNAPSHOT {
+        args.extend(["-f", f]);
+    }
+    args.extend([
+        "--wasm-url",
+        "oci://registry.example/virtual-env-filter:0.1.0",
+        "--predictable-suffix",
+    ]);
+    virtual_env(&args)
+}
+
+/// The `v1` schema of Gateway API's CRD for `kind`.
+fn schema(kind: &str) -> Value {
+    let file = format!(
+        "tests/gateway-api/gateway.networking.k8s.io_{}s.yaml",
+        kind.to_ascii_lowercase()
+    );
+    let crd = docs(&std::fs::read_to_string(repo().join(file)).unwrap()).remove(0);
+    let version = crd["spec"]["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "v1" && v["served"] == true && v["storage"] == true)
+        .unwrap_or_else(|| panic!("{kind} v1 is not the stored version"))
+        .clone();
+    version["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
+}
+
+fn check(route: &Value) -> Vec<String> {
+    let kind = route["kind"].as_str().unwrap();
+    let mut errors = Vec::new();
+    check_schema(
+        &schema(kind),
+        &route["spec"],
+        &format!("{kind} {}: spec", route["metadata"]["name"]),
+        &mut errors,
+    );
+    errors
+}
+
+/// `value` with the schema's defaults applied where a field is absent, as the API server
+/// applies them on every write (structural schema defaulting).
+fn defaulted(schema: &Value, value: &Value) -> Value {
+    let mut value = value.clone();
+    if let (Some(props), Some(obj)) = (schema["properties"].as_object(), value.as_object_mut()) {
+        for (key, sub) in props {
+            match obj.get(key) {
+                Some(v) => {
+                    let v = defaulted(sub, v);
+                    obj.insert(key.clone(), v);
+                }
+                None => {
+                    if let Some(default) = sub.get("default") {
+                        obj.insert(key.clone(), defaulted(sub, default));
+                    }
+                }
+            }
+        }
+    }
+    if let (Some(items), Some(array)) = (schema.get("items"), value.as_array_mut()) {
+        for v in array.iter_mut() {
+            *v = defaulted(items, v);
+        }
+    }
+    value
+}
+
+fn routes() -> Vec<Value> {
+    docs(&render())
+        .into_iter()
+        .filter(|o| o["apiVersion"] == "gateway.networking.k8s.io/v1")
+        .collect()
+}
+
+#[test]
+fn every_route_is_valid_for_gateway_apis_crds_and_stored_as_written() {
+    let routes = routes();
+    let names: Vec<(&str, &str)> = routes
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap(),
+                r["metadata"]["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    // app-a: 17 envs and the default are 18 rules, two routes; app-b: gRPC; app-c: one
+    // route per HTTP or gRPC port, none for its TCP port.
+    assert_eq!(
+        names,
+        [
+            ("HTTPRoute", "app-a"),
+            ("HTTPRoute", "app-a.2"),
+            ("GRPCRoute", "app-b"),
+            ("HTTPRoute", "app-c.80"),
+            ("GRPCRoute", "app-c.9090"),
+        ]
+    );
+    assert_eq!(routes[0]["spec"]["rules"].as_array().unwrap().len(), 16);
+    for route in &routes {
+        let errors = check(route);
+        assert!(errors.is_empty(), "{errors:#?}");
+        let kind = route["kind"].as_str().unwrap();
+        assert_eq!(
+            defaulted(&schema(kind), &route["spec"]),
+            route["spec"],
+            "{kind} {} would be stored otherwise than written",
+            route["metadata"]["name"]
+        );
+    }
+}
+
+#[test]
+fn the_schema_check_catches_what_the_api_server_would_reject() {
+    let routes = routes();
+    // One rule too many, a header match of a type Gateway API does not have, and a
+    // backend without the port Istio requires of a Service.
+    let mut route = routes[0].clone();
+    let extra = route["spec"]["rules"][1].clone();
+    route["spec"]["rules"].as_array_mut().unwrap().push(extra);
+    route["spec"]["rules"][1]["matches"][0]["headers"][0]["type"] = "Prefix".into();
+    let errors = check(&route);
+    assert!(
+        errors.iter().any(|e| e.contains("more than 16 items")),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("\"Prefix\" is not one of")),
+        "{errors:#?}"
+    );
+    // 64 matches in each of three rules: over the CEL rule's 128 matches per route.
+    let mut route = routes[0].clone();
+    let rules = route["spec"]["rules"].as_array_mut().unwrap();
+    rules.truncate(3);
+    for rule in rules.iter_mut() {
+        let one = rule["matches"][0].clone();
+        rule["matches"] = Value::Array(vec![one; 64]);
+    }
+    let errors = check(&route);
+    assert!(
+        errors.iter().any(|e| e.contains("fails the rule")),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn env_services_have_valid_names_and_select_their_env() {
+    let objects = docs(&render());
+    let services: Vec<&Value> = objects.iter().filter(|o| o["kind"] == "Service").collect();
+    // app-a 17, app-b 2, app-c 2.
+    assert_eq!(services.len(), 21);
+    let label = regex::Regex::new("^[a-z]([-a-z0-9]*[a-z0-9])?$").unwrap();
+    for service in services {
+        let name = service["metadata"]["name"].as_str().unwrap();
+        assert!(name.len() <= 63 && label.is_match(name), "{name}");
+        let env = &service["metadata"]["annotations"]["env.alibaba.com/env"];
+        assert_eq!(service["spec"]["selector"]["virtual-env"], *env);
+        // Every backend a route names is one of these Services, or a routed service.
+    }
+    let names: std::collections::BTreeSet<&str> = objects
+        .iter()
+        .filter(|o| o["kind"] == "Service")
+        .map(|o| o["metadata"]["name"].as_str().unwrap())
+        .collect();
+    for route in routes() {
+        for rule in route["spec"]["rules"].as_array().unwrap() {
+            let backend = rule["backendRefs"][0]["name"].as_str().unwrap();
+            assert!(names.contains(backend), "{backend} is not written");
+        }
+    }
+}
+
+#[test]
+fn the_render_is_the_committed_golden() {
+    let out = render();
+    let path = repo().join("tests/snapshots/gateway-api/render.golden.yaml");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &out).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap();
+    assert!(expected == out, "{} differs:\n{out}", path.display());
+}

@@ -364,7 +364,7 @@ fn chosen(out: &mut String, outcome: &Decision<'_>) {
         _ => {
             let _ = writeln!(
                 out,
-                "chosen: nothing; the route header is removed and the VirtualService's default route applies (the whole service)"
+                "chosen: nothing; the route header is removed and the service's default route applies (the whole service)"
             );
             return;
         }

@@ -46,6 +46,23 @@ pub(crate) fn in_same_namespace<K: Resource>(
     }
 }
 
+/// The `VirtualEnvironment`s of the namespace an object is in, unless the object is the
+/// echo of this controller's own write of it (see `own_writes.rs`).
+fn not_an_echo<K: Resource>(
+    kind: Kind,
+    own_writes: &OwnWrites,
+    store: &Store<VirtualEnvironment>,
+) -> impl Fn(K) -> Vec<ObjectRef<VirtualEnvironment>> + Send + Sync + Clone + 'static {
+    let (in_namespace, own_writes) = (in_same_namespace(store.clone()), own_writes.clone());
+    move |object: K| {
+        if own_writes.is_echo(kind.name(), &object) {
+            Vec::new()
+        } else {
+            in_namespace(object)
+        }
+    }
+}
+
 /// Every `VirtualEnvironment`, whatever the object.
 pub(crate) fn every<K>(
     store: Store<VirtualEnvironment>,
@@ -107,7 +124,10 @@ pub async fn run(
         // Another namespace published a change its callers must learn.
         .reconcile_on(replans)
         .watches_stream(pods, in_same_namespace(store.clone()))
-        .watches_stream(services, in_same_namespace(store.clone()))
+        .watches_stream(
+            services,
+            not_an_echo(Kind::Service, &ctx.own_writes, &store),
+        )
         .watches_stream(policies, every(store.clone()));
     let controller = watch_istio(controller, &client, writers.istio, &store, &ctx.own_writes);
     let policies = edge_guard_controller(&client, ve_writer);
@@ -214,14 +234,7 @@ fn watch_istio(
             // namespace go; Gateways change rarely.
             controller.watches_stream_with(objects, every(store.clone()), resource)
         } else {
-            let (in_namespace, own_writes) = (in_same_namespace(store.clone()), own_writes.clone());
-            let reconciles = move |object: DynamicObject| {
-                if own_writes.is_echo(kind.name(), &object) {
-                    Vec::new()
-                } else {
-                    in_namespace(object)
-                }
-            };
+            let reconciles = not_an_echo::<DynamicObject>(kind, own_writes, store);
             controller.watches_stream_with(objects, reconciles, resource)
         };
     }

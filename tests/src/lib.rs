@@ -14,6 +14,7 @@ pub mod demo;
 pub mod envoy;
 pub mod fleet;
 pub mod http;
+pub mod istiod;
 pub mod manifests;
 pub mod mesh;
 pub mod raw;

@@ -20,10 +20,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use kube::ResourceExt;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use virtual_env_controller::edge_guard::plan_edge_guard;
 use virtual_env_controller::existing::{Existing, Kind};
+use virtual_env_controller::gamma::ENV_SERVICE_OF_LABEL;
 use virtual_env_controller::gateway_admission::{GatewayAdmission, GatewayCluster};
 use virtual_env_controller::istio::{DestinationRule, VirtualService};
 use virtual_env_controller::offline::plan_namespaces;
@@ -499,8 +501,18 @@ impl Mesh {
         )
     }
 
-    /// One cluster per service and per DestinationRule subset; endpoints are the sidecars
-    /// of the ready pods the service (and the subset's labels) select.
+    /// The cluster of the Service `name` the controller wrote for an env of `service`.
+    fn env_cluster_name(ns: &Topology, service: &TopologyService, name: &str) -> String {
+        format!(
+            "outbound|{}||{}",
+            service.port,
+            service_fqdn(name, &ns.namespace, CLUSTER_DOMAIN)
+        )
+    }
+
+    /// One cluster per service, per DestinationRule subset and per env Service; endpoints
+    /// are the sidecars of the ready pods the service (and the subset's labels, or the
+    /// env Service's selector) select.
     fn clusters(&self, plans: &BTreeMap<String, Plan>) -> Value {
         let mut clusters = Vec::new();
         for (ns, service) in self.services() {
@@ -509,16 +521,30 @@ impl Mesh {
                     .iter()
                     .find(|d| d.metadata.name.as_deref() == Some(&service.name))
             });
-            let mut subsets = vec![(None, BTreeMap::new())];
+            let mut subsets = vec![(Self::cluster_name(ns, service, None), BTreeMap::new())];
             if let Some(dr) = dr {
-                subsets.extend(
-                    dr.spec
-                        .subsets
-                        .iter()
-                        .map(|s| (Some(s.name.as_str()), s.labels.clone())),
-                );
+                subsets.extend(dr.spec.subsets.iter().map(|s| {
+                    (
+                        Self::cluster_name(ns, service, Some(&s.name)),
+                        s.labels.clone(),
+                    )
+                }));
             }
-            for (subset, labels) in subsets {
+            // Routes in Gateway API send to a Service per env: its selector is the
+            // service's and the env label.
+            let env_services = plans
+                .get(&ns.namespace)
+                .into_iter()
+                .flat_map(|plan| &plan.env_services)
+                .filter(|s| s.labels().get(ENV_SERVICE_OF_LABEL) == Some(&service.name));
+            subsets.extend(env_services.map(|s| {
+                let selector = s.spec.as_ref().and_then(|s| s.selector.clone());
+                (
+                    Self::env_cluster_name(ns, service, &s.name_any()),
+                    selector.unwrap_or_default(),
+                )
+            }));
+            for (name, labels) in subsets {
                 let endpoints: Vec<Value> = self
                     .topology
                     .all_pods()
@@ -534,7 +560,6 @@ impl Mesh {
                         "address": self.pod_ip(i).to_string(), "port_value": INBOUND_PORT}}}})
                     })
                     .collect();
-                let name = Self::cluster_name(ns, service, subset);
                 let mut cluster = json!({
                     "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
                     "name": name,
@@ -588,6 +613,9 @@ impl Mesh {
                     .iter()
                     .find(|v| v.metadata.name.as_deref() == Some(&service.name))
             });
+            let gamma = plans.get(ns).map_or(Vec::new(), |plan| {
+                crate::istiod::service_routes(&service.name, &plan.mesh_routes)
+            });
             let routes: Vec<Value> = match vs {
                 Some(vs) => vs
                     .spec
@@ -608,6 +636,27 @@ impl Mesh {
                             "match": {"prefix": "/", "headers": headers},
                             "route": {"cluster": Self::cluster_name(service_ns, service, subset)},
                             "request_headers_to_remove": remove
+                        })
+                    })
+                    .collect(),
+                // Routes in Gateway API, as istiod merges and sorts them (`istiod.rs`).
+                None if !gamma.is_empty() => gamma
+                    .iter()
+                    .map(|route| {
+                        let headers: Vec<Value> = route
+                            .headers
+                            .iter()
+                            .map(|(name, value)| json!({"name": name, "string_match": {"exact": value}}))
+                            .collect();
+                        let cluster = if route.backend == service.name {
+                            Self::cluster_name(service_ns, service, None)
+                        } else {
+                            Self::env_cluster_name(service_ns, service, &route.backend)
+                        };
+                        json!({
+                            "match": {"prefix": "/", "headers": headers},
+                            "route": {"cluster": cluster},
+                            "request_headers_to_remove": route.remove
                         })
                     })
                     .collect(),

@@ -1,0 +1,100 @@
+//! End-to-end with routes written as Gateway API (`spec.routing.api: HTTPRoute`): the
+//! controller's HTTPRoutes and env Services, turned into each sidecar's routes as istiod
+//! merges and sorts them (`tests/src/istiod.rs`), on real Envoys (`$ENVOY`).
+//!
+//! Meshes run one at a time (each is several Envoys; the machines have 2 cores).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use anyhow::Result;
+
+use virtual_env_controller::crd::RoutingApi;
+use virtual_env_e2e::envoy::repo_root;
+use virtual_env_e2e::http::Protocol;
+use virtual_env_e2e::mesh::{Mesh, MeshOptions};
+use virtual_env_e2e::topology::Topology;
+
+static ONE_MESH_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn topology() -> Topology {
+    Topology::load(&repo_root().join("tests/topologies/gateway-api.yaml")).unwrap()
+}
+
+fn options() -> MeshOptions {
+    MeshOptions::new(env!("CARGO_BIN_EXE_virtual-env-mesh").into())
+}
+
+const ENV: &str = "x-virtual-env";
+
+#[tokio::test]
+async fn httproutes_fall_back_at_every_hop_and_at_any_depth() -> Result<()> {
+    let _serial = ONE_MESH_AT_A_TIME.lock().await;
+    let mut mesh = Mesh::start(topology(), options()).await?;
+    let plan = mesh.plan()?;
+    assert_eq!(plan.routing_api, RoutingApi::HttpRoute);
+    assert!(plan.virtual_services.is_empty() && plan.destination_rules.is_empty());
+    assert_eq!(plan.mesh_routes.len(), 4);
+    let hop = mesh.request("app-a", &[(ENV, "dev.proj1.user1")]).await?;
+    assert_eq!(
+        hop.pods(),
+        ["app-a-user1", "app-b-proj1", "app-c-dev", "app-d-user1"]
+    );
+    assert!(hop
+        .chain()
+        .iter()
+        .all(|h| h.received_env.as_deref() == Some("dev.proj1.user1")));
+    let hop = mesh.request("app-a", &[(ENV, "dev.proj1")]).await?;
+    assert_eq!(
+        hop.pods(),
+        ["app-a-proj1", "app-b-proj1", "app-c-dev", "app-d-proj1"]
+    );
+    // An env nobody deploys, and none at all: the default rule, to dev's Service.
+    for headers in [&[(ENV, "dev.proj9")][..], &[]] {
+        let hop = mesh.request("app-a", headers).await?;
+        assert_eq!(
+            hop.pods(),
+            ["app-a-dev", "app-b-dev", "app-c-dev", "app-d-dev"]
+        );
+    }
+    // C'' becomes ready: its Service and its rule arrive, and the chain takes it.
+    mesh.set_ready("app-c-user1", true)?;
+    let plan = mesh.plan()?;
+    assert_eq!(
+        plan.env_services
+            .iter()
+            .filter(|s| s
+                .metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("app-c-")))
+            .count(),
+        2
+    );
+    mesh.wait_for_chain(
+        "app-a",
+        &[(ENV, "dev.proj1.user1")],
+        &["app-a-user1", "app-b-proj1", "app-c-user1", "app-d-user1"],
+    )
+    .await?;
+    Ok(())
+}
+
+/// gRPC all the way (HTTP/2, `application/grpc`, trailers) through the HTTPRoutes.
+#[tokio::test]
+async fn a_grpc_chain_through_httproutes_keeps_its_env() -> Result<()> {
+    let _serial = ONE_MESH_AT_A_TIME.lock().await;
+    let mut options = options();
+    options.sidecar_protocol = Protocol::H2c;
+    options.app_protocol = Protocol::Grpc;
+    let mesh = Mesh::start(topology(), options).await?;
+    let hop = mesh
+        .request_with(Protocol::Grpc, "app-a", &[(ENV, "dev.proj1.user1")])
+        .await?;
+    assert_eq!(hop.first_error(), None);
+    assert_eq!(
+        hop.pods(),
+        ["app-a-user1", "app-b-proj1", "app-c-dev", "app-d-user1"]
+    );
+    assert!(hop.chain().iter().all(|h| h.grpc), "{hop:?}");
+    Ok(())
+}

@@ -477,6 +477,8 @@ impl VirtualEnvironmentSpec {
             peers: Default::default(),
             env_names: Vec::new(),
             service_envs: Default::default(),
+            // Only in waypoints' plugin objects, which planning fills in.
+            workloads: Default::default(),
         }
     }
 }

@@ -29,6 +29,8 @@ pub const MAX_HEADER_ALIASES: usize = 8;
 pub const MAX_TRACE_HEADERS: usize = 8;
 pub const MAX_CORRELATION_SLOTS: u32 = 1 << 20;
 pub const MAX_CORRELATION_TTL_SECONDS: u32 = 3600;
+/// Entries of a waypoint's `workloads` table.
+pub const MAX_WORKLOADS: usize = 16384;
 
 /// The plugin config, exactly as serialized. Absent fields take the seed CRD's defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +102,12 @@ pub struct PluginConfig {
     /// entries into `services`; a service may not be in both.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub service_envs: BTreeMap<String, Vec<u32>>,
+    /// A waypoint's callers (`direction: waypoint`): `<namespace>/<workload>` -> the env of
+    /// that workload's pods, Istio's workload name as the waypoint's downstream peer
+    /// metadata gives it (a Deployment's name, ...). The waypoint serves many workloads,
+    /// so auto-inject takes the caller's env from here instead of its own pod's label.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub workloads: BTreeMap<String, String>,
 }
 
 /// Headers that may carry an env, besides a config's own (see `edgeCarriers`).
@@ -203,6 +211,10 @@ pub enum Direction {
     Inbound,
     /// Out of the application, or through a gateway: the calling side, which routes.
     Outbound,
+    /// An ambient-mode waypoint: the calling side of workloads without a sidecar (their
+    /// env from `workloads` by the downstream peer) and, for trace correlation, the called
+    /// side too.
+    Waypoint,
 }
 
 impl Default for PluginConfig {
@@ -229,6 +241,7 @@ impl Default for PluginConfig {
             peers: BTreeMap::new(),
             env_names: Vec::new(),
             service_envs: BTreeMap::new(),
+            workloads: BTreeMap::new(),
         }
     }
 }
@@ -284,6 +297,8 @@ pub enum ConfigError {
     Peer { namespace: String, reason: String },
     #[error("hosts.{host}: {reason}")]
     GatewayHost { host: String, reason: &'static str },
+    #[error("workloads: {0:?} is not <namespace>/<workload name>")]
+    Workload(String),
     #[error("{field}: {value} is out of range 0..={max}")]
     OutOfRange {
         field: &'static str,
@@ -373,6 +388,7 @@ impl PluginConfig {
             peers: BTreeMap::new(),
             env_names: Vec::new(),
             service_envs: BTreeMap::new(),
+            workloads: BTreeMap::new(),
         }
     }
 
@@ -541,6 +557,16 @@ impl PluginConfig {
             for env in envs {
                 check_env(format!("services.{fqdn}"), env, splitter)?;
             }
+        }
+        check_count("workloads", self.workloads.len(), MAX_WORKLOADS)?;
+        for (key, env) in &self.workloads {
+            let valid_key = key.split_once('/').is_some_and(|(ns, workload)| {
+                crate::service::is_dns_label(ns) && is_dns_name(workload)
+            });
+            if !valid_key {
+                return Err(ConfigError::Workload(key.clone()));
+            }
+            check_env(format!("workloads.{key}"), env, splitter)?;
         }
         for (host, fqdn) in &self.hosts {
             let reason = if !is_dns_name(host) {

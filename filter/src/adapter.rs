@@ -37,7 +37,7 @@ use crate::abi::{self, Level};
 use crate::correlation::correlation_key;
 use crate::flow::{direction_of_listener, FilterConfig, Node};
 use crate::header_pairs::HeaderPairs;
-use crate::host::Host;
+use crate::host::{Host, Peer};
 use crate::metrics::Metric;
 use crate::reload::reload;
 
@@ -166,6 +166,33 @@ impl Host for ProxyHost<'_> {
     fn increment(&mut self, metric: Metric) {
         self.metrics.count(metric);
     }
+
+    /// Istio's waypoint keeps the calling workload's metadata in filter state (its
+    /// `waypoint_downstream_peer_metadata` filter, shared with the inner listener where
+    /// plugins run): `downstream_peer`, a Struct in 1.25+ (fields in 1.24), and from 1.29
+    /// also `downstream_peer_obj`. See docs/design/ambient-and-gateway-api.md, 1.2-1.4.
+    fn downstream_peer(&self) -> Option<Peer> {
+        ["downstream_peer", "downstream_peer_obj"]
+            .into_iter()
+            .find_map(|object| {
+                let field = |name| string_property(&["filter_state", object, name]);
+                peer_of(field("namespace")?, field("workload")?)
+            })
+    }
+}
+
+/// A peer whose names are Kubernetes names; anything else is no peer.
+fn peer_of(namespace: String, workload: String) -> Option<Peer> {
+    let name = |s: &str, max: usize| {
+        !s.is_empty()
+            && s.len() <= max
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    (name(&namespace, 63) && name(&workload, 253)).then_some(Peer {
+        namespace,
+        workload,
+    })
 }
 
 fn string_property(path: &[&str]) -> Option<String> {

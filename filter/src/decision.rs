@@ -148,6 +148,7 @@ fn env_source_metric(source: Option<EnvSource>) -> Metric {
         Some(EnvSource::Baggage) => Metric::EnvFromBaggage,
         Some(EnvSource::Trace) => Metric::EnvFromTrace,
         Some(EnvSource::OwnLabel) => Metric::EnvFromOwnLabel,
+        Some(EnvSource::CallerWorkload) => Metric::EnvFromCallerWorkload,
         None => Metric::EnvFromNowhere,
     }
 }

@@ -48,6 +48,8 @@ pub enum EnvSource {
     Baggage,
     Trace,
     OwnLabel,
+    /// In a waypoint: the env of the workload that sent the request (`workloads`).
+    CallerWorkload,
 }
 
 /// What the sidecar knows about its own pod, from Envoy's node metadata.
@@ -84,6 +86,8 @@ pub struct FilterConfig {
     /// request and leaves the rest to the routing plugins after it.
     guard_only: bool,
     routes: RouteTable,
+    /// A waypoint's callers: `<namespace>/<workload>` -> env.
+    workloads: std::collections::BTreeMap<String, String>,
 }
 
 impl FilterConfig {
@@ -148,6 +152,7 @@ impl FilterConfig {
             edge_patterns,
             edge_baggage_keys,
             routes: RouteTable::new(config),
+            workloads: config.workloads.clone(),
         }
     }
 
@@ -211,7 +216,40 @@ impl FilterConfig {
                 decision
             }
             Direction::Outbound => self.decide_outbound(node, host),
+            Direction::Waypoint => self.decide_waypoint(node, host),
         }
+    }
+
+    /// In an ambient-mode waypoint, which routes for workloads that have no sidecar: the
+    /// caller is the downstream peer, so short names resolve in its namespace and
+    /// auto-inject gives its workload's env (`workloads`), not the waypoint's. The env is
+    /// also recorded under the trace ids, as a sidecar's called side does: the calls the
+    /// application makes next pass a waypoint too.
+    fn decide_waypoint(&self, node: &Node, host: &impl Host) -> Decision<'_> {
+        let peer = host.downstream_peer();
+        let caller = Node {
+            namespace: peer
+                .as_ref()
+                .map_or_else(|| node.namespace.clone(), |p| p.namespace.clone()),
+            own_env: peer.as_ref().and_then(|p| self.workload_env(p)),
+        };
+        let mut read = Reading::new(self, host, &[]);
+        let mut decision = self.route(&caller, &mut read);
+        if let Some((env, source)) = &mut decision.env {
+            if *source == EnvSource::OwnLabel {
+                *source = EnvSource::CallerWorkload;
+            }
+            let env = env.clone();
+            self.record_trace(&mut read, &env, &mut decision);
+        }
+        decision.rejected += read.rejected;
+        decision
+    }
+
+    /// The env of the calling workload, from the waypoint's `workloads` table.
+    fn workload_env(&self, peer: &crate::host::Peer) -> Option<String> {
+        let key = format!("{}/{}", peer.namespace, peer.workload);
+        self.workloads.get(&key).cloned()
     }
 
     fn decide_outbound(&self, node: &Node, host: &impl Host) -> Decision<'_> {
@@ -366,28 +404,41 @@ impl FilterConfig {
         if source != EnvSource::Header {
             decision.set(self.env_header.as_str(), env.as_str());
         }
-        if let Some(table) = self.correlation {
-            let now = read.host.now_unix_ms();
-            // `traceparent` and B3 headers of one trace carry one id: write it once.
-            let mut written: Vec<String> = Vec::new();
-            for header in &self.trace_headers {
-                let Some(value) = read.text(header) else {
-                    continue;
-                };
-                let Some(id) = read.trace_id(header, &value) else {
-                    continue;
-                };
-                if written.iter().any(|w| *w == *id) {
-                    continue;
-                }
-                if let Some(entry) = table.entry(&id, &env, now) {
-                    decision.records.push((table.slot_key(&id), entry));
-                }
-                written.push(id.into_owned());
-            }
-        }
+        self.record_trace(read, &env, &mut decision);
         decision.env = Some((env, source));
         decision
+    }
+}
+
+impl FilterConfig {
+    /// Records `env` under the request's trace ids, for the calls it causes.
+    fn record_trace(
+        &self,
+        read: &mut Reading<'_, '_, impl Host>,
+        env: &str,
+        decision: &mut Decision<'_>,
+    ) {
+        let Some(table) = self.correlation else {
+            return;
+        };
+        let now = read.host.now_unix_ms();
+        // `traceparent` and B3 headers of one trace carry one id: write it once.
+        let mut written: Vec<String> = Vec::new();
+        for header in &self.trace_headers {
+            let Some(value) = read.text(header) else {
+                continue;
+            };
+            let Some(id) = read.trace_id(header, &value) else {
+                continue;
+            };
+            if written.iter().any(|w| *w == *id) {
+                continue;
+            }
+            if let Some(entry) = table.entry(&id, env, now) {
+                decision.records.push((table.slot_key(&id), entry));
+            }
+            written.push(id.into_owned());
+        }
     }
 }
 
@@ -399,3 +450,6 @@ fn dedup(names: &mut Vec<String>) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod waypoint_tests;

@@ -31,6 +31,20 @@ pub trait Host {
     /// Fills `buf` with random bytes; false when the host has no randomness.
     fn random(&mut self, buf: &mut [u8]) -> bool;
     fn increment(&mut self, metric: Metric);
+    /// In an ambient-mode waypoint: the workload that sent the request, as Istio's
+    /// waypoint knows it (its `downstream_peer` filter state); `None` elsewhere, or when
+    /// the proxy does not say.
+    fn downstream_peer(&self) -> Option<Peer> {
+        None
+    }
+}
+
+/// The calling workload, as an Istio waypoint identifies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub namespace: String,
+    /// Istio's workload name: a Deployment's, a Job's, or the pod's.
+    pub workload: String,
 }
 
 pub mod mock {
@@ -58,6 +72,8 @@ pub mod mock {
         pub now_ms: u64,
         /// 0: no randomness; else the byte pattern `random` fills in.
         pub random_seed: u8,
+        /// What a waypoint would know of the calling workload.
+        pub peer: Option<Peer>,
         /// The host fails to list the headers (`request_headers` gives `None`).
         pub unreadable_headers: bool,
     }
@@ -70,6 +86,7 @@ pub mod mock {
                 counters: Rc::default(),
                 now_ms: 0,
                 random_seed: 1,
+                peer: None,
                 unreadable_headers: false,
             }
         }
@@ -87,6 +104,15 @@ pub mod mock {
         /// Adds a line: a name given twice is a header with two lines.
         pub fn with_raw_header(mut self, name: &str, value: &[u8]) -> Self {
             self.headers.push((name.to_owned(), value.to_vec()));
+            self
+        }
+
+        /// Sent by `workload` of `namespace`, as a waypoint would know it.
+        pub fn from_peer(mut self, namespace: &str, workload: &str) -> Self {
+            self.peer = Some(Peer {
+                namespace: namespace.to_owned(),
+                workload: workload.to_owned(),
+            });
             self
         }
 
@@ -154,6 +180,9 @@ pub mod mock {
         }
         fn now_unix_ms(&self) -> u64 {
             self.now_ms
+        }
+        fn downstream_peer(&self) -> Option<Peer> {
+            self.peer.clone()
         }
         fn random(&mut self, buf: &mut [u8]) -> bool {
             for (i, b) in buf.iter_mut().enumerate() {

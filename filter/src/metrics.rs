@@ -10,6 +10,8 @@ pub enum Metric {
     EnvFromBaggage,
     EnvFromTrace,
     EnvFromOwnLabel,
+    /// In a waypoint: the env of the workload that sent the request.
+    EnvFromCallerWorkload,
     EnvFromNowhere,
     /// Outbound routing outcomes for services in the config.
     RouteExact,
@@ -33,12 +35,13 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 17] = [
+    pub const ALL: [Metric; 18] = [
         Metric::EnvFromHeader,
         Metric::EnvFromAlias,
         Metric::EnvFromBaggage,
         Metric::EnvFromTrace,
         Metric::EnvFromOwnLabel,
+        Metric::EnvFromCallerWorkload,
         Metric::EnvFromNowhere,
         Metric::RouteExact,
         Metric::RouteFallback,
@@ -60,6 +63,7 @@ impl Metric {
             Metric::EnvFromBaggage => "virtual_env.env_source.baggage",
             Metric::EnvFromTrace => "virtual_env.env_source.trace",
             Metric::EnvFromOwnLabel => "virtual_env.env_source.own_label",
+            Metric::EnvFromCallerWorkload => "virtual_env.env_source.caller_workload",
             Metric::EnvFromNowhere => "virtual_env.env_source.none",
             Metric::RouteExact => "virtual_env.route.exact",
             Metric::RouteFallback => "virtual_env.route.fallback",

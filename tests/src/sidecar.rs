@@ -164,6 +164,9 @@ pub struct SidecarOptions<'a> {
     pub filter: bool,
     /// Another module in place of the filter (e.g. one that fails).
     pub wasm: Option<String>,
+    /// HTTP filters before the filter on both listeners (e.g. `set_filter_state`, to put
+    /// filter state where the filter reads it).
+    pub before: Vec<Value>,
 }
 
 impl<'a> SidecarOptions<'a> {
@@ -175,6 +178,7 @@ impl<'a> SidecarOptions<'a> {
             workers: 2,
             filter: true,
             wasm: None,
+            before: Vec::new(),
         }
     }
 }
@@ -194,6 +198,7 @@ impl Sidecar {
             workers,
             filter,
             wasm,
+            before,
         } = options;
         let dir = tempfile::tempdir()?;
         let wasm = match wasm {
@@ -209,10 +214,11 @@ impl Sidecar {
         )?;
         let mut filters =
             http_filters(&ecds.display().to_string(), &ecds_dir.display().to_string());
-        if !filter {
-            if let Some(chain) = filters.as_array_mut() {
+        if let Some(chain) = filters.as_array_mut() {
+            if !filter {
                 chain.remove(0);
             }
+            chain.splice(0..0, before);
         }
         let mut routes: Vec<Value> = envs.iter().map(|e| answer(Some(e), e)).collect();
         routes.push(answer(None, "default"));

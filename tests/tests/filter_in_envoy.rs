@@ -356,3 +356,59 @@ async fn a_bad_first_config_passes_requests_through() -> Result<()> {
     );
     Ok(())
 }
+
+/// The filter configured for an ambient-mode waypoint (`direction: waypoint`) in a real
+/// Envoy, which has none of Istio's peer-metadata filter state: the calling workload is
+/// unknown, so auto-inject gives nothing, and never the waypoint's own pod's env; a
+/// `downstream_peer` that is not Istio's field-bearing object (here a plain string, as
+/// Envoy's `set_filter_state` makes one) is no peer either; the env header still routes.
+/// Every property read of a missing or other-shaped filter state is survived.
+#[tokio::test]
+async fn a_waypoint_without_istios_peer_metadata_routes_by_header_only() -> Result<()> {
+    use virtual_env_e2e::sidecar::SidecarOptions;
+    let plugin_config = config(
+        r#""direction": "waypoint", "autoInject": true,
+        "workloads": {"default/app": "dev.proj1", "default/pod-1": "dev.proj1"},"#,
+    );
+    let set_peer = serde_json::json!({
+        "name": "envoy.filters.http.set_filter_state",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config",
+            "on_request_headers": [{
+                "object_key": "downstream_peer",
+                "factory_key": "envoy.string",
+                "format_string": {"text_format_source": {"inline_string": "default/app"}}
+            }]
+        }
+    });
+    for before in [vec![], vec![set_peer]] {
+        let sidecar = Sidecar::start_with(SidecarOptions {
+            before: before.clone(),
+            ..SidecarOptions::new("dev", ENVS, &plugin_config)
+        })
+        .await?;
+        // The node's own label is dev: a sidecar would auto-inject it; a waypoint not.
+        assert_eq!(sidecar.route("app-a", &[]).await?, "default", "{before:?}");
+        assert_eq!(
+            sidecar
+                .route("app-a", &[("x-virtual-env", "dev.proj1")])
+                .await?,
+            "dev.proj1"
+        );
+        assert_eq!(
+            sidecar
+                .envoy
+                .stat_eventually("wasmcustom.virtual_env.env_source.none", 1)
+                .await?,
+            1
+        );
+        assert_eq!(
+            sidecar
+                .envoy
+                .stat_eventually("wasmcustom.virtual_env.env_source.caller_workload", 0)
+                .await?,
+            0
+        );
+    }
+    Ok(())
+}

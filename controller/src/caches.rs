@@ -351,13 +351,15 @@ pub fn slim_pod(pod: &mut Pod) {
     });
 }
 
-/// A service without managed fields, and of its annotations only the gateway ones.
+/// A service without managed fields, and of its annotations only the gateway ones and
+/// Istio's `exportTo` (copied to the envs' Services, `gamma.rs`).
 pub fn slim_service(service: &mut Service) {
     if let Some(annotations) = service.metadata.annotations.as_mut() {
         annotations.retain(|k, _| {
             k == crate::gateway::GATEWAYS_ANNOTATION
                 || k == crate::gateway::HOSTS_ANNOTATION
                 || k == crate::objects::RULE_ANNOTATION
+                || k == crate::gamma::EXPORT_TO_ANNOTATION
         });
     }
     service

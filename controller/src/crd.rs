@@ -327,6 +327,11 @@ pub struct VirtualEnvironmentStatus {
     /// once for this VirtualEnvironment. Kept, so routes and sidecars keep agreeing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_header: Option<String>,
+    /// The API the routes are written in. Without `spec.routing.api` it is kept, so that
+    /// the default (from the pods' data plane) is decided once and does not flip as pods
+    /// come and go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_api: Option<RoutingApi>,
 }
 
 /// The original project's last API version, served beside v1alpha1 with the same schema

@@ -162,7 +162,14 @@ impl Existing {
                 .collect(),
             hosts,
             mesh,
-            spec: spec.clone(),
+            // An env Service is compared by its spec and the `exportTo` it copies.
+            spec: match kind {
+                Kind::Service => serde_json::json!({
+                    "spec": spec,
+                    "exportTo": meta["annotations"][crate::gamma::EXPORT_TO_ANNOTATION],
+                }),
+                _ => spec.clone(),
+            },
             created: text(&meta["creationTimestamp"]),
         }
     }

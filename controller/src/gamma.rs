@@ -38,6 +38,9 @@ const MAX_SERVICE_NAME: usize = 63;
 pub const ENV_SERVICE_OF_LABEL: &str = "env.alibaba.com/env-service-of";
 /// The annotation naming the env a Service of [`ENV_SERVICE_OF_LABEL`] selects.
 pub const ENV_ANNOTATION: &str = "env.alibaba.com/env";
+/// Istio's annotation limiting which namespaces see a Service: an env's Service is seen
+/// where its service is.
+pub const EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
 
 /// What of Gateway API the cluster serves (found at start-up, see `main.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +60,14 @@ impl GatewayApi {
         v1("httproutes").then(|| GatewayApi {
             grpc_route: v1("grpcroutes"),
         })
+    }
+
+    /// Routes written as Gateway API whatever discovery says of HTTPRoute
+    /// (`--gateway-api on`); GRPCRoutes only where GRPCRoute `v1` is served.
+    pub fn forced<'a>(served: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        GatewayApi {
+            grpc_route: served.into_iter().any(|s| s == ("grpcroutes", "v1")),
+        }
     }
 }
 
@@ -282,10 +293,12 @@ impl GatewayApiRouting<'_> {
                     .labels
                     .get_or_insert_with(BTreeMap::new)
                     .insert(ENV_SERVICE_OF_LABEL.into(), self.service.name_any());
-                metadata.annotations = Some(BTreeMap::from([(
-                    ENV_ANNOTATION.into(),
-                    backend.env.clone(),
-                )]));
+                let mut annotations =
+                    BTreeMap::from([(ENV_ANNOTATION.into(), backend.env.clone())]);
+                if let Some(export_to) = self.service.annotations().get(EXPORT_TO_ANNOTATION) {
+                    annotations.insert(EXPORT_TO_ANNOTATION.into(), export_to.clone());
+                }
+                metadata.annotations = Some(annotations);
                 let mut selector = selector.clone();
                 selector.insert(self.env_label.to_owned(), backend.env.clone());
                 Service {

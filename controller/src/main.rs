@@ -389,10 +389,13 @@ async fn run_async(args: RunArgs) -> Result<()> {
         settings.extension_api = detect_extension_api(&client).await?;
     }
     info!(api = ?settings.extension_api, "plugin objects");
-    if args.module.gateway_api == GatewayApiArg::Auto {
+    if args.module.gateway_api != GatewayApiArg::Off {
         let served = served_in(&client, "gateway.networking.k8s.io").await?;
-        settings.gateway_api =
-            GatewayApi::detect(served.iter().map(|(r, v)| (r.as_str(), v.as_str())));
+        let served = served.iter().map(|(r, v)| (r.as_str(), v.as_str()));
+        settings.gateway_api = match args.module.gateway_api {
+            GatewayApiArg::On => Some(GatewayApi::forced(served)),
+            _ => GatewayApi::detect(served),
+        };
     }
     info!(gateway_api = ?settings.gateway_api, "Gateway API routes");
     state.ready.store(true, Ordering::Relaxed);

@@ -209,6 +209,10 @@ pub fn plan_namespace(
             Routing::Skipped(skip) => plan.skipped.push(skip),
             Routing::Routed(routed) => {
                 let routed = *routed;
+                if let Some(skip) = env_service_taken(&plan, &routed.objects, service) {
+                    plan.skipped.push(skip);
+                    continue;
+                }
                 plan.skipped.extend(routed.notes);
                 plan.skipped
                     .extend(ambient_note(service, &by_label, &ready));
@@ -338,8 +342,9 @@ fn resolve<'a>(
 }
 
 /// The namespace's Services split: those this VirtualEnvironment wrote for envs (as
-/// objects it owns), and the names of all others.
-fn env_services_of(
+/// objects it owns), and the names of all others. The reconciler counts the first among
+/// what it applied before (`transition.rs`).
+pub(crate) fn env_services_of(
     snapshot: &Snapshot,
     namespace: &str,
     owner_uid: Option<&str>,
@@ -480,32 +485,52 @@ enum RouteObjects {
     },
 }
 
-/// The API the namespace's routes are written in: the spec's; else HTTPRoute where its
-/// pods run in Istio's ambient mode (waypoints apply HTTPRoutes; VirtualServices there
-/// are alpha) and the cluster serves it; else VirtualService.
+/// The API the namespace's routes are written in: the spec's; else the one in force
+/// (`status.routingApi`: decided once, so that it does not flip as pods come and go); a
+/// VirtualEnvironment applied before that field existed keeps VirtualServices; else
+/// HTTPRoute where its pods run in Istio's ambient mode (waypoints apply HTTPRoutes;
+/// VirtualServices there are alpha) and the cluster serves it; else VirtualService.
 fn routing_api(
     ve: &VirtualEnvironment,
     ready: &[(&Pod, &str)],
     settings: &Settings,
 ) -> Result<(RoutingApi, Option<Skip>), PlanError> {
-    match ve.spec.routing.as_ref().and_then(|r| r.api) {
-        Some(RoutingApi::HttpRoute) if settings.gateway_api.is_none() => {
-            Err(PlanError::GatewayApiMissing)
+    let served = settings.gateway_api.is_some();
+    let not_served = |why: &str| {
+        Ok((
+            RoutingApi::VirtualService,
+            Some(Skip::routing(format_args!(
+                "{why}, but the cluster does not serve Gateway API: written as VirtualServices"
+            ))),
+        ))
+    };
+    if let Some(api) = ve.spec.routing.as_ref().and_then(|r| r.api) {
+        return match api {
+            RoutingApi::HttpRoute if !served => Err(PlanError::GatewayApiMissing),
+            api => Ok((api, None)),
+        };
+    }
+    let status = ve.status.as_ref();
+    match status.and_then(|s| s.routing_api) {
+        Some(RoutingApi::HttpRoute) if !served => {
+            return not_served("the routes were written as HTTPRoutes (status.routingApi)")
         }
-        Some(api) => Ok((api, None)),
-        None if ready.iter().any(|(pod, _)| in_ambient_mode(pod)) => {
-            if settings.gateway_api.is_some() {
-                Ok((RoutingApi::HttpRoute, None))
-            } else {
-                Ok((
-                    RoutingApi::VirtualService,
-                    Some(Skip::routing(
-                        "pods of the namespace run in Istio's ambient mode, where routes are best written as HTTPRoutes, but the cluster does not serve Gateway API: written as VirtualServices",
-                    )),
-                ))
-            }
+        Some(api) => return Ok((api, None)),
+        // Applied (Ready) by a controller before `routingApi`: it wrote VirtualServices.
+        None if status.is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        }) =>
+        {
+            return Ok((RoutingApi::VirtualService, None))
         }
-        None => Ok((RoutingApi::VirtualService, None)),
+        None => {}
+    }
+    match ready.iter().any(|(pod, _)| in_ambient_mode(pod)) {
+        true if served => Ok((RoutingApi::HttpRoute, None)),
+        true => not_served("pods of the namespace run in Istio's ambient mode, where routes are best written as HTTPRoutes"),
+        false => Ok((RoutingApi::VirtualService, None)),
     }
 }
 
@@ -607,6 +632,27 @@ fn istio_objects(
             },
         },
     }
+}
+
+/// Another service's env Service under a name `objects` use (two (service, env) pairs
+/// whose names' 32-bit hashes collide; never seen, but a Service must not serve two).
+fn env_service_taken(plan: &Plan, objects: &RouteObjects, service: &Service) -> Option<Skip> {
+    let RouteObjects::GatewayApi { services, .. } = objects else {
+        return None;
+    };
+    let names: Vec<String> = services.iter().map(ResourceExt::name_any).collect();
+    let taken = names.iter().enumerate().find_map(|(i, name)| {
+        let twice = names[..i].contains(name)
+            || plan
+                .env_services
+                .iter()
+                .any(|other| other.name_any() == *name);
+        twice.then(|| name.clone())
+    })?;
+    Some(Skip::service(
+        &service.name_any(),
+        format_args!("the name of its env Service {taken} is another env's Service's (a hash collision): rename the service or the env"),
+    ))
 }
 
 /// A service's Gateway API objects (`gamma.rs`): a Service per env and the routes; a

@@ -32,8 +32,8 @@ use crate::metrics::Metrics;
 use crate::own_writes::OwnWrites;
 use crate::peer_namespaces::{published, PeerDirectory};
 use crate::plan::{
-    plan_namespace, plugin_config_of, plugin_config_value, Plan, PlanError, Settings, Snapshot,
-    INBOUND_WASM_PLUGIN_NAME, OWNER_UID_LABEL, WASM_PLUGIN_NAME,
+    env_services_of, plan_namespace, plugin_config_of, plugin_config_value, Plan, PlanError,
+    Settings, Snapshot, INBOUND_WASM_PLUGIN_NAME, OWNER_UID_LABEL, WASM_PLUGIN_NAME,
 };
 use crate::transition::{already, keep_failed_services, transition, Step};
 
@@ -377,11 +377,14 @@ async fn apply_plan(
     snapshot: &Snapshot,
 ) -> Vec<String> {
     let owner_uid = ve.uid();
+    // The env Services it wrote are in the services cache, not among the Istio objects.
+    let (env_services, _) = env_services_of(snapshot, &api.ns, owner_uid.as_deref());
     let owned: Vec<Existing> = snapshot
         .existing
         .iter()
         .filter(|e| e.managed_by(owner_uid.as_deref()))
         .cloned()
+        .chain(env_services)
         .collect();
     let steps = transition(plan, &owned);
     let mut failures = Vec::new();
@@ -872,6 +875,7 @@ fn ready(ve: &VirtualEnvironment, plan: &Plan) -> VirtualEnvironmentStatus {
         envs: u32::try_from(plan.envs.len()).unwrap_or(u32::MAX),
         skipped: plan.skipped.iter().map(ToString::to_string).collect(),
         route_header: Some(plan.route_header.clone()),
+        routing_api: Some(plan.routing_api),
     }
 }
 

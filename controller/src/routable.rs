@@ -64,11 +64,11 @@ pub fn is_grpc(port: &ServicePort) -> bool {
         .map(|p| p.trim_start_matches("kubernetes.io/").to_ascii_lowercase());
     match declared.filter(|p| !p.is_empty()) {
         Some(p) => p == "grpc",
-        None => port
-            .name
-            .as_deref()
-            .and_then(|n| n.split('-').next())
-            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("grpc")),
+        // `grpc-web` (browsers, HTTP/1.1) is not gRPC's wire protocol.
+        None => port.name.as_deref().is_some_and(|n| {
+            let n = n.to_ascii_lowercase();
+            (n == "grpc" || n.starts_with("grpc-")) && !n.starts_with("grpc-web")
+        }),
     }
 }
 

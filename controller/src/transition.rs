@@ -152,13 +152,22 @@ pub fn transition(plan: &Plan, owned: &[Existing]) -> Transition {
 }
 
 /// Whether `old` (an env Service this VirtualEnvironment wrote) has every field of the
-/// spec `new` sets as it sets it (the API server adds its own: `clusterIP`, ...).
+/// spec `new` sets as it sets it (the API server adds its own: `clusterIP`, ...), and the
+/// same `exportTo` (see `Existing::from_json`).
 fn same_env_service(new: &Service, old: Option<&Existing>) -> bool {
-    let (Some(old), Ok(new)) = (old, serde_json::to_value(&new.spec)) else {
+    let (Some(old), Ok(spec)) = (old, serde_json::to_value(&new.spec)) else {
         return false;
     };
-    new.as_object()
-        .is_some_and(|fields| fields.iter().all(|(k, v)| old.spec.get(k) == Some(v)))
+    let export_to = new
+        .annotations()
+        .get(crate::gamma::EXPORT_TO_ANNOTATION)
+        .map_or(serde_json::Value::Null, |v| v.as_str().into());
+    old.spec["exportTo"] == export_to
+        && spec.as_object().is_some_and(|fields| {
+            fields
+                .iter()
+                .all(|(k, v)| old.spec["spec"].get(k) == Some(v))
+        })
 }
 
 /// The planned routes with the env rules of the ones applied before that they no longer

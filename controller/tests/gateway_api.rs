@@ -142,12 +142,22 @@ fn every_route_is_valid_for_gateway_apis_crds_and_stored_as_written() {
 fn the_schema_check_catches_what_the_api_server_would_reject() {
     let routes = routes();
     // One rule too many, a header match of a type Gateway API does not have, and a
-    // backend without the port Istio requires of a Service.
+    // backend without the port a Service reference must have.
     let mut route = routes[0].clone();
     let extra = route["spec"]["rules"][1].clone();
     route["spec"]["rules"].as_array_mut().unwrap().push(extra);
     route["spec"]["rules"][1]["matches"][0]["headers"][0]["type"] = "Prefix".into();
+    route["spec"]["rules"][2]["backendRefs"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("port");
     let errors = check(&route);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("rules[2].backendRefs[0]") && e.contains("fails the rule")),
+        "{errors:#?}"
+    );
     assert!(
         errors.iter().any(|e| e.contains("more than 16 items")),
         "{errors:#?}"

@@ -300,6 +300,18 @@ impl Mesh {
             gateway_api: Some(virtual_env_controller::gamma::GatewayApi { grpc_route: true }),
         };
         let mut namespaces: Vec<NamespaceSnapshot> = self.topology.all().map(snapshot_of).collect();
+        if self.options.app_protocol == Protocol::Grpc {
+            // gRPC services declare it, as Istio reads it: GRPCRoutes where routes are
+            // written as Gateway API.
+            let ports = namespaces
+                .iter_mut()
+                .flat_map(|ns| &mut ns.snapshot.services)
+                .filter_map(|s| s.spec.as_mut()?.ports.as_mut())
+                .flatten();
+            for port in ports {
+                port.app_protocol = Some("grpc".into());
+            }
+        }
         let cluster = std::sync::Arc::new(self.gateway_cluster(&namespaces));
         for ns in &mut namespaces {
             ns.snapshot.cluster = std::sync::Arc::clone(&cluster);

@@ -79,14 +79,23 @@ async fn httproutes_fall_back_at_every_hop_and_at_any_depth() -> Result<()> {
     Ok(())
 }
 
-/// gRPC all the way (HTTP/2, `application/grpc`, trailers) through the HTTPRoutes.
+/// gRPC all the way (HTTP/2, `application/grpc`, trailers) through GRPCRoutes.
 #[tokio::test]
-async fn a_grpc_chain_through_httproutes_keeps_its_env() -> Result<()> {
+async fn a_grpc_chain_through_grpcroutes_keeps_its_env() -> Result<()> {
     let _serial = ONE_MESH_AT_A_TIME.lock().await;
     let mut options = options();
     options.sidecar_protocol = Protocol::H2c;
     options.app_protocol = Protocol::Grpc;
     let mesh = Mesh::start(topology(), options).await?;
+    // The services declare gRPC (appProtocol): their routes are GRPCRoutes.
+    let plan = mesh.plan()?;
+    assert!(
+        plan.mesh_routes
+            .iter()
+            .all(|r| r.kind() == virtual_env_controller::existing::Kind::GrpcRoute),
+        "{:?}",
+        plan.mesh_routes
+    );
     let hop = mesh
         .request_with(Protocol::Grpc, "app-a", &[(ENV, "dev.proj1.user1")])
         .await?;

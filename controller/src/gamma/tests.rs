@@ -198,3 +198,37 @@ fn what_the_cluster_serves_decides_the_routes() {
         Some(GatewayApi { grpc_route: true })
     );
 }
+
+#[test]
+fn an_env_service_is_exported_where_its_service_is() {
+    let mut svc = service("app-a");
+    svc.metadata.annotations = Some(std::collections::BTreeMap::from([(
+        EXPORT_TO_ANNOTATION.to_owned(),
+        ".,istio-system".to_owned(),
+    )]));
+    let services = routing(&svc, 1).env_services(&meta);
+    assert_eq!(
+        services[0].annotations()[EXPORT_TO_ANNOTATION],
+        ".,istio-system"
+    );
+}
+
+#[test]
+fn grpc_web_is_not_grpc() {
+    let port = |name: &str, app: Option<&str>| ServicePort {
+        name: Some(name.into()),
+        app_protocol: app.map(Into::into),
+        port: 80,
+        ..ServicePort::default()
+    };
+    assert!(crate::routable::is_grpc(&port("grpc", None)));
+    assert!(crate::routable::is_grpc(&port("grpc-api", None)));
+    assert!(crate::routable::is_grpc(&port(
+        "http",
+        Some("kubernetes.io/grpc")
+    )));
+    assert!(!crate::routable::is_grpc(&port("grpc-web", None)));
+    assert!(!crate::routable::is_grpc(&port("grpc-web-ui", None)));
+    assert!(!crate::routable::is_grpc(&port("grpcx", None)));
+    assert!(!crate::routable::is_grpc(&port("grpc", Some("grpc-web"))));
+}

@@ -1392,3 +1392,52 @@ async fn routes_in_gateway_api_write_env_services_then_httproutes_then_the_plugi
     // 1 read, the route header, 4 Services, 2 HTTPRoutes, 2 plugins, 1 prune, the status.
     assert_eq!(server.await.unwrap(), 12);
 }
+
+/// A namespace routed with Gateway API whose env Services and routes are in the caches as
+/// the last reconcile applied them (the Services with what the API server adds): nothing
+/// is written but the status.
+#[tokio::test]
+async fn an_unchanged_namespace_routed_with_gateway_api_is_not_written_again() {
+    let mut ve = seed_ve_with_its_route_header();
+    ve.spec.routing = Some(crate::crd::RoutingSpec {
+        api: Some(crate::crd::RoutingApi::HttpRoute),
+    });
+    let plan = crate::plan::plan_namespace(&ve, &seed_snapshot(), &settings()).unwrap();
+    assert!(!plan.env_services.is_empty() && !plan.mesh_routes.is_empty());
+    let mut snapshot = seed_snapshot();
+    for service in &plan.env_services {
+        let mut service = service.clone();
+        service.metadata.uid = Some(format!("obj-{}", service.name_any()));
+        let spec = service.spec.as_mut().unwrap();
+        spec.cluster_ip = Some("10.96.0.17".into());
+        spec.cluster_ips = Some(vec!["10.96.0.17".into()]);
+        spec.session_affinity = Some("None".into());
+        spec.ip_families = Some(vec!["IPv4".into()]);
+        snapshot.services.push(service);
+    }
+    let with_uid = |mut o: Value| {
+        o["metadata"]["uid"] = json!(format!("obj-{}", o["metadata"]["name"].as_str().unwrap()));
+        o
+    };
+    let mut objects: Vec<(Kind, Value)> = plan
+        .mesh_routes
+        .iter()
+        .map(|r| (r.kind(), with_uid(r.to_value())))
+        .collect();
+    for plugin in [&plan.wasm_plugin, &plan.inbound_wasm_plugin] {
+        objects.push((
+            Kind::WasmPlugin,
+            with_uid(serde_json::to_value(plugin).unwrap()),
+        ));
+    }
+    let (ctx, handle) = mock_context(crate::caches::testing::filled(&snapshot, &objects));
+    let answer_ve = ve.clone();
+    let server = tokio::spawn(async move {
+        let mut api = ApiServerVerifier::new(handle);
+        api.list_virtual_environments(&[&answer_ve]).await;
+        api.expect_status_patch().await;
+        api.calls.len()
+    });
+    reconcile(Arc::new(ve), ctx).await.unwrap();
+    assert_eq!(server.await.unwrap(), 2, "only the list and the status");
+}

@@ -10,9 +10,9 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::DynamicObject;
+use k8s_openapi::api::core::v1::{Namespace, Pod, PodCondition, PodStatus, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{DynamicObject, PartialObjectMeta};
 use kube::runtime::reflector::{store::Writer, Store};
 use kube::ResourceExt;
 
@@ -34,6 +34,9 @@ pub struct Caches {
     pub pods: IndexedStore<Pod>,
     pub istio: Vec<(Kind, IndexedStore<DynamicObject>)>,
     pub policies: Store<GatewayPolicy>,
+    /// Namespaces, their labels only: `istio.io/use-waypoint` on a namespace puts its
+    /// services behind a waypoint (ambient mode).
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
     /// The controller's own store of VirtualEnvironments (every namespace's claims of
     /// gateway hosts); none in tests that do not need them.
     pub virtual_environments: Option<Store<VirtualEnvironment>>,
@@ -45,6 +48,7 @@ pub struct Writers {
     pub pods: IndexedWriter<Pod>,
     pub istio: Vec<(Kind, IndexedWriter<DynamicObject>)>,
     pub policies: Writer<GatewayPolicy>,
+    pub namespaces: Writer<PartialObjectMeta<Namespace>>,
 }
 
 /// Empty caches of the Istio kinds the controller reads with `api` (see
@@ -53,6 +57,7 @@ pub fn caches(api: ExtensionApi, gateway_api: Option<GatewayApi>) -> (Caches, Wr
     let services = IndexedWriter::default();
     let pods = IndexedWriter::default();
     let policies = Writer::default();
+    let namespaces = Writer::default();
     let istio: Vec<(Kind, IndexedWriter<DynamicObject>)> = api
         .watched_kinds(gateway_api)
         .into_iter()
@@ -63,6 +68,7 @@ pub fn caches(api: ExtensionApi, gateway_api: Option<GatewayApi>) -> (Caches, Wr
         pods: pods.as_reader(),
         istio: istio.iter().map(|(k, w)| (*k, w.as_reader())).collect(),
         policies: policies.as_reader(),
+        namespaces: namespaces.as_reader(),
         virtual_environments: None,
     };
     (
@@ -72,6 +78,7 @@ pub fn caches(api: ExtensionApi, gateway_api: Option<GatewayApi>) -> (Caches, Wr
             pods,
             istio,
             policies,
+            namespaces,
         },
     )
 }
@@ -110,6 +117,10 @@ impl Caches {
             if !filled_within(ves, wait).await {
                 return Err(not_ready("VirtualEnvironment", ""));
             }
+        }
+        // Without them, services behind a namespace's waypoint would look unenrolled.
+        if !filled_within(&self.namespaces, wait).await {
+            return Err(not_ready("Namespace", ""));
         }
         // Without the policies, shared gateways would look unadmitted and their plugin
         // objects pruned: wait for them as for the rest.
@@ -170,6 +181,11 @@ impl Caches {
             // Filled in by the reconciler from what the other namespaces published.
             peers: Default::default(),
             cluster: std::sync::Arc::new(self.gateway_cluster()),
+            namespace_labels: self
+                .namespaces
+                .get(&kube::runtime::reflector::ObjectRef::new(ns))
+                .map(|n| n.labels().clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -324,11 +340,28 @@ pub fn slim_pod(pod: &mut Pod) {
         .flatten()
         .filter(|(key, _)| key == crate::plan::AMBIENT_REDIRECTION)
         .collect::<std::collections::BTreeMap<_, _>>();
+    // A pod in ambient mode keeps what its workload name is made of (`workload.rs`): its
+    // waypoint knows its callers by it. Only its controller's kind and name.
+    let ambient = !annotations.is_empty();
+    let controller = meta
+        .owner_references
+        .into_iter()
+        .flatten()
+        .filter(|_| ambient)
+        .find(|r| r.controller == Some(true))
+        .map(|r| OwnerReference {
+            kind: r.kind,
+            name: r.name,
+            controller: Some(true),
+            ..OwnerReference::default()
+        });
     pod.metadata = ObjectMeta {
         name: meta.name,
+        generate_name: meta.generate_name.filter(|_| ambient),
         namespace: meta.namespace,
         labels: meta.labels,
         annotations: Some(annotations).filter(|a| !a.is_empty()),
+        owner_references: controller.map(|c| vec![c]),
         deletion_timestamp: meta.deletion_timestamp,
         ..ObjectMeta::default()
     };
@@ -451,6 +484,10 @@ pub mod testing {
         fill(&mut writers.services, snapshot.services.clone());
         fill(&mut writers.pods, pods);
         fill(&mut writers.policies, snapshot.cluster.policies.clone());
+        let mut namespace = PartialObjectMeta::<Namespace>::default();
+        namespace.metadata.name = Some("default".into());
+        namespace.metadata.labels = Some(snapshot.namespace_labels.clone());
+        fill(&mut writers.namespaces, vec![namespace]);
         for (kind, writer) in &mut writers.istio {
             if Some(*kind) == unfilled {
                 continue;

@@ -103,6 +103,7 @@ pub fn plan_edge_guard(
                 match_labels: policy.spec.workload.selector.clone(),
             }),
             traffic_selectors: Vec::new(),
+            target_refs: Vec::new(),
             phase: Some("AUTHN".into()),
             plugin_config: plugin_config_value(&config),
         },

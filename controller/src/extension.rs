@@ -94,6 +94,7 @@ pub fn traffic_extension(plugin: &WasmPlugin) -> TrafficExtension {
         TrafficExtensionSpec {
             selector: spec.selector.clone(),
             traffic_selectors: spec.traffic_selectors.clone(),
+            target_refs: spec.target_refs.clone(),
             // The two APIs spell the default phase differently; ours are AUTHN or none.
             phase: spec.phase.clone(),
             wasm: WasmConfig {

@@ -222,6 +222,7 @@ fn gateway_plugin(
             }),
             // Every listener of the gateway: it only ever calls out.
             traffic_selectors: Vec::new(),
+            target_refs: Vec::new(),
             phase: None,
             plugin_config: plugin_config_value(config),
         },

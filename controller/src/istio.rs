@@ -123,6 +123,10 @@ pub struct WasmPluginSpec {
     /// Which listeners get the plugin: one side each (`CLIENT` or `SERVER`).
     #[serde(rename = "match", default, skip_serializing_if = "Vec::is_empty")]
     pub traffic_selectors: Vec<TrafficSelector>,
+    /// The proxies that load the plugin by reference instead of `selector`: a waypoint
+    /// (its Gateway), which ignores selectors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_refs: Vec<PolicyTargetReference>,
     /// Where in the filter chain: `AUTHN` runs before the plugins without a phase (a
     /// gateway's edge guard before the routing); absent: Istio's default, at the end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,6 +158,8 @@ pub struct TrafficExtensionSpec {
     pub selector: Option<WorkloadSelector>,
     #[serde(rename = "match", default, skip_serializing_if = "Vec::is_empty")]
     pub traffic_selectors: Vec<TrafficSelector>,
+    #[serde(rename = "targetRefs", default, skip_serializing_if = "Vec::is_empty")]
+    pub target_refs: Vec<PolicyTargetReference>,
     /// As WasmPlugin's `phase` (`AUTHN`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
@@ -170,6 +176,14 @@ pub struct WasmConfig {
     pub fail_strategy: String,
     #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub plugin_config: serde_json::Value,
+}
+
+/// Istio's `PolicyTargetReference` (same namespace: Istio rejects `namespace`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PolicyTargetReference {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
 }
 
 /// Istio's `WorkloadSelector`.

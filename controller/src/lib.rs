@@ -37,3 +37,5 @@ pub mod snapshot;
 pub mod subset;
 pub mod sweep;
 pub mod transition;
+pub mod waypoint;
+pub mod workload;

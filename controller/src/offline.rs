@@ -118,6 +118,7 @@ pub fn render_plan(plan: &Plan, api: ExtensionApi) -> String {
     };
     let mut docs = vec![plugin(&plan.wasm_plugin), plugin(&plan.inbound_wasm_plugin)];
     docs.extend(plan.gateway_plugins.iter().map(plugin));
+    docs.extend(plan.waypoint_plugins.iter().map(plugin));
     for (vs, dr) in plan.virtual_services.iter().zip(&plan.destination_rules) {
         docs.push(to_yaml(vs));
         docs.push(to_yaml(dr));

@@ -24,13 +24,14 @@ use crate::gateway_admission::{admit, Admitted, GatewayAdmission, GatewayCluster
 use crate::gateway_plugins;
 use crate::istio::{
     Destination, DestinationRule, DestinationRuleSpec, HeaderOperations, Headers, HttpMatchRequest,
-    HttpRoute, HttpRouteDestination, StringMatch, Subset, TrafficSelector, VirtualService,
-    VirtualServiceSpec, WasmPlugin, WasmPluginSpec,
+    HttpRoute, HttpRouteDestination, PolicyTargetReference, StringMatch, Subset, TrafficSelector,
+    VirtualService, VirtualServiceSpec, WasmPlugin, WasmPluginSpec,
 };
 use crate::peer_namespaces::{add_peers, Published};
 use crate::routable::not_routable;
 use crate::skip::Skip;
 use crate::subset::SubsetNames;
+use crate::waypoint;
 
 pub use crate::objects::{
     plugin_config_of, plugin_config_value, stored_bytes, WasmSource, COMPACT_ABOVE_BYTES,
@@ -77,6 +78,8 @@ pub struct Snapshot {
     /// namespace's host claims (see `gateway_admission.rs`). Shared by every namespace's
     /// snapshot.
     pub cluster: std::sync::Arc<GatewayCluster>,
+    /// The namespace's labels (`istio.io/use-waypoint`: its services' waypoint).
+    pub namespace_labels: BTreeMap<String, String>,
 }
 
 /// The desired state of a namespace.
@@ -111,6 +114,9 @@ pub struct Plan {
     /// The plugin objects of the gateways that expose the namespace's services, each in
     /// the namespace of its gateway's pods (see `gateway.rs`).
     pub gateway_plugins: Vec<WasmPlugin>,
+    /// The plugin objects of the namespace's waypoints (ambient mode, `waypoint.rs`),
+    /// attached by `targetRefs`.
+    pub waypoint_plugins: Vec<WasmPlugin>,
     /// What the namespace asks to be entered under, admitted or not: (`<ns>/<gateway>`,
     /// host). Published, so that the namespaces it competes with are planned again.
     pub gateway_claims: BTreeSet<(String, String)>,
@@ -190,11 +196,16 @@ pub fn plan_namespace(
         route_header: spec.route_header.clone(),
         prune: Vec::new(),
         gateway_plugins: Vec::new(),
+        waypoint_plugins: Vec::new(),
         gateway_claims: BTreeSet::new(),
     };
     let (exposures, problems) = gateway::exposures(ve, &snapshot.services, &spec.namespace);
     plan.skipped.extend(problems);
     let by_label = LabelIndex::new(ready.iter().map(|(pod, _)| *pod));
+    // Callers without a sidecar reach a service through its waypoint, or through
+    // ztunnel (L4) only.
+    let ambient_callers = waypoint::ambient_namespace(&snapshot.namespace_labels)
+        || ready.iter().any(|(pod, _)| in_ambient_mode(pod));
     // The Services the controller wrote for envs are not routed themselves.
     let mut services: Vec<&Service> = (snapshot.services.iter())
         .filter(|s| !is_env_service(s))
@@ -214,8 +225,12 @@ pub fn plan_namespace(
                     continue;
                 }
                 plan.skipped.extend(routed.notes);
-                plan.skipped
-                    .extend(ambient_note(service, &by_label, &ready));
+                plan.skipped.extend(ambient_note(
+                    service,
+                    &spec.namespace,
+                    snapshot,
+                    ambient_callers,
+                ));
                 if let Some(exposure) = routed.exposure {
                     exposed.insert(service.name_any(), exposure);
                 }
@@ -242,6 +257,7 @@ pub fn plan_namespace(
     let admitted = admit_entry(&mut plan, &spec, snapshot, &exposed);
     fit_peers(&mut plan, &spec, snapshot)?;
     plan_gateway_objects(&mut plan, &spec, snapshot, &admitted);
+    plan_waypoint_objects(&mut plan, &spec, snapshot, &ready);
     plan.prune = to_prune(&plan, &spec, snapshot);
     Ok(plan)
 }
@@ -414,45 +430,39 @@ fn envs_of<'p>(
         .collect()
 }
 
-/// What a routed service whose pods (some envs of it) run in Istio's ambient mode does
-/// not get, said in the status: nothing of virtual-env runs in those pods (there is no
-/// sidecar to load the filter into), so their calls carry an env only if the application
-/// forwards the header, and ambient callers' requests are not routed by env (that needs
-/// waypoints: docs/design/ambient-and-gateway-api.md).
+/// What a routed service does not get when callers of the namespace run in Istio's
+/// ambient mode (no sidecar, so the filter does not run in them): their calls are routed
+/// by env only at the service's waypoint, where virtual-env puts the filter
+/// (`plan_waypoint_objects`); without one, or with one in another namespace, they pass
+/// ztunnel (L4) only and reach the service unrouted. Said in the status.
 fn ambient_note(
     service: &Service,
-    by_label: &LabelIndex<'_>,
-    ready: &[(&Pod, &str)],
+    namespace: &str,
+    snapshot: &Snapshot,
+    ambient_callers: bool,
 ) -> Option<Skip> {
-    let selector = service.spec.as_ref()?.selector.as_ref()?;
-    let envs: BTreeSet<&str> = by_label
-        .candidates(selector)
-        .iter()
-        .map(|&i| ready[i])
-        .filter(|(pod, _)| selects(selector, pod) && in_ambient_mode(pod))
-        .map(|(_, env)| env)
-        .collect();
-    if envs.is_empty() {
+    if !ambient_callers {
         return None;
     }
-    let envs: Vec<&str> = envs.into_iter().collect();
-    // The service's own waypoint label (the namespace's is not read: namespaces are not
-    // watched).
-    let waypoint = match service.labels().get(USE_WAYPOINT).map(String::as_str) {
-        Some("none") | None => String::new(),
-        Some(name) => format!("; its waypoint {name} is not configured by virtual-env"),
-    };
-    Some(Skip::service(
-        &service.name_any(),
-        format_args!(
-            "its pods in {} run in Istio's ambient mode (no sidecar): the filter does not run there, so their calls keep an env only if the application forwards the env header, and calls from ambient pods are not routed by env (waypoints are not supported yet{waypoint})",
-            envs.join(", ")
-        ),
-    ))
+    let name = service.name_any();
+    match waypoint::waypoint_of(service, namespace, &snapshot.namespace_labels) {
+        Some(w) if w.namespace == namespace => None,
+        Some(w) => Some(Skip::service(
+            &name,
+            format_args!(
+                "its waypoint {}/{} is in another namespace, which virtual-env does not configure yet: calls from pods in Istio's ambient mode are not routed by env",
+                w.namespace, w.name
+            ),
+        )),
+        None => Some(Skip::service(
+            &name,
+            format_args!(
+                "pods of the namespace run in Istio's ambient mode, but the service has no waypoint ({} on it or its namespace): calls from those pods pass ztunnel only (L4) and are not routed by env",
+                waypoint::USE_WAYPOINT
+            ),
+        )),
+    }
 }
-
-/// The label naming the waypoint that serves a service (or namespace) in ambient mode.
-const USE_WAYPOINT: &str = "istio.io/use-waypoint";
 
 /// What planning does with one service.
 enum Routing {
@@ -1056,6 +1066,62 @@ fn plan_gateway_objects(
     plan.skipped.extend(gateway_plans.skipped);
 }
 
+/// The plugin objects of the namespace's waypoints: one per waypoint of the namespace
+/// that a service of it names, attached to the waypoint's Gateway, with the calling
+/// side's config for `direction: waypoint` and the ambient workloads' envs.
+fn plan_waypoint_objects(
+    plan: &mut Plan,
+    spec: &Resolved<'_>,
+    snapshot: &Snapshot,
+    ready: &[(&Pod, &str)],
+) {
+    let waypoints: BTreeSet<String> = snapshot
+        .services
+        .iter()
+        .filter(|s| !is_env_service(s))
+        .filter_map(|s| waypoint::waypoint_of(s, &spec.namespace, &snapshot.namespace_labels))
+        .filter(|w| w.namespace == spec.namespace)
+        .map(|w| w.name)
+        .collect();
+    if waypoints.is_empty() {
+        return;
+    }
+    let ambient = ready
+        .iter()
+        .filter(|(pod, _)| in_ambient_mode(pod))
+        .copied();
+    let (workloads, mixed) = waypoint::workload_envs(&spec.namespace, ambient);
+    if !mixed.is_empty() {
+        plan.skipped.push(Skip::routing(format_args!(
+            "the pods of workload {} are in more than one env: calls from them get no env at the waypoint",
+            mixed.join(", ")
+        )));
+    }
+    let mut config = plan.plugin_config.clone();
+    config.direction = Some(Direction::Waypoint);
+    config.workloads = workloads;
+    let value = plugin_config_value(&config);
+    let (bytes, max) = (stored_bytes(&value), spec.settings.max_plugin_config_bytes);
+    if bytes > max {
+        plan.skipped.push(Skip::routing(format_args!(
+            "the waypoints' plugin config would be {bytes} bytes, over {max}: waypoints do not route by env"
+        )));
+        return;
+    }
+    for name in waypoints {
+        let mut plugin = wasm_plugin(spec.ve, &spec.namespace, spec.settings, &config);
+        plugin.metadata.name = Some(waypoint::plugin_name(&name));
+        plugin.spec.traffic_selectors = Vec::new();
+        plugin.spec.target_refs = vec![PolicyTargetReference {
+            group: waypoint::GATEWAY_GROUP.into(),
+            kind: "Gateway".into(),
+            name,
+        }];
+        plugin.spec.plugin_config = value.clone();
+        plan.waypoint_plugins.push(plugin);
+    }
+}
+
 /// What this VirtualEnvironment owns and no longer needs: routes first (VirtualServices,
 /// HTTPRoutes), so that no route is left pointing at a subset or Service that is gone.
 fn to_prune(plan: &Plan, spec: &Resolved<'_>, snapshot: &Snapshot) -> Vec<Existing> {
@@ -1069,7 +1135,9 @@ fn to_prune(plan: &Plan, spec: &Resolved<'_>, snapshot: &Snapshot) -> Vec<Existi
         // Plugin objects of the other API are ours from before a switch: pruned.
         kind if kind.is_plugin() && kind != plugin_kind => false,
         Kind::WasmPlugin | Kind::TrafficExtension if e.namespace == spec.namespace => {
-            e.name == WASM_PLUGIN_NAME || e.name == INBOUND_WASM_PLUGIN_NAME
+            e.name == WASM_PLUGIN_NAME
+                || e.name == INBOUND_WASM_PLUGIN_NAME
+                || plan.waypoint_plugins.iter().any(|o| o.name_any() == e.name)
         }
         Kind::WasmPlugin | Kind::TrafficExtension => plan.gateway_plugins.iter().any(|o| {
             o.name_any() == e.name && o.namespace().as_deref() == Some(e.namespace.as_str())
@@ -1218,6 +1286,7 @@ fn wasm_plugin(
             fail_strategy: "FAIL_OPEN".into(),
             selector: None,
             traffic_selectors: vec![TrafficSelector { mode: mode.into() }],
+            target_refs: Vec::new(),
             phase: None,
             plugin_config: plugin_config_value(config),
         },

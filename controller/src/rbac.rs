@@ -34,6 +34,8 @@ pub const LEASE_NAME: &str = "virtual-env-controller";
 /// creates the object.
 pub const CLUSTER: &[ApiUse] = &[
     uses("", "pods", &["list", "watch"]),
+    // Their labels only (metadata requests): `istio.io/use-waypoint` (ambient mode).
+    uses("", "namespaces", &["list", "watch"]),
     // Written: the Services of one env of a service that routes written as Gateway API
     // send to (`gamma.rs`); only those it labelled and owns are patched or deleted (a
     // delete is preconditioned on the UID it read). RBAC cannot narrow this by label.

@@ -431,6 +431,18 @@ async fn apply_plan(
                     )),
                 }
             }
+            // The waypoints route by the same table as the calling side; while a service's
+            // routes could not be written they keep what they have.
+            let waypoints = plan
+                .waypoint_plugins
+                .iter()
+                .filter(|_| failed_services.is_empty());
+            for plugin in waypoints {
+                match apply_plugin(ctx, plugin, current(plugin)).await {
+                    Ok(()) => ctx.metrics.applied(kind),
+                    Err(e) => failures.push(format!("{kind} {}: {e}", plugin.name_any())),
+                }
+            }
             for step in &steps.after {
                 if step.service().is_some_and(|s| failed_services.contains(&s)) {
                     continue;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{Api, DynamicObject};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -60,6 +61,25 @@ fn not_an_echo<K: Resource>(
         } else {
             in_namespace(object)
         }
+    }
+}
+
+/// The `VirtualEnvironment`s of a namespace, for a change of the namespace itself.
+fn of_namespace(
+    store: Store<VirtualEnvironment>,
+) -> impl Fn(PartialObjectMeta<Namespace>) -> Vec<ObjectRef<VirtualEnvironment>>
+       + Send
+       + Sync
+       + Clone
+       + 'static {
+    move |ns: PartialObjectMeta<Namespace>| {
+        let name = ns.name_any();
+        store
+            .state()
+            .iter()
+            .filter(|ve| ve.namespace().as_deref() == Some(name.as_str()))
+            .map(|ve| ObjectRef::from_obj(&**ve))
+            .collect()
     }
 }
 
@@ -120,6 +140,17 @@ pub async fn run(
     let services = reflected(&client, writers.services, slim_service);
     // A GatewayPolicy decides which namespaces enter through a gateway; they change rarely.
     let policies = reflected(&client, writers.policies, |_| {});
+    // Labels only: a namespace's `istio.io/use-waypoint` enrolls its services in a waypoint.
+    let namespaces = watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        all(),
+    )
+    .modify(|ns| {
+        ns.metadata.annotations = None;
+        ns.metadata.managed_fields = None;
+    })
+    .default_backoff();
+    let namespaces = kept_in(namespaces, writers.namespaces).touched_objects();
     let controller = controller
         // Another namespace published a change its callers must learn.
         .reconcile_on(replans)
@@ -128,7 +159,8 @@ pub async fn run(
             services,
             not_an_echo(Kind::Service, &ctx.own_writes, &store),
         )
-        .watches_stream(policies, every(store.clone()));
+        .watches_stream(policies, every(store.clone()))
+        .watches_stream(namespaces, of_namespace(store.clone()));
     let controller = watch_istio(controller, &client, writers.istio, &store, &ctx.own_writes);
     let policies = edge_guard_controller(&client, ve_writer);
     let shutdown = futures::FutureExt::shared(shutdown);

@@ -55,6 +55,9 @@ pub struct Reader {
     /// Istio objects already there, read untyped; namespace-less ones resolved at `finish`.
     existing: Vec<(Kind, Value)>,
     policies: Vec<GatewayPolicy>,
+    /// Namespaces' labels, by name.
+    namespace_labels:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 impl Reader {
@@ -106,6 +109,11 @@ impl Reader {
                     .starts_with("networking.istio.io/") =>
             {
                 self.existing.push((Kind::Gateway, value))
+            }
+            "Namespace" => {
+                let labels =
+                    serde_json::from_value(value["metadata"]["labels"].clone()).unwrap_or_default();
+                self.namespace_labels.insert(name.clone(), labels);
             }
             "HTTPRoute" => self.existing.push((Kind::HttpRoute, value)),
             "GRPCRoute" => self.existing.push((Kind::GrpcRoute, value)),
@@ -159,6 +167,7 @@ impl Reader {
             // `offline::plan_namespaces`).
             peers: Default::default(),
             cluster: std::sync::Arc::clone(cluster),
+            namespace_labels: self.namespace_labels.get(ns).cloned().unwrap_or_default(),
         }
     }
 

@@ -353,3 +353,61 @@ fn with_traffic_extension_the_plugin_objects_are_valid_traffic_extensions() {
     assert!(errors.iter().any(|e| e.contains("oneOf")), "{errors:?}");
     assert!(errors.iter().any(|e| e.contains("SIDEWAYS")), "{errors:?}");
 }
+
+/// A namespace in ambient mode: the waypoint's plugin object (`targetRefs` to the
+/// waypoint's Gateway, no `selector`, no `match`) is valid for Istio's WasmPlugin and
+/// TrafficExtension CRDs (their CEL rules: one of `selector` or `targetRefs`, no
+/// cross-namespace reference), and the whole render is the committed golden.
+#[test]
+fn a_waypoints_plugin_object_is_valid_for_istios_crds_in_both_apis() {
+    let files = [
+        "tests/snapshots/seed/virtualenvironment.yaml".to_owned(),
+        "tests/snapshots/ambient/cluster.yaml".to_owned(),
+    ];
+    let out = render(&files);
+    same_as_golden(&out, "tests/snapshots/ambient/render.golden.yaml");
+    let mut args = vec!["render".to_owned()];
+    for f in &files {
+        args.extend(["-f".to_owned(), f.clone()]);
+    }
+    args.extend(
+        [
+            "--wasm-url",
+            "oci://registry.example/virtual-env-filter:0.1.0",
+            "--predictable-suffix",
+            "--extension-api",
+            "traffic-extension",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let as_traffic_extensions = virtual_env(&args);
+    for text in [&out, &as_traffic_extensions] {
+        let objects = docs(text);
+        let waypoint: Vec<&Value> = objects
+            .iter()
+            .filter(|o| o["spec"]["targetRefs"].is_array())
+            .collect();
+        assert_eq!(waypoint.len(), 1, "{text}");
+        assert_eq!(waypoint[0]["spec"]["targetRefs"][0]["kind"], "Gateway");
+        assert!(waypoint[0]["spec"]["selector"].is_null());
+        for object in objects
+            .iter()
+            .filter(|o| o["apiVersion"].as_str().unwrap().contains("istio.io"))
+        {
+            let errors = check_against_istio(object);
+            assert!(errors.is_empty(), "{errors:#?}");
+        }
+    }
+    // The schema check does hold the CEL rule: a selector beside targetRefs fails it.
+    let mut both = docs(&out)
+        .into_iter()
+        .find(|o| o["spec"]["targetRefs"].is_array())
+        .unwrap();
+    both["spec"]["selector"] = serde_json::json!({"matchLabels": {"app": "x"}});
+    let errors = check_against_istio(&both);
+    assert!(
+        errors.iter().any(|e| e.contains("fails the rule")),
+        "{errors:#?}"
+    );
+}

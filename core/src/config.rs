@@ -388,7 +388,8 @@ impl PluginConfig {
             peers: BTreeMap::new(),
             env_names: Vec::new(),
             service_envs: BTreeMap::new(),
-            workloads: BTreeMap::new(),
+            // Not a services table: a waypoint's config keeps it compacted.
+            workloads: self.workloads.clone(),
         }
     }
 
@@ -916,6 +917,12 @@ mod tests {
         assert_eq!(PluginConfig::from_json(json.as_bytes()).unwrap(), plain);
         // The plain form is written as before: no empty compact fields.
         assert!(!plain.to_json().contains("envNames"));
+        // A waypoint's workloads table stays as it is.
+        let mut waypoint = plain.clone();
+        waypoint.direction = Some(Direction::Waypoint);
+        waypoint.workloads = BTreeMap::from([("default/app-a".into(), "dev.proj1".into())]);
+        let json = waypoint.compacted().to_json();
+        assert_eq!(PluginConfig::from_json(json.as_bytes()).unwrap(), waypoint);
     }
 
     const WITH_PEERS: &str = r#"{

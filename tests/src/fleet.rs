@@ -253,6 +253,7 @@ impl Cluster {
         );
         filled("services");
         fill(&mut writers.policies, std::iter::empty());
+        fill(&mut writers.namespaces, std::iter::empty());
         for (kind, writer) in &mut writers.istio {
             let objects = self.standin.objects(&kind.api_resource().plural);
             fill(writer, objects.into_iter().filter_map(dynamic));

@@ -807,19 +807,34 @@ fn pods_in_ambient_mode_are_named_in_the_status() {
     assert!(plan.virtual_services.is_empty());
     let routed: BTreeSet<String> = plan.mesh_routes.iter().map(|r| r.service()).collect();
     assert_eq!(routed.len(), 3, "still routed for sidecar callers");
+    // app-a is behind its waypoint, where the filter runs; app-b and app-c have none.
     let notes: Vec<&str> = plan
         .skipped
         .iter()
         .filter(|s| s.contains("ambient"))
         .map(|s| &**s)
         .collect();
-    assert_eq!(notes.len(), 1, "{:?}", plan.skipped);
-    assert!(notes[0].starts_with("app-a: its pods in dev.proj1 run in Istio's ambient mode"));
-    assert!(
-        notes[0].contains("its waypoint waypoint is not configured"),
-        "{}",
-        notes[0]
+    assert_eq!(notes.len(), 2, "{:?}", plan.skipped);
+    assert!(notes[0].starts_with(
+        "app-b: pods of the namespace run in Istio's ambient mode, but the service has no waypoint"
+    ));
+    assert!(notes[1].starts_with("app-c: "));
+    assert_eq!(plan.waypoint_plugins.len(), 1);
+    let waypoint = &plan.waypoint_plugins[0];
+    assert_eq!(
+        waypoint.metadata.name.as_deref(),
+        Some("virtual-env-waypoint-waypoint")
     );
+    assert!(waypoint.spec.selector.is_none() && waypoint.spec.traffic_selectors.is_empty());
+    assert_eq!(waypoint.spec.target_refs[0].name, "waypoint");
+    let config = crate::objects::plugin_config_of(&waypoint.spec.plugin_config).unwrap();
+    assert_eq!(config.direction, Some(Direction::Waypoint));
+    // The ambient pod's workload (a pod made by hand: its own name) and its env.
+    assert_eq!(
+        config.workloads,
+        BTreeMap::from([("default/app-a-proj1".to_owned(), "dev.proj1".to_owned())])
+    );
+    assert_eq!(config.services, plan.plugin_config.services);
     // The annotation survives the caches' slimming; other annotations do not.
     let mut cached = snapshot.pods[3].clone();
     cached

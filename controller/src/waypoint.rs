@@ -135,12 +135,10 @@ mod tests {
         let b1 = pod("app-b-1", "app-b", Some("dev"), true);
         let mut b2 = pod("app-b-2", "app-b", Some("dev.x"), true);
         // Two pods of one workload (the label names it) in two envs.
-        for p in [&mut b2] {
-            p.metadata
-                .labels
-                .get_or_insert_with(BTreeMap::new)
-                .insert("service.istio.io/workload-name".into(), "app-b-1".into());
-        }
+        b2.metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert("service.istio.io/workload-name".into(), "app-b-1".into());
         let (table, mixed) =
             workload_envs("default", [(&a, "dev.proj1"), (&b1, "dev"), (&b2, "dev.x")]);
         assert_eq!(

@@ -48,7 +48,8 @@ build: rust-target
 # The seed's example entered through the ingress gateway, with a hop into a second
 # namespace, on a local mesh of real Envoy sidecars: prints the call chains. KEEP=1 keeps
 # the mesh running for manual curl; TOPOLOGY=tests/topologies/seed.yaml for the seed alone,
-# tests/topologies/deep.yaml for three levels.
+# tests/topologies/deep.yaml for three levels, tests/topologies/gateway-api.yaml routed by
+# HTTPRoutes, tests/topologies/ambient.yaml in ambient mode (no sidecars, a waypoint).
 TOPOLOGY ?= tests/topologies/demo.yaml
 demo: setup build
 	cargo build -q -p virtual-env-e2e --bin virtual-env-mesh
@@ -85,14 +86,15 @@ test-native:
 	cargo test --workspace
 
 # The filter's in-Envoy suites (and, on the newest version, the mesh suites too: sidecars
-# routed by VirtualServices and by Gateway API's HTTPRoutes) on the other supported Envoy
+# routed by VirtualServices and by Gateway API's HTTPRoutes, and ambient mode's waypoints)
+# on the other supported Envoy
 # versions; test-native ran everything on the default (oldest) one.
 NEWEST_ENVOY := $(lastword $(ENVOY_VERSIONS))
 test-envoy-versions: build envoys
 	@for v in $(filter-out $(ENVOY_VERSION),$(ENVOY_VERSIONS)); do \
 		echo "== filter in Envoy $$v"; \
 		suites="--test filter_in_envoy --test hostile_input"; \
-		if [ "$$v" = "$(NEWEST_ENVOY)" ]; then suites="$$suites --test mesh --test mesh_gateway_api"; fi; \
+		if [ "$$v" = "$(NEWEST_ENVOY)" ]; then suites="$$suites --test mesh --test mesh_gateway_api --test mesh_ambient"; fi; \
 		ENVOY=$(TOOLS)/envoy-$$v/envoy/_bin/envoy cargo test -q -p virtual-env-e2e $$suites || exit 1; \
 	done
 

@@ -100,6 +100,8 @@ struct NamespaceFiles {
     rds: PathBuf,
     ecds: PathBuf,
     ecds_inbound: PathBuf,
+    /// An ambient namespace's waypoint plugin object.
+    ecds_waypoint: PathBuf,
 }
 
 impl RoutingFiles {
@@ -120,6 +122,7 @@ impl RoutingFiles {
                 rds: file(&kind("rds"))?,
                 ecds: file(&kind("ecds"))?,
                 ecds_inbound: file(&kind("ecds-inbound"))?,
+                ecds_waypoint: file(&kind("ecds-waypoint"))?,
             };
             namespaces.insert(ns.namespace.clone(), files);
         }
@@ -192,10 +195,31 @@ impl Mesh {
         }
         mesh._apps = apps;
 
+        let waypoints: Vec<(String, Value)> = mesh
+            .topology
+            .all()
+            .filter(|ns| ns.ambient)
+            .map(|ns| {
+                Ok((
+                    format!("waypoint-{}", ns.namespace),
+                    mesh.waypoint_bootstrap(ns)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
         let mut starts = Vec::new();
+        let mut names = Vec::new();
+        // A pod in ambient mode has no sidecar; its namespace has a waypoint.
         for (i, (ns, pod)) in mesh.topology.all_pods().enumerate() {
+            if ns.ambient {
+                continue;
+            }
             let config = mesh.sidecar_bootstrap(i, ns, pod);
             starts.push(Envoy::start(&pod.name, &mesh.root, config, 1));
+            names.push(pod.name.clone());
+        }
+        for (name, config) in &waypoints {
+            starts.push(Envoy::start(name, &mesh.root, config.clone(), 1));
+            names.push(name.clone());
         }
         starts.push(Envoy::start(
             "gateway",
@@ -203,13 +227,8 @@ impl Mesh {
             mesh.gateway_bootstrap(),
             1,
         ));
+        names.push("gateway".to_owned());
         let started = futures::future::try_join_all(starts).await?;
-        let names = mesh
-            .topology
-            .all_pods()
-            .map(|(_, p)| p.name.clone())
-            .chain(["gateway".to_owned()])
-            .collect::<Vec<_>>();
         mesh.envoys = names.into_iter().zip(started).collect();
         for envoy in mesh.envoys.values() {
             envoy.check_wasm_runtime().await?;
@@ -222,6 +241,18 @@ impl Mesh {
 
     fn pod_ip(&self, index: usize) -> IpAddr {
         ip(self.net, 10 + index)
+    }
+
+    /// The waypoint of ambient namespace `namespace` (the mesh runs one per ambient
+    /// namespace, at .3, .4, ... by the namespace's place in the topology).
+    pub fn waypoint(&self, namespace: &str) -> Option<SocketAddr> {
+        let (k, ns) = self
+            .topology
+            .all()
+            .enumerate()
+            .find(|(_, ns)| ns.namespace == namespace)?;
+        ns.ambient
+            .then(|| SocketAddr::new(ip(self.net, 3 + k), OUTBOUND_PORT))
     }
 
     fn pod_index(&self, name: &str) -> Result<usize> {
@@ -253,7 +284,11 @@ impl Mesh {
 
     fn spawn_app(&self, index: usize, ns: &Topology, pod: &TopologyPod) -> Result<Guarded> {
         let ip = self.pod_ip(index);
-        let outbound = SocketAddr::new(ip, OUTBOUND_PORT);
+        // Without a sidecar, ztunnel takes a pod's calls to the waypoint of the service
+        // (here: of the pod's namespace, whose routes reach every service of the mesh).
+        let outbound = self
+            .waypoint(&ns.namespace)
+            .unwrap_or(SocketAddr::new(ip, OUTBOUND_PORT));
         let config = AppConfig {
             forward_env_header: self.options.forward_env_header,
             forward: self.options.forward.clone(),
@@ -342,6 +377,10 @@ impl Mesh {
             let inbound = plan.inbound_wasm_plugin.spec.plugin_config.to_string();
             self.push_side(Side::Inbound(ns), &inbound)?;
             self.push_side(Side::Outbound(ns), &plan.plugin_config.to_json())?;
+            if let Some(waypoint) = plan.waypoint_plugins.first() {
+                let config = waypoint.spec.plugin_config.to_string();
+                self.push_side(Side::Waypoint(ns), &config)?;
+            }
         }
         let first = &plans[&self.topology.namespace];
         let gateway = first.gateway_plugins.first().map_or_else(
@@ -378,6 +417,7 @@ impl Mesh {
         for ns in self.topology.all() {
             self.push_side(Side::Inbound(&ns.namespace), json)?;
             self.push_side(Side::Outbound(&ns.namespace), json)?;
+            self.push_side(Side::Waypoint(&ns.namespace), json)?;
         }
         self.push_side(Side::Gateway, json)
     }
@@ -402,6 +442,7 @@ impl Mesh {
         Ok(match side {
             Side::Inbound(ns) => (INBOUND_WASM_PLUGIN_NAME, &self.files_of(ns)?.ecds_inbound),
             Side::Outbound(ns) => (WASM_PLUGIN_NAME, &self.files_of(ns)?.ecds),
+            Side::Waypoint(ns) => ("virtual-env-waypoint", &self.files_of(ns)?.ecds_waypoint),
             Side::Gateway => ("virtual-env-gateway", &self.files.ecds_gateway),
             Side::Edge => ("virtual-env-edge", &self.files.ecds_edge),
         })
@@ -470,6 +511,24 @@ impl Mesh {
         let mut all = vec![("host", host.as_str())];
         all.extend_from_slice(headers);
         decode(http::request(protocol, self.gateway, "/", &all).await?)
+    }
+
+    /// A request from a pod in ambient mode of the first namespace (not one of the mesh's):
+    /// through that namespace's waypoint, to `service`.
+    pub async fn request_through_waypoint(
+        &self,
+        protocol: Protocol,
+        service: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Hop> {
+        let waypoint = self
+            .waypoint(&self.topology.namespace)
+            .context("the first namespace is not in ambient mode")?;
+        let port = self.topology.service(service).map_or(APP_PORT, |s| s.port);
+        let host = format!("{service}:{port}");
+        let mut all = vec![("host", host.as_str())];
+        all.extend_from_slice(headers);
+        decode(http::request(protocol, waypoint, "/", &all).await?)
     }
 
     /// A request entering through the gateway for `host` (a gateway host, e.g.
@@ -568,8 +627,10 @@ impl Mesh {
                             && selects(&labels, &p.labels)
                     })
                     .map(|(i, _)| {
+                        // A pod in ambient mode has no sidecar: its application is reached.
+                        let port = if ns.ambient { APP_PORT } else { INBOUND_PORT };
                         json!({"endpoint": {"address": {"socket_address": {
-                        "address": self.pod_ip(i).to_string(), "port_value": INBOUND_PORT}}}})
+                        "address": self.pod_ip(i).to_string(), "port_value": port}}}})
                     })
                     .collect();
                 let mut cluster = json!({
@@ -582,7 +643,12 @@ impl Mesh {
                         "endpoints": [{"lb_endpoints": endpoints}]
                     }
                 });
-                if self.options.sidecar_protocol != Protocol::Http1 {
+                // To a sidecar, as sidecars talk; to an application (ambient), as it serves.
+                let http2 = match ns.ambient {
+                    true => self.options.app_protocol == Protocol::Grpc,
+                    false => self.options.sidecar_protocol != Protocol::Http1,
+                };
+                if http2 {
                     cluster["typed_extension_protocol_options"] = http2_options();
                 }
                 clusters.push(cluster);
@@ -793,6 +859,36 @@ impl Mesh {
         })
     }
 
+    /// An ambient namespace's waypoint: one listener for every call of the namespace's
+    /// pods (ztunnel's stand-in sends them all here, see `spawn_app`), with the waypoint's
+    /// plugin object and the namespace's routes. Istio's waypoint also knows each
+    /// caller's workload (its `downstream_peer` filter state); Envoy has no such filter
+    /// outside Istio's build, so here callers are unknown to it, and auto-inject by the
+    /// caller's workload is left to the filter's own tests (`flow/waypoint_tests.rs`).
+    fn waypoint_bootstrap(&self, ns: &Topology) -> Result<Value> {
+        let address = self
+            .waypoint(&ns.namespace)
+            .context("not an ambient namespace")?;
+        let rds = self.files_of(&ns.namespace)?.rds.clone();
+        let listener = json!({
+            "name": "waypoint",
+            "address": {"socket_address": {"address": address.ip().to_string(), "port_value": address.port()}},
+            "filter_chains": [{"filters": [hcm("waypoint", json!({
+                "rds": {"route_config_name": "outbound", "config_source": watched(&rds)}
+            }), self.filters(Side::Waypoint(&ns.namespace)))]}]
+        });
+        let name = &ns.namespace;
+        Ok(json!({
+            "node": {
+                "id": format!("waypoint~{}~waypoint.{name}~{name}.svc.{CLUSTER_DOMAIN}", address.ip()),
+                "cluster": "waypoint",
+                "metadata": {"NAMESPACE": name, "LABELS": {"gateway.networking.k8s.io/gateway-name": "waypoint"}}
+            },
+            "static_resources": {"listeners": [listener]},
+            "dynamic_resources": {"cds_config": watched(&self.files.cds)}
+        }))
+    }
+
     /// The gateway: an outbound-style listener with no direction, no pod labels. When the
     /// topology exposes services through it, it is Istio's ingress gateway in
     /// `istio-system` with its own plugin object; else a client of the namespace.
@@ -820,6 +916,8 @@ impl Mesh {
 enum Side<'a> {
     Inbound(&'a str),
     Outbound(&'a str),
+    /// An ambient namespace's waypoint.
+    Waypoint(&'a str),
     /// The gateway's own plugin object.
     Gateway,
     /// The gateway owner's edge guard.
@@ -838,6 +936,7 @@ fn snapshot_of(ns: &Topology) -> NamespaceSnapshot {
             &ingress_gateway(),
             INGRESS_GATEWAY.0,
         )],
+        namespace_labels: ns.namespace_labels(),
         ..Snapshot::default()
     };
     NamespaceSnapshot {

@@ -50,7 +50,18 @@ pub struct Topology {
     /// the mesh's ingress gateway (pods `istio: ingressgateway` in `istio-system`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateway_policies: Vec<TopologyGatewayPolicy>,
+    /// Istio's ambient mode for the namespace (`istio.io/dataplane-mode: ambient`): its
+    /// pods have no sidecar, and its services are behind one waypoint, `waypoint`
+    /// (`istio.io/use-waypoint`), which the mesh runs as an Envoy of its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ambient: bool,
 }
+
+/// The namespace label for ambient mode, and the waypoint a namespace's services use.
+pub const AMBIENT_NAMESPACE_LABELS: [(&str, &str); 2] = [
+    ("istio.io/dataplane-mode", "ambient"),
+    ("istio.io/use-waypoint", "waypoint"),
+];
 
 /// A GatewayPolicy: its name and spec.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -237,11 +248,21 @@ impl Topology {
                 ..Service::default()
             })
             .collect();
+        // The annotation Istio's CNI puts on a pod it redirected to ztunnel.
+        let ambient = self.ambient.then(|| {
+            BTreeMap::from([(
+                virtual_env_controller::plan::AMBIENT_REDIRECTION.to_owned(),
+                "enabled".to_owned(),
+            )])
+        });
         let pods = self
             .pods
             .iter()
             .map(|p| Pod {
-                metadata: meta(&p.name, Some(p.labels.clone())),
+                metadata: ObjectMeta {
+                    annotations: ambient.clone(),
+                    ..meta(&p.name, Some(p.labels.clone()))
+                },
                 status: Some(PodStatus {
                     conditions: Some(vec![PodCondition {
                         type_: "Ready".into(),
@@ -254,6 +275,17 @@ impl Topology {
             })
             .collect();
         (ve, services, pods)
+    }
+
+    /// The namespace's labels, as the controller reads them.
+    pub fn namespace_labels(&self) -> BTreeMap<String, String> {
+        match self.ambient {
+            true => AMBIENT_NAMESPACE_LABELS
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            false => BTreeMap::new(),
+        }
     }
 }
 
@@ -274,7 +306,14 @@ mod tests {
     #[test]
     fn the_shipped_topologies_parse() {
         let dir = crate::envoy::repo_root().join("tests/topologies");
-        for name in ["seed.yaml", "deep.yaml", "gateway.yaml", "demo.yaml"] {
+        for name in [
+            "seed.yaml",
+            "deep.yaml",
+            "gateway.yaml",
+            "demo.yaml",
+            "gateway-api.yaml",
+            "ambient.yaml",
+        ] {
             let t = Topology::load(&dir.join(name)).unwrap();
             assert!(!t.pods.is_empty(), "{name}");
         }

@@ -174,18 +174,37 @@ pub fn explain(
     let Some(ns) = namespaces.get(index) else {
         return Err(ExplainError::NoVirtualEnvironment);
     };
-    // One plan per namespace, in their order.
-    let plan = plans.swap_remove(index);
-    let config = &plan.plugin_config;
-    let filter = FilterConfig::new(config, None);
     let mut out = String::new();
-    let node = sender(ns, question, config, &filter, &mut out)?;
-
+    // A pod in ambient mode has no sidecar: its call is decided at the called service's
+    // waypoint, if it has one.
+    let ambient = question
+        .from
+        .and_then(|name| ns.snapshot.pods.iter().find(|p| p.name_any() == name))
+        .filter(|pod| crate::plan::in_ambient_mode(pod));
+    let (config, node, outcome_of): (PluginConfig, Node, Via) = match ambient {
+        Some(pod) => match through_waypoint(namespaces, &plans, pod, question, &mut out) {
+            Some(via) => via,
+            None => return Ok(out),
+        },
+        None => {
+            // One plan per namespace, in their order.
+            let plan = plans.swap_remove(index);
+            let config = plan.plugin_config;
+            let filter = FilterConfig::new(&config, None);
+            let node = sender(ns, question, &config, &filter, &mut out)?;
+            (config, node, Via::Sidecar)
+        }
+    };
+    let config = &config;
+    let filter = FilterConfig::new(config, None);
     let mut headers: Vec<(&str, &[u8])> = vec![(":authority", question.service.as_bytes())];
     if let Some(env) = question.env {
         headers.push((filter.env_header(), env.as_bytes()));
     }
-    let outcome = dry_run::outbound(&filter, &node, &headers);
+    let outcome = match &outcome_of {
+        Via::Sidecar => dry_run::outbound(&filter, &node, &headers),
+        Via::Waypoint(peer) => dry_run::through_waypoint(&filter, &node, peer.clone(), &headers),
+    };
     let routes = filter.routes();
     let authority = lowercase(question.service);
     let target = routes.target(&authority, &node.namespace);
@@ -225,6 +244,81 @@ pub fn explain(
     walk(&mut out, routes, envs, env, &config.splitter);
     chosen(&mut out, &outcome);
     Ok(out)
+}
+
+/// Where the filter decides on the request: the sender's sidecar, or the waypoint of the
+/// service called, for a caller it knows as this peer.
+enum Via {
+    Sidecar,
+    Waypoint(virtual_env_filter::host::Peer),
+}
+
+/// For `pod` in ambient mode: the waypoint plugin object's config of the service called
+/// (its namespace's plan), the waypoint's node and the caller as the waypoint knows it;
+/// `None` (said in `out`) when the call passes no waypoint of ours.
+fn through_waypoint(
+    namespaces: &[NamespaceSnapshot],
+    plans: &[Plan],
+    pod: &k8s_openapi::api::core::v1::Pod,
+    question: &Question<'_>,
+    out: &mut String,
+) -> Option<(PluginConfig, Node, Via)> {
+    let pod_ns = pod.namespace().unwrap_or_default();
+    let workload = crate::workload::workload_name(pod);
+    let _ = writeln!(
+        out,
+        "request from pod {} (namespace {pod_ns}, Istio's ambient mode: no sidecar; workload {workload})",
+        pod.name_any()
+    );
+    let authority = lowercase(question.service);
+    let host = ServiceHost::parse(&authority);
+    let service_ns = host
+        .as_ref()
+        .and_then(|h| h.namespace)
+        .unwrap_or(&pod_ns)
+        .to_owned();
+    let name = host.as_ref().map_or(question.service, |h| h.name);
+    let found = namespaces
+        .iter()
+        .zip(plans)
+        .find(|(ns, _)| ns.virtual_environment.namespace().as_deref() == Some(service_ns.as_str()));
+    let waypoint = found.and_then(|(ns, plan)| {
+        let service = ns.snapshot.services.iter().find(|s| s.name_any() == name)?;
+        let w = crate::waypoint::waypoint_of(service, &service_ns, &ns.snapshot.namespace_labels)?;
+        let plugin_name = crate::waypoint::plugin_name(&w.name);
+        let plugin = plan
+            .waypoint_plugins
+            .iter()
+            .find(|p| p.name_any() == plugin_name)?;
+        Some((
+            w,
+            crate::plan::plugin_config_of(&plugin.spec.plugin_config)?,
+        ))
+    });
+    let Some((w, config)) = waypoint else {
+        let _ = writeln!(
+            out,
+            "{}.{service_ns} has no waypoint virtual-env configures: the call passes ztunnel only (L4) and is not routed by env (see status.skipped)",
+            name
+        );
+        return None;
+    };
+    let _ = writeln!(
+        out,
+        "decided at waypoint {}/{} ({}, direction waypoint), which knows the caller as {pod_ns}/{workload}",
+        w.namespace,
+        w.name,
+        crate::waypoint::plugin_name(&w.name)
+    );
+    let node = Node {
+        namespace: service_ns,
+        own_env: None,
+    };
+    let peer = virtual_env_filter::host::Peer {
+        namespace: pod_ns,
+        workload,
+    };
+    Some((config, node, Via::Waypoint(peer)))
 }
 
 /// The node the request leaves from, described: the pod asked about, else an unlabelled
@@ -288,6 +382,11 @@ fn request_env(
         Some((env, EnvSource::Header)) => writeln!(
             out,
             "request env {env} (from the {} header)",
+            filter.env_header()
+        ),
+        Some((env, EnvSource::CallerWorkload)) => writeln!(
+            out,
+            "request env {env}: the calling workload's env (autoInject is on; the waypoint's workloads table), written into the {} header",
             filter.env_header()
         ),
         Some((env, EnvSource::OwnLabel)) => writeln!(

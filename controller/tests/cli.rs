@@ -211,3 +211,43 @@ fn bad_input_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// `explain --from` a pod in ambient mode answers through the waypoint of the service it
+/// calls: the caller's env from its workload, a header that wins over it, and a service
+/// without a waypoint said to be passed at L4 only.
+#[test]
+fn explain_from_a_pod_in_ambient_mode_answers_through_the_waypoint() {
+    const AMBIENT: [&str; 4] = [
+        "-f",
+        "tests/snapshots/seed/virtualenvironment.yaml",
+        "-f",
+        "tests/snapshots/ambient/cluster.yaml",
+    ];
+    let cases: &[&[&str]] = &[
+        &[
+            "--from",
+            "app-a-proj1-4f5e6d7c8-x7k2p",
+            "--service",
+            "app-a",
+        ],
+        &[
+            "--from",
+            "app-a-proj1-4f5e6d7c8-x7k2p",
+            "--service",
+            "app-b",
+            "--env",
+            "dev.proj9",
+        ],
+        &["--from", "app-a-dev-5d8f7b9c4-x7k2p", "--service", "app-c"],
+    ];
+    let mut out = String::new();
+    for args in cases {
+        out.push_str(&format!("$ virtual-env explain {}\n", args.join(" ")));
+        out.push_str(&virtual_env(
+            &[&["explain"][..], args, &AMBIENT, &MODULE].concat(),
+        ));
+    }
+    assert!(out.contains("the calling workload's env"), "{out}");
+    assert!(out.contains("passes ztunnel only (L4)"), "{out}");
+    check_golden("tests/snapshots/ambient/explain.golden.txt", &out);
+}

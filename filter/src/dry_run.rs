@@ -22,6 +22,22 @@ pub fn outbound<'c>(
     config.decide(node, Direction::Outbound, &host)
 }
 
+/// As [`outbound`], in an ambient-mode waypoint (`node`: the waypoint's) for a request
+/// sent by `peer`, as Istio's waypoint knows the caller.
+pub fn through_waypoint<'c>(
+    config: &'c FilterConfig,
+    node: &Node,
+    peer: crate::host::Peer,
+    headers: &[(&str, &[u8])],
+) -> Decision<'c> {
+    let mut host = MockHost::new();
+    host.peer = Some(peer);
+    for (name, value) in headers {
+        host = host.with_raw_header(name, value);
+    }
+    config.decide(node, Direction::Waypoint, &host)
+}
+
 #[cfg(test)]
 mod tests {
     use virtual_env_core::PluginConfig;

@@ -1093,13 +1093,20 @@ fn plan_waypoint_objects(
     let (workloads, mixed) = waypoint::workload_envs(&spec.namespace, ambient);
     if !mixed.is_empty() {
         plan.skipped.push(Skip::routing(format_args!(
-            "the pods of workload {} are in more than one env: calls from them get no env at the waypoint",
+            "workloads {} have pods in more than one env, or a name that is no workload name: calls from them get no env from their workload at the waypoint",
             mixed.join(", ")
         )));
     }
     let mut config = plan.plugin_config.clone();
     config.direction = Some(Direction::Waypoint);
     config.workloads = workloads;
+    // What the waypoints would reject is never written (they would keep their last config).
+    if let Err(e) = config.validate() {
+        plan.skipped.push(Skip::routing(format_args!(
+            "the waypoints' plugin config is not valid ({e}): waypoints do not route by env"
+        )));
+        return;
+    }
     let value = plugin_config_value(&config);
     let (bytes, max) = (stored_bytes(&value), spec.settings.max_plugin_config_bytes);
     if bytes > max {

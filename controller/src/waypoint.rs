@@ -62,15 +62,21 @@ pub fn ambient_namespace(namespace_labels: &BTreeMap<String, String>) -> bool {
 }
 
 /// The waypoint's `workloads` table: `<namespace>/<workload>` -> env of the ambient pods
-/// among `ready` (with their env). A workload whose pods are in more than one env is left
-/// out (and returned), its callers then get no env from it.
+/// among `ready` (with their env). A workload whose pods are in more than one env, or
+/// whose name the filter would not take (a `service.istio.io/workload-name` label that is
+/// no workload name), is left out (and returned): its callers then get no env from it.
 pub fn workload_envs<'p>(
     namespace: &str,
     ready: impl IntoIterator<Item = (&'p Pod, &'p str)>,
 ) -> (BTreeMap<String, String>, Vec<String>) {
     let mut envs: BTreeMap<String, Option<String>> = BTreeMap::new();
     for (pod, env) in ready {
-        let key = format!("{namespace}/{}", workload_name(pod));
+        let workload = workload_name(pod);
+        let key = format!("{namespace}/{workload}");
+        if !virtual_env_core::config::is_workload_name(&workload) {
+            envs.insert(key, None);
+            continue;
+        }
         let entry = envs.entry(key).or_insert_with(|| Some(env.to_owned()));
         if entry.as_deref() != Some(env) {
             *entry = None;
@@ -146,5 +152,14 @@ mod tests {
             BTreeMap::from([("default/app-a-proj1".to_owned(), "dev.proj1".to_owned())])
         );
         assert_eq!(mixed, ["default/app-b-1"]);
+        // A workload-name label the filter would not take is left out, not written.
+        let mut odd = pod("odd", "app-c", Some("dev"), true);
+        odd.metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert("service.istio.io/workload-name".into(), "a b".into());
+        let (table, left_out) = workload_envs("default", [(&odd, "dev")]);
+        assert!(table.is_empty());
+        assert_eq!(left_out, ["default/a b"]);
     }
 }

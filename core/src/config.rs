@@ -562,7 +562,7 @@ impl PluginConfig {
         check_count("workloads", self.workloads.len(), MAX_WORKLOADS)?;
         for (key, env) in &self.workloads {
             let valid_key = key.split_once('/').is_some_and(|(ns, workload)| {
-                crate::service::is_dns_label(ns) && is_dns_name(workload)
+                crate::service::is_dns_label(ns) && is_workload_name(workload)
             });
             if !valid_key {
                 return Err(ConfigError::Workload(key.clone()));
@@ -680,6 +680,16 @@ fn expand_into(
 }
 
 /// A lower-case DNS name (RFC 1123 labels), as a gateway host without port.
+/// A workload name as Istio gives one: an object's name, or the value of a pod's
+/// `service.istio.io/workload-name` label (a label value: letters of either case, digits,
+/// `-`, `_`, `.`); at most 253 characters.
+pub fn is_workload_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 fn is_dns_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
 }

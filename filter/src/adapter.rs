@@ -181,15 +181,18 @@ impl Host for ProxyHost<'_> {
     }
 }
 
-/// A peer whose names are Kubernetes names; anything else is no peer.
+/// A peer whose namespace is a namespace name (else no peer); its workload when that is a
+/// workload name (else none known: the namespace still resolves short names).
 fn peer_of(namespace: String, workload: String) -> Option<Peer> {
-    let name = |s: &str, max: usize| {
-        !s.is_empty()
-            && s.len() <= max
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    if !virtual_env_core::service::is_dns_label(&namespace) {
+        return None;
+    }
+    let workload = if virtual_env_core::config::is_workload_name(&workload) {
+        workload
+    } else {
+        String::new()
     };
-    (name(&namespace, 63) && name(&workload, 253)).then_some(Peer {
+    Some(Peer {
         namespace,
         workload,
     })

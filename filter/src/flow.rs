@@ -248,6 +248,9 @@ impl FilterConfig {
 
     /// The env of the calling workload, from the waypoint's `workloads` table.
     fn workload_env(&self, peer: &crate::host::Peer) -> Option<String> {
+        if peer.workload.is_empty() {
+            return None;
+        }
         let key = format!("{}/{}", peer.namespace, peer.workload);
         self.workloads.get(&key).cloned()
     }

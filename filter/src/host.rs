@@ -43,7 +43,8 @@ pub trait Host {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub namespace: String,
-    /// Istio's workload name: a Deployment's, a Job's, or the pod's.
+    /// Istio's workload name: a Deployment's, a Job's, or the pod's; empty when the
+    /// proxy gave none that is a workload name.
     pub workload: String,
 }
 

@@ -45,6 +45,8 @@ use crate::topology::{selects, Topology, TopologyPod, TopologyService};
 pub const APP_PORT: u16 = 8080;
 pub const INBOUND_PORT: u16 = 15006;
 pub const OUTBOUND_PORT: u16 = 15001;
+/// Where an ambient namespace's stand-in for ztunnel listens (beside its waypoint).
+pub const ZTUNNEL_PORT: u16 = 15002;
 const CLUSTER_DOMAIN: &str = "cluster.local";
 /// The Gateway the mesh's gateway Envoy serves: Istio's default ingress gateway.
 pub const INGRESS_GATEWAY: (&str, &str) = ("istio-system", "ingressgateway");
@@ -195,15 +197,18 @@ impl Mesh {
         }
         mesh._apps = apps;
 
+        // Per ambient namespace: its waypoint and its stand-in for ztunnel.
         let waypoints: Vec<(String, Value)> = mesh
             .topology
             .all()
             .filter(|ns| ns.ambient)
-            .map(|ns| {
-                Ok((
-                    format!("waypoint-{}", ns.namespace),
-                    mesh.waypoint_bootstrap(ns)?,
-                ))
+            .flat_map(|ns| {
+                [
+                    mesh.waypoint_bootstrap(ns)
+                        .map(|b| (format!("waypoint-{}", ns.namespace), b)),
+                    mesh.ztunnel_bootstrap(ns)
+                        .map(|b| (format!("ztunnel-{}", ns.namespace), b)),
+                ]
             })
             .collect::<Result<_>>()?;
         let mut starts = Vec::new();
@@ -230,7 +235,12 @@ impl Mesh {
         names.push("gateway".to_owned());
         let started = futures::future::try_join_all(starts).await?;
         mesh.envoys = names.into_iter().zip(started).collect();
-        for envoy in mesh.envoys.values() {
+        // Every Envoy runs the filter but ztunnel's stand-ins.
+        for (_, envoy) in mesh
+            .envoys
+            .iter()
+            .filter(|(n, _)| !n.starts_with("ztunnel-"))
+        {
             envoy.check_wasm_runtime().await?;
         }
         for i in 0..mesh.topology.all_pods().count() {
@@ -284,10 +294,9 @@ impl Mesh {
 
     fn spawn_app(&self, index: usize, ns: &Topology, pod: &TopologyPod) -> Result<Guarded> {
         let ip = self.pod_ip(index);
-        // Without a sidecar, ztunnel takes a pod's calls to the waypoint of the service
-        // (here: of the pod's namespace, whose routes reach every service of the mesh).
+        // Without a sidecar, ztunnel carries a pod's calls (see `ztunnel_bootstrap`).
         let outbound = self
-            .waypoint(&ns.namespace)
+            .ztunnel(&ns.namespace)
             .unwrap_or(SocketAddr::new(ip, OUTBOUND_PORT));
         let config = AppConfig {
             forward_env_header: self.options.forward_env_header,
@@ -674,18 +683,7 @@ impl Mesh {
         for (service_ns, service) in self.services() {
             let ns = &service_ns.namespace;
             let fqdn = service_fqdn(&service.name, ns, CLUSTER_DOMAIN);
-            let mut names = vec![
-                format!("{}.{ns}", service.name),
-                format!("{}.{ns}.svc", service.name),
-                fqdn.clone(),
-            ];
-            if *ns == own.namespace {
-                names.push(service.name.clone());
-            }
-            let domains: Vec<String> = names
-                .iter()
-                .flat_map(|n| [n.clone(), format!("{n}:{}", service.port)])
-                .collect();
+            let domains = domains(own, service_ns, service);
             let vs: Option<&VirtualService> = plans.get(ns).and_then(|plan| {
                 plan.virtual_services
                     .iter()
@@ -859,9 +857,68 @@ impl Mesh {
         })
     }
 
-    /// An ambient namespace's waypoint: one listener for every call of the namespace's
-    /// pods (ztunnel's stand-in sends them all here, see `spawn_app`), with the waypoint's
-    /// plugin object and the namespace's routes. Istio's waypoint also knows each
+    /// Where the stand-in for ztunnel of ambient namespace `namespace` listens.
+    pub fn ztunnel(&self, namespace: &str) -> Option<SocketAddr> {
+        self.waypoint(namespace)
+            .map(|w| SocketAddr::new(w.ip(), ZTUNNEL_PORT))
+    }
+
+    /// The stand-in for ztunnel of an ambient namespace, which carries its pods' calls at
+    /// L4: a call to a service behind a waypoint (a service of an ambient namespace) goes
+    /// to that waypoint; any other to any pod of the service, unrouted by env (no L7 for
+    /// it). Real ztunnel picks by the service's address; this one by the host called.
+    fn ztunnel_bootstrap(&self, own: &Topology) -> Result<Value> {
+        let address = self
+            .ztunnel(&own.namespace)
+            .context("not an ambient namespace")?;
+        let mut hosts = Vec::new();
+        let mut waypoints = BTreeMap::new();
+        for (service_ns, service) in self.services() {
+            let cluster = match self.waypoint(&service_ns.namespace) {
+                Some(waypoint) => {
+                    let name = format!("waypoint|{}", service_ns.namespace);
+                    let mut cluster = json!({
+                        "name": name,
+                        "type": "STATIC",
+                        "connect_timeout": "1s",
+                        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                            {"endpoint": {"address": {"socket_address": {
+                                "address": waypoint.ip().to_string(), "port_value": waypoint.port()}}}}
+                        ]}]}
+                    });
+                    if self.options.app_protocol == Protocol::Grpc {
+                        cluster["typed_extension_protocol_options"] = http2_options();
+                    }
+                    waypoints.insert(name.clone(), cluster);
+                    name
+                }
+                None => Self::cluster_name(service_ns, service, None),
+            };
+            hosts.push(json!({
+                "name": service_fqdn(&service.name, &service_ns.namespace, CLUSTER_DOMAIN),
+                "domains": domains(own, service_ns, service),
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}]
+            }));
+        }
+        let listener = json!({
+            "name": "ztunnel",
+            "address": {"socket_address": {"address": address.ip().to_string(), "port_value": address.port()}},
+            "filter_chains": [{"filters": [hcm("ztunnel", json!({
+                // Its clusters come by CDS, after the listener is built.
+                "route_config": {"name": "ztunnel", "virtual_hosts": hosts, "validate_clusters": false}
+            }), http_filter_chain(&[]))]}]
+        });
+        let name = &own.namespace;
+        Ok(json!({
+            "node": {"id": format!("ztunnel~{}~ztunnel.{name}~{name}.svc.{CLUSTER_DOMAIN}", address.ip()), "cluster": "ztunnel"},
+            "static_resources": {"listeners": [listener], "clusters": waypoints.into_values().collect::<Vec<_>>()},
+            "dynamic_resources": {"cds_config": watched(&self.files.cds)}
+        }))
+    }
+
+    /// An ambient namespace's waypoint: one listener for the calls ztunnel's stand-in
+    /// brings to the namespace's services, with the waypoint's plugin object and the
+    /// namespace's routes. Istio's waypoint also knows each
     /// caller's workload (its `downstream_peer` filter state); Envoy has no such filter
     /// outside Istio's build, so here callers are unknown to it, and auto-inject by the
     /// caller's workload is left to the filter's own tests (`flow/waypoint_tests.rs`).
@@ -964,6 +1021,24 @@ fn http2_options() -> Value {
             "explicit_http_config": {"http2_protocol_options": {}}
         }
     })
+}
+
+/// Every DNS spelling of `service` from a pod of namespace `own`, with and without its port
+/// (its short name only in its own namespace).
+fn domains(own: &Topology, service_ns: &Topology, service: &TopologyService) -> Vec<String> {
+    let ns = &service_ns.namespace;
+    let mut names = vec![
+        format!("{}.{ns}", service.name),
+        format!("{}.{ns}.svc", service.name),
+        service_fqdn(&service.name, ns, CLUSTER_DOMAIN),
+    ];
+    if *ns == own.namespace {
+        names.push(service.name.clone());
+    }
+    names
+        .iter()
+        .flat_map(|n| [n.clone(), format!("{n}:{}", service.port)])
+        .collect()
 }
 
 fn hcm(name: &str, routes: Value, filters: Value) -> Value {

@@ -402,13 +402,6 @@ async fn a_waypoint_without_istios_peer_metadata_routes_by_header_only() -> Resu
                 .await?,
             1
         );
-        assert_eq!(
-            sidecar
-                .envoy
-                .stat_eventually("wasmcustom.virtual_env.env_source.caller_workload", 0)
-                .await?,
-            0
-        );
     }
     Ok(())
 }

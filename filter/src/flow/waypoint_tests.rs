@@ -98,6 +98,21 @@ fn the_env_header_wins_over_the_callers_workload() {
 }
 
 #[test]
+fn a_caller_without_a_workload_name_still_resolves_short_names_in_its_namespace() {
+    let mut host = MockHost::new()
+        .with_header(":authority", "app-c")
+        .from_peer("pay", "ledger-dev");
+    host.peer.as_mut().unwrap().workload.clear();
+    let h = through(&waypoint(true), host);
+    assert_eq!(
+        h.header("x-pay-route"),
+        Some("dev"),
+        "pay's app-c, by pay's default"
+    );
+    assert_eq!(h.header("x-virtual-env"), None, "no workload, no env");
+}
+
+#[test]
 fn short_names_resolve_in_the_callers_namespace() {
     // A caller in `pay` calling `app-c` means pay's app-c: routed by pay's table and
     // route header, ours removed.
@@ -149,8 +164,10 @@ fn a_waypoint_config_is_checked_like_any_other() {
     ] {
         assert!(PluginConfig::from_json(bad.as_bytes()).is_err(), "{bad}");
     }
+    // A workload name may be a label value (service.istio.io/workload-name).
     assert!(PluginConfig::from_json(
-        br#"{"direction": "waypoint", "workloads": {"default/app-a": "dev"}}"#
+        br#"{"direction": "waypoint", "workloads": {"default/app-a": "dev", "default/Reviews_V2": "dev"}}"#
     )
     .is_ok());
+    assert!(PluginConfig::from_json(br#"{"workloads": {"default/a b": "dev"}}"#).is_err());
 }

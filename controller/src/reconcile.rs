@@ -437,11 +437,19 @@ async fn apply_plan(
                 .waypoint_plugins
                 .iter()
                 .filter(|_| failed_services.is_empty());
+            let mut waypoints_failed = false;
             for plugin in waypoints {
                 match apply_plugin(ctx, plugin, current(plugin)).await {
                     Ok(()) => ctx.metrics.applied(kind),
-                    Err(e) => failures.push(format!("{kind} {}: {e}", plugin.name_any())),
+                    Err(e) => {
+                        waypoints_failed = true;
+                        failures.push(format!("{kind} {}: {e}", plugin.name_any()));
+                    }
                 }
+            }
+            // A waypoint's old config may still select what the later steps remove.
+            if waypoints_failed {
+                return failures;
             }
             for step in &steps.after {
                 if step.service().is_some_and(|s| failed_services.contains(&s)) {

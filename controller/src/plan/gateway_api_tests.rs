@@ -447,3 +447,35 @@ fn env_service_names_that_collide_leave_the_service_alone() {
     assert!(env_service_taken(&plan, &objects(&["twice", "twice"]), &named("app-c")).is_some());
     assert!(env_service_taken(&plan, &objects(&["free-1", "free-2"]), &named("app-c")).is_none());
 }
+
+/// A namespace enrolled in a waypoint gets its plugin object; once no service names the
+/// waypoint (the label gone), the object it owns is pruned, and one of another owner
+/// under that name is left alone.
+#[test]
+fn a_waypoints_plugin_object_goes_with_the_last_service_behind_it() {
+    let ve = with_uid(seed_ve());
+    let mut snapshot = seed_snapshot();
+    snapshot.namespace_labels = BTreeMap::from([(
+        crate::waypoint::USE_WAYPOINT.to_owned(),
+        "waypoint".to_owned(),
+    )]);
+    let plan = planned(&ve, &snapshot);
+    assert_eq!(plan.waypoint_plugins.len(), 1);
+    let mut ours = plan.waypoint_plugins[0].clone();
+    ours.metadata.uid = Some("wp-uid".into());
+    ours.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            uid: ve.uid().unwrap(),
+            ..Default::default()
+        },
+    ]);
+    let existing = Existing::from_json(Kind::WasmPlugin, &serde_json::to_value(&ours).unwrap(), NS);
+    let mut after = seed_snapshot();
+    after.existing = vec![existing.clone()];
+    let plan = planned(&ve, &after);
+    assert!(plan.waypoint_plugins.is_empty());
+    assert_eq!(plan.prune, vec![existing.clone()]);
+    // Still enrolled: kept.
+    snapshot.existing = vec![existing];
+    assert!(planned(&ve, &snapshot).prune.is_empty());
+}

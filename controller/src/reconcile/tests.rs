@@ -1441,3 +1441,43 @@ async fn an_unchanged_namespace_routed_with_gateway_api_is_not_written_again() {
     reconcile(Arc::new(ve), ctx).await.unwrap();
     assert_eq!(server.await.unwrap(), 2, "only the list and the status");
 }
+
+/// A namespace enrolled in its waypoint (the namespace's `istio.io/use-waypoint`, read
+/// from the namespaces' cache): the waypoint's plugin object, attached by `targetRefs`, is
+/// written after the calling side's, as the gateways' are.
+#[tokio::test]
+async fn a_waypoints_plugin_object_is_written_after_the_calling_side() {
+    let mut snapshot = seed_snapshot();
+    snapshot.namespace_labels = std::collections::BTreeMap::from([(
+        crate::waypoint::USE_WAYPOINT.to_owned(),
+        "waypoint".to_owned(),
+    )]);
+    let (ctx, handle) = mock_context(crate::caches::testing::filled(&snapshot, &[]));
+    let ve = seed_ve_from_api();
+    let server = tokio::spawn(async move {
+        let mut api = ApiServerVerifier::new(handle);
+        api.list_virtual_environments(&[&seed_ve_from_api()]).await;
+        api.record_route_header(&seed_ve_from_api()).await;
+        for name in ["app-a", "app-b", "app-c"] {
+            api.apply(DR, name).await;
+            api.apply(VS, name).await;
+        }
+        let outbound = api.apply_plugins().await;
+        let waypoint = api.apply(WP, "virtual-env-waypoint-waypoint").await;
+        assert_eq!(
+            waypoint["spec"]["targetRefs"],
+            json!([{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "waypoint"}])
+        );
+        assert!(waypoint["spec"]["match"].is_null() && waypoint["spec"]["selector"].is_null());
+        let config = &waypoint["spec"]["pluginConfig"];
+        assert_eq!(config["direction"], "waypoint");
+        assert_eq!(
+            config["services"],
+            outbound["spec"]["pluginConfig"]["services"]
+        );
+        api.expect_status_patch().await;
+        api.calls.len()
+    });
+    reconcile(Arc::new(ve), ctx).await.unwrap();
+    assert_eq!(server.await.unwrap(), 12);
+}

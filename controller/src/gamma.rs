@@ -452,14 +452,7 @@ pub fn env_service_name(service: &str, env: &str) -> String {
     key.extend_from_slice(env.as_bytes());
     let hash = format!("{:016x}", fnv1a(&key));
     let hash = &hash[..8];
-    let env: String = env
-        .chars()
-        .map(|c| match c {
-            'a'..='z' | '0'..='9' => c,
-            'A'..='Z' => c.to_ascii_lowercase(),
-            _ => '-',
-        })
-        .collect();
+    let env = crate::subset::as_label_text(env);
     let readable = format!("{service}-{}", env.trim_matches('-'));
     let room = MAX_SERVICE_NAME - 1 - hash.len();
     let readable = readable[..readable.len().min(room)].trim_end_matches('-');

@@ -15,6 +15,18 @@ use virtual_env_core::service::is_dns_label;
 
 const MAX_LEN: usize = 63;
 
+/// `text` lower-cased, every character but `a-z0-9` as `-`: the readable part of a name
+/// made from an env (a subset's, an env's Service's).
+pub fn as_label_text(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '-',
+        })
+        .collect()
+}
+
 /// The subset name of `env` with a hash suffix of `hash_len` hex digits where one is needed.
 fn subset_name(env: &str, hash_len: usize) -> String {
     if is_dns_label(env) {
@@ -22,14 +34,7 @@ fn subset_name(env: &str, hash_len: usize) -> String {
     }
     let hash = format!("{:016x}", fnv1a(env.as_bytes()));
     let hash = &hash[..hash_len.min(16)];
-    let readable: String = env
-        .chars()
-        .map(|c| match c {
-            'a'..='z' | '0'..='9' => c,
-            'A'..='Z' => c.to_ascii_lowercase(),
-            _ => '-',
-        })
-        .collect();
+    let readable = as_label_text(env);
     let readable = readable.trim_matches('-');
     let room = MAX_LEN - 1 - hash.len();
     let readable = readable[..readable.len().min(room)].trim_end_matches('-');

@@ -202,18 +202,7 @@ fn env_services_are_not_routed_and_switching_the_api_prunes_the_others_objects()
     assert_eq!(again.env_services, first.env_services);
     assert_eq!(again.mesh_routes, first.mesh_routes);
     assert!(again.prune.is_empty(), "{:?}", again.prune);
-    let owned: Vec<Existing> = snapshot
-        .existing
-        .iter()
-        .cloned()
-        .chain(
-            snapshot
-                .services
-                .iter()
-                .filter(|s| crate::gamma::is_env_service(s))
-                .map(|s| Existing::from_json(Kind::Service, &serde_json::to_value(s).unwrap(), NS)),
-        )
-        .collect();
+    let owned = owned_in(&snapshot);
     let t = transition(&again, &owned);
     assert!(t.before.is_empty() && t.after.is_empty(), "{t:?}");
     // Back to VirtualServices: every route goes before any Service.
@@ -245,18 +234,7 @@ fn a_leaving_env_keeps_its_rule_and_service_until_the_plugin_config_drops_it() {
     snapshot.existing = existing;
     snapshot.services.extend(env_services);
     let now = planned(&ve, &snapshot);
-    let owned: Vec<Existing> = snapshot
-        .existing
-        .iter()
-        .cloned()
-        .chain(
-            snapshot
-                .services
-                .iter()
-                .filter(|s| crate::gamma::is_env_service(s))
-                .map(|s| Existing::from_json(Kind::Service, &serde_json::to_value(s).unwrap(), NS)),
-        )
-        .collect();
+    let owned = owned_in(&snapshot);
     let t = transition(&now, &owned);
     // Before the plugin config: app-a's route is what it was (the union), so nothing.
     assert!(t.before.is_empty(), "{:?}", t.before);
@@ -277,6 +255,18 @@ fn a_leaving_env_keeps_its_rule_and_service_until_the_plugin_config_drops_it() {
         [format!("Service {proj1}"), "HTTPRoute app-a".to_owned()]
     );
     assert!(t.after.is_empty(), "{:?}", t.after);
+}
+
+/// What `snapshot` holds of this VirtualEnvironment's, as the reconciler reads it: its
+/// Istio and Gateway API objects and its env Services.
+fn owned_in(snapshot: &Snapshot) -> Vec<Existing> {
+    let (env_services, _) = env_services_of(snapshot, NS, Some("ve-uid"));
+    snapshot
+        .existing
+        .iter()
+        .cloned()
+        .chain(env_services)
+        .collect()
 }
 
 fn owned_of(ve: &VirtualEnvironment, plan: &Plan) -> Vec<Existing> {

@@ -285,17 +285,17 @@ fn through_waypoint(
     let waypoint = found.and_then(|(ns, plan)| {
         let service = ns.snapshot.services.iter().find(|s| s.name_any() == name)?;
         let w = crate::waypoint::waypoint_of(service, &service_ns, &ns.snapshot.namespace_labels)?;
-        let plugin_name = crate::waypoint::plugin_name(&w.name);
-        let plugin = plan
-            .waypoint_plugins
-            .iter()
-            .find(|p| p.name_any() == plugin_name)?;
-        Some((
-            w,
-            crate::plan::plugin_config_of(&plugin.spec.plugin_config)?,
-        ))
+        // The waypoint's object by its Gateway, or the one attached to the service.
+        let plugin = plan.waypoint_plugins.iter().find(|p| {
+            p.spec.target_refs.iter().any(|t| match t.kind.as_str() {
+                "Gateway" => w.namespace == service_ns && t.name == w.name,
+                _ => t.name == name,
+            })
+        })?;
+        let config = crate::plan::plugin_config_of(&plugin.spec.plugin_config)?;
+        Some((w, plugin.name_any(), config))
     });
-    let Some((w, config)) = waypoint else {
+    let Some((w, plugin, config)) = waypoint else {
         let _ = writeln!(
             out,
             "{}.{service_ns} has no waypoint virtual-env configures: the call passes ztunnel only (L4) and is not routed by env (see status.skipped)",
@@ -305,10 +305,8 @@ fn through_waypoint(
     };
     let _ = writeln!(
         out,
-        "decided at waypoint {}/{} ({}, direction waypoint), which knows the caller as {pod_ns}/{workload}",
-        w.namespace,
-        w.name,
-        crate::waypoint::plugin_name(&w.name)
+        "decided at waypoint {}/{} ({plugin}, direction waypoint), which knows the caller as {pod_ns}/{workload}",
+        w.namespace, w.name
     );
     let node = Node {
         namespace: service_ns,

@@ -446,14 +446,9 @@ fn ambient_note(
     }
     let name = service.name_any();
     match waypoint::waypoint_of(service, namespace, &snapshot.namespace_labels) {
-        Some(w) if w.namespace == namespace => None,
-        Some(w) => Some(Skip::service(
-            &name,
-            format_args!(
-                "its waypoint {}/{} is in another namespace, which virtual-env does not configure yet: calls from pods in Istio's ambient mode are not routed by env",
-                w.namespace, w.name
-            ),
-        )),
+        // Ours there (by the waypoint's Gateway, or by the service where the waypoint is
+        // another namespace's, see `plan_waypoint_objects`).
+        Some(_) => None,
         None => Some(Skip::service(
             &name,
             format_args!(
@@ -1075,15 +1070,19 @@ fn plan_waypoint_objects(
     snapshot: &Snapshot,
     ready: &[(&Pod, &str)],
 ) {
-    let waypoints: BTreeSet<String> = snapshot
-        .services
-        .iter()
-        .filter(|s| !is_env_service(s))
-        .filter_map(|s| waypoint::waypoint_of(s, &spec.namespace, &snapshot.namespace_labels))
-        .filter(|w| w.namespace == spec.namespace)
-        .map(|w| w.name)
-        .collect();
-    if waypoints.is_empty() {
+    // The waypoints of the namespace, and the services behind one of another namespace.
+    let mut waypoints = BTreeSet::new();
+    let mut elsewhere = Vec::new();
+    for service in snapshot.services.iter().filter(|s| !is_env_service(s)) {
+        match waypoint::waypoint_of(service, &spec.namespace, &snapshot.namespace_labels) {
+            Some(w) if w.namespace == spec.namespace => {
+                waypoints.insert(w.name);
+            }
+            Some(_) => elsewhere.push(service.name_any()),
+            None => {}
+        }
+    }
+    if waypoints.is_empty() && elsewhere.is_empty() {
         return;
     }
     let ambient = ready
@@ -1115,17 +1114,37 @@ fn plan_waypoint_objects(
         )));
         return;
     }
-    for name in waypoints {
+    let attached = |name: String, target_refs: Vec<PolicyTargetReference>| {
         let mut plugin = wasm_plugin(spec.ve, &spec.namespace, spec.settings, &config);
-        plugin.metadata.name = Some(waypoint::plugin_name(&name));
+        plugin.metadata.name = Some(name);
         plugin.spec.traffic_selectors = Vec::new();
-        plugin.spec.target_refs = vec![PolicyTargetReference {
+        plugin.spec.target_refs = target_refs;
+        plugin.spec.plugin_config = value.clone();
+        plugin
+    };
+    // A waypoint of the namespace: by its Gateway, every service it serves.
+    for name in waypoints {
+        let target = PolicyTargetReference {
             group: waypoint::GATEWAY_GROUP.into(),
             kind: "Gateway".into(),
-            name,
-        }];
-        plugin.spec.plugin_config = value.clone();
-        plan.waypoint_plugins.push(plugin);
+            name: name.clone(),
+        };
+        plan.waypoint_plugins
+            .push(attached(waypoint::plugin_name(&name), vec![target]));
+    }
+    // A waypoint of another namespace: by the service, from the service's namespace
+    // (Istio 1.25+ looks there), at most 16 targets to an object.
+    for (i, services) in elsewhere.chunks(waypoint::MAX_TARGET_REFS).enumerate() {
+        let targets = services
+            .iter()
+            .map(|name| PolicyTargetReference {
+                group: String::new(),
+                kind: "Service".into(),
+                name: name.clone(),
+            })
+            .collect();
+        plan.waypoint_plugins
+            .push(attached(waypoint::services_plugin_name(i), targets));
     }
 }
 

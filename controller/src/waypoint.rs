@@ -100,6 +100,19 @@ pub fn plugin_name(waypoint: &str) -> String {
     format!("virtual-env-waypoint-{waypoint}")
 }
 
+/// `targetRefs` one plugin object may hold (Istio's CRD: maxItems 16).
+pub const MAX_TARGET_REFS: usize = 16;
+
+/// The name of the `index`th plugin object attached to the namespace's services whose
+/// waypoint is another namespace's (no waypoint's object has this name: theirs start
+/// `virtual-env-waypoint-`).
+pub fn services_plugin_name(index: usize) -> String {
+    match index {
+        0 => "virtual-env-services-waypoint".into(),
+        i => format!("virtual-env-services-waypoint.{}", i + 1),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

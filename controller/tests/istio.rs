@@ -388,9 +388,15 @@ fn a_waypoints_plugin_object_is_valid_for_istios_crds_in_both_apis() {
             .iter()
             .filter(|o| o["spec"]["targetRefs"].is_array())
             .collect();
-        assert_eq!(waypoint.len(), 1, "{text}");
-        assert_eq!(waypoint[0]["spec"]["targetRefs"][0]["kind"], "Gateway");
-        assert!(waypoint[0]["spec"]["selector"].is_null());
+        // The namespace's waypoint by its Gateway; app-b, behind another namespace's
+        // waypoint, by its Service.
+        assert_eq!(waypoint.len(), 2, "{text}");
+        let kinds: Vec<&Value> = waypoint
+            .iter()
+            .map(|w| &w["spec"]["targetRefs"][0]["kind"])
+            .collect();
+        assert_eq!(kinds, ["Gateway", "Service"], "{text}");
+        assert!(waypoint.iter().all(|w| w["spec"]["selector"].is_null()));
         for object in objects
             .iter()
             .filter(|o| o["apiVersion"].as_str().unwrap().contains("istio.io"))

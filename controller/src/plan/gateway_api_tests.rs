@@ -469,3 +469,41 @@ fn a_waypoints_plugin_object_goes_with_the_last_service_behind_it() {
     snapshot.existing = vec![existing];
     assert!(planned(&ve, &snapshot).prune.is_empty());
 }
+
+/// Services whose waypoint is another namespace's: a plugin object in this namespace
+/// attached to them by `targetRefs` of kind Service (as Istio 1.25+ finds it there), at
+/// most 16 services to an object.
+#[test]
+fn services_behind_another_namespaces_waypoint_get_the_filter_by_service() {
+    let mut snapshot = seed_snapshot();
+    for i in 0..17 {
+        let mut svc = service(&format!("svc-{i:02}"));
+        svc.metadata.labels = Some(BTreeMap::from([
+            (
+                crate::waypoint::USE_WAYPOINT.to_owned(),
+                "shared".to_owned(),
+            ),
+            (
+                crate::waypoint::USE_WAYPOINT_NAMESPACE.to_owned(),
+                "infra".to_owned(),
+            ),
+        ]));
+        snapshot.services.push(svc);
+    }
+    let plan = planned(&seed_ve(), &snapshot);
+    let names: Vec<String> = plan.waypoint_plugins.iter().map(|p| p.name_any()).collect();
+    assert_eq!(
+        names,
+        [
+            "virtual-env-services-waypoint",
+            "virtual-env-services-waypoint.2"
+        ]
+    );
+    let targets = &plan.waypoint_plugins[0].spec.target_refs;
+    assert_eq!(targets.len(), 16);
+    assert!(targets
+        .iter()
+        .all(|t| t.kind == "Service" && t.group.is_empty()));
+    assert_eq!(plan.waypoint_plugins[1].spec.target_refs[0].name, "svc-16");
+    assert!(!plan.skipped.iter().any(|s| s.contains("another namespace")));
+}

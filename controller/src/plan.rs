@@ -433,8 +433,8 @@ fn envs_of<'p>(
 /// What a routed service does not get when callers of the namespace run in Istio's
 /// ambient mode (no sidecar, so the filter does not run in them): their calls are routed
 /// by env only at the service's waypoint, where virtual-env puts the filter
-/// (`plan_waypoint_objects`); without one, or with one in another namespace, they pass
-/// ztunnel (L4) only and reach the service unrouted. Said in the status.
+/// (`plan_waypoint_objects`); without one they pass ztunnel (L4) only and reach the
+/// service unrouted. Said in the status.
 fn ambient_note(
     service: &Service,
     namespace: &str,

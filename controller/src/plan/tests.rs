@@ -761,9 +761,10 @@ proptest! {
     }
 }
 
-/// A routed service whose pods of one env run in Istio's ambient mode (the CNI's
-/// annotation, as a captured pod carries it): still routed for callers with a sidecar, and
-/// the status says what those pods do not get.
+/// A namespace whose pods of one env run in Istio's ambient mode (the CNI's annotation, as
+/// a captured pod carries it): routes as HTTPRoutes (or VirtualServices when asked), the
+/// filter in the waypoint of the service that names one (with the ambient workloads'
+/// envs), and the services without a waypoint named in the status.
 #[test]
 fn pods_in_ambient_mode_are_named_in_the_status() {
     let mut snapshot = seed_snapshot();

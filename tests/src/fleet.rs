@@ -47,6 +47,9 @@ pub struct Shape {
     /// Env names per namespace: `dev` (the default subset, every service) and `envs - 1`
     /// project envs, each with pods for its share of the services.
     pub envs: usize,
+    /// Routes written as Gateway API (`spec.routing.api: HTTPRoute`): a Service per env of
+    /// each service and HTTPRoutes, instead of VirtualServices and DestinationRules.
+    pub http_routes: bool,
 }
 
 /// The process's heap as its allocator counts it (the bench binary installs a counting
@@ -194,6 +197,11 @@ impl Cluster {
             let ns = namespace(i);
             let mut ve = planning::virtual_environment();
             ve.metadata.namespace = Some(ns.clone());
+            if shape.http_routes {
+                ve.spec.routing = Some(virtual_env_controller::crd::RoutingSpec {
+                    api: Some(virtual_env_controller::crd::RoutingApi::HttpRoute),
+                });
+            }
             ve.metadata.generation = Some(1);
             if let Ok(value) = serde_json::to_value(&ve) {
                 standin.create("virtualenvironments", value);
@@ -233,7 +241,8 @@ impl Cluster {
     /// and after each one (with its name).
     fn start_measured(&self, filled: &mut dyn FnMut(&str)) -> Controller {
         filled("");
-        let (mut caches, mut writers) = caches(ExtensionApi::WasmPlugin, None);
+        let gateway_api = Some(virtual_env_controller::gamma::GatewayApi { grpc_route: true });
+        let (mut caches, mut writers) = caches(ExtensionApi::WasmPlugin, gateway_api);
         let (ve_store, mut ves) = reflector::store::<VirtualEnvironment>();
         caches.virtual_environments = Some(ve_store.clone());
         fill(
@@ -244,9 +253,15 @@ impl Cluster {
             }),
         );
         filled("pods");
+        // The users' services, and those the controller wrote (env Services).
+        let written = self
+            .standin
+            .objects("services")
+            .into_iter()
+            .filter_map(|s| serde_json::from_value::<Service>(s).ok());
         fill(
             &mut writers.services,
-            self.services.iter().cloned().map(|mut s| {
+            self.services.iter().cloned().chain(written).map(|mut s| {
                 slim_service(&mut s);
                 s
             }),
@@ -321,6 +336,17 @@ impl Watches {
     /// for that kind queues the namespace (not for the echo of the controller's own write).
     fn deliver(&mut self, change: &Change, own_writes: &OwnWrites) -> bool {
         let plural = change.key.0.as_str();
+        if plural == "services" {
+            let Ok(mut service) = serde_json::from_value::<Service>(change.object.clone()) else {
+                return false;
+            };
+            let echo = !change.deleted && own_writes.is_echo("Service", &service);
+            slim_service(&mut service);
+            self.writers
+                .services
+                .apply_watcher_event(&event(service, change.deleted));
+            return !echo;
+        }
         if plural == "virtualenvironments" {
             if let Ok(ve) = serde_json::from_value::<VirtualEnvironment>(change.object.clone()) {
                 self.ves.apply_watcher_event(&event(ve, change.deleted));

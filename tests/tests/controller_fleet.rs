@@ -11,6 +11,7 @@ fn a_restart_writes_no_object_and_an_env_change_rewrites_only_the_callers_plugin
         namespaces: 4,
         services: 12,
         envs: 4,
+        http_routes: false,
     };
     let figures = measure(shape, Heap::UNCOUNTED).unwrap();
     for phase in &figures.phases {
@@ -54,4 +55,48 @@ fn a_restart_writes_no_object_and_an_env_change_rewrites_only_the_callers_plugin
     // The changed namespace, its callers, and the changed namespace once more for its
     // status; the echoes of the controller's own writes reconcile nothing.
     assert!(change.reconciles <= 1 + 3 + 1, "{}", change.reconciles);
+}
+
+/// The same with routes written as Gateway API: a restart finds every env Service and
+/// HTTPRoute as planned (the env Services are read from the services' cache, with what the
+/// API server adds) and calls the API not once; an env change writes only what changed.
+#[test]
+fn with_routes_in_gateway_api_a_restart_writes_nothing_either() {
+    let shape = Shape {
+        namespaces: 4,
+        services: 12,
+        envs: 4,
+        http_routes: true,
+    };
+    let figures = measure(shape, Heap::UNCOUNTED).unwrap();
+    for phase in &figures.phases {
+        eprintln!(
+            "{}: {} reconciles, {:?}",
+            phase.name, phase.reconciles, phase.counts
+        );
+        assert_eq!(phase.failed, 0, "{}", phase.name);
+    }
+    let [install, restart, change] = &figures.phases[..] else {
+        panic!("three phases");
+    };
+    assert!(install.counts.of("apply httproutes") >= 4 * 12);
+    assert!(install.counts.of("apply services") >= 4 * 12);
+    assert_eq!(install.counts.of("apply virtualservices"), 0);
+    assert_eq!(restart.counts.total(), 0, "{:?}", restart.counts);
+    assert_eq!(restart.reconciles, 4);
+    assert!(
+        change.counts.of("apply services") > 0,
+        "{:?}",
+        change.counts
+    );
+    assert!(
+        change.counts.of("apply httproutes") > 0,
+        "{:?}",
+        change.counts
+    );
+    assert_eq!(
+        change.counts.effective_writes,
+        change.counts.total(),
+        "no idle writes"
+    );
 }

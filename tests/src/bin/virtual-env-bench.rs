@@ -177,8 +177,9 @@ fn cross_namespace_lines() -> Vec<String> {
         .collect()
 }
 
-/// `--controller-fleet [NAMESPACES SERVICES ENVS]` (default 100 200 20): see
-/// `virtual_env_e2e::fleet`. Writes `controller-fleet.{md,json}` to `bench/results`.
+/// `--controller-fleet [NAMESPACES SERVICES ENVS [httproute]]` (default 100 200 20, routes
+/// as VirtualServices): see `virtual_env_e2e::fleet`. Writes `controller-fleet.{md,json}`
+/// (`controller-fleet-httproute.*` with routes as Gateway API) to `bench/results`.
 fn controller_fleet() -> Result<()> {
     let arg = |i: usize, default: usize| -> Result<usize> {
         std::env::args()
@@ -189,15 +190,21 @@ fn controller_fleet() -> Result<()> {
         namespaces: arg(2, 100)?,
         services: arg(3, 200)?,
         envs: arg(4, 20)?,
+        http_routes: std::env::args().nth(5).as_deref() == Some("httproute"),
+    };
+    let name = if shape.http_routes {
+        "controller-fleet-httproute"
+    } else {
+        "controller-fleet"
     };
     eprintln!("measuring the controller across {shape:?}");
     let figures = virtual_env_e2e::fleet::measure(shape, heap::METER)?;
     let md = virtual_env_e2e::fleet::table(&figures);
     let out = repo_root().join("bench/results");
     std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("controller-fleet.md"), &md)?;
+    std::fs::write(out.join(format!("{name}.md")), &md)?;
     std::fs::write(
-        out.join("controller-fleet.json"),
+        out.join(format!("{name}.json")),
         serde_json::to_vec_pretty(&json!({"machine": machine(), "figures": figures}))?,
     )?;
     print!("{md}");

@@ -195,9 +195,12 @@ fn union_routes(planned: &[MeshRoute], owned: &[Existing]) -> Vec<MeshRoute> {
                 .map(|h| (h.name.clone(), h.value.clone()))
         };
         let have: BTreeSet<(String, String)> = rules.iter().filter_map(env_of).collect();
+        // Only the routes of this service are read back (`hosts` holds a route's Service
+        // parents): reading every route for every service made a reconcile quadratic.
+        let service = first.service();
         let leaving: Vec<RouteRule> = owned
             .iter()
-            .filter(|e| e.kind == first.kind())
+            .filter(|e| e.kind == first.kind() && e.hosts.contains(&service))
             .filter_map(|e| read_back_route(first, e))
             .filter(|old| old.spec().parent_refs == parent)
             .flat_map(|old| old.spec().rules.clone())

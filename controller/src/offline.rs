@@ -171,29 +171,14 @@ pub fn explain(
             .ok_or_else(|| ExplainError::NoSuchPod(name.to_owned()))?,
         None => 0,
     };
-    let Some(ns) = namespaces.get(index) else {
+    if namespaces.get(index).is_none() {
         return Err(ExplainError::NoVirtualEnvironment);
-    };
+    }
     let mut out = String::new();
-    // A pod in ambient mode has no sidecar: its call is decided at the called service's
-    // waypoint, if it has one.
-    let ambient = question
-        .from
-        .and_then(|name| ns.snapshot.pods.iter().find(|p| p.name_any() == name))
-        .filter(|pod| crate::plan::in_ambient_mode(pod));
-    let (config, node, outcome_of): (PluginConfig, Node, Via) = match ambient {
-        Some(pod) => match through_waypoint(namespaces, &plans, pod, question, &mut out) {
-            Some(via) => via,
-            None => return Ok(out),
-        },
-        None => {
-            // One plan per namespace, in their order.
-            let plan = plans.swap_remove(index);
-            let config = plan.plugin_config;
-            let filter = FilterConfig::new(&config, None);
-            let node = sender(ns, question, &config, &filter, &mut out)?;
-            (config, node, Via::Sidecar)
-        }
+    let Some((config, node, outcome_of)) =
+        deciding_proxy(namespaces, &mut plans, index, question, &mut out)?
+    else {
+        return Ok(out);
     };
     let config = &config;
     let filter = FilterConfig::new(config, None);
@@ -244,6 +229,31 @@ pub fn explain(
     walk(&mut out, routes, envs, env, &config.splitter);
     chosen(&mut out, &outcome);
     Ok(out)
+}
+
+/// The config, node and place of the filter that decides on the request, said in `out`:
+/// the sending pod's sidecar (one plan per namespace, in their order: `plans[index]` is the
+/// sender's), or for a pod in ambient mode the waypoint of the service called; `None` when
+/// no filter of ours decides (said in `out`).
+fn deciding_proxy(
+    namespaces: &[NamespaceSnapshot],
+    plans: &mut Vec<Plan>,
+    index: usize,
+    question: &Question<'_>,
+    out: &mut String,
+) -> Result<Option<(PluginConfig, Node, Via)>, ExplainError> {
+    let ns = &namespaces[index];
+    let ambient = question
+        .from
+        .and_then(|name| ns.snapshot.pods.iter().find(|p| p.name_any() == name))
+        .filter(|pod| crate::plan::in_ambient_mode(pod));
+    if let Some(pod) = ambient {
+        return Ok(through_waypoint(namespaces, plans, pod, question, out));
+    }
+    let config = plans.swap_remove(index).plugin_config;
+    let filter = FilterConfig::new(&config, None);
+    let node = sender(ns, question, &config, &filter, out)?;
+    Ok(Some((config, node, Via::Sidecar)))
 }
 
 /// Where the filter decides on the request: the sender's sidecar, or the waypoint of the

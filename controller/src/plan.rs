@@ -199,7 +199,26 @@ pub fn plan_namespace(
         waypoint_plugins: Vec::new(),
         gateway_claims: BTreeSet::new(),
     };
-    let (exposures, problems) = gateway::exposures(ve, &snapshot.services, &spec.namespace);
+    let exposed = route_services(&mut plan, &spec, snapshot, &ready);
+    plan.env_services.sort_by_key(|s| s.name_any());
+    let admitted = admit_entry(&mut plan, &spec, snapshot, &exposed);
+    fit_peers(&mut plan, &spec, snapshot)?;
+    plan_gateway_objects(&mut plan, &spec, snapshot, &admitted);
+    plan_waypoint_objects(&mut plan, &spec, snapshot, &ready);
+    plan.prune = to_prune(&plan, &spec, snapshot);
+    Ok(plan)
+}
+
+/// Routes each service of the namespace (`route_service`) into `plan`: its objects, its
+/// entry in the filter's table, what the status says of it. Returns the exposures asked
+/// for the routed services (admission decides later).
+fn route_services(
+    plan: &mut Plan,
+    spec: &Resolved<'_>,
+    snapshot: &Snapshot,
+    ready: &[(&Pod, &str)],
+) -> BTreeMap<String, gateway::Exposure> {
+    let (exposures, problems) = gateway::exposures(spec.ve, &snapshot.services, &spec.namespace);
     plan.skipped.extend(problems);
     let by_label = LabelIndex::new(ready.iter().map(|(pod, _)| *pod));
     // Callers without a sidecar reach a service through its waypoint, or through
@@ -213,53 +232,48 @@ pub fn plan_namespace(
     services.sort_by_key(|s| s.name_any());
     let mut exposed = BTreeMap::new();
     for service in services {
-        let envs = envs_of(service, &by_label, &ready);
+        let envs = envs_of(service, &by_label, ready);
         let exposure = exposures.get(&service.name_any());
-        match route_service(&spec, routing_api, service, &envs, exposure) {
-            Routing::NotByEnv => {}
-            Routing::Skipped(skip) => plan.skipped.push(skip),
-            Routing::Routed(routed) => {
-                let routed = *routed;
-                if let Some(skip) = env_service_taken(&plan, &routed.objects, service) {
-                    plan.skipped.push(skip);
-                    continue;
-                }
-                plan.skipped.extend(routed.notes);
-                plan.skipped.extend(ambient_note(
-                    service,
-                    &spec.namespace,
-                    snapshot,
-                    ambient_callers,
-                ));
-                if let Some(exposure) = routed.exposure {
-                    exposed.insert(service.name_any(), exposure);
-                }
-                match routed.objects {
-                    RouteObjects::Istio { vs, dr } => {
-                        plan.virtual_services.push(vs);
-                        plan.destination_rules.push(dr);
-                    }
-                    RouteObjects::GatewayApi { services, routes } => {
-                        plan.env_services.extend(services);
-                        plan.mesh_routes.extend(routes);
-                    }
-                }
-                let host = service_fqdn(
-                    &service.name_any(),
-                    &spec.namespace,
-                    &settings.cluster_domain,
-                );
-                plan.plugin_config.services.insert(host, routed.envs);
+        let routed = match route_service(spec, plan.routing_api, service, &envs, exposure) {
+            Routing::NotByEnv => continue,
+            Routing::Skipped(skip) => {
+                plan.skipped.push(skip);
+                continue;
+            }
+            Routing::Routed(routed) => *routed,
+        };
+        if let Some(skip) = env_service_taken(plan, &routed.objects, service) {
+            plan.skipped.push(skip);
+            continue;
+        }
+        plan.skipped.extend(routed.notes);
+        plan.skipped.extend(ambient_note(
+            service,
+            &spec.namespace,
+            snapshot,
+            ambient_callers,
+        ));
+        if let Some(exposure) = routed.exposure {
+            exposed.insert(service.name_any(), exposure);
+        }
+        match routed.objects {
+            RouteObjects::Istio { vs, dr } => {
+                plan.virtual_services.push(vs);
+                plan.destination_rules.push(dr);
+            }
+            RouteObjects::GatewayApi { services, routes } => {
+                plan.env_services.extend(services);
+                plan.mesh_routes.extend(routes);
             }
         }
+        let host = service_fqdn(
+            &service.name_any(),
+            &spec.namespace,
+            &spec.settings.cluster_domain,
+        );
+        plan.plugin_config.services.insert(host, routed.envs);
     }
-    plan.env_services.sort_by_key(|s| s.name_any());
-    let admitted = admit_entry(&mut plan, &spec, snapshot, &exposed);
-    fit_peers(&mut plan, &spec, snapshot)?;
-    plan_gateway_objects(&mut plan, &spec, snapshot, &admitted);
-    plan_waypoint_objects(&mut plan, &spec, snapshot, &ready);
-    plan.prune = to_prune(&plan, &spec, snapshot);
-    Ok(plan)
+    exposed
 }
 
 /// A VirtualEnvironment resolved for planning: its spec validated, the route header in
@@ -1085,35 +1099,9 @@ fn plan_waypoint_objects(
     if waypoints.is_empty() && elsewhere.is_empty() {
         return;
     }
-    let ambient = ready
-        .iter()
-        .filter(|(pod, _)| in_ambient_mode(pod))
-        .copied();
-    let (workloads, mixed) = waypoint::workload_envs(&spec.namespace, ambient);
-    if !mixed.is_empty() {
-        plan.skipped.push(Skip::routing(format_args!(
-            "workloads {} have pods in more than one env, or a name that is no workload name: calls from them get no env from their workload at the waypoint",
-            mixed.join(", ")
-        )));
-    }
-    let mut config = plan.plugin_config.clone();
-    config.direction = Some(Direction::Waypoint);
-    config.workloads = workloads;
-    // What the waypoints would reject is never written (they would keep their last config).
-    if let Err(e) = config.validate() {
-        plan.skipped.push(Skip::routing(format_args!(
-            "the waypoints' plugin config is not valid ({e}): waypoints do not route by env"
-        )));
+    let Some((config, value)) = waypoint_config(plan, spec, ready) else {
         return;
-    }
-    let value = plugin_config_value(&config);
-    let (bytes, max) = (stored_bytes(&value), spec.settings.max_plugin_config_bytes);
-    if bytes > max {
-        plan.skipped.push(Skip::routing(format_args!(
-            "the waypoints' plugin config would be {bytes} bytes, over {max}: waypoints do not route by env"
-        )));
-        return;
-    }
+    };
     let attached = |name: String, target_refs: Vec<PolicyTargetReference>| {
         let mut plugin = wasm_plugin(spec.ve, &spec.namespace, spec.settings, &config);
         plugin.metadata.name = Some(name);
@@ -1146,6 +1134,45 @@ fn plan_waypoint_objects(
         plan.waypoint_plugins
             .push(attached(waypoint::services_plugin_name(i), targets));
     }
+}
+
+/// The waypoints' plugin config: the calling side's, `direction: waypoint` and the
+/// ambient workloads' envs; `None` (said in the status) when it is not valid or too large:
+/// what the waypoints would reject is never written (they would keep their last config).
+fn waypoint_config(
+    plan: &mut Plan,
+    spec: &Resolved<'_>,
+    ready: &[(&Pod, &str)],
+) -> Option<(PluginConfig, serde_json::Value)> {
+    let ambient = ready
+        .iter()
+        .filter(|(pod, _)| in_ambient_mode(pod))
+        .copied();
+    let (workloads, mixed) = waypoint::workload_envs(&spec.namespace, ambient);
+    if !mixed.is_empty() {
+        plan.skipped.push(Skip::routing(format_args!(
+            "workloads {} have pods in more than one env, or a name that is no workload name: calls from them get no env from their workload at the waypoint",
+            mixed.join(", ")
+        )));
+    }
+    let mut config = plan.plugin_config.clone();
+    config.direction = Some(Direction::Waypoint);
+    config.workloads = workloads;
+    if let Err(e) = config.validate() {
+        plan.skipped.push(Skip::routing(format_args!(
+            "the waypoints' plugin config is not valid ({e}): waypoints do not route by env"
+        )));
+        return None;
+    }
+    let value = plugin_config_value(&config);
+    let (bytes, max) = (stored_bytes(&value), spec.settings.max_plugin_config_bytes);
+    if bytes > max {
+        plan.skipped.push(Skip::routing(format_args!(
+            "the waypoints' plugin config would be {bytes} bytes, over {max}: waypoints do not route by env"
+        )));
+        return None;
+    }
+    Some((config, value))
 }
 
 /// What this VirtualEnvironment owns and no longer needs: routes first (VirtualServices,

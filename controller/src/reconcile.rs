@@ -419,36 +419,15 @@ async fn apply_plan(
     match apply_plugin(ctx, &wasm_plugin, current(&wasm_plugin)).await {
         Ok(()) => {
             ctx.metrics.applied(kind);
-            // The gateways' plugins route by the same subsets and routes, so they go with
-            // the namespace's calling side.
-            for plugin in &plan.gateway_plugins {
-                match apply_plugin(ctx, plugin, current(plugin)).await {
-                    Ok(()) => ctx.metrics.applied(kind),
-                    Err(e) => failures.push(format!(
-                        "{kind} {} in namespace {}: {e}",
-                        plugin.name_any(),
-                        plugin.namespace().unwrap_or_default()
-                    )),
-                }
-            }
-            // The waypoints route by the same table as the calling side; while a service's
-            // routes could not be written they keep what they have.
-            let waypoints = plan
-                .waypoint_plugins
-                .iter()
-                .filter(|_| failed_services.is_empty());
-            let mut waypoints_failed = false;
-            for plugin in waypoints {
-                match apply_plugin(ctx, plugin, current(plugin)).await {
-                    Ok(()) => ctx.metrics.applied(kind),
-                    Err(e) => {
-                        waypoints_failed = true;
-                        failures.push(format!("{kind} {}: {e}", plugin.name_any()));
-                    }
-                }
-            }
-            // A waypoint's old config may still select what the later steps remove.
-            if waypoints_failed {
+            let may_go_on = apply_routing_plugins(
+                ctx,
+                plan,
+                &current,
+                !failed_services.is_empty(),
+                &mut failures,
+            )
+            .await;
+            if !may_go_on {
                 return failures;
             }
             for step in &steps.after {
@@ -464,6 +443,44 @@ async fn apply_plan(
         Err(e) => failures.push(format!("{kind} {WASM_PLUGIN_NAME}: {e}")),
     }
     failures
+}
+
+/// The plugin objects that route by the calling side's table, after it: the gateways'
+/// and the waypoints'. False when a waypoint's could not be written: its old config may
+/// still select what the later steps remove.
+async fn apply_routing_plugins(
+    ctx: &Context,
+    plan: &Plan,
+    current: &(dyn Fn(&WasmPlugin) -> bool + Sync),
+    services_failed: bool,
+    failures: &mut Vec<String>,
+) -> bool {
+    let kind = ctx.settings.extension_api.kind().name();
+    for plugin in &plan.gateway_plugins {
+        match apply_plugin(ctx, plugin, current(plugin)).await {
+            Ok(()) => ctx.metrics.applied(kind),
+            Err(e) => failures.push(format!(
+                "{kind} {} in namespace {}: {e}",
+                plugin.name_any(),
+                plugin.namespace().unwrap_or_default()
+            )),
+        }
+    }
+    // While a service's routes could not be written, the waypoints keep what they have.
+    if services_failed {
+        return true;
+    }
+    let mut written = true;
+    for plugin in &plan.waypoint_plugins {
+        match apply_plugin(ctx, plugin, current(plugin)).await {
+            Ok(()) => ctx.metrics.applied(kind),
+            Err(e) => {
+                written = false;
+                failures.push(format!("{kind} {}: {e}", plugin.name_any()));
+            }
+        }
+    }
+    written
 }
 
 /// The calling side's plugin object to apply: the plan's, except that a service whose

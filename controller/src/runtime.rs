@@ -140,17 +140,7 @@ pub async fn run(
     let services = reflected(&client, writers.services, slim_service);
     // A GatewayPolicy decides which namespaces enter through a gateway; they change rarely.
     let policies = reflected(&client, writers.policies, |_| {});
-    // Labels only: a namespace's `istio.io/use-waypoint` enrolls its services in a waypoint.
-    let namespaces = watcher(
-        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-        all(),
-    )
-    .modify(|ns| {
-        ns.metadata.annotations = None;
-        ns.metadata.managed_fields = None;
-    })
-    .default_backoff();
-    let namespaces = kept_in(namespaces, writers.namespaces).touched_objects();
+    let namespaces = namespaces_watched(&client, writers.namespaces);
     let controller = controller
         // Another namespace published a change its callers must learn.
         .reconcile_on(replans)
@@ -206,6 +196,24 @@ where
     let events = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
         .modify(slim)
         .default_backoff();
+    kept_in(events, writer).touched_objects()
+}
+
+/// The watch of namespaces, their labels only (`istio.io/use-waypoint` enrolls a
+/// namespace's services in a waypoint), kept in `writer`'s cache; yields those that changed.
+fn namespaces_watched(
+    client: &Client,
+    writer: Writer<PartialObjectMeta<Namespace>>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<Namespace>, watcher::Error>> {
+    let events = watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .modify(|ns| {
+        ns.metadata.annotations = None;
+        ns.metadata.managed_fields = None;
+    })
+    .default_backoff();
     kept_in(events, writer).touched_objects()
 }
 

@@ -10,14 +10,7 @@
 use serde_json::Value;
 
 mod common;
-use common::{check_schema, repo, virtual_env};
-
-fn docs(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .filter(|v: &Value| !v.is_null())
-        .collect()
-}
+use common::{check_schema, docs, repo, virtual_env};
 
 const SNAPSHOT: [&str; 2] = [
     "tests/snapshots/gateway-api/virtualenvironment.yaml",

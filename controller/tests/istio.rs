@@ -10,14 +10,7 @@ use serde_json::Value;
 use virtual_env_core::PluginConfig;
 
 mod common;
-use common::{check_schema, repo, virtual_env};
-
-fn docs(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .filter(|v: &Value| !v.is_null())
-        .collect()
-}
+use common::{check_schema, docs, repo, virtual_env};
 
 fn render(files: &[String]) -> String {
     let mut args = vec!["render"];

@@ -3,17 +3,10 @@
 //! `virtual_env_e2e::fleet`): the small case of the `make bench-controller` figures,
 //! asserting what a restart and an env change must and must not write.
 
-use virtual_env_e2e::fleet::{measure, Heap, Shape};
+use virtual_env_e2e::fleet::{measure, Figures, Heap, Phase, Shape};
 
-#[test]
-fn a_restart_writes_no_object_and_an_env_change_rewrites_only_the_callers_plugin_objects() {
-    let shape = Shape {
-        namespaces: 4,
-        services: 12,
-        envs: 4,
-        http_routes: false,
-    };
-    let figures = measure(shape, Heap::UNCOUNTED).unwrap();
+/// The three phases (first install, restart, an env added), each without a failed write.
+fn phases(figures: &Figures) -> [&Phase; 3] {
     for phase in &figures.phases {
         eprintln!(
             "{}: {} reconciles, {:?}",
@@ -24,6 +17,19 @@ fn a_restart_writes_no_object_and_an_env_change_rewrites_only_the_callers_plugin
     let [install, restart, change] = &figures.phases[..] else {
         panic!("three phases");
     };
+    [install, restart, change]
+}
+
+#[test]
+fn a_restart_writes_no_object_and_an_env_change_rewrites_only_the_callers_plugin_objects() {
+    let shape = Shape {
+        namespaces: 4,
+        services: 12,
+        envs: 4,
+        http_routes: false,
+    };
+    let figures = measure(shape, Heap::UNCOUNTED).unwrap();
+    let [install, restart, change] = phases(&figures);
     // First install: every namespace's routes, subsets and both plugin objects.
     assert!(install.counts.of("apply virtualservices") >= 4 * 12);
     assert!(install.counts.of("apply destinationrules") >= 4 * 12);
@@ -69,16 +75,7 @@ fn with_routes_in_gateway_api_a_restart_writes_nothing_either() {
         http_routes: true,
     };
     let figures = measure(shape, Heap::UNCOUNTED).unwrap();
-    for phase in &figures.phases {
-        eprintln!(
-            "{}: {} reconciles, {:?}",
-            phase.name, phase.reconciles, phase.counts
-        );
-        assert_eq!(phase.failed, 0, "{}", phase.name);
-    }
-    let [install, restart, change] = &figures.phases[..] else {
-        panic!("three phases");
-    };
+    let [install, restart, change] = phases(&figures);
     assert!(install.counts.of("apply httproutes") >= 4 * 12);
     assert!(install.counts.of("apply services") >= 4 * 12);
     assert_eq!(install.counts.of("apply virtualservices"), 0);

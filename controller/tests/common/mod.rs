@@ -8,6 +8,14 @@ use std::process::Command;
 
 use serde_json::Value;
 
+/// Every YAML document of `text`, as JSON values (empty documents left out).
+pub fn docs(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -224,7 +224,7 @@ impl FilterConfig {
     /// caller is the downstream peer, so short names resolve in its namespace and
     /// auto-inject gives its workload's env (`workloads`), not the waypoint's. The env is
     /// also recorded under the trace ids, as a sidecar's called side does: the calls the
-    /// application makes next pass a waypoint too.
+    /// application makes next find it when they pass this waypoint (this Envoy) again.
     fn decide_waypoint(&self, node: &Node, host: &impl Host) -> Decision<'_> {
         let peer = host.downstream_peer();
         let caller = Node {

@@ -625,7 +625,7 @@ impl Mesh {
                 )
             }));
             for (name, labels) in subsets {
-                let endpoints: Vec<Value> = self
+                let endpoints: Vec<SocketAddr> = self
                     .topology
                     .all_pods()
                     .enumerate()
@@ -638,28 +638,16 @@ impl Mesh {
                     .map(|(i, _)| {
                         // A pod in ambient mode has no sidecar: its application is reached.
                         let port = if ns.ambient { APP_PORT } else { INBOUND_PORT };
-                        json!({"endpoint": {"address": {"socket_address": {
-                        "address": self.pod_ip(i).to_string(), "port_value": port}}}})
+                        SocketAddr::new(self.pod_ip(i), port)
                     })
                     .collect();
-                let mut cluster = json!({
-                    "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-                    "name": name,
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "load_assignment": {
-                        "cluster_name": name,
-                        "endpoints": [{"lb_endpoints": endpoints}]
-                    }
-                });
                 // To a sidecar, as sidecars talk; to an application (ambient), as it serves.
                 let http2 = match ns.ambient {
                     true => self.options.app_protocol == Protocol::Grpc,
                     false => self.options.sidecar_protocol != Protocol::Http1,
                 };
-                if http2 {
-                    cluster["typed_extension_protocol_options"] = http2_options();
-                }
+                let mut cluster = static_cluster(&name, &endpoints, http2);
+                cluster["@type"] = json!("type.googleapis.com/envoy.config.cluster.v3.Cluster");
                 clusters.push(cluster);
             }
         }
@@ -823,17 +811,11 @@ impl Mesh {
     fn sidecar_bootstrap(&self, index: usize, namespace: &Topology, pod: &TopologyPod) -> Value {
         let ip = self.pod_ip(index);
         let ns = &namespace.namespace;
-        let mut app = json!({
-            "name": "inbound|app",
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "load_assignment": {"cluster_name": "inbound|app", "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": {"socket_address": {"address": ip.to_string(), "port_value": APP_PORT}}}}
-            ]}]}
-        });
-        if self.options.app_protocol == Protocol::Grpc {
-            app["typed_extension_protocol_options"] = http2_options();
-        }
+        let app = static_cluster(
+            "inbound|app",
+            &[SocketAddr::new(ip, APP_PORT)],
+            self.options.app_protocol == Protocol::Grpc,
+        );
         let inbound = json!({
             "name": "inbound",
             "traffic_direction": "INBOUND",
@@ -877,18 +859,11 @@ impl Mesh {
             let cluster = match self.waypoint(&service_ns.namespace) {
                 Some(waypoint) => {
                     let name = format!("waypoint|{}", service_ns.namespace);
-                    let mut cluster = json!({
-                        "name": name,
-                        "type": "STATIC",
-                        "connect_timeout": "1s",
-                        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-                            {"endpoint": {"address": {"socket_address": {
-                                "address": waypoint.ip().to_string(), "port_value": waypoint.port()}}}}
-                        ]}]}
-                    });
-                    if self.options.app_protocol == Protocol::Grpc {
-                        cluster["typed_extension_protocol_options"] = http2_options();
-                    }
+                    let cluster = static_cluster(
+                        &name,
+                        &[waypoint],
+                        self.options.app_protocol == Protocol::Grpc,
+                    );
                     waypoints.insert(name.clone(), cluster);
                     name
                 }
@@ -1011,6 +986,27 @@ fn ingress_gateway() -> Value {
             "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]
         }
     })
+}
+
+/// A cluster of fixed `endpoints`, spoken to in HTTP/2 (h2c) when `http2`.
+fn static_cluster(name: &str, endpoints: &[SocketAddr], http2: bool) -> Value {
+    let endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|a| {
+            json!({"endpoint": {"address": {"socket_address": {
+                "address": a.ip().to_string(), "port_value": a.port()}}}})
+        })
+        .collect();
+    let mut cluster = json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]}
+    });
+    if http2 {
+        cluster["typed_extension_protocol_options"] = http2_options();
+    }
+    cluster
 }
 
 /// A cluster's upstream protocol: HTTP/2 (h2c).

@@ -20,13 +20,16 @@ enum Protocol {
     Sniffed,
 }
 
-fn protocol(port: &ServicePort) -> Protocol {
-    let declared = port
-        .app_protocol
+/// The port's `appProtocol`, lower case, without `kubernetes.io/`; `None` when unset.
+fn declared(port: &ServicePort) -> Option<String> {
+    port.app_protocol
         .as_deref()
         .map(|p| p.trim_start_matches("kubernetes.io/").to_ascii_lowercase())
-        .filter(|p| !p.is_empty());
-    if let Some(declared) = declared {
+        .filter(|p| !p.is_empty())
+}
+
+fn protocol(port: &ServicePort) -> Protocol {
+    if let Some(declared) = declared(port) {
         return if HTTP.contains(&declared.as_str()) {
             Protocol::Http
         } else {
@@ -58,11 +61,7 @@ pub fn routes_http(port: &ServicePort) -> bool {
 
 /// Whether `port` is declared gRPC (by `appProtocol`, or Istio's port-name prefix).
 pub fn is_grpc(port: &ServicePort) -> bool {
-    let declared = port
-        .app_protocol
-        .as_deref()
-        .map(|p| p.trim_start_matches("kubernetes.io/").to_ascii_lowercase());
-    match declared.filter(|p| !p.is_empty()) {
+    match declared(port) {
         Some(p) => p == "grpc",
         // `grpc-web` (browsers, HTTP/1.1) is not gRPC's wire protocol.
         None => port.name.as_deref().is_some_and(|n| {

@@ -26,33 +26,26 @@ fn applied(ve: &VirtualEnvironment, plan: &Plan) -> (Vec<Existing>, Vec<Service>
         ]);
         meta
     };
-    let mut existing = Vec::new();
-    for route in &plan.mesh_routes {
-        let mut value = route.to_value();
-        value["metadata"] = serde_json::to_value(owned(
-            serde_json::from_value(value["metadata"].clone()).unwrap(),
-        ))
-        .unwrap();
-        existing.push(Existing::from_json(route.kind(), &value, NS));
-    }
-    for vs in &plan.virtual_services {
-        let mut vs = vs.clone();
-        vs.metadata = owned(vs.metadata);
-        existing.push(Existing::from_json(
-            Kind::VirtualService,
-            &serde_json::to_value(&vs).unwrap(),
-            NS,
-        ));
-    }
-    for dr in &plan.destination_rules {
-        let mut dr = dr.clone();
-        dr.metadata = owned(dr.metadata);
-        existing.push(Existing::from_json(
-            Kind::DestinationRule,
-            &serde_json::to_value(&dr).unwrap(),
-            NS,
-        ));
-    }
+    let existing_of = |kind, mut object: serde_json::Value| {
+        let meta: ObjectMeta = serde_json::from_value(object["metadata"].take()).unwrap();
+        object["metadata"] = serde_json::to_value(owned(meta)).unwrap();
+        Existing::from_json(kind, &object, NS)
+    };
+    let mut existing: Vec<Existing> = plan
+        .mesh_routes
+        .iter()
+        .map(|r| existing_of(r.kind(), r.to_value()))
+        .collect();
+    existing.extend(
+        plan.virtual_services
+            .iter()
+            .map(|vs| existing_of(Kind::VirtualService, serde_json::to_value(vs).unwrap())),
+    );
+    existing.extend(
+        plan.destination_rules
+            .iter()
+            .map(|dr| existing_of(Kind::DestinationRule, serde_json::to_value(dr).unwrap())),
+    );
     let services = plan
         .env_services
         .iter()

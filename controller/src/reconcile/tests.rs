@@ -164,6 +164,12 @@ impl ApiServerVerifier {
         self.answer(method, path, Some(reply)).await
     }
 
+    /// A DELETE of `path`, answered as done; returns its body (its preconditions).
+    async fn expect_delete(&mut self, path: &str) -> Value {
+        let done = json!({"kind": "Status", "status": "Success"});
+        self.expect(Method::DELETE, path, done).await
+    }
+
     /// The next request, checked to be `method` on `path` and granted by the RBAC.
     async fn next_request(
         &mut self,
@@ -370,13 +376,7 @@ async fn one_reconcile_applies_prunes_and_reports_in_order() {
         );
         // Routes go before the subsets they use; each deletion is conditional on the UID.
         for path in [VS, DR] {
-            let body = api
-                .expect(
-                    Method::DELETE,
-                    &format!("{path}/app-old"),
-                    json!({"kind": "Status", "status": "Success"}),
-                )
-                .await;
+            let body = api.expect_delete(&format!("{path}/app-old")).await;
             assert_eq!(body["preconditions"]["uid"], "obj-app-old", "{body}");
         }
         let status = api.expect_status_patch().await;
@@ -546,13 +546,7 @@ async fn deleting_the_virtual_environment_deletes_its_gateway_plugins_then_the_f
             uri.contains("labelSelector=env.alibaba.com%2Fowner-uid%3Duid-1"),
             "{uri}"
         );
-        let body = api
-            .expect(
-                Method::DELETE,
-                GATEWAY_WP,
-                json!({"kind": "Status", "status": "Success"}),
-            )
-            .await;
+        let body = api.expect_delete(GATEWAY_WP).await;
         assert_eq!(body["preconditions"]["uid"], "gw-plugin-uid");
         let patch = api.expect(Method::PATCH, VE_PATH, reply).await;
         assert_eq!(patch["metadata"]["finalizers"], json!(["example.com/keep"]));
@@ -604,13 +598,7 @@ async fn with_traffic_extension_the_plugins_switch_api_and_the_old_ones_go_after
             json!(["dev", "dev.proj1"])
         );
         for name in ["virtual-env", "virtual-env-inbound"] {
-            let body = api
-                .expect(
-                    Method::DELETE,
-                    &format!("{WP}/{name}"),
-                    json!({"kind": "Status", "status": "Success"}),
-                )
-                .await;
+            let body = api.expect_delete(&format!("{WP}/{name}")).await;
             assert_eq!(body["preconditions"]["uid"], format!("obj-{name}"));
         }
         let status = api.expect_status_patch().await;
@@ -1276,13 +1264,7 @@ async fn the_sweep_deletes_gateway_plugins_whose_owner_is_gone_and_only_those() 
             list("VirtualEnvironment", vec![owners]),
         )
         .await;
-        let body = api
-            .expect(
-                Method::DELETE,
-                "/apis/extensions.istio.io/v1alpha1/namespaces/istio-system/wasmplugins/virtual-env.gone.public",
-                json!({"kind": "Status", "status": "Success"}),
-            )
-            .await;
+        let body = api.expect_delete("/apis/extensions.istio.io/v1alpha1/namespaces/istio-system/wasmplugins/virtual-env.gone.public").await;
         assert_eq!(body["preconditions"]["uid"], "orphan-uid");
         assert_eq!(body["preconditions"]["resourceVersion"], "77");
         // Nothing else: the living owner's plugin is not touched.
@@ -1373,11 +1355,7 @@ async fn routes_in_gateway_api_write_env_services_then_httproutes_then_the_plugi
             "{services}"
         );
         let body = api
-            .expect(
-                Method::DELETE,
-                &format!("{SERVICES}/app-old-dev-0123abcd"),
-                json!({"kind": "Status", "status": "Success"}),
-            )
+            .expect_delete(&format!("{SERVICES}/app-old-dev-0123abcd"))
             .await;
         assert_eq!(body["preconditions"]["uid"], "obj-app-old-dev", "{body}");
         let status = api.expect_status_patch().await;

@@ -147,7 +147,7 @@ impl Caches {
         for (kind, store) in &self.istio {
             // The namespace's own by the index; plugin objects (a gateway's, for this
             // namespace, live in the gateway's) and Gateways wherever they are.
-            let objects = if kind.is_plugin() || *kind == Kind::Gateway {
+            let objects = if kind.is_plugin() || kind.is_gateway() {
                 store.state()
             } else {
                 store.in_namespace(ns)
@@ -159,14 +159,14 @@ impl Caches {
                     && object.metadata.name.as_deref().is_some_and(|name| {
                         crate::gateway::of_namespace(name, object.labels(), ns)
                     });
-                if !(in_ns || gateway_plugin || *kind == Kind::Gateway) {
+                if !(in_ns || gateway_plugin || kind.is_gateway()) {
                     continue;
                 }
                 let Some(value) = unpacked(&object) else {
                     continue;
                 };
                 let object = Existing::from_json(*kind, &value, ns);
-                if in_ns && *kind != Kind::Gateway {
+                if in_ns && !kind.is_gateway() {
                     existing.push(object);
                 } else {
                     elsewhere.push(object);
@@ -253,7 +253,7 @@ impl Caches {
     fn gateway_cluster(&self) -> GatewayCluster {
         let mut objects = Vec::new();
         for (kind, store) in &self.istio {
-            if !matches!(kind, Kind::Gateway | Kind::VirtualService) {
+            if !(kind.is_gateway() || kind.is_route() || *kind == Kind::VirtualService) {
                 continue;
             }
             for object in store.state() {
@@ -261,7 +261,7 @@ impl Caches {
                 // in the cluster, and only the users' gateway routes are wanted.
                 let ours =
                     object.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY);
-                if *kind == Kind::VirtualService && ours {
+                if (*kind == Kind::VirtualService || kind.is_route()) && ours {
                     continue;
                 }
                 let Some(value) = unpacked(&object) else {
@@ -270,7 +270,12 @@ impl Caches {
                 let bound = value["spec"]["gateways"]
                     .as_array()
                     .is_some_and(|g| g.iter().any(|g| g != "mesh"));
-                if *kind == Kind::Gateway || bound {
+                // A route bound to Gateways only (a mesh route's parents are Services).
+                let gateway_route = kind.is_route()
+                    && value["spec"]["parentRefs"]
+                        .as_array()
+                        .is_some_and(|p| p.iter().all(|p| p["kind"] != "Service"));
+                if kind.is_gateway() || bound || gateway_route {
                     objects.push(Existing::from_json(*kind, &value, ""));
                 }
             }

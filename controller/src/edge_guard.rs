@@ -20,6 +20,8 @@ use virtual_env_core::config::{MAX_EDGE_BAGGAGE_KEYS, MAX_EDGE_HEADERS, MAX_EDGE
 use virtual_env_core::{EdgeCarriers, HeaderPattern, PluginConfig};
 
 use crate::crd::VirtualEnvironment;
+use crate::gateway::GATEWAY_NAME_LABEL;
+use crate::gateway_plugins::gateway_target;
 use crate::gateway_policy::{FailStrategy, GatewayPolicy};
 use crate::istio::{WasmPlugin, WasmPluginSpec, WorkloadSelector};
 use crate::objects::{plugin_config_value, WasmSource, MANAGED_BY, MANAGED_BY_LABEL};
@@ -82,6 +84,9 @@ pub fn plan_edge_guard(
         (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
         (POLICY_LABEL.to_owned(), policy.name_any()),
     ]);
+    // A Gateway API gateway's pods, selected by the Gateway's name: attached by
+    // `targetRefs`, which Istio applies there whatever its selector feature flag says.
+    let gateway_name = policy.spec.workload.selector.get(GATEWAY_NAME_LABEL);
     let fail_strategy = match policy.spec.fail_strategy {
         Some(FailStrategy::FailClose) => "FAIL_CLOSE",
         Some(FailStrategy::FailOpen) | None => "FAIL_OPEN",
@@ -99,11 +104,13 @@ pub fn plan_edge_guard(
             url: module.url.clone(),
             sha256: module.sha256.clone(),
             fail_strategy: fail_strategy.into(),
-            selector: Some(WorkloadSelector {
+            selector: gateway_name.is_none().then(|| WorkloadSelector {
                 match_labels: policy.spec.workload.selector.clone(),
             }),
             traffic_selectors: Vec::new(),
-            target_refs: Vec::new(),
+            target_refs: gateway_name
+                .map(|name| vec![gateway_target(name)])
+                .unwrap_or_default(),
             phase: Some("AUTHN".into()),
             plugin_config: plugin_config_value(&config),
         },

@@ -13,6 +13,7 @@ use virtual_env_core::{lowercase, ServiceHost};
 use k8s_openapi::api::core::v1::Service;
 
 use crate::gamma::{GRPCRoute, HTTPRoute};
+use crate::gateway_api_gateway::KubernetesGateway;
 use crate::istio::{DestinationRule, Gateway, TrafficExtension, VirtualService, WasmPlugin};
 use crate::objects::{MANAGED_BY, MANAGED_BY_LABEL, OWNER_UID_LABEL};
 
@@ -25,6 +26,8 @@ pub enum Kind {
     DestinationRule,
     WasmPlugin,
     Gateway,
+    /// A Gateway API Gateway (`gateway.networking.k8s.io`), read for gateway entry.
+    KubernetesGateway,
     TrafficExtension,
     HttpRoute,
     GrpcRoute,
@@ -38,7 +41,7 @@ impl Kind {
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::WasmPlugin => "WasmPlugin",
-            Kind::Gateway => "Gateway",
+            Kind::Gateway | Kind::KubernetesGateway => "Gateway",
             Kind::TrafficExtension => "TrafficExtension",
             Kind::HttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
@@ -53,6 +56,7 @@ impl Kind {
             Kind::DestinationRule => ApiResource::erase::<DestinationRule>(&()),
             Kind::WasmPlugin => ApiResource::erase::<WasmPlugin>(&()),
             Kind::Gateway => ApiResource::erase::<Gateway>(&()),
+            Kind::KubernetesGateway => ApiResource::erase::<KubernetesGateway>(&()),
             Kind::TrafficExtension => ApiResource::erase::<TrafficExtension>(&()),
             Kind::HttpRoute => ApiResource::erase::<HTTPRoute>(&()),
             Kind::GrpcRoute => ApiResource::erase::<GRPCRoute>(&()),
@@ -63,6 +67,11 @@ impl Kind {
     /// A plugin object: a WasmPlugin or its successor, a TrafficExtension.
     pub fn is_plugin(self) -> bool {
         matches!(self, Kind::WasmPlugin | Kind::TrafficExtension)
+    }
+
+    /// A Gateway of either API.
+    pub fn is_gateway(self) -> bool {
+        matches!(self, Kind::Gateway | Kind::KubernetesGateway)
     }
 
     /// A Gateway API route.
@@ -93,6 +102,23 @@ pub struct Existing {
     pub created: Option<String>,
 }
 
+/// A route's Service parents, each `<name>` or `<name>.<namespace>`.
+fn service_parents(spec: &Value) -> Vec<String> {
+    spec["parentRefs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["kind"] == "Service" && p["group"].as_str().unwrap_or("").is_empty())
+        .filter_map(|p| {
+            let name = p["name"].as_str()?;
+            Some(match p["namespace"].as_str() {
+                Some(ns) => format!("{name}.{ns}"),
+                None => name.to_owned(),
+            })
+        })
+        .collect()
+}
+
 impl Existing {
     /// Reads an object of `kind` from its JSON; `default_namespace` for one without.
     pub fn from_json(kind: Kind, value: &Value, default_namespace: &str) -> Self {
@@ -116,25 +142,14 @@ impl Existing {
             }
             Kind::DestinationRule => (text(&spec["host"]).into_iter().collect(), true),
             // A route's Service parents are the hosts it routes for sidecars (GAMMA); one
-            // bound only to Gateways is not a mesh route.
+            // bound only to Gateways is not a mesh route, and its `hostnames` are the
+            // hosts it routes there (as a gateway-bound VirtualService's `hosts`).
             Kind::HttpRoute | Kind::GrpcRoute => {
-                let services: Vec<String> = spec["parentRefs"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|p| {
-                        p["kind"] == "Service" && p["group"].as_str().unwrap_or("").is_empty()
-                    })
-                    .filter_map(|p| {
-                        let name = p["name"].as_str()?;
-                        Some(match p["namespace"].as_str() {
-                            Some(ns) => format!("{name}.{ns}"),
-                            None => name.to_owned(),
-                        })
-                    })
-                    .collect();
-                let mesh = !services.is_empty();
-                (services, mesh)
+                let services = service_parents(spec);
+                match services.is_empty() {
+                    false => (services, true),
+                    true => (strings(&spec["hostnames"]), false),
+                }
             }
             // An env Service (`gamma.rs`): the service it is an env of.
             Kind::Service => (
@@ -143,7 +158,9 @@ impl Existing {
                     .collect(),
                 true,
             ),
-            Kind::WasmPlugin | Kind::Gateway | Kind::TrafficExtension => (Vec::new(), true),
+            Kind::WasmPlugin | Kind::Gateway | Kind::KubernetesGateway | Kind::TrafficExtension => {
+                (Vec::new(), true)
+            }
         };
         Self {
             kind,

@@ -61,7 +61,9 @@ impl ExtensionApi {
             kinds.push(Kind::TrafficExtension);
         }
         // Users' routes hold services as their VirtualServices do, and ours are pruned.
+        // Gateway API's Gateways, for entry when routes are HTTPRoutes.
         if let Some(gateway_api) = gateway_api {
+            kinds.push(Kind::KubernetesGateway);
             kinds.push(Kind::HttpRoute);
             if gateway_api.grpc_route {
                 kinds.push(Kind::GrpcRoute);

@@ -104,14 +104,21 @@ pub struct GrpcRouteSpec {
 #[serde(rename_all = "camelCase")]
 pub struct RouteSpec {
     pub parent_refs: Vec<ParentRef>,
+    /// A gateway route's hosts (none for a mesh route: its parent is the service).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
     pub rules: Vec<RouteRule>,
 }
 
-/// A route's parent: here always the routed Service (`group: ""`, `kind: Service`).
+/// A route's parent: the routed Service (`group: ""`, `kind: Service`) for a mesh route,
+/// a Gateway API Gateway for entry through it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 pub struct ParentRef {
     pub group: String,
     pub kind: String,
+    /// A Gateway's namespace (a Service parent is in the route's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     pub name: String,
     /// The service port the route is for; absent: every port (single-port services).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -225,13 +232,18 @@ impl MeshRoute {
         }
     }
 
-    /// The routed service (the parent's name).
+    /// Whether it routes for sidecars (its parent a Service), not at Gateways.
+    pub fn is_mesh(&self) -> bool {
+        self.spec().parent_refs.iter().any(|p| p.kind == "Service")
+    }
+
+    /// The routed service: a mesh route's parent; a gateway route's name before its
+    /// first dot (`<service>.gateway`, see [`gateway_routes`]).
     pub fn service(&self) -> String {
-        self.spec()
-            .parent_refs
-            .first()
-            .map(|p| p.name.clone())
-            .unwrap_or_default()
+        match self.spec().parent_refs.iter().find(|p| p.kind == "Service") {
+            Some(parent) => parent.name.clone(),
+            None => service_of_route_name(&self.name()).to_owned(),
+        }
     }
 
     /// As the API returns it (`apiVersion`, `kind`, `metadata`, `spec`).
@@ -242,6 +254,60 @@ impl MeshRoute {
         }
         .unwrap_or_default()
     }
+}
+
+/// The service a route of the controller's is for, by its name: `<service>`,
+/// `<service>.<port>`, `<service>.gateway`, each maybe `.<shard>` (a Service's name has
+/// no dot).
+pub fn service_of_route_name(name: &str) -> &str {
+    name.split('.').next().unwrap_or(name)
+}
+
+/// The suffix of a service's gateway routes' names.
+pub const GATEWAY_ROUTE_SUFFIX: &str = "gateway";
+
+/// Hostnames one route may hold (Gateway API v1.6: `spec.hostnames` maxItems 16).
+pub const MAX_HOSTNAMES: usize = 16;
+
+/// A service's entry through Gateway API Gateways: the rules of its first routed port's
+/// mesh routes (`mesh`, as planned), bound to `gateways` (namespace, name) under `hosts`,
+/// named `<service>.gateway` (then `.2`, ... past [`MAX_RULES`] rules). The gateway's
+/// plugin picks the env and sets the route header, as a sidecar's does, so the same
+/// rules route there.
+pub fn gateway_routes(
+    mesh: &[MeshRoute],
+    service: &str,
+    gateways: &[(String, String)],
+    hosts: &[String],
+    metadata: ObjectMeta,
+) -> Vec<MeshRoute> {
+    let mut of_service = mesh
+        .iter()
+        .filter(|r| r.is_mesh() && r.service() == service);
+    let Some(first) = of_service.next() else {
+        return Vec::new();
+    };
+    let parent = first.spec().parent_refs.clone();
+    let rules: Vec<RouteRule> = std::iter::once(first)
+        .chain(of_service.filter(|r| r.kind() == first.kind() && r.spec().parent_refs == parent))
+        .flat_map(|r| r.spec().rules.clone())
+        .collect();
+    let route = RouteSpec {
+        parent_refs: gateways
+            .iter()
+            .map(|(namespace, name)| ParentRef {
+                group: crate::waypoint::GATEWAY_GROUP.into(),
+                kind: "Gateway".into(),
+                namespace: Some(namespace.clone()),
+                name: name.clone(),
+                port: None,
+            })
+            .collect(),
+        hostnames: hosts.to_vec(),
+        rules: Vec::new(),
+    };
+    let first = MeshRoute::new(first.kind(), metadata, route);
+    split_rules(&first, rules)
 }
 
 /// One env of a service to route, with the name of its own Service.
@@ -341,6 +407,7 @@ impl GatewayApiRouting<'_> {
             let parent = ParentRef {
                 group: String::new(),
                 kind: "Service".into(),
+                namespace: None,
                 name: name.clone(),
                 port: (!single).then_some(port.port),
             };
@@ -349,6 +416,7 @@ impl GatewayApiRouting<'_> {
                 meta(&base),
                 RouteSpec {
                     parent_refs: vec![parent],
+                    hostnames: Vec::new(),
                     rules: Vec::new(),
                 },
             );
@@ -433,6 +501,7 @@ pub fn split_rules(first: &MeshRoute, rules: Vec<RouteRule>) -> Vec<MeshRoute> {
                 metadata,
                 RouteSpec {
                     parent_refs: first.spec().parent_refs.clone(),
+                    hostnames: first.spec().hostnames.clone(),
                     rules: chunk.to_vec(),
                 },
             )

@@ -4,6 +4,11 @@
 //! `kt-virtual-environment/hosts: <host>[,...]`) or the VirtualEnvironment's
 //! `spec.gateways`; the names of the gateway plugin objects.
 //!
+//! The names are Istio Gateways (`networking.istio.io`) where the namespace routes with
+//! VirtualServices, Gateway API Gateways (`gateway.networking.k8s.io`, Istio's
+//! `gatewayClassName: istio`) where it routes with HTTPRoutes: a VirtualService binds
+//! only the one kind, an HTTPRoute only the other.
+//!
 //! What is admitted is `gateway_admission.rs`'s to say, and the plugin objects are
 //! `gateway_plugins.rs`'s to build. Pure: no API calls.
 
@@ -13,7 +18,8 @@ use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 use virtual_env_core::service::is_dns_label;
 
-use crate::crd::VirtualEnvironment;
+use crate::crd::{RoutingApi, VirtualEnvironment};
+use crate::existing::{Existing, Kind};
 use crate::objects::OWNER_NAMESPACE_LABEL;
 use crate::skip::Skip;
 
@@ -22,16 +28,55 @@ pub const HOSTS_ANNOTATION: &str = "kt-virtual-environment/hosts";
 /// The finalizer that deletes a VirtualEnvironment's gateway plugin objects.
 pub const FINALIZER: &str = "env.alibaba.com/gateway-plugins";
 
-/// A Gateway as a VirtualService names it, resolved to its namespace.
+/// The label Istio puts on the pods it deploys for a Gateway API Gateway (its value the
+/// Gateway's name; the pods run in the Gateway's namespace), and by which it attaches a
+/// policy's `targetRefs` to them.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
+/// Which API a Gateway is of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GatewayKind {
+    /// `networking.istio.io` Gateway: a `selector` for its pods, `servers[].hosts`.
+    #[default]
+    Istio,
+    /// `gateway.networking.k8s.io` Gateway: pods labelled [`GATEWAY_NAME_LABEL`] in its
+    /// namespace, `listeners` with `allowedRoutes`.
+    GatewayApi,
+}
+
+impl GatewayKind {
+    /// The kind of object such a Gateway is read as.
+    pub fn object_kind(self) -> Kind {
+        match self {
+            GatewayKind::Istio => Kind::Gateway,
+            GatewayKind::GatewayApi => Kind::KubernetesGateway,
+        }
+    }
+
+    /// The Gateways a VirtualEnvironment's exposures name: Gateway API's once its routes
+    /// are HTTPRoutes (as asked, or as decided in `status.routingApi`).
+    pub fn of(ve: &VirtualEnvironment) -> Self {
+        let asked = ve.spec.routing.as_ref().and_then(|r| r.api);
+        let decided = ve.status.as_ref().and_then(|s| s.routing_api);
+        match asked.or(decided) {
+            Some(RoutingApi::HttpRoute) => GatewayKind::GatewayApi,
+            _ => GatewayKind::Istio,
+        }
+    }
+}
+
+/// A Gateway as a VirtualService or an HTTPRoute names it, resolved to its namespace.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct GatewayName {
     pub namespace: String,
     pub name: String,
+    pub kind: GatewayKind,
 }
 
 impl GatewayName {
-    /// `<ns>/<name>`, or `<name>` in `own_namespace`, as Istio reads `spec.gateways`.
-    /// `None` for `mesh` (always bound) and for what is not a name.
+    /// `<ns>/<name>`, or `<name>` in `own_namespace`, as Istio reads `spec.gateways`
+    /// (an Istio Gateway; see [`Self::of_kind`]). `None` for `mesh` (always bound) and for
+    /// what is not a name.
     pub fn parse(reference: &str, own_namespace: &str) -> Option<Self> {
         let reference = reference.trim();
         if reference == "mesh" {
@@ -43,7 +88,32 @@ impl GatewayName {
         (is_dns_label(namespace) && is_dns_subdomain(name)).then(|| Self {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
+            kind: GatewayKind::Istio,
         })
+    }
+
+    /// The same name, as a Gateway of `kind`.
+    pub fn of_kind(self, kind: GatewayKind) -> Self {
+        Self { kind, ..self }
+    }
+
+    /// The Gateway `object` (an Istio or Gateway API Gateway).
+    pub fn of_object(object: &Existing) -> Self {
+        Self {
+            namespace: object.namespace.clone(),
+            name: object.name.clone(),
+            kind: match object.kind {
+                Kind::KubernetesGateway => GatewayKind::GatewayApi,
+                _ => GatewayKind::Istio,
+            },
+        }
+    }
+
+    /// Whether `object` is this Gateway.
+    pub fn is(&self, object: &Existing) -> bool {
+        object.kind == self.kind.object_kind()
+            && object.namespace == self.namespace
+            && object.name == self.name
     }
 
     /// How the VirtualService names it.
@@ -66,6 +136,7 @@ pub fn exposures(
     ve: &VirtualEnvironment,
     services: &[Service],
     namespace: &str,
+    kind: GatewayKind,
 ) -> (BTreeMap<String, Exposure>, Vec<Skip>) {
     let mut out: BTreeMap<String, Exposure> = BTreeMap::new();
     let mut problems = Vec::new();
@@ -82,7 +153,7 @@ pub fn exposures(
         for gateway in gateways {
             match GatewayName::parse(&gateway, namespace) {
                 Some(name) => {
-                    exposure.gateways.insert(name);
+                    exposure.gateways.insert(name.of_kind(kind));
                 }
                 None if gateway == "mesh" => {}
                 None => problems.push(Skip::service(

@@ -30,7 +30,8 @@ use virtual_env_core::EdgeTrust;
 
 use crate::crd::VirtualEnvironment;
 use crate::existing::{Existing, Kind};
-use crate::gateway::{exposures, Exposure, GatewayName};
+use crate::gateway::{exposures, Exposure, GatewayKind, GatewayName, GATEWAY_NAME_LABEL};
+use crate::gateway_api_gateway::listeners_admit;
 use crate::gateway_policy::{gateway_admits, GatewayPods, GatewayPolicy};
 use crate::skip::Skip;
 
@@ -60,7 +61,8 @@ type Precedence = (
 pub struct GatewayCluster {
     /// Per Gateway, the pods its selector matches, as (namespace, labels), once each.
     pub gateway_pods: BTreeMap<GatewayName, Vec<PodLabels>>,
-    /// Per Gateway, its `servers` (which hosts it admits from which namespaces).
+    /// Per Gateway, its spec (its `servers` or `listeners`: which hosts it admits from
+    /// which namespaces, see [`gateway_takes`]).
     pub gateway_servers: BTreeMap<GatewayName, serde_json::Value>,
     pub policies: Vec<GatewayPolicy>,
     /// Gateway hosts claimed in every namespace: by VirtualEnvironments' exposures and by
@@ -94,8 +96,11 @@ fn pods_of<'a>(
     let mut gateway_pods: BTreeMap<GatewayName, BTreeSet<PodLabels>> = BTreeMap::new();
     for pod in pods {
         let labels = pod.labels();
+        let namespace = pod.namespace().unwrap_or_default();
         for (name, selector) in gateways {
-            if selects(selector, labels) {
+            // A Gateway API Gateway's label names it within its namespace only.
+            let elsewhere = name.kind == GatewayKind::GatewayApi && namespace != name.namespace;
+            if selects(selector, labels) && !elsewhere {
                 gateway_pods
                     .entry(name.clone())
                     .or_default()
@@ -117,7 +122,7 @@ fn virtual_environment_claims<'a>(
     for (ve, services) in namespaces {
         let ns = ve.namespace().unwrap_or_default();
         let owned: Vec<Service> = services.into_iter().cloned().collect();
-        let (exposed, _) = exposures(ve, &owned, &ns);
+        let (exposed, _) = exposures(ve, &owned, &ns, GatewayKind::of(ve));
         for exposure in exposed.values() {
             for gateway in &exposure.gateways {
                 for host in &exposure.hosts {
@@ -134,10 +139,24 @@ fn virtual_environment_claims<'a>(
     claims
 }
 
-/// The (gateway, host) pairs users' gateway-bound VirtualServices hold.
-fn user_claims<'a>(virtual_services: impl Iterator<Item = &'a Existing>) -> Vec<HostClaim> {
+/// The (gateway, host) pairs users' gateway-bound VirtualServices and HTTPRoutes hold.
+fn user_claims<'a>(routes: impl Iterator<Item = &'a Existing> + Clone) -> Vec<HostClaim> {
     let mut claims = Vec::new();
-    for vs in virtual_services {
+    for route in routes.clone().filter(|r| r.kind.is_route()) {
+        for gateway in route_gateways(route) {
+            // A route without hostnames takes what no route names (Gateway API ranks
+            // the named host first): it claims none.
+            for host in &route.hosts {
+                claims.push(HostClaim {
+                    namespace: route.namespace.clone(),
+                    gateway: gateway.clone(),
+                    host: host.to_ascii_lowercase(),
+                    by: Claimant::User(route.describe()),
+                });
+            }
+        }
+    }
+    for vs in routes.filter(|r| r.kind == Kind::VirtualService) {
         for reference in vs.spec["gateways"].as_array().into_iter().flatten() {
             let Some(gateway) = reference
                 .as_str()
@@ -158,6 +177,47 @@ fn user_claims<'a>(virtual_services: impl Iterator<Item = &'a Existing>) -> Vec<
     claims
 }
 
+/// The Gateway API Gateways a route (HTTPRoute, GRPCRoute) names as parents.
+fn route_gateways(route: &Existing) -> Vec<GatewayName> {
+    route.spec["parentRefs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            // `group` and `kind` default to Gateway API's Gateway.
+            p["kind"].as_str().unwrap_or("Gateway") == "Gateway"
+                && p["group"]
+                    .as_str()
+                    .unwrap_or(crate::waypoint::GATEWAY_GROUP)
+                    == crate::waypoint::GATEWAY_GROUP
+        })
+        .filter_map(|p| {
+            Some(GatewayName {
+                namespace: p["namespace"]
+                    .as_str()
+                    .unwrap_or(&route.namespace)
+                    .to_owned(),
+                name: p["name"].as_str()?.to_owned(),
+                kind: GatewayKind::GatewayApi,
+            })
+        })
+        .collect()
+}
+
+/// Whether a Gateway (its spec, of `gateway`'s kind) takes `namespace`'s route for `host`:
+/// an Istio Gateway by its `servers[].hosts`, a Gateway API Gateway by its listeners.
+pub fn gateway_takes(
+    gateway: &GatewayName,
+    spec: &serde_json::Value,
+    namespace: &str,
+    host: &str,
+) -> bool {
+    match gateway.kind {
+        GatewayKind::Istio => gateway_admits(&spec["servers"], &gateway.namespace, namespace, host),
+        GatewayKind::GatewayApi => listeners_admit(spec, &gateway.namespace, namespace, host),
+    }
+}
+
 impl GatewayCluster {
     /// The view from the cluster's objects: `gateways` (Gateways, and anyone's
     /// VirtualServices), `pods`, the policies, and per namespace its VirtualEnvironment
@@ -171,22 +231,19 @@ impl GatewayCluster {
         // Each Gateway's servers (its hosts) and, when it selects pods, its selector.
         let mut objects_servers: BTreeMap<GatewayName, serde_json::Value> = BTreeMap::new();
         let mut gateways: Vec<(GatewayName, BTreeMap<String, String>)> = Vec::new();
-        for o in objects.clone().filter(|o| o.kind == Kind::Gateway) {
-            let name = GatewayName {
-                namespace: o.namespace.clone(),
-                name: o.name.clone(),
-            };
+        for o in objects.clone().filter(|o| o.kind.is_gateway()) {
+            let name = GatewayName::of_object(o);
             let selector = selector_of(o);
             if !selector.is_empty() {
                 gateways.push((name.clone(), selector));
             }
-            objects_servers.insert(name, o.spec["servers"].clone());
+            objects_servers.insert(name, o.spec.clone());
         }
         let gateway_pods = pods_of(&gateways, pods);
         let mut claims = virtual_environment_claims(namespaces);
-        claims.extend(user_claims(
-            objects.filter(|o| o.kind == Kind::VirtualService && !o.labelled),
-        ));
+        claims.extend(user_claims(objects.filter(|o| {
+            (o.kind == Kind::VirtualService || (o.kind.is_route() && !o.mesh)) && !o.labelled
+        })));
         let gateway_servers = objects_servers;
         let mut policies = policies;
         // Two policies covering the same pods: the first by name decides, every time.
@@ -205,10 +262,7 @@ impl GatewayCluster {
         gateway: &Existing,
         scope_to_namespace: bool,
     ) -> BTreeMap<&str, Vec<&BTreeMap<String, String>>> {
-        let name = GatewayName {
-            namespace: gateway.namespace.clone(),
-            name: gateway.name.clone(),
-        };
+        let name = GatewayName::of_object(gateway);
         let mut out: BTreeMap<&str, Vec<&BTreeMap<String, String>>> = BTreeMap::new();
         for (ns, labels) in self.gateway_pods.get(&name).into_iter().flatten() {
             if !scope_to_namespace || *ns == gateway.namespace {
@@ -219,8 +273,15 @@ impl GatewayCluster {
     }
 }
 
-fn selector_of(gateway: &Existing) -> BTreeMap<String, String> {
-    serde_json::from_value(gateway.spec["selector"].clone()).unwrap_or_default()
+/// The labels of a Gateway's pods: an Istio Gateway's `selector`; for a Gateway API
+/// Gateway the label Istio gives the pods it deploys for it.
+pub fn selector_of(gateway: &Existing) -> BTreeMap<String, String> {
+    match gateway.kind {
+        Kind::KubernetesGateway => {
+            BTreeMap::from([(GATEWAY_NAME_LABEL.to_owned(), gateway.name.clone())])
+        }
+        _ => serde_json::from_value(gateway.spec["selector"].clone()).unwrap_or_default(),
+    }
 }
 
 fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
@@ -278,9 +339,7 @@ pub fn admit(
     };
     let referenced: BTreeSet<&GatewayName> = wanted.values().flat_map(|e| &e.gateways).collect();
     for gateway in referenced {
-        let object = gateways.iter().find(|g| {
-            g.kind == Kind::Gateway && g.namespace == gateway.namespace && g.name == gateway.name
-        });
+        let object = gateways.iter().find(|g| gateway.is(g));
         match object {
             Some(object) => judging.gateway(gateway, object),
             // Bound as asked (istiod ignores a binding to a Gateway that does not exist,
@@ -324,13 +383,18 @@ impl Judging<'_> {
     /// Every placement of `gateway` (the namespaces of its pods).
     fn gateway(&mut self, gateway: &GatewayName, object: &Existing) {
         let selector = selector_of(object);
-        let scoped = self.tenant.scope_gateway_to_namespace;
+        let api = gateway.kind == GatewayKind::GatewayApi;
+        let scoped = self.tenant.scope_gateway_to_namespace || api;
         let mut placements = self.cluster.placements(object, scoped);
         if placements.is_empty() && !selector.is_empty() {
+            let which = match api {
+                true => format!("no pod labelled {GATEWAY_NAME_LABEL}={} runs", gateway.name),
+                false => "its selector matches no pod".to_owned(),
+            };
             self.out.refused.push(Skip::gateway(
                 &gateway.reference(),
                 format_args!(
-                    "its selector matches no pod{}; its plugin object waits in namespace {}",
+                    "{which}{}; its plugin object waits in namespace {}",
                     if scoped { " in its namespace" } else { "" },
                     gateway.namespace
                 ),
@@ -378,6 +442,10 @@ impl Judging<'_> {
                     policy.name_any()
                 ),
             ));
+            return None;
+        }
+        if let Some(why) = policy.and_then(|p| guard_cannot_attach(p, gateway)) {
+            self.refuse_every_host(gateway, Skip::gateway(&reference, why));
             return None;
         }
         let edge_trust = self.edge_trust_under(policy, &reference);
@@ -549,6 +617,21 @@ fn binding(
     Some(Exposure { gateways, hosts })
 }
 
+/// Why `policy`'s edge guard might not run on a Gateway API Gateway's pods: it attaches
+/// by `targetRefs` only when the policy selects them by [`GATEWAY_NAME_LABEL`]; by any
+/// other selector Istio ignores it there where `ENABLE_SELECTOR_BASED_K8S_GATEWAY_POLICY`
+/// is off (the routing plugins would then let every env in). A policy that accepts every
+/// env has no guard, so nothing to attach.
+fn guard_cannot_attach(policy: &GatewayPolicy, gateway: &GatewayName) -> Option<String> {
+    let selector = &policy.spec.workload.selector;
+    let by_name = selector.get(GATEWAY_NAME_LABEL) == Some(&gateway.name);
+    let guarded = policy.edge_trust().mode != virtual_env_core::EdgeMode::Accept;
+    (gateway.kind == GatewayKind::GatewayApi && guarded && !by_name).then(|| format!(
+        "GatewayPolicy {} selects this Gateway API gateway's pods by other labels than {GATEWAY_NAME_LABEL}: {}, and Istio may not apply a selector there (ENABLE_SELECTOR_BASED_K8S_GATEWAY_POLICY), so its edge guard could be missing: nothing is entered by env under it until its workload.selector is {{{GATEWAY_NAME_LABEL}: {}}}",
+        policy.name_any(), gateway.name, gateway.name
+    ))
+}
+
 /// Why `host` may not be entered for the tenant at this placement; `None` when it may.
 fn refusal(
     tenant: &Tenant<'_>,
@@ -560,10 +643,15 @@ fn refusal(
     cluster: &GatewayCluster,
 ) -> Option<String> {
     let ns = tenant.namespace;
-    if !gateway_admits(&object.spec["servers"], &object.namespace, ns, host) {
-        return Some(format!(
-            "the Gateway's servers[].hosts do not admit {ns}/{host}, so istiod would not route it"
-        ));
+    if !gateway_takes(gateway, &object.spec, ns, host) {
+        return Some(match gateway.kind {
+            GatewayKind::Istio => format!(
+                "the Gateway's servers[].hosts do not admit {ns}/{host}, so istiod would not route it"
+            ),
+            GatewayKind::GatewayApi => {
+                crate::gateway_api_gateway::refusal(&object.spec, &gateway.namespace, ns)
+            }
+        });
     }
     if let Some(policy) = policy {
         if policy.admits(ns, host).is_none() {
@@ -637,9 +725,7 @@ fn could_serve(
     let servers_admit = cluster
         .gateway_servers
         .get(&claim.gateway)
-        .is_some_and(|servers| {
-            gateway_admits(servers, &claim.gateway.namespace, &claim.namespace, host)
-        });
+        .is_some_and(|spec| gateway_takes(&claim.gateway, spec, &claim.namespace, host));
     let admitted = match (policy, &claim.by) {
         // istiod serves a user's VirtualService whatever a GatewayPolicy says.
         (_, Claimant::User(_)) => true,

@@ -15,9 +15,9 @@ use virtual_env_core::PluginConfig;
 
 use crate::crd::VirtualEnvironment;
 use crate::existing::{Existing, Kind};
-use crate::gateway::{plugin_name, Exposure, GatewayName};
+use crate::gateway::{plugin_name, Exposure, GatewayKind, GatewayName};
 use crate::gateway_admission::Placement;
-use crate::istio::{WasmPlugin, WasmPluginSpec, WorkloadSelector};
+use crate::istio::{PolicyTargetReference, WasmPlugin, WasmPluginSpec, WorkloadSelector};
 use crate::objects::{
     plugin_config_value, WasmSource, MANAGED_BY, MANAGED_BY_LABEL, OWNER_NAMESPACE_LABEL,
     OWNER_UID_LABEL,
@@ -139,19 +139,17 @@ fn gateways_without_pods(entry: &Entry<'_>, elsewhere: &[Existing]) -> Vec<Skip>
         .into_iter()
         .filter_map(|gateway| {
             let reference = gateway.reference();
-            let Some(object) = elsewhere.iter().find(|g| {
-                g.kind == Kind::Gateway
-                    && g.namespace == gateway.namespace
-                    && g.name == gateway.name
-            }) else {
+            let Some(object) = elsewhere.iter().find(|g| gateway.is(g)) else {
+                let routes = match gateway.kind {
+                    GatewayKind::Istio => "VirtualServices",
+                    GatewayKind::GatewayApi => "HTTPRoutes (a Gateway API Gateway)",
+                };
                 return Some(Skip::gateway(
                     &reference,
-                    "not found; bound in the VirtualServices, but no plugin for its pods (requests entering there take the default routes)",
+                    format_args!("not found; bound in the {routes}, but no plugin for its pods (requests entering there take the default routes)"),
                 ));
             };
-            let selector: BTreeMap<String, String> =
-                serde_json::from_value(object.spec["selector"].clone()).unwrap_or_default();
-            selector.is_empty().then(|| {
+            crate::gateway_admission::selector_of(object).is_empty().then(|| {
                 Skip::gateway(&reference, "has no selector, so no pods to give the plugin")
             })
         })
@@ -189,7 +187,10 @@ fn gateway_config(
 }
 
 /// The plugin object `name` for `placement` in namespace `at`, owned (by label) by the
-/// VirtualEnvironment of `namespace` with `owner_uid`.
+/// VirtualEnvironment of `namespace` with `owner_uid`. It selects an Istio Gateway's pods
+/// by their labels; a Gateway API Gateway's by `targetRefs` to the Gateway (Istio ignores
+/// selectors on those pods where `ENABLE_SELECTOR_BASED_K8S_GATEWAY_POLICY` is off, and
+/// never applies a policy with `targetRefs` to any other pod).
 fn gateway_plugin(
     name: String,
     at: &str,
@@ -217,14 +218,27 @@ fn gateway_plugin(
             url: source.url.clone(),
             sha256: source.sha256.clone(),
             fail_strategy: "FAIL_OPEN".into(),
-            selector: Some(WorkloadSelector {
+            selector: (placement.gateway.kind == GatewayKind::Istio).then(|| WorkloadSelector {
                 match_labels: placement.selector.clone(),
             }),
             // Every listener of the gateway: it only ever calls out.
             traffic_selectors: Vec::new(),
-            target_refs: Vec::new(),
+            target_refs: match placement.gateway.kind {
+                GatewayKind::Istio => Vec::new(),
+                GatewayKind::GatewayApi => vec![gateway_target(&placement.gateway.name)],
+            },
             phase: None,
             plugin_config: plugin_config_value(config),
         },
+    }
+}
+
+/// A policy's `targetRefs` entry for the Gateway API Gateway `name` (of the policy's own
+/// namespace: Istio attaches a policy only to a Gateway of its namespace).
+pub fn gateway_target(name: &str) -> PolicyTargetReference {
+    PolicyTargetReference {
+        group: crate::waypoint::GATEWAY_GROUP.into(),
+        kind: "Gateway".into(),
+        name: name.to_owned(),
     }
 }

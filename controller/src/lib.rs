@@ -13,6 +13,7 @@ pub mod extension;
 pub mod gamma;
 pub mod gateway;
 pub mod gateway_admission;
+pub mod gateway_api_gateway;
 pub mod gateway_plugins;
 pub mod gateway_policy;
 pub mod indexed;

@@ -17,9 +17,9 @@ use crate::crd::{HeaderAlias, RoutingApi, VirtualEnvironment, ROUTE_HEADER_SUFFI
 use crate::existing::{Existing, Kind};
 use crate::extension::ExtensionApi;
 use crate::gamma::{
-    env_service_name, is_env_service, EnvBackend, GatewayApi, GatewayApiRouting, MeshRoute,
+    self, env_service_name, is_env_service, EnvBackend, GatewayApi, GatewayApiRouting, MeshRoute,
 };
-use crate::gateway::{self, GatewayName};
+use crate::gateway::{self, GatewayKind, GatewayName};
 use crate::gateway_admission::{admit, Admitted, GatewayAdmission, GatewayCluster, Tenant};
 use crate::gateway_plugins;
 use crate::istio::{
@@ -218,7 +218,12 @@ fn route_services(
     snapshot: &Snapshot,
     ready: &[(&Pod, &str)],
 ) -> BTreeMap<String, gateway::Exposure> {
-    let (exposures, problems) = gateway::exposures(spec.ve, &snapshot.services, &spec.namespace);
+    let kind = match plan.routing_api {
+        RoutingApi::HttpRoute => GatewayKind::GatewayApi,
+        RoutingApi::VirtualService => GatewayKind::Istio,
+    };
+    let (exposures, problems) =
+        gateway::exposures(spec.ve, &snapshot.services, &spec.namespace, kind);
     plan.skipped.extend(problems);
     let by_label = LabelIndex::new(ready.iter().map(|(pod, _)| *pod));
     // Callers without a sidecar reach a service through its waypoint, or through
@@ -596,13 +601,7 @@ fn route_service(
                 Ok(objects) => objects,
                 Err(skip) => return Routing::Skipped(skip),
             };
-            if exposure.is_some() {
-                notes.push(Skip::service(
-                    &name,
-                    "not exposed through gateways: gateway entry is written with VirtualServices only (spec.routing.api: VirtualService); its mesh routes are HTTPRoutes",
-                ));
-            }
-            (objects, None)
+            (objects, exposure)
         }
     };
     Routing::Routed(Box::new(Routed {
@@ -913,8 +912,9 @@ fn exported_narrowly(rule: &Existing) -> bool {
     }
 }
 
-/// The service's gateway entry, unless a user's VirtualService of the namespace routes one
-/// of its gateway hosts (Istio would merge the two): then it stays routed in the mesh only.
+/// The service's gateway entry, unless a user's VirtualService (HTTPRoute bound to
+/// Gateways, with Gateway API routing) of the namespace routes one of its gateway hosts
+/// (Istio would merge the two): then it stays routed in the mesh only.
 fn gateway_hosts_free(
     spec: &Resolved<'_>,
     name: &str,
@@ -924,7 +924,10 @@ fn gateway_hosts_free(
     let mut taken: Vec<String> = spec
         .others
         .iter()
-        .filter(|e| e.kind == Kind::VirtualService)
+        .filter(|e| match spec_routes_with_gateway_api(exposure) {
+            false => e.kind == Kind::VirtualService,
+            true => e.kind.is_route() && !e.mesh,
+        })
         .filter(|e| {
             e.hosts
                 .iter()
@@ -946,9 +949,17 @@ fn gateway_hosts_free(
     None
 }
 
+/// Whether an exposure names Gateway API Gateways (the namespace routes with HTTPRoutes).
+fn spec_routes_with_gateway_api(exposure: &gateway::Exposure) -> bool {
+    exposure
+        .gateways
+        .iter()
+        .any(|g| g.kind == GatewayKind::GatewayApi)
+}
+
 /// Gateway entry as the cluster admits it (`gateway_admission.rs`): the VirtualServices
-/// of exposed services bound to the admitted gateways and hosts only, and the claims the
-/// namespace publishes.
+/// of exposed services bound to the admitted gateways and hosts only (with Gateway API
+/// routing, their gateway routes), and the claims the namespace publishes.
 fn admit_entry(
     plan: &mut Plan,
     spec: &Resolved<'_>,
@@ -986,7 +997,62 @@ fn admit_entry(
             vs.spec.gateways.push("mesh".into());
         }
     }
+    let gateway_routes = admitted
+        .exposures
+        .iter()
+        .flat_map(|(service, exposure)| entry_routes(plan, spec, service, exposure))
+        .collect::<Vec<_>>();
+    plan.mesh_routes.extend(gateway_routes);
     admitted
+}
+
+/// The HTTPRoutes (GRPCRoutes) that bind `service`'s admitted entry to Gateway API
+/// Gateways (`gamma::gateway_routes`); none, said in the status, when a name is taken or
+/// the hosts are more than a route holds.
+fn entry_routes(
+    plan: &mut Plan,
+    spec: &Resolved<'_>,
+    service: &str,
+    exposure: &gateway::Exposure,
+) -> Vec<MeshRoute> {
+    if !spec_routes_with_gateway_api(exposure) {
+        return Vec::new();
+    }
+    let hosts: Vec<String> = exposure.hosts.iter().cloned().collect();
+    if hosts.len() > gamma::MAX_HOSTNAMES {
+        plan.skipped.push(Skip::service(
+            service,
+            format_args!(
+                "not bound to its gateways: {} hosts, over the {} an HTTPRoute may name",
+                hosts.len(),
+                gamma::MAX_HOSTNAMES
+            ),
+        ));
+        return Vec::new();
+    }
+    let gateways: Vec<(String, String)> = exposure
+        .gateways
+        .iter()
+        .map(|g| (g.namespace.clone(), g.name.clone()))
+        .collect();
+    let name = format!("{service}.{}", gamma::GATEWAY_ROUTE_SUFFIX);
+    let meta = managed_meta(spec.ve, &name, &spec.namespace);
+    let routes = gamma::gateway_routes(&plan.mesh_routes, service, &gateways, &hosts, meta);
+    let taken: Vec<String> = (routes.iter())
+        .filter(|r| (spec.others.iter()).any(|e| e.kind == r.kind() && e.name == r.name()))
+        .map(|r| format!("{} {}", r.kind().name(), r.name()))
+        .collect();
+    if !taken.is_empty() {
+        plan.skipped.push(Skip::service(
+            service,
+            format_args!(
+                "not bound to its gateways: {} exist and are not managed by this VirtualEnvironment",
+                taken.join(", ")
+            ),
+        ));
+        return Vec::new();
+    }
+    routes
 }
 
 /// Takes in the other namespaces' tables (`peers`) within the size budget: the namespace's
@@ -1195,7 +1261,7 @@ fn to_prune(plan: &Plan, spec: &Resolved<'_>, snapshot: &Snapshot) -> Vec<Existi
         Kind::WasmPlugin | Kind::TrafficExtension => plan.gateway_plugins.iter().any(|o| {
             o.name_any() == e.name && o.namespace().as_deref() == Some(e.namespace.as_str())
         }),
-        Kind::Gateway => true,
+        Kind::Gateway | Kind::KubernetesGateway => true,
         Kind::HttpRoute | Kind::GrpcRoute => plan
             .mesh_routes
             .iter()
@@ -1354,3 +1420,5 @@ mod tests;
 
 #[cfg(test)]
 mod gateway_api_tests;
+#[cfg(test)]
+mod gateway_entry_tests;

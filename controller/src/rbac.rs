@@ -86,6 +86,9 @@ pub const CLUSTER: &[ApiUse] = &[
     ),
     // Read only: a Gateway's selector names the pods that get its plugin object.
     uses("networking.istio.io", "gateways", &["list", "watch"]),
+    // Read only: Gateway API Gateways, their listeners (which namespaces and hosts they
+    // take routes from), where routes are HTTPRoutes.
+    uses("gateway.networking.k8s.io", "gateways", &["list", "watch"]),
     // Which namespaces a shared gateway's owner admits (read); the status says whether its
     // edge guard is applied.
     uses("env.alibaba.com", "gatewaypolicies", &["list", "watch"]),

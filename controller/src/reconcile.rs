@@ -687,7 +687,7 @@ async fn write_step(step: &Step, api: &NamespaceApi, ctx: &Context) -> Result<()
                 Kind::Service => prune(&api.services, object).await?,
                 // In the namespace, or a gateway's plugin object in the gateway's.
                 Kind::WasmPlugin | Kind::TrafficExtension => prune_plugin(ctx, object).await?,
-                Kind::Gateway => false,
+                Kind::Gateway | Kind::KubernetesGateway => false,
             };
             if deleted {
                 ctx.metrics.pruned(object.kind.name());

@@ -269,7 +269,7 @@ fn watch_istio(
         .modify(slim_object)
         .default_backoff();
         let objects = kept_in(events, writer).touched_objects();
-        controller = if kind == Kind::Gateway {
+        controller = if kind.is_gateway() {
             // A Gateway (its selector) decides where the gateway plugin objects of any
             // namespace go; Gateways change rarely.
             controller.watches_stream_with(objects, every(store.clone()), resource)

@@ -101,14 +101,14 @@ impl Reader {
             "VirtualService" => self.existing.push((Kind::VirtualService, value)),
             "DestinationRule" => self.existing.push((Kind::DestinationRule, value)),
             "WasmPlugin" => self.existing.push((Kind::WasmPlugin, value)),
-            // Istio's Gateway; Gateway API's (gateway.networking.k8s.io) selects no pods.
-            "Gateway"
-                if value["apiVersion"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .starts_with("networking.istio.io/") =>
-            {
-                self.existing.push((Kind::Gateway, value))
+            // Istio's Gateway, or Gateway API's (gateway.networking.k8s.io).
+            "Gateway" => {
+                let api_version = value["apiVersion"].as_str().unwrap_or_default();
+                if api_version.starts_with("networking.istio.io/") {
+                    self.existing.push((Kind::Gateway, value))
+                } else if api_version.starts_with("gateway.networking.k8s.io/") {
+                    self.existing.push((Kind::KubernetesGateway, value))
+                }
             }
             "Namespace" => {
                 let labels =
@@ -142,7 +142,7 @@ impl Reader {
             let labels: std::collections::BTreeMap<String, String> =
                 serde_json::from_value(value["metadata"]["labels"].clone()).unwrap_or_default();
             match kind {
-                Kind::Gateway => elsewhere.push(object),
+                kind if kind.is_gateway() => elsewhere.push(object),
                 _ if object.namespace == ns => existing.push(object),
                 kind if kind.is_plugin()
                     && crate::gateway::of_namespace(&object.name, &labels, ns) =>
@@ -207,7 +207,9 @@ impl Reader {
         let objects: Vec<Existing> = self
             .existing
             .iter()
-            .filter(|(kind, _)| matches!(kind, Kind::Gateway | Kind::VirtualService))
+            .filter(|(kind, _)| {
+                kind.is_gateway() || kind.is_route() || *kind == Kind::VirtualService
+            })
             .map(|(kind, value)| Existing::from_json(*kind, value, default_namespace))
             .collect();
         let cluster = std::sync::Arc::new(GatewayCluster::from_objects(

@@ -56,7 +56,11 @@ impl Step {
             Step::EnvService(o) => o.labels().get(ENV_SERVICE_OF_LABEL).cloned(),
             Step::MeshRoute(o) => Some(o.service()),
             Step::WasmPlugin => None,
-            // A route's or an env Service's `hosts` is the service (`existing.rs`).
+            // A gateway route's service is in its name (`gamma::gateway_routes`).
+            Step::Prune(e) if e.kind.is_route() && !e.mesh => {
+                Some(crate::gamma::service_of_route_name(&e.name).to_owned())
+            }
+            // A mesh route's or an env Service's `hosts` is the service (`existing.rs`).
             Step::Prune(e) if e.kind.is_route() || e.kind == Kind::Service => {
                 e.hosts.first().cloned()
             }
@@ -183,7 +187,12 @@ fn union_routes(planned: &[MeshRoute], owned: &[Existing]) -> Vec<MeshRoute> {
         let parent = first.spec().parent_refs.clone();
         let shards: Vec<&MeshRoute> = planned[i..]
             .iter()
-            .take_while(|r| r.kind() == first.kind() && r.spec().parent_refs == parent)
+            // (Two services' gateway routes may have the same Gateways as parents.)
+            .take_while(|r| {
+                r.kind() == first.kind()
+                    && r.spec().parent_refs == parent
+                    && r.service() == first.service()
+            })
             .collect();
         i += shards.len();
         let mut rules: Vec<RouteRule> =
@@ -195,12 +204,25 @@ fn union_routes(planned: &[MeshRoute], owned: &[Existing]) -> Vec<MeshRoute> {
                 .map(|h| (h.name.clone(), h.value.clone()))
         };
         let have: BTreeSet<(String, String)> = rules.iter().filter_map(env_of).collect();
-        // Only the routes of this service are read back (`hosts` holds a route's Service
-        // parents): reading every route for every service made a reconcile quadratic.
+        // Only the routes of this service are read back (`hosts` holds a mesh route's
+        // Service parents; a gateway route's shards share its name): reading every route
+        // for every service made a reconcile quadratic.
         let service = first.service();
+        let (mesh, base) = (first.is_mesh(), first.name());
+        let shard_of = |name: &str| {
+            name == base
+                || name
+                    .strip_prefix(base.as_str())
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    .is_some_and(|n| n.parse::<usize>().is_ok())
+        };
         let leaving: Vec<RouteRule> = owned
             .iter()
-            .filter(|e| e.kind == first.kind() && e.hosts.contains(&service))
+            .filter(|e| e.kind == first.kind() && e.mesh == mesh)
+            .filter(|e| match mesh {
+                true => e.hosts.contains(&service),
+                false => shard_of(&e.name),
+            })
             .filter_map(|e| read_back_route(first, e))
             .filter(|old| old.spec().parent_refs == parent)
             .flat_map(|old| old.spec().rules.clone())

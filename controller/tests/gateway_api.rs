@@ -17,9 +17,21 @@ const SNAPSHOT: [&str; 2] = [
     "tests/snapshots/gateway-api/cluster.yaml",
 ];
 
+/// Bookinfo routed with Gateway API, entered through Istio's own Gateway API sample.
+const BOOKINFO: [&str; 4] = [
+    "tests/snapshots/bookinfo-gateway-api/virtualenvironment.yaml",
+    "tests/istio/bookinfo.yaml",
+    "tests/snapshots/bookinfo-gateway-api/pods.yaml",
+    "tests/istio/gateway-api/bookinfo-gateway.yaml",
+];
+
 fn render() -> String {
+    render_files(&SNAPSHOT)
+}
+
+fn render_files(files: &[&str]) -> String {
     let mut args = vec!["render"];
-    for f in SNAPSHOT {
+    for f in files {
         args.extend(["-f", f]);
     }
     args.extend([
@@ -105,8 +117,9 @@ fn every_route_is_valid_for_gateway_apis_crds_and_stored_as_written() {
             )
         })
         .collect();
-    // app-a: 17 envs and the default are 18 rules, two routes; app-b: gRPC; app-c: one
-    // route per HTTP or gRPC port, none for its TCP port.
+    // app-a: 17 envs and the default are 18 rules, two routes, and two more for its
+    // entry through the Gateway; app-b: gRPC; app-c: one route per HTTP or gRPC port,
+    // none for its TCP port.
     assert_eq!(
         names,
         [
@@ -115,6 +128,8 @@ fn every_route_is_valid_for_gateway_apis_crds_and_stored_as_written() {
             ("GRPCRoute", "app-b"),
             ("HTTPRoute", "app-c.80"),
             ("GRPCRoute", "app-c.9090"),
+            ("HTTPRoute", "app-a.gateway"),
+            ("HTTPRoute", "app-a.gateway.2"),
         ]
     );
     assert_eq!(routes[0]["spec"]["rules"].as_array().unwrap().len(), 16);
@@ -203,13 +218,83 @@ fn env_services_have_valid_names_and_select_their_env() {
     }
 }
 
-#[test]
-fn the_render_is_the_committed_golden() {
-    let out = render();
-    let path = repo().join("tests/snapshots/gateway-api/render.golden.yaml");
+fn same_as_golden(out: &str, path: &str) {
+    let path = repo().join(path);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &out).unwrap();
+        std::fs::write(&path, out).unwrap();
     }
     let expected = std::fs::read_to_string(&path).unwrap();
     assert!(expected == out, "{} differs:\n{out}", path.display());
+}
+
+#[test]
+fn the_render_is_the_committed_golden() {
+    same_as_golden(&render(), "tests/snapshots/gateway-api/render.golden.yaml");
+}
+
+/// The Gateways the tests enter through are Gateways the API server would take: the
+/// shared one of the snapshot, and Istio's Bookinfo sample's.
+#[test]
+fn the_gateways_entered_are_valid_gateway_api_gateways() {
+    let mut gateways = Vec::new();
+    for file in [SNAPSHOT[1], BOOKINFO[3]] {
+        let text = std::fs::read_to_string(repo().join(file)).unwrap();
+        for doc in docs(&text) {
+            let items = match doc["items"].as_array() {
+                Some(items) => items.clone(),
+                None => vec![doc],
+            };
+            gateways.extend(items.into_iter().filter(|o| {
+                o["kind"] == "Gateway" && o["apiVersion"] == "gateway.networking.k8s.io/v1"
+            }));
+        }
+    }
+    assert_eq!(gateways.len(), 2);
+    for gateway in &gateways {
+        let errors = check(gateway);
+        assert!(errors.is_empty(), "{errors:#?}");
+    }
+    // The check holds the Gateway's own rules.
+    let mut broken = gateways[0].clone();
+    broken["spec"]["listeners"][0]["protocol"] = "HTTP!".into();
+    assert!(!check(&broken).is_empty());
+}
+
+/// Istio's Bookinfo sample entered through its own Gateway API Gateway: productpage's
+/// route bound to it under its host (the sample's HTTPRoute left as it is), the gateway's
+/// plugin attached to it by `targetRefs` in its namespace (the tenant's own gateway: its
+/// edge policy, no GatewayPolicy needed).
+#[test]
+fn bookinfo_is_entered_through_its_own_gateway_api_gateway() {
+    let out = render_files(&BOOKINFO);
+    same_as_golden(
+        &out,
+        "tests/snapshots/bookinfo-gateway-api/render.golden.yaml",
+    );
+    let objects = docs(&out);
+    let named = |name: &str| {
+        objects
+            .iter()
+            .find(|o| o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in\n{out}"))
+    };
+    let entry = named("productpage.gateway");
+    assert_eq!(
+        entry["spec"]["parentRefs"],
+        serde_json::json!([{"group": "gateway.networking.k8s.io", "kind": "Gateway",
+            "name": "bookinfo-gateway", "namespace": "default"}])
+    );
+    assert_eq!(
+        entry["spec"]["hostnames"],
+        serde_json::json!(["bookinfo.example.com"])
+    );
+    assert!(check(entry).is_empty(), "{:#?}", check(entry));
+    let plugin = named("virtual-env.default.bookinfo-gateway");
+    assert_eq!(plugin["metadata"]["namespace"], "default");
+    assert!(plugin["spec"]["selector"].is_null());
+    assert_eq!(
+        plugin["spec"]["targetRefs"],
+        serde_json::json!([{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "bookinfo-gateway"}])
+    );
+    assert!(objects.iter().all(|o| o["metadata"]["name"] != "bookinfo"));
 }

@@ -410,3 +410,61 @@ fn a_waypoints_plugin_object_is_valid_for_istios_crds_in_both_apis() {
         "{errors:#?}"
     );
 }
+
+/// Entry through a Gateway API Gateway: the gateway's plugin object and its owner's edge
+/// guard attach by `targetRefs` to the Gateway, in its namespace, with no `selector`
+/// (Istio ignores selectors on such pods where `ENABLE_SELECTOR_BASED_K8S_GATEWAY_POLICY`
+/// is off), valid for Istio's WasmPlugin and TrafficExtension CRDs.
+#[test]
+fn a_gateway_api_gateways_plugin_objects_attach_by_target_refs_in_both_apis() {
+    let files = [
+        "tests/snapshots/gateway-api/virtualenvironment.yaml".to_owned(),
+        "tests/snapshots/gateway-api/cluster.yaml".to_owned(),
+    ];
+    let mut args: Vec<String> = vec!["render".into()];
+    for f in &files {
+        args.extend(["-f".to_owned(), f.clone()]);
+    }
+    args.extend(
+        [
+            "--wasm-url",
+            "oci://registry.example/virtual-env-filter:0.1.0",
+            "--predictable-suffix",
+        ]
+        .map(String::from),
+    );
+    let mut traffic_extension = args.clone();
+    traffic_extension.extend(["--extension-api".into(), "traffic-extension".into()]);
+    for args in [args, traffic_extension] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let text = virtual_env(&args);
+        let objects = docs(&text);
+        let at_gateway: Vec<&Value> = objects
+            .iter()
+            .filter(|o| o["metadata"]["namespace"] == "istio-ingress")
+            .collect();
+        let names: Vec<&str> = at_gateway
+            .iter()
+            .map(|o| o["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["virtual-env.default.public", "virtual-env-edge.public"],
+            "{text}"
+        );
+        for object in &at_gateway {
+            assert!(object["spec"]["selector"].is_null(), "{object}");
+            assert_eq!(
+                object["spec"]["targetRefs"],
+                serde_json::json!([{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public"}])
+            );
+        }
+        for object in objects
+            .iter()
+            .filter(|o| o["apiVersion"].as_str().unwrap().contains("istio.io"))
+        {
+            let errors = check_against_istio(object);
+            assert!(errors.is_empty(), "{errors:#?}");
+        }
+    }
+}

@@ -138,9 +138,11 @@ mod tests {
                     parent_refs: vec![ParentRef {
                         group: String::new(),
                         kind: "Service".into(),
+                        namespace: None,
                         name: parent.into(),
                         port: None,
                     }],
+                    hostnames: Vec::new(),
                     rules,
                 },
             },

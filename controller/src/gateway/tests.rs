@@ -18,6 +18,7 @@ fn gateway_names_resolve_as_istio_reads_them() {
         Some(GatewayName {
             namespace: ns.into(),
             name: name.into(),
+            kind: GatewayKind::Istio,
         })
     };
     assert_eq!(
@@ -47,7 +48,7 @@ fn annotations_and_the_spec_add_up_and_bad_values_are_reported() {
         annotated("app-c", "bad/gateway/name", "*.example.com,not a host"),
         service("app-d"),
     ];
-    let (exposures, problems) = exposures(&ve, &services, "default");
+    let (exposures, problems) = exposures(&ve, &services, "default", GatewayKind::Istio);
     let a = &exposures["app-a"];
     let names: Vec<String> = a.gateways.iter().map(GatewayName::reference).collect();
     assert_eq!(names, ["default/demo-gateway", "istio-system/public"]);

@@ -13,6 +13,11 @@ mod common;
 use common::{check_schema, docs, repo, virtual_env};
 
 fn render(files: &[String]) -> String {
+    render_with(files, &[])
+}
+
+/// `render` of `files` with the tests' module URL, a predictable route header and `more`.
+fn render_with(files: &[String], more: &[&str]) -> String {
     let mut args = vec!["render"];
     for f in files {
         args.extend(["-f", f.as_str()]);
@@ -22,6 +27,7 @@ fn render(files: &[String]) -> String {
         "oci://registry.example/virtual-env-filter:0.1.0",
         "--predictable-suffix",
     ]);
+    args.extend(more);
     virtual_env(&args)
 }
 
@@ -359,22 +365,7 @@ fn a_waypoints_plugin_object_is_valid_for_istios_crds_in_both_apis() {
     ];
     let out = render(&files);
     same_as_golden(&out, "tests/snapshots/ambient/render.golden.yaml");
-    let mut args = vec!["render".to_owned()];
-    for f in &files {
-        args.extend(["-f".to_owned(), f.clone()]);
-    }
-    args.extend(
-        [
-            "--wasm-url",
-            "oci://registry.example/virtual-env-filter:0.1.0",
-            "--predictable-suffix",
-            "--extension-api",
-            "traffic-extension",
-        ]
-        .map(String::from),
-    );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let as_traffic_extensions = virtual_env(&args);
+    let as_traffic_extensions = render_with(&files, &["--extension-api", "traffic-extension"]);
     for text in [&out, &as_traffic_extensions] {
         let objects = docs(text);
         let waypoint: Vec<&Value> = objects
@@ -421,23 +412,8 @@ fn a_gateway_api_gateways_plugin_objects_attach_by_target_refs_in_both_apis() {
         "tests/snapshots/gateway-api/virtualenvironment.yaml".to_owned(),
         "tests/snapshots/gateway-api/cluster.yaml".to_owned(),
     ];
-    let mut args: Vec<String> = vec!["render".into()];
-    for f in &files {
-        args.extend(["-f".to_owned(), f.clone()]);
-    }
-    args.extend(
-        [
-            "--wasm-url",
-            "oci://registry.example/virtual-env-filter:0.1.0",
-            "--predictable-suffix",
-        ]
-        .map(String::from),
-    );
-    let mut traffic_extension = args.clone();
-    traffic_extension.extend(["--extension-api".into(), "traffic-extension".into()]);
-    for args in [args, traffic_extension] {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let text = virtual_env(&args);
+    for more in [&[][..], &["--extension-api", "traffic-extension"]] {
+        let text = render_with(&files, more);
         let objects = docs(&text);
         let at_gateway: Vec<&Value> = objects
             .iter()

@@ -10,7 +10,10 @@
 //!   then path match type (Exact > PathPrefix > RegularExpression > none), longer path,
 //!   a method match, more header matches;
 //! - a backend is the Service named (its cluster), a `RequestHeaderModifier` removes its
-//!   headers (the route's `request_headers_to_remove`).
+//!   headers (the route's `request_headers_to_remove`);
+//! - routes bound to a Gateway become that gateway's virtual hosts for their hostnames,
+//!   their rules merged and sorted the same way (`convertVirtualService` per gateway and
+//!   host); the mesh has one gateway Envoy, so every Gateway parent is its.
 
 use std::cmp::Ordering;
 
@@ -30,7 +33,7 @@ pub struct ServiceRoute {
 /// The routes of service `service` from `routes` (the namespace's), in the order istiod
 /// gives them; empty when no route has the Service as parent.
 pub fn service_routes(service: &str, routes: &[MeshRoute]) -> Vec<ServiceRoute> {
-    let mut ours: Vec<&MeshRoute> = routes
+    let ours: Vec<&MeshRoute> = routes
         .iter()
         .filter(|r| {
             r.spec()
@@ -39,6 +42,27 @@ pub fn service_routes(service: &str, routes: &[MeshRoute]) -> Vec<ServiceRoute> 
                 .any(|p| p.kind == "Service" && p.group.is_empty() && p.name == service)
         })
         .collect();
+    merged(ours)
+}
+
+/// The gateway's routes for service `service` from `routes` (the namespace's): the
+/// hostnames of its routes bound to a Gateway, and their routes in istiod's order; `None`
+/// when the service is not entered through a Gateway API Gateway.
+pub fn gateway_entry(
+    service: &str,
+    routes: &[MeshRoute],
+) -> Option<(Vec<String>, Vec<ServiceRoute>)> {
+    let ours: Vec<&MeshRoute> = routes
+        .iter()
+        .filter(|r| !r.is_mesh() && r.service() == service)
+        .filter(|r| r.spec().parent_refs.iter().any(|p| p.kind == "Gateway"))
+        .collect();
+    let hostnames = ours.first()?.spec().hostnames.clone();
+    Some((hostnames, merged(ours)))
+}
+
+/// One virtual host's routes from `routes`: merged and sorted as istiod does.
+fn merged(mut ours: Vec<&MeshRoute>) -> Vec<ServiceRoute> {
     ours.sort_by_key(|r| r.name());
     let mut split: Vec<(Option<&RouteMatch>, &RouteRule)> = Vec::new();
     for rule in ours.iter().flat_map(|r| &r.spec().rules) {

@@ -19,4 +19,5 @@ pub mod manifests;
 pub mod mesh;
 pub mod raw;
 pub mod sidecar;
+pub mod smuggling;
 pub mod topology;

@@ -26,6 +26,7 @@ use tempfile::TempDir;
 use virtual_env_controller::edge_guard::plan_edge_guard;
 use virtual_env_controller::existing::{Existing, Kind};
 use virtual_env_controller::gamma::ENV_SERVICE_OF_LABEL;
+use virtual_env_controller::gateway::GATEWAY_NAME_LABEL;
 use virtual_env_controller::gateway_admission::{GatewayAdmission, GatewayCluster};
 use virtual_env_controller::istio::{DestinationRule, VirtualService};
 use virtual_env_controller::offline::plan_namespaces;
@@ -461,18 +462,23 @@ impl Mesh {
     /// pod (the mesh's gateway Envoy: `istio: ingressgateway` in `istio-system`), the
     /// topology's GatewayPolicies and every namespace's claims.
     fn gateway_cluster(&self, namespaces: &[NamespaceSnapshot]) -> GatewayCluster {
-        let gateway = Existing::from_json(Kind::Gateway, &ingress_gateway(), INGRESS_GATEWAY.0);
+        let gateways = ingress_gateways();
+        // The one gateway Envoy is the pod of both Gateways: Istio's selector, and the
+        // label Istio gives the pods of a Gateway API Gateway.
         let gateway_pod = k8s_openapi::api::core::v1::Pod {
             metadata: kube::api::ObjectMeta {
                 name: Some("istio-ingressgateway".into()),
                 namespace: Some(INGRESS_GATEWAY.0.into()),
-                labels: Some(BTreeMap::from([("istio".into(), "ingressgateway".into())])),
+                labels: Some(BTreeMap::from([
+                    ("istio".into(), "ingressgateway".into()),
+                    (GATEWAY_NAME_LABEL.into(), INGRESS_GATEWAY.1.into()),
+                ])),
                 ..Default::default()
             },
             ..Default::default()
         };
         GatewayCluster::from_objects(
-            [&gateway].into_iter(),
+            gateways.iter(),
             std::iter::once(&gateway_pod),
             self.topology
                 .gateway_policies
@@ -704,26 +710,7 @@ impl Mesh {
                     })
                     .collect(),
                 // Routes in Gateway API, as istiod merges and sorts them (`istiod.rs`).
-                None if !gamma.is_empty() => gamma
-                    .iter()
-                    .map(|route| {
-                        let headers: Vec<Value> = route
-                            .headers
-                            .iter()
-                            .map(|(name, value)| json!({"name": name, "string_match": {"exact": value}}))
-                            .collect();
-                        let cluster = if route.backend == service.name {
-                            Self::cluster_name(service_ns, service, None)
-                        } else {
-                            Self::env_cluster_name(service_ns, service, &route.backend)
-                        };
-                        json!({
-                            "match": {"prefix": "/", "headers": headers},
-                            "route": {"cluster": cluster},
-                            "request_headers_to_remove": route.remove
-                        })
-                    })
-                    .collect(),
+                None if !gamma.is_empty() => Self::gamma_routes(service_ns, service, &gamma),
                 None => vec![json!({
                     "name": "default",
                     "match": {"prefix": "/"},
@@ -731,12 +718,20 @@ impl Mesh {
                 })],
             };
             // The hosts a gateway-bound VirtualService adds get the same routes, as istiod
-            // builds a virtual host per host of a VirtualService.
+            // builds a virtual host per host of a VirtualService; a gateway HTTPRoute's
+            // hostnames get the routes istiod merges from the gateway's routes.
             let extra: Vec<&String> = vs.map_or(Vec::new(), |vs| {
                 vs.spec.hosts.iter().filter(|h| **h != fqdn).collect()
             });
             if !extra.is_empty() {
                 hosts.push(json!({"name": format!("{fqdn}|gateway"), "domains": extra, "routes": routes.clone()}));
+            }
+            let entry = plans
+                .get(ns)
+                .and_then(|plan| crate::istiod::gateway_entry(&service.name, &plan.mesh_routes));
+            if let Some((hostnames, entry)) = entry {
+                let routes = Self::gamma_routes(service_ns, service, &entry);
+                hosts.push(json!({"name": format!("{fqdn}|gateway-api"), "domains": hostnames, "routes": routes}));
             }
             hosts.push(json!({"name": fqdn, "domains": domains, "routes": routes}));
         }
@@ -745,6 +740,35 @@ impl Mesh {
             "name": "outbound",
             "virtual_hosts": hosts
         }]})
+    }
+
+    /// Envoy routes for `routes` (istiod's, of a service's HTTPRoutes): each to the
+    /// cluster of the Service it names (the service's, or one env's).
+    fn gamma_routes(
+        service_ns: &Topology,
+        service: &TopologyService,
+        routes: &[crate::istiod::ServiceRoute],
+    ) -> Vec<Value> {
+        routes
+            .iter()
+            .map(|route| {
+                let headers: Vec<Value> = route
+                    .headers
+                    .iter()
+                    .map(|(name, value)| json!({"name": name, "string_match": {"exact": value}}))
+                    .collect();
+                let cluster = if route.backend == service.name {
+                    Self::cluster_name(service_ns, service, None)
+                } else {
+                    Self::env_cluster_name(service_ns, service, &route.backend)
+                };
+                json!({
+                    "match": {"prefix": "/", "headers": headers},
+                    "route": {"cluster": cluster},
+                    "request_headers_to_remove": route.remove
+                })
+            })
+            .collect()
     }
 
     fn filters(&self, side: Side<'_>) -> Value {
@@ -963,11 +987,7 @@ fn snapshot_of(ns: &Topology) -> NamespaceSnapshot {
     let snapshot = Snapshot {
         services,
         pods,
-        elsewhere: vec![Existing::from_json(
-            Kind::Gateway,
-            &ingress_gateway(),
-            INGRESS_GATEWAY.0,
-        )],
+        elsewhere: ingress_gateways(),
         namespace_labels: ns.namespace_labels(),
         ..Snapshot::default()
     };
@@ -975,6 +995,22 @@ fn snapshot_of(ns: &Topology) -> NamespaceSnapshot {
         virtual_environment: ve,
         snapshot,
     }
+}
+
+/// The Gateways of the mesh's gateway Envoy: Istio's default ingress Gateway, and a
+/// Gateway API Gateway of the same name (for namespaces that route with HTTPRoutes) whose
+/// listener takes routes from every namespace.
+fn ingress_gateways() -> Vec<Existing> {
+    let gateway_api = json!({
+        "metadata": {"name": INGRESS_GATEWAY.1, "namespace": INGRESS_GATEWAY.0},
+        "spec": {"gatewayClassName": "istio", "listeners": [{
+            "name": "http", "port": 80, "protocol": "HTTP",
+            "allowedRoutes": {"namespaces": {"from": "All"}}}]}
+    });
+    vec![
+        Existing::from_json(Kind::Gateway, &ingress_gateway(), INGRESS_GATEWAY.0),
+        Existing::from_json(Kind::KubernetesGateway, &gateway_api, INGRESS_GATEWAY.0),
+    ]
 }
 
 /// Istio's default ingress Gateway, as its Helm chart and samples install it.

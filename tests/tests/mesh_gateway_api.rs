@@ -107,3 +107,74 @@ async fn a_grpc_chain_through_grpcroutes_keeps_its_env() -> Result<()> {
     assert!(hop.chain().iter().all(|h| h.grpc), "{hop:?}");
     Ok(())
 }
+
+const SHOP: &str = "shop.example.com";
+const PROJ1_CHAIN: [&str; 3] = ["app-a-proj1", "app-b-dev", "app-c-proj1"];
+const DEV_CHAIN: [&str; 3] = ["app-a-dev", "app-b-dev", "app-c-dev"];
+
+/// Entry through a Gateway API Gateway (`tests/topologies/gateway-api-entry.yaml`): the
+/// gateway Envoy runs the plugin object the controller attaches to the Gateway by
+/// `targetRefs`, the routes istiod builds from the HTTPRoute bound to it, and its owner's
+/// edge guard (`allowList: [dev.proj1, dev.proj1.*]`). An admitted env from any carrier
+/// falls back at every hop; an env the policy does not admit reaches no application in
+/// any spelling a hostile client tries (the applications forward every carrier).
+#[tokio::test]
+async fn entering_through_a_gateway_api_gateway_falls_back_within_the_edge_policy() -> Result<()> {
+    let _serial = ONE_MESH_AT_A_TIME.lock().await;
+    let topology = Topology::load(&repo_root().join("tests/topologies/gateway-api-entry.yaml"))?;
+    let mut options = options();
+    options.forward.extend(["cookie".into(), "x-env".into()]);
+    let mesh = Mesh::start(topology, options).await?;
+    let plan = mesh.plan()?;
+    assert!(plan.mesh_routes.iter().any(|r| r.name() == "app-a.gateway"));
+    let targets: Vec<&str> = plan
+        .gateway_plugins
+        .iter()
+        .flat_map(|p| &p.spec.target_refs)
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(targets, ["ingressgateway"]);
+    for (source, env) in [
+        ((ENV, "dev.proj1"), "dev.proj1"),
+        (("x-env", "dev.proj1"), "dev.proj1"),
+        (
+            ("baggage", "userId=alice,virtual-env=dev.proj1"),
+            "dev.proj1",
+        ),
+        (
+            ("cookie", "session=42; env=dev.proj1; theme=dark"),
+            "dev.proj1",
+        ),
+        ((ENV, "dev.proj1.alice"), "dev.proj1.alice"),
+    ] {
+        let hop = mesh.request_host(SHOP, &[source]).await?;
+        assert_eq!(hop.pods(), PROJ1_CHAIN, "{source:?}");
+        assert_eq!(hop.chain()[0].received_env.as_deref(), Some(env));
+    }
+    let hop = mesh.request_host(SHOP, &[]).await?;
+    assert_eq!(hop.pods(), DEV_CHAIN, "no env: the default subset");
+    // Not admitted: stripped at the gateway, so the baseline serves and no one sees it.
+    let hop = mesh.request_host(SHOP, &[(ENV, "dev.other")]).await?;
+    assert_eq!(hop.pods(), DEV_CHAIN);
+    assert_eq!(hop.chain()[0].received_env, None);
+    for headers in virtual_env_e2e::smuggling::attempts("dev.other", "dev.proj1") {
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let hop = mesh.request_host(SHOP, &headers).await?;
+        let leak = virtual_env_e2e::smuggling::received(&hop, "dev.other");
+        assert_eq!(leak, None, "{headers:?}");
+        for h in hop.chain() {
+            assert_ne!(h.env.as_deref(), Some("dev.other"), "{headers:?}");
+        }
+    }
+    let gateway = mesh.envoy("gateway").unwrap();
+    assert!(
+        gateway
+            .stat_eventually("wasmcustom.virtual_env.route.exact", 5)
+            .await?
+            >= 5
+    );
+    Ok(())
+}

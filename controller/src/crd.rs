@@ -102,6 +102,11 @@ pub struct EdgeTrustSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub allow: Vec<String>,
+    /// Whether clients from outside may ask the gateways for a routing trace (request
+    /// header `x-virtual-env-debug: 1`, answered in `x-virtual-env-trace`). Default: off,
+    /// the debug header is removed at the gateway and no trace leaves it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_trace: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
@@ -122,6 +127,7 @@ impl EdgeTrustSpec {
                 EdgeTrustMode::Strip => virtual_env_core::EdgeMode::Strip,
             },
             allow: self.allow.clone(),
+            allow_trace: self.allow_trace,
         }
     }
 }

@@ -471,8 +471,9 @@ impl Judging<'_> {
 
     /// The edge policy the routing plugin at a placement applies. Under a policy its own
     /// edge guard judges every request before any routing plugin (see `edge_guard.rs`):
-    /// the routing plugin judges nothing, so no tenant's carriers are judged on every
-    /// team's requests.
+    /// the routing plugin judges nothing (`accept`), so no tenant's carriers are judged on
+    /// every team's requests; it only learns whether the policy lets clients ask for a
+    /// routing trace.
     fn edge_trust_under(
         &mut self,
         policy: Option<&GatewayPolicy>,
@@ -491,7 +492,13 @@ impl Judging<'_> {
                 ),
             ));
         }
-        None
+        // The guard judges the envs; whether clients may ask for a routing trace is the
+        // policy's to say to the routing plugin too (it answers them).
+        policy.edge_trust().allow_trace.then(|| EdgeTrust {
+            mode: virtual_env_core::EdgeMode::Accept,
+            allow: Vec::new(),
+            allow_trace: true,
+        })
     }
 
     /// The hosts admitted at one placement (host -> service); each one refused is

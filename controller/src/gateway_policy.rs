@@ -157,6 +157,7 @@ impl GatewayPolicy {
             virtual_env_core::EdgeTrust {
                 mode: virtual_env_core::EdgeMode::Strip,
                 allow: Vec::new(),
+                allow_trace: false,
             },
             EdgeTrustSpec::to_config,
         )

@@ -326,6 +326,7 @@ mod tests {
         bad.spec.edge_trust = Some(crate::crd::EdgeTrustSpec {
             mode: crate::crd::EdgeTrustMode::AllowList,
             allow: vec![],
+            allow_trace: false,
         });
         let (ctx, mut handle) = context(&[], vec![]);
         let server = tokio::spawn(async move {

@@ -27,6 +27,11 @@ pub struct EdgeTrust {
     /// For `allowList`: env names, or prefixes ending in `*`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<String>,
+    /// Whether clients from outside may ask the gateway for a routing trace
+    /// (`x-virtual-env-debug: 1`); off, the debug header is removed there and no trace
+    /// leaves the gateway. Written only when on (a filter older than the field rejects it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_trace: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +111,7 @@ mod tests {
         EdgeTrust {
             mode: EdgeMode::AllowList,
             allow: entries.iter().map(|e| e.to_string()).collect(),
+            allow_trace: false,
         }
     }
 
@@ -114,10 +120,12 @@ mod tests {
         let accept = EdgeTrust {
             mode: EdgeMode::Accept,
             allow: vec![],
+            allow_trace: false,
         };
         let strip = EdgeTrust {
             mode: EdgeMode::Strip,
             allow: vec![],
+            allow_trace: false,
         };
         assert!(accept.admits("dev.proj1") && accept.admits("anything"));
         assert!(!strip.admits("dev") && !strip.admits("dev.proj1"));
@@ -150,6 +158,7 @@ mod tests {
         let strip_with_entries = EdgeTrust {
             mode: EdgeMode::Strip,
             allow: vec!["dev".into()],
+            allow_trace: false,
         };
         assert_eq!(
             strip_with_entries.validate('.'),

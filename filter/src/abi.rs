@@ -33,6 +33,7 @@ pub enum Level {
 
 /// Header maps (`proxy_get_header_map_value` and friends).
 const HTTP_REQUEST_HEADERS: u32 = 0;
+pub const HTTP_RESPONSE_HEADERS: u32 = 2;
 /// Buffers (`proxy_get_buffer_bytes`).
 pub const PLUGIN_CONFIGURATION: u32 = 7;
 /// Metric types (`proxy_define_metric`).
@@ -180,9 +181,14 @@ pub fn buffer(buffer_type: u32) -> Result<Option<Vec<u8>>, Status> {
 }
 
 pub fn request_header(name: &str) -> Result<Option<Vec<u8>>, Status> {
+    header(HTTP_REQUEST_HEADERS, name)
+}
+
+/// A header of `map` (the request's or the response's headers).
+pub fn header(map: u32, name: &str) -> Result<Option<Vec<u8>>, Status> {
     // SAFETY: pointer and length of a live &str; out-pointers valid for the call.
     returned_bytes(|data, size| unsafe {
-        proxy_get_header_map_value(HTTP_REQUEST_HEADERS, name.as_ptr(), name.len(), data, size)
+        proxy_get_header_map_value(map, name.as_ptr(), name.len(), data, size)
     })
 }
 
@@ -197,21 +203,23 @@ pub fn request_header_pairs() -> Result<Option<Vec<u8>>, Status> {
 }
 
 pub fn replace_request_header(name: &str, value: &str) -> Result<(), Status> {
+    replace_header(HTTP_REQUEST_HEADERS, name, value)
+}
+
+pub fn replace_header(map: u32, name: &str, value: &str) -> Result<(), Status> {
     // SAFETY: pointers and lengths of live &strs.
     check(unsafe {
-        proxy_replace_header_map_value(
-            HTTP_REQUEST_HEADERS,
-            name.as_ptr(),
-            name.len(),
-            value.as_ptr(),
-            value.len(),
-        )
+        proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len())
     })
 }
 
 pub fn remove_request_header(name: &str) -> Result<(), Status> {
+    remove_header(HTTP_REQUEST_HEADERS, name)
+}
+
+pub fn remove_header(map: u32, name: &str) -> Result<(), Status> {
     // SAFETY: pointer and length of a live &str.
-    check(unsafe { proxy_remove_header_map_value(HTTP_REQUEST_HEADERS, name.as_ptr(), name.len()) })
+    check(unsafe { proxy_remove_header_map_value(map, name.as_ptr(), name.len()) })
 }
 
 /// A property by path (`["xds", "node", "metadata", "NAMESPACE"]`).

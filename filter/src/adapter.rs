@@ -35,6 +35,7 @@ use proxy_wasm::types::{Action, ContextType};
 
 use crate::abi::{self, Level};
 use crate::correlation::correlation_key;
+use crate::decision::Tracing;
 use crate::flow::{direction_of_listener, FilterConfig, Node};
 use crate::header_pairs::HeaderPairs;
 use crate::host::{Host, Peer};
@@ -144,6 +145,22 @@ impl Host for ProxyHost<'_> {
     fn remove_request_header(&mut self, name: &str) {
         if let Err(status) = abi::remove_request_header(name) {
             log::warn!("virtual-env: cannot remove header {name}: {status:?}");
+        }
+    }
+
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        abi::header(abi::HTTP_RESPONSE_HEADERS, name).ok().flatten()
+    }
+
+    fn set_response_header(&mut self, name: &str, value: &str) {
+        if let Err(status) = abi::replace_header(abi::HTTP_RESPONSE_HEADERS, name, value) {
+            log::warn!("virtual-env: cannot set response header {name}: {status:?}");
+        }
+    }
+
+    fn remove_response_header(&mut self, name: &str) {
+        if let Err(status) = abi::remove_header(abi::HTTP_RESPONSE_HEADERS, name) {
+            log::warn!("virtual-env: cannot remove response header {name}: {status:?}");
         }
     }
 
@@ -319,6 +336,7 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Request {
             active: self.active.clone(),
+            tracing: None,
         }))
     }
 
@@ -329,6 +347,8 @@ impl RootContext for Root {
 
 struct Request {
     active: Option<Rc<Active>>,
+    /// The routing trace this request asked for, for its response path.
+    tracing: Option<Tracing>,
 }
 
 impl Context for Request {}
@@ -343,9 +363,20 @@ impl HttpContext for Request {
             let mut host = ProxyHost {
                 metrics: &active.metrics,
             };
-            active
+            let decision = active
                 .config
                 .on_request_headers(&active.node, direction, &mut host);
+            self.tracing = decision.trace;
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let (Some(active), Some(tracing)) = (&self.active, &self.tracing) {
+            let mut host = ProxyHost {
+                metrics: &active.metrics,
+            };
+            active.config.on_response_headers(tracing, &mut host);
         }
         Action::Continue
     }

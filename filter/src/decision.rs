@@ -84,6 +84,31 @@ pub struct Decision<'c> {
     pub edits: Vec<Edit<'c>>,
     /// Inbound trace correlation: (shared-data key, entry) to record.
     pub records: Vec<(String, String)>,
+    /// The routing trace the request asked for: what to do on the response path.
+    pub trace: Option<Tracing>,
+    /// A debug request's slot to open (shared-data key, value) for its pod's calls.
+    pub debug_slot: Option<(String, String)>,
+    /// The proxy's expired debug mark to clear (its CAS token), if nobody set it since.
+    pub clear_debug_mark: Option<u32>,
+}
+
+/// What the response path does for the routing trace (`routing_trace.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tracing {
+    /// The calling side: its entry before what the callee answered; `slot` (shared-data
+    /// key, trace id): where the pod's called side collects the call's trace.
+    Call {
+        entry: String,
+        slot: Option<(String, String)>,
+    },
+    /// The called side: its entry, then the hops its pod's calls left in `slot` (else
+    /// what the application answered).
+    Served {
+        entry: String,
+        slot: Option<(String, String)>,
+    },
+    /// A gateway that shows no trace to clients from outside: any is removed.
+    Hidden,
 }
 
 impl<'c> Decision<'c> {
@@ -112,6 +137,14 @@ impl<'c> Decision<'c> {
         }
         if recorded {
             host.increment(Metric::TraceRecorded);
+        }
+        if let Some((key, value)) = &self.debug_slot {
+            host.set_shared_data(key, value.as_bytes(), None);
+            let until = crate::routing_trace::Slots::active_until(host.now_unix_ms());
+            host.set_shared_data(crate::routing_trace::ACTIVE_KEY, until.as_bytes(), None);
+        }
+        if let Some(cas) = self.clear_debug_mark {
+            host.set_shared_data(crate::routing_trace::ACTIVE_KEY, b"", Some(cas));
         }
         for metric in self.metrics() {
             host.increment(metric);

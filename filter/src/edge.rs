@@ -338,6 +338,7 @@ mod tests {
         EdgeTrust {
             mode: EdgeMode::AllowList,
             allow: entries.iter().map(|e| e.to_string()).collect(),
+            allow_trace: false,
         }
     }
 
@@ -345,6 +346,7 @@ mod tests {
         EdgeTrust {
             mode: EdgeMode::Strip,
             allow: vec![],
+            allow_trace: false,
         }
     }
 

@@ -20,9 +20,10 @@ use virtual_env_core::{
 };
 
 use crate::correlation::CorrelationTable;
-use crate::decision::{Decision, Destination, EdgeVerdict, Edit, Route};
+use crate::decision::{Decision, Destination, EdgeVerdict, Edit, Route, Tracing};
 use crate::edge::{guard, Carriers};
 use crate::host::Host;
+use crate::routing_trace::{self, Proxy, Slots, DEBUG_HEADER, TRACE_HEADER};
 use reading::Reading;
 
 mod reading;
@@ -88,6 +89,12 @@ pub struct FilterConfig {
     routes: RouteTable,
     /// A waypoint's callers: `<namespace>/<workload>` -> env.
     workloads: std::collections::BTreeMap<String, String>,
+    /// Which proxy this config runs in, as the routing trace names it.
+    proxy: Proxy,
+    /// At a gateway: whether clients from outside may ask for a routing trace.
+    trace_from_outside: bool,
+    /// The debug requests' slots (with the correlation key; none without randomness).
+    slots: Option<Slots>,
 }
 
 impl FilterConfig {
@@ -153,6 +160,14 @@ impl FilterConfig {
             edge_baggage_keys,
             routes: RouteTable::new(config),
             workloads: config.workloads.clone(),
+            proxy: match config.direction {
+                Some(Direction::Waypoint) => Proxy::Waypoint,
+                // A gateway's routing plugin has hosts; its owner's guard an edge policy.
+                _ if !config.hosts.is_empty() || config.edge_trust.is_some() => Proxy::Gateway,
+                _ => Proxy::Sidecar,
+            },
+            trace_from_outside: config.edge_trust.as_ref().is_some_and(|e| e.allow_trace),
+            slots: correlation_key.map(Slots::new),
         }
     }
 
@@ -212,6 +227,7 @@ impl FilterConfig {
             Direction::Inbound => {
                 let mut read = Reading::new(self, host, &[]);
                 let mut decision = self.decide_inbound(&mut read);
+                self.trace_served(node, &mut read, &mut decision);
                 decision.rejected += read.rejected;
                 decision
             }
@@ -242,6 +258,7 @@ impl FilterConfig {
             let env = env.clone();
             self.record_trace(&mut read, &env, &mut decision);
         }
+        self.trace_call(&mut read, &mut decision);
         decision.rejected += read.rejected;
         decision
     }
@@ -271,8 +288,9 @@ impl FilterConfig {
         } else {
             self.route(node, &mut read)
         };
-        decision.rejected += read.rejected;
         decision.edge = edge;
+        self.trace_call(&mut read, &mut decision);
+        decision.rejected += read.rejected;
         decision.edits.splice(0..0, guarded);
         decision
     }
@@ -445,6 +463,140 @@ impl FilterConfig {
     }
 }
 
+/// The routing trace (`routing_trace.rs`): what each side adds on the request path, and
+/// the response path.
+impl FilterConfig {
+    /// The calling side: a call traced when the request asks (the debug header, or a
+    /// slot its pod's called side opened for the trace whose env it recovered); a gateway
+    /// answers only clients its edge policy lets ask, and strips the header for the rest.
+    fn trace_call(&self, read: &mut Reading<'_, '_, impl Host>, decision: &mut Decision<'_>) {
+        let header = read.raw(DEBUG_HEADER);
+        if self.proxy == Proxy::Gateway && !self.trace_from_outside {
+            if header.is_some() {
+                decision.remove(DEBUG_HEADER);
+            }
+            decision.trace = Some(Tracing::Hidden);
+            return;
+        }
+        if self.guard_only {
+            return;
+        }
+        let asked = routing_trace::requested(header.as_deref());
+        if header.is_some() && !asked {
+            read.rejected += 1;
+        }
+        // A sidecar's calls go into the slot its pod's called side opened, if any.
+        let slot = match (self.proxy, self.slots) {
+            (Proxy::Sidecar, Some(slots)) => open_slot(read, slots, decision),
+            _ => None,
+        };
+        if !asked && slot.is_none() {
+            return;
+        }
+        // Asked of the next hop too, inside the mesh only.
+        if !asked && decision.target != Some(Destination::Outside) {
+            decision.set(DEBUG_HEADER, "1");
+        }
+        let to = read.text(":authority").unwrap_or_default();
+        let entry = routing_trace::call_entry(self.proxy, &lowercase(&to), decision);
+        decision.trace = Some(Tracing::Call { entry, slot });
+    }
+
+    /// The called side: on a debug request, its entry, and a slot for its pod's calls.
+    fn trace_served(
+        &self,
+        node: &Node,
+        read: &mut Reading<'_, '_, impl Host>,
+        decision: &mut Decision<'_>,
+    ) {
+        let header = read.raw(DEBUG_HEADER);
+        if !routing_trace::requested(header.as_deref()) {
+            if header.is_some() {
+                read.rejected += 1;
+            }
+            return;
+        }
+        let slot = self.slots.and_then(|slots| {
+            let id = read.first_trace_id()?;
+            Some((slots.key_of(&id), id))
+        });
+        if let Some((key, id)) = &slot {
+            let opened = Slots::opened(id, read.host.now_unix_ms());
+            decision.debug_slot = Some((key.clone(), opened));
+        }
+        let entry = routing_trace::served_entry(&node.namespace, node.own_env.as_deref());
+        decision.trace = Some(Tracing::Served { entry, slot });
+    }
+
+    /// The response path of a request whose decision was `tracing`.
+    pub fn on_response_headers(&self, tracing: &Tracing, host: &mut impl Host) {
+        match tracing {
+            Tracing::Hidden => {
+                if host.response_header(TRACE_HEADER).is_some() {
+                    host.remove_response_header(TRACE_HEADER);
+                }
+            }
+            Tracing::Call { entry, slot } => {
+                let rest = host.response_header(TRACE_HEADER);
+                let trace = routing_trace::joined(entry, rest.as_deref());
+                host.set_response_header(TRACE_HEADER, &trace);
+                if let Some((key, id)) = slot {
+                    add_to_slot(host, key, id, &trace);
+                }
+            }
+            Tracing::Served { entry, slot } => {
+                let now = host.now_unix_ms();
+                let collected = slot.as_ref().and_then(|(key, id)| {
+                    let (value, _) = host.shared_data(key)?;
+                    let hops = Slots::hops(&value, id, now)?;
+                    (!hops.is_empty()).then(|| hops.as_bytes().to_vec())
+                });
+                // The hops its pod's calls left, else what the application forwarded.
+                let rest = collected.or_else(|| host.response_header(TRACE_HEADER));
+                let trace = routing_trace::joined(entry, rest.as_deref());
+                host.set_response_header(TRACE_HEADER, &trace);
+            }
+        }
+    }
+}
+
+/// The slot this request's pod opened for its trace: looked for only while a debug
+/// request is in flight in the proxy (one shared-data read otherwise); an expired mark is
+/// cleared (by the decision), so that the look stays one read.
+fn open_slot(
+    read: &mut Reading<'_, '_, impl Host>,
+    slots: Slots,
+    decision: &mut Decision<'_>,
+) -> Option<(String, String)> {
+    let (mark, cas) = read.host.shared_data(routing_trace::ACTIVE_KEY)?;
+    let now = read.host.now_unix_ms();
+    if !Slots::active(&mark, now)? {
+        decision.clear_debug_mark = Some(cas);
+        return None;
+    }
+    let id = read.first_trace_id()?;
+    let key = slots.key_of(&id);
+    let (value, _) = read.host.shared_data(&key)?;
+    Slots::hops(&value, &id, now)?;
+    Some((key, id))
+}
+
+/// Adds a call's `trace` to the slot `key` of trace `id`, if the slot is still the
+/// trace's; a concurrent writer is retried a few times (compare-and-swap).
+fn add_to_slot(host: &mut impl Host, key: &str, id: &str, trace: &str) {
+    for _ in 0..4 {
+        let Some((value, cas)) = host.shared_data(key) else {
+            return;
+        };
+        let Some(added) = Slots::added(&value, id, trace, host.now_unix_ms()) else {
+            return;
+        };
+        if host.set_shared_data(key, added.as_bytes(), Some(cas)) {
+            return;
+        }
+    }
+}
+
 /// Keeps the first of each name, in order.
 fn dedup(names: &mut Vec<String>) {
     let mut seen = std::collections::BTreeSet::new();
@@ -456,3 +608,6 @@ mod tests;
 
 #[cfg(test)]
 mod waypoint_tests;
+
+#[cfg(test)]
+mod trace_tests;

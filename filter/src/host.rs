@@ -37,6 +37,12 @@ pub trait Host {
     fn downstream_peer(&self) -> Option<Peer> {
         None
     }
+    /// A response header's raw value (its first line), on the response path.
+    fn response_header(&self, name: &str) -> Option<Vec<u8>>;
+    /// Sets a response header to one line.
+    fn set_response_header(&mut self, name: &str, value: &str);
+    /// Removes every line of a response header.
+    fn remove_response_header(&mut self, name: &str);
 }
 
 /// The calling workload, as an Istio waypoint identifies it.
@@ -77,6 +83,8 @@ pub mod mock {
         pub peer: Option<Peer>,
         /// The host fails to list the headers (`request_headers` gives `None`).
         pub unreadable_headers: bool,
+        /// The response's header lines, on the response path.
+        pub response_headers: Vec<(String, Vec<u8>)>,
     }
 
     impl Default for MockHost {
@@ -89,6 +97,7 @@ pub mod mock {
                 random_seed: 1,
                 peer: None,
                 unreadable_headers: false,
+                response_headers: Vec::new(),
             }
         }
     }
@@ -121,8 +130,24 @@ pub mod mock {
         pub fn next_request(&self) -> Self {
             Self {
                 headers: Vec::new(),
+                response_headers: Vec::new(),
                 ..self.clone()
             }
+        }
+
+        /// The response arrives with a header line.
+        pub fn with_response_header(mut self, name: &str, value: &str) -> Self {
+            self.response_headers
+                .push((name.to_owned(), value.as_bytes().to_vec()));
+            self
+        }
+
+        /// The first line of a response header, as text.
+        pub fn response(&self, name: &str) -> Option<&str> {
+            self.response_headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
         }
 
         pub fn count(&self, metric: Metric) -> u64 {
@@ -193,6 +218,20 @@ pub mod mock {
         }
         fn increment(&mut self, metric: Metric) {
             *self.counters.borrow_mut().entry(metric).or_default() += 1;
+        }
+        fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+            self.response_headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        }
+        fn set_response_header(&mut self, name: &str, value: &str) {
+            self.remove_response_header(name);
+            self.response_headers
+                .push((name.to_owned(), value.as_bytes().to_vec()));
+        }
+        fn remove_response_header(&mut self, name: &str) {
+            self.response_headers.retain(|(n, _)| n != name);
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod header_pairs;
 pub mod host;
 pub mod metrics;
 pub mod reload;
+pub mod routing_trace;
 pub mod trace;
 
 #[cfg(target_arch = "wasm32")]
@@ -26,6 +27,6 @@ mod adapter;
 #[cfg(all(target_arch = "wasm32", feature = "ladder"))]
 mod ladder;
 
-pub use decision::{Decision, Destination, Edit, Route};
+pub use decision::{Decision, Destination, Edit, Route, Tracing};
 pub use flow::{Direction, EnvSource, FilterConfig, Node};
 pub use metrics::Metric;

@@ -79,7 +79,39 @@ pub async fn run(mesh: &Mesh) -> Result<String> {
         };
         rows.push((env, hop));
     }
-    table(mesh, &rows)
+    let mut out = table(mesh, &rows)?;
+    out.push_str(&traced(mesh, &entry, &env_header).await?);
+    Ok(out)
+}
+
+/// One request of the deepest env again, asking for the routing trace
+/// (`x-virtual-env-debug: 1`): what each proxy decided, hop by hop.
+async fn traced(mesh: &Mesh, entry: &Entry, env_header: &str) -> Result<String> {
+    let Some(Some(env)) = request_envs(mesh).into_iter().rev().nth(2) else {
+        return Ok(String::new());
+    };
+    let headers = [
+        (env_header, env.as_str()),
+        (virtual_env_filter::routing_trace::DEBUG_HEADER, "1"),
+    ];
+    let (_, trace) = match entry {
+        Entry::GatewayHost(host) => mesh.request_host_traced(host, &headers).await?,
+        Entry::Service(service) => mesh.request_traced(service, &headers).await?,
+    };
+    let mut out = format!(
+        "\nThe routing trace of one request (env {env}, {}: 1), from {}:\n",
+        virtual_env_filter::routing_trace::DEBUG_HEADER,
+        virtual_env_filter::routing_trace::TRACE_HEADER
+    );
+    match trace {
+        Some(trace) => {
+            for hop in trace.split(", ") {
+                let _ = writeln!(out, "  {hop}");
+            }
+        }
+        None => out.push_str("  (none: the gateway's edge policy does not let clients ask; see edgeTrust.allowTrace)\n"),
+    }
+    Ok(out)
 }
 
 /// How the demo's requests enter the mesh.

@@ -549,9 +549,35 @@ impl Mesh {
     /// A request entering through the gateway for `host` (a gateway host, e.g.
     /// `shop.example.com`).
     pub async fn request_host(&self, host: &str, headers: &[(&str, &str)]) -> Result<Hop> {
+        Ok(self.request_host_traced(host, headers).await?.0)
+    }
+
+    /// [`Self::request_host`], with the routing trace the response carries
+    /// (`x-virtual-env-trace`), if any.
+    pub async fn request_host_traced(
+        &self,
+        host: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(Hop, Option<String>)> {
         let mut all = vec![("host", host)];
         all.extend_from_slice(headers);
-        decode(http::request(Protocol::Http1, self.gateway, "/", &all).await?)
+        let response = http::request(Protocol::Http1, self.gateway, "/", &all).await?;
+        let trace = response
+            .header(virtual_env_filter::routing_trace::TRACE_HEADER)
+            .map(str::to_owned);
+        Ok((decode(response)?, trace))
+    }
+
+    /// A request into the mesh through the gateway to `service`, with the routing trace
+    /// the response carries, if any.
+    pub async fn request_traced(
+        &self,
+        service: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(Hop, Option<String>)> {
+        let port = self.topology.service(service).map_or(APP_PORT, |s| s.port);
+        self.request_host_traced(&format!("{service}:{port}"), headers)
+            .await
     }
 
     /// A request straight into a pod (its sidecar's inbound listener), as from another pod.

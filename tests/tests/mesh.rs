@@ -555,3 +555,58 @@ async fn a_call_into_another_namespace_is_routed_by_that_namespaces_table() -> R
     assert!(reached, "chain is still {:?}", hop.pods());
     Ok(())
 }
+
+/// The routing trace on demand: a request with `x-virtual-env-debug: 1` gets, in
+/// `x-virtual-env-trace`, what every proxy of the chain decided and the env of each pod
+/// that answered, though the applications forward no response header and (here) only
+/// their tracing headers: each pod's called side collects what its calling side traced.
+/// At a gateway whose edge policy does not let clients ask, nothing is traced or shown.
+#[tokio::test]
+async fn a_debug_request_gets_the_routing_trace_of_every_hop() -> Result<()> {
+    let _serial = serial().await;
+    let mut options = options();
+    options.forward_env_header = false;
+    let mesh = Mesh::start(topology("seed.yaml"), options).await?;
+    let (hop, trace) = mesh
+        .request_traced("app-a", &[(ENV, "dev.proj1"), ("x-virtual-env-debug", "1")])
+        .await?;
+    assert_eq!(hop.pods(), ["app-a-proj1", "app-b-dev", "app-c-proj1"]);
+    let trace = trace.expect("a trace");
+    let hops: Vec<String> = trace
+        .split(", ")
+        .map(|h| {
+            // The ports are the topology's: not what this test is about.
+            let (before, after) = h.split_once(";to=").unwrap_or((h, ""));
+            let after = after.split_once(';').map_or("", |(_, rest)| rest);
+            match after {
+                "" => before.to_owned(),
+                rest => format!("{before};{rest}"),
+            }
+        })
+        .collect();
+    assert_eq!(
+        hops,
+        [
+            "call;by=sidecar;env=dev.proj1;from=header;route=exact;subset=dev.proj1",
+            "served;ns=default;env=dev.proj1",
+            "call;by=sidecar;env=dev.proj1;from=trace;route=fallback;subset=dev",
+            "served;ns=default;env=dev",
+            "call;by=sidecar;env=dev.proj1;from=trace;route=exact;subset=dev.proj1",
+            "served;ns=default;env=dev.proj1",
+        ],
+        "{trace}"
+    );
+    assert!(trace.contains(";to=app-b:"), "{trace}");
+    // Without the debug header: no trace.
+    let (_, none) = mesh.request_traced("app-a", &[(ENV, "dev.proj1")]).await?;
+    assert_eq!(none, None);
+    drop(mesh);
+    // The shared gateway's policy does not let clients from outside ask.
+    let mesh = Mesh::start(topology("gateway.yaml"), crate::options()).await?;
+    let (hop, trace) = mesh
+        .request_host_traced(SHOP, &[(ENV, "dev.proj1"), ("x-virtual-env-debug", "1")])
+        .await?;
+    assert_eq!(hop.pods(), PROJ1_CHAIN);
+    assert_eq!(trace, None);
+    Ok(())
+}

@@ -327,6 +327,7 @@ fn a_policy_admits_only_the_namespaces_and_hosts_it_lists_and_sets_the_edge() {
     ve.spec.edge_trust = Some(crate::crd::EdgeTrustSpec {
         mode: crate::crd::EdgeTrustMode::Accept,
         allow: vec![],
+        allow_trace: false,
     });
     let admits = ingress_policy(r#"[{namespace: default, hosts: ["*.example.com"]}]"#, "");
     with_cluster(&mut snapshot, &ve, vec![admits]);
@@ -602,6 +603,7 @@ fn an_invalid_edge_trust_is_an_invalid_spec() {
     ve.spec.edge_trust = Some(crate::crd::EdgeTrustSpec {
         mode: crate::crd::EdgeTrustMode::AllowList,
         allow: vec![],
+        allow_trace: false,
     });
     let err = plan_namespace(&ve, &snapshot, &settings()).unwrap_err();
     assert!(err.to_string().contains("at least one entry"), "{err}");

@@ -41,7 +41,7 @@ impl<'r, 'c, H: Host> Reading<'r, 'c, H> {
     }
 
     /// A header's first line, as the request is after the edits made before.
-    fn raw(&self, header: &str) -> Option<Vec<u8>> {
+    pub(super) fn raw(&self, header: &str) -> Option<Vec<u8>> {
         match self.before.iter().rev().find(|e| e.name() == header) {
             Some(Edit::Set(_, value)) => Some(value.clone().into_bytes()),
             Some(Edit::Remove(_)) => None,
@@ -123,6 +123,15 @@ impl<'r, 'c, H: Host> Reading<'r, 'c, H> {
                 None
             }
         }
+    }
+
+    /// The request's first valid trace id (of the config's trace headers, in order).
+    pub(super) fn first_trace_id(&mut self) -> Option<String> {
+        let config = self.config;
+        config.trace_headers.iter().find_map(|header| {
+            let value = self.text(header)?;
+            Some(self.trace_id(header, &value)?.into_owned())
+        })
     }
 
     /// The env recorded on the inbound side for one of the request's trace ids.

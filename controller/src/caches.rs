@@ -270,11 +270,12 @@ impl Caches {
                 let bound = value["spec"]["gateways"]
                     .as_array()
                     .is_some_and(|g| g.iter().any(|g| g != "mesh"));
-                // A route bound to Gateways only (a mesh route's parents are Services).
+                // A route bound to a Gateway (beside a Service or not): its hostnames
+                // there are a claim.
                 let gateway_route = kind.is_route()
                     && value["spec"]["parentRefs"]
                         .as_array()
-                        .is_some_and(|p| p.iter().all(|p| p["kind"] != "Service"));
+                        .is_some_and(|p| p.iter().any(|p| p["kind"] != "Service"));
                 if kind.is_gateway() || bound || gateway_route {
                     objects.push(Existing::from_json(*kind, &value, ""));
                 }
@@ -483,7 +484,7 @@ pub mod testing {
         istio: &[(Kind, serde_json::Value)],
         unfilled: Option<Kind>,
     ) -> Caches {
-        let (caches, mut writers) = caches(api, Some(GatewayApi { grpc_route: true }));
+        let (caches, mut writers) = caches(api, Some(GatewayApi::ALL));
         let mut pods = snapshot.pods.clone();
         pods.iter_mut().for_each(slim_pod);
         fill(&mut writers.services, snapshot.services.clone());

@@ -63,7 +63,9 @@ impl ExtensionApi {
         // Users' routes hold services as their VirtualServices do, and ours are pruned.
         // Gateway API's Gateways, for entry when routes are HTTPRoutes.
         if let Some(gateway_api) = gateway_api {
-            kinds.push(Kind::KubernetesGateway);
+            if gateway_api.gateways {
+                kinds.push(Kind::KubernetesGateway);
+            }
             kinds.push(Kind::HttpRoute);
             if gateway_api.grpc_route {
                 kinds.push(Kind::GrpcRoute);

@@ -48,6 +48,9 @@ pub struct GatewayApi {
     /// GRPCRoute is served (standard channel since v1.1); without it gRPC ports get
     /// HTTPRoutes, which Istio applies to gRPC as well.
     pub grpc_route: bool,
+    /// Gateway (`v1`) is served: entry through Gateway API Gateways is read (a cluster
+    /// may serve the routes alone, for the mesh).
+    pub gateways: bool,
 }
 
 impl GatewayApi {
@@ -59,14 +62,23 @@ impl GatewayApi {
         let v1 = |plural: &str| served.contains(&(plural, "v1"));
         v1("httproutes").then(|| GatewayApi {
             grpc_route: v1("grpcroutes"),
+            gateways: v1("gateways"),
         })
     }
+
+    /// Everything served (offline renders, tests).
+    pub const ALL: GatewayApi = GatewayApi {
+        grpc_route: true,
+        gateways: true,
+    };
 
     /// Routes written as Gateway API whatever discovery says of HTTPRoute
     /// (`--gateway-api on`); GRPCRoutes only where GRPCRoute `v1` is served.
     pub fn forced<'a>(served: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let served: Vec<(&str, &str)> = served.into_iter().collect();
         GatewayApi {
-            grpc_route: served.into_iter().any(|s| s == ("grpcroutes", "v1")),
+            grpc_route: served.contains(&("grpcroutes", "v1")),
+            gateways: served.contains(&("gateways", "v1")),
         }
     }
 }
@@ -269,11 +281,16 @@ pub const GATEWAY_ROUTE_SUFFIX: &str = "gateway";
 /// Hostnames one route may hold (Gateway API v1.6: `spec.hostnames` maxItems 16).
 pub const MAX_HOSTNAMES: usize = 16;
 
-/// A service's entry through Gateway API Gateways: the rules of its first routed port's
-/// mesh routes (`mesh`, as planned), bound to `gateways` (namespace, name) under `hosts`,
-/// named `<service>.gateway` (then `.2`, ... past [`MAX_RULES`] rules). The gateway's
-/// plugin picks the env and sets the route header, as a sidecar's does, so the same
-/// rules route there.
+/// Gateways one route may name (Gateway API v1.6: `spec.parentRefs` maxItems 32).
+pub const MAX_PARENTS: usize = 32;
+
+/// A service's entry through Gateway API Gateways: the rules of its mesh routes for one
+/// port (its first HTTP port, else its first gRPC port), bound to `gateways`
+/// (namespace, name) under `hosts`, named `<service>.gateway` (then `.2`, ... past
+/// [`MAX_RULES`] rules). The gateway's plugin picks the env and sets the route header, as
+/// a sidecar's does, so the same rules route there. Always HTTPRoutes: every Istio
+/// listener that takes routes takes them (GRPCRoutes only where `allowedRoutes` says),
+/// and Istio applies them to gRPC as well.
 pub fn gateway_routes(
     mesh: &[MeshRoute],
     service: &str,
@@ -281,16 +298,21 @@ pub fn gateway_routes(
     hosts: &[String],
     metadata: ObjectMeta,
 ) -> Vec<MeshRoute> {
-    let mut of_service = mesh
+    let of_service: Vec<&MeshRoute> = mesh
         .iter()
-        .filter(|r| r.is_mesh() && r.service() == service);
-    let Some(first) = of_service.next() else {
+        .filter(|r| r.is_mesh() && r.service() == service)
+        .collect();
+    let Some(first) = of_service
+        .iter()
+        .find(|r| r.kind() == Kind::HttpRoute)
+        .or(of_service.first())
+    else {
         return Vec::new();
     };
     let parent = first.spec().parent_refs.clone();
-    let rules: Vec<RouteRule> = std::iter::once(first)
-        .chain(of_service.filter(|r| r.kind() == first.kind() && r.spec().parent_refs == parent))
-        .flat_map(|r| r.spec().rules.clone())
+    let rules: Vec<RouteRule> = (of_service.iter())
+        .filter(|r| r.kind() == first.kind() && r.spec().parent_refs == parent)
+        .flat_map(|r| r.spec().rules.iter().map(as_http_rule))
         .collect();
     let route = RouteSpec {
         parent_refs: gateways
@@ -306,8 +328,28 @@ pub fn gateway_routes(
         hostnames: hosts.to_vec(),
         rules: Vec::new(),
     };
-    let first = MeshRoute::new(first.kind(), metadata, route);
+    let first = MeshRoute::new(Kind::HttpRoute, metadata, route);
     split_rules(&first, rules)
+}
+
+/// A rule as an HTTPRoute holds it: a GRPCRoute's matches get HTTPRoute's default path
+/// match (every path), and a rule without matches one match of every path.
+fn as_http_rule(rule: &RouteRule) -> RouteRule {
+    let every_path = || PathMatch {
+        type_: "PathPrefix".into(),
+        value: "/".into(),
+    };
+    let mut rule = rule.clone();
+    if rule.matches.is_empty() {
+        rule.matches.push(RouteMatch {
+            path: None,
+            headers: Vec::new(),
+        });
+    }
+    for m in &mut rule.matches {
+        m.path.get_or_insert_with(every_path);
+    }
+    rule
 }
 
 /// One env of a service to route, with the name of its own Service.

@@ -77,6 +77,8 @@ pub struct HostClaim {
     pub gateway: GatewayName,
     pub host: String,
     pub by: Claimant,
+    /// The kind of route that claims it (a Gateway API listener may take one kind only).
+    pub route: Kind,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -131,6 +133,11 @@ fn virtual_environment_claims<'a>(
                         gateway: gateway.clone(),
                         host: host.clone(),
                         by: Claimant::VirtualEnvironment(ve.metadata.creation_timestamp.clone()),
+                        // `gamma::gateway_routes` writes HTTPRoutes.
+                        route: match gateway.kind {
+                            GatewayKind::Istio => Kind::VirtualService,
+                            GatewayKind::GatewayApi => Kind::HttpRoute,
+                        },
                     });
                 }
             }
@@ -143,15 +150,18 @@ fn virtual_environment_claims<'a>(
 fn user_claims<'a>(routes: impl Iterator<Item = &'a Existing> + Clone) -> Vec<HostClaim> {
     let mut claims = Vec::new();
     for route in routes.clone().filter(|r| r.kind.is_route()) {
+        // Its hostnames, whatever other parents it has (a Service beside the Gateway).
+        // A route without hostnames takes what no route names (Gateway API ranks the
+        // named host first): it claims none.
+        let hosts = route_hostnames(route);
         for gateway in route_gateways(route) {
-            // A route without hostnames takes what no route names (Gateway API ranks
-            // the named host first): it claims none.
-            for host in &route.hosts {
+            for host in &hosts {
                 claims.push(HostClaim {
                     namespace: route.namespace.clone(),
                     gateway: gateway.clone(),
-                    host: host.to_ascii_lowercase(),
+                    host: host.clone(),
                     by: Claimant::User(route.describe()),
+                    route: route.kind,
                 });
             }
         }
@@ -170,6 +180,7 @@ fn user_claims<'a>(routes: impl Iterator<Item = &'a Existing> + Clone) -> Vec<Ho
                     gateway: gateway.clone(),
                     host: host.to_ascii_lowercase(),
                     by: Claimant::User(vs.describe()),
+                    route: Kind::VirtualService,
                 });
             }
         }
@@ -177,8 +188,15 @@ fn user_claims<'a>(routes: impl Iterator<Item = &'a Existing> + Clone) -> Vec<Ho
     claims
 }
 
+/// A route's `hostnames`, lower case.
+pub fn route_hostnames(route: &Existing) -> Vec<String> {
+    (route.spec["hostnames"].as_array().into_iter().flatten())
+        .filter_map(|h| Some(h.as_str()?.to_ascii_lowercase()))
+        .collect()
+}
+
 /// The Gateway API Gateways a route (HTTPRoute, GRPCRoute) names as parents.
-fn route_gateways(route: &Existing) -> Vec<GatewayName> {
+pub fn route_gateways(route: &Existing) -> Vec<GatewayName> {
     route.spec["parentRefs"]
         .as_array()
         .into_iter()
@@ -204,17 +222,21 @@ fn route_gateways(route: &Existing) -> Vec<GatewayName> {
         .collect()
 }
 
-/// Whether a Gateway (its spec, of `gateway`'s kind) takes `namespace`'s route for `host`:
-/// an Istio Gateway by its `servers[].hosts`, a Gateway API Gateway by its listeners.
+/// Whether a Gateway (its spec, of `gateway`'s kind) takes `namespace`'s route (of kind
+/// `route`) for `host`: an Istio Gateway by its `servers[].hosts`, a Gateway API Gateway
+/// by its listeners.
 pub fn gateway_takes(
     gateway: &GatewayName,
     spec: &serde_json::Value,
     namespace: &str,
     host: &str,
+    route: Kind,
 ) -> bool {
     match gateway.kind {
         GatewayKind::Istio => gateway_admits(&spec["servers"], &gateway.namespace, namespace, host),
-        GatewayKind::GatewayApi => listeners_admit(spec, &gateway.namespace, namespace, host),
+        GatewayKind::GatewayApi => {
+            listeners_admit(spec, &gateway.namespace, namespace, host, route.name())
+        }
     }
 }
 
@@ -242,7 +264,7 @@ impl GatewayCluster {
         let gateway_pods = pods_of(&gateways, pods);
         let mut claims = virtual_environment_claims(namespaces);
         claims.extend(user_claims(objects.filter(|o| {
-            (o.kind == Kind::VirtualService || (o.kind.is_route() && !o.mesh)) && !o.labelled
+            (o.kind == Kind::VirtualService || o.kind.is_route()) && !o.labelled
         })));
         let gateway_servers = objects_servers;
         let mut policies = policies;
@@ -382,6 +404,13 @@ impl Judging<'_> {
 
     /// Every placement of `gateway` (the namespaces of its pods).
     fn gateway(&mut self, gateway: &GatewayName, object: &Existing) {
+        let not_entered = (object.kind == Kind::KubernetesGateway)
+            .then(|| crate::gateway_api_gateway::not_entered(&object.spec))
+            .flatten();
+        if let Some(why) = not_entered {
+            self.refuse_every_host(gateway, Skip::gateway(&gateway.reference(), why));
+            return;
+        }
         let selector = selector_of(object);
         let api = gateway.kind == GatewayKind::GatewayApi;
         let scoped = self.tenant.scope_gateway_to_namespace || api;
@@ -650,7 +679,7 @@ fn refusal(
     cluster: &GatewayCluster,
 ) -> Option<String> {
     let ns = tenant.namespace;
-    if !gateway_takes(gateway, &object.spec, ns, host) {
+    if !gateway_takes(gateway, &object.spec, ns, host, Kind::HttpRoute) {
         return Some(match gateway.kind {
             GatewayKind::Istio => format!(
                 "the Gateway's servers[].hosts do not admit {ns}/{host}, so istiod would not route it"
@@ -732,7 +761,9 @@ fn could_serve(
     let servers_admit = cluster
         .gateway_servers
         .get(&claim.gateway)
-        .is_some_and(|spec| gateway_takes(&claim.gateway, spec, &claim.namespace, host));
+        .is_some_and(|spec| {
+            gateway_takes(&claim.gateway, spec, &claim.namespace, host, claim.route)
+        });
     let admitted = match (policy, &claim.by) {
         // istiod serves a user's VirtualService whatever a GatewayPolicy says.
         (_, Claimant::User(_)) => true,

@@ -195,7 +195,7 @@ impl ModuleArgs {
             scope_gateway_to_namespace: self.scope_gateway_to_namespace,
             // Offline (render, explain): what the spec asks is rendered.
             gateway_api: match self.gateway_api {
-                GatewayApiArg::Auto | GatewayApiArg::On => Some(GatewayApi { grpc_route: true }),
+                GatewayApiArg::Auto | GatewayApiArg::On => Some(GatewayApi::ALL),
                 GatewayApiArg::Off => None,
             },
         })

@@ -20,7 +20,9 @@ use crate::gamma::{
     self, env_service_name, is_env_service, EnvBackend, GatewayApi, GatewayApiRouting, MeshRoute,
 };
 use crate::gateway::{self, GatewayKind, GatewayName};
-use crate::gateway_admission::{admit, Admitted, GatewayAdmission, GatewayCluster, Tenant};
+use crate::gateway_admission::{
+    admit, route_gateways, route_hostnames, Admitted, GatewayAdmission, GatewayCluster, Tenant,
+};
 use crate::gateway_plugins;
 use crate::istio::{
     Destination, DestinationRule, DestinationRuleSpec, HeaderOperations, Headers, HttpMatchRequest,
@@ -924,12 +926,14 @@ fn gateway_hosts_free(
     let mut taken: Vec<String> = spec
         .others
         .iter()
-        .filter(|e| match spec_routes_with_gateway_api(exposure) {
-            false => e.kind == Kind::VirtualService,
-            true => e.kind.is_route() && !e.mesh,
-        })
         .filter(|e| {
-            e.hosts
+            let hosts = match spec_routes_with_gateway_api(exposure) {
+                false if e.kind == Kind::VirtualService => e.hosts.clone(),
+                // Bound to a Gateway, beside a Service or not.
+                true if e.kind.is_route() && !route_gateways(e).is_empty() => route_hostnames(e),
+                _ => return false,
+            };
+            hosts
                 .iter()
                 .any(|h| exposure.hosts.contains(&lowercase(h).into_owned()))
         })
@@ -997,37 +1001,56 @@ fn admit_entry(
             vs.spec.gateways.push("mesh".into());
         }
     }
-    let gateway_routes = admitted
-        .exposures
-        .iter()
-        .flat_map(|(service, exposure)| entry_routes(plan, spec, service, exposure))
-        .collect::<Vec<_>>();
-    plan.mesh_routes.extend(gateway_routes);
+    let mut admitted = admitted;
+    let mut unbound = Vec::new();
+    for (service, exposure) in &admitted.exposures {
+        if !spec_routes_with_gateway_api(exposure) {
+            continue;
+        }
+        let routes = entry_routes(plan, spec, service, exposure);
+        if routes.is_empty() {
+            unbound.push(service.clone());
+        }
+        plan.mesh_routes.extend(routes);
+    }
+    // A service whose routes cannot be written is not entered there at all: no host of
+    // it in the gateway's plugin, no claim kept on it.
+    for service in &unbound {
+        admitted.exposures.remove(service);
+        for placement in &mut admitted.placements {
+            placement.hosts.retain(|_, s| s != service);
+        }
+    }
+    admitted.placements.retain(|p| !p.hosts.is_empty());
     admitted
 }
 
-/// The HTTPRoutes (GRPCRoutes) that bind `service`'s admitted entry to Gateway API
-/// Gateways (`gamma::gateway_routes`); none, said in the status, when a name is taken or
-/// the hosts are more than a route holds.
+/// The HTTPRoutes that bind `service`'s admitted entry to Gateway API Gateways
+/// (`gamma::gateway_routes`); none, said in the status, when a name is taken, the hosts or
+/// Gateways are more than a route holds, or the service has no HTTP or gRPC port.
 fn entry_routes(
     plan: &mut Plan,
     spec: &Resolved<'_>,
     service: &str,
     exposure: &gateway::Exposure,
 ) -> Vec<MeshRoute> {
-    if !spec_routes_with_gateway_api(exposure) {
-        return Vec::new();
-    }
     let hosts: Vec<String> = exposure.hosts.iter().cloned().collect();
-    if hosts.len() > gamma::MAX_HOSTNAMES {
-        plan.skipped.push(Skip::service(
+    let over = |what: &str, n: usize, max: usize| {
+        Skip::service(
             service,
             format_args!(
-                "not bound to its gateways: {} hosts, over the {} an HTTPRoute may name",
-                hosts.len(),
-                gamma::MAX_HOSTNAMES
+                "not bound to its gateways: {n} {what}, over the {max} an HTTPRoute may name"
             ),
-        ));
+        )
+    };
+    if hosts.len() > gamma::MAX_HOSTNAMES {
+        plan.skipped
+            .push(over("hosts", hosts.len(), gamma::MAX_HOSTNAMES));
+        return Vec::new();
+    }
+    if exposure.gateways.len() > gamma::MAX_PARENTS {
+        let n = exposure.gateways.len();
+        plan.skipped.push(over("gateways", n, gamma::MAX_PARENTS));
         return Vec::new();
     }
     let gateways: Vec<(String, String)> = exposure
@@ -1038,6 +1061,13 @@ fn entry_routes(
     let name = format!("{service}.{}", gamma::GATEWAY_ROUTE_SUFFIX);
     let meta = managed_meta(spec.ve, &name, &spec.namespace);
     let routes = gamma::gateway_routes(&plan.mesh_routes, service, &gateways, &hosts, meta);
+    if routes.is_empty() {
+        plan.skipped.push(Skip::service(
+            service,
+            "not bound to its gateways: it has no HTTP or gRPC port to route",
+        ));
+        return Vec::new();
+    }
     let taken: Vec<String> = (routes.iter())
         .filter(|r| (spec.others.iter()).any(|e| e.kind == r.kind() && e.name == r.name()))
         .map(|r| format!("{} {}", r.kind().name(), r.name()))

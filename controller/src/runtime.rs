@@ -268,17 +268,46 @@ fn watch_istio(
         )
         .modify(slim_object)
         .default_backoff();
-        let objects = kept_in(events, writer).touched_objects();
+        let kept = kept_in(events, writer);
         controller = if kind.is_gateway() {
-            // A Gateway (its selector) decides where the gateway plugin objects of any
-            // namespace go; Gateways change rarely.
+            // A Gateway (its selector, its listeners) decides where the gateway plugin
+            // objects of any namespace go and what they admit: every namespace, but only
+            // on a change of its spec (istiod writes a Gateway API Gateway's status on
+            // every route attached to it), or when it goes.
+            let objects = spec_changes(kept);
             controller.watches_stream_with(objects, every(store.clone()), resource)
         } else {
+            let objects = kept.touched_objects();
             let reconciles = not_an_echo::<DynamicObject>(kind, own_writes, store);
             controller.watches_stream_with(objects, reconciles, resource)
         };
     }
     controller
+}
+
+/// The objects of `events` whose spec changed (a new `metadata.generation`) or that were
+/// deleted; a status write, or the same object listed again, passes nothing.
+fn spec_changes(
+    events: impl futures::Stream<Item = Result<Event<DynamicObject>, watcher::Error>>,
+) -> impl futures::Stream<Item = Result<DynamicObject, watcher::Error>> {
+    let mut generations: std::collections::HashMap<String, Option<i64>> = Default::default();
+    events.filter_map(move |event| {
+        let key = |o: &DynamicObject| o.uid().unwrap_or_else(|| o.name_any());
+        let out = match event {
+            Ok(Event::Apply(o) | Event::InitApply(o)) => {
+                let generation = o.metadata.generation;
+                let seen = generations.insert(key(&o), generation);
+                (seen != Some(generation)).then_some(Ok(o))
+            }
+            Ok(Event::Delete(o)) => {
+                generations.remove(&key(&o));
+                Some(Ok(o))
+            }
+            Ok(Event::Init | Event::InitDone) => None,
+            Err(e) => Some(Err(e)),
+        };
+        futures::future::ready(out)
+    })
 }
 
 /// The gateway owners' edge guards: one per GatewayPolicy, carrying the carriers of the
@@ -306,4 +335,42 @@ fn edge_guard_controller(
             .map(|p| ObjectRef::from_obj(&**p))
             .collect::<Vec<_>>()
     })
+}
+
+#[cfg(test)]
+mod spec_change_tests {
+    use super::*;
+    use kube::api::ObjectMeta;
+
+    fn gateway(generation: i64, status: &str) -> DynamicObject {
+        let mut o = DynamicObject::new("public", &Kind::KubernetesGateway.api_resource());
+        o.metadata = ObjectMeta {
+            name: Some("public".into()),
+            uid: Some("u1".into()),
+            generation: Some(generation),
+            ..ObjectMeta::default()
+        };
+        o.data = serde_json::json!({"status": status});
+        o
+    }
+
+    /// istiod's status writes on a Gateway API Gateway reconcile nobody; a spec change or
+    /// a deletion reconciles every namespace.
+    #[tokio::test]
+    async fn only_spec_changes_and_deletions_of_a_gateway_pass() {
+        let events = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(gateway(1, "a"))),
+            Ok(Event::InitDone),
+            Ok(Event::Apply(gateway(1, "attached 1 route"))),
+            Ok(Event::Apply(gateway(1, "attached 2 routes"))),
+            Ok(Event::Apply(gateway(2, "attached 2 routes"))),
+            Ok(Event::Delete(gateway(2, "attached 2 routes"))),
+        ];
+        let passed: Vec<i64> = spec_changes(futures::stream::iter(events))
+            .map(|o| o.unwrap().metadata.generation.unwrap())
+            .collect()
+            .await;
+        assert_eq!(passed, [1, 2, 2]);
+    }
 }

@@ -224,7 +224,8 @@ fn union_routes(planned: &[MeshRoute], owned: &[Existing]) -> Vec<MeshRoute> {
                 false => shard_of(&e.name),
             })
             .filter_map(|e| read_back_route(first, e))
-            .filter(|old| old.spec().parent_refs == parent)
+            // A gateway route's shards are its by name, whatever Gateways they named.
+            .filter(|old| !mesh || old.spec().parent_refs == parent)
             .flat_map(|old| old.spec().rules.clone())
             .filter(|rule| env_of(rule).is_some_and(|env| !have.contains(&env)))
             .collect();

@@ -1003,7 +1003,7 @@ pub mod planning {
             extension_api: Default::default(),
             gateway_admission: Default::default(),
             scope_gateway_to_namespace: false,
-            gateway_api: Some(virtual_env_controller::gamma::GatewayApi { grpc_route: true }),
+            gateway_api: Some(virtual_env_controller::gamma::GatewayApi::ALL),
         }
     }
 

@@ -241,7 +241,7 @@ impl Cluster {
     /// and after each one (with its name).
     fn start_measured(&self, filled: &mut dyn FnMut(&str)) -> Controller {
         filled("");
-        let gateway_api = Some(virtual_env_controller::gamma::GatewayApi { grpc_route: true });
+        let gateway_api = Some(virtual_env_controller::gamma::GatewayApi::ALL);
         let (mut caches, mut writers) = caches(ExtensionApi::WasmPlugin, gateway_api);
         let (ve_store, mut ves) = reflector::store::<VirtualEnvironment>();
         caches.virtual_environments = Some(ve_store.clone());

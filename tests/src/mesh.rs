@@ -342,7 +342,7 @@ impl Mesh {
             extension_api: Default::default(),
             gateway_admission: GatewayAdmission::Policy,
             scope_gateway_to_namespace: false,
-            gateway_api: Some(virtual_env_controller::gamma::GatewayApi { grpc_route: true }),
+            gateway_api: Some(virtual_env_controller::gamma::GatewayApi::ALL),
         };
         let mut namespaces: Vec<NamespaceSnapshot> = self.topology.all().map(snapshot_of).collect();
         if self.options.app_protocol == Protocol::Grpc {

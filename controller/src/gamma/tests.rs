@@ -191,11 +191,18 @@ fn what_the_cluster_serves_decides_the_routes() {
     assert_eq!(GatewayApi::detect([("httproutes", "v1beta1")]), None);
     assert_eq!(
         GatewayApi::detect([("httproutes", "v1"), ("gateways", "v1")]),
-        Some(GatewayApi { grpc_route: false })
+        Some(GatewayApi {
+            grpc_route: false,
+            gateways: true
+        })
     );
+    // The routes alone, for the mesh: no entry through Gateways to read.
     assert_eq!(
         GatewayApi::detect([("httproutes", "v1"), ("grpcroutes", "v1")]),
-        Some(GatewayApi { grpc_route: true })
+        Some(GatewayApi {
+            grpc_route: true,
+            gateways: false
+        })
     );
 }
 

@@ -161,7 +161,7 @@ pub fn settings() -> Settings {
         extension_api: Default::default(),
         gateway_admission: Default::default(),
         scope_gateway_to_namespace: false,
-        gateway_api: Some(crate::gamma::GatewayApi { grpc_route: true }),
+        gateway_api: Some(crate::gamma::GatewayApi::ALL),
     }
 }
 

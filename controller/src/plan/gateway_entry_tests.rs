@@ -248,3 +248,210 @@ fn a_leaving_env_keeps_its_gateway_rule_until_the_plugin_config_drops_it() {
     assert_eq!(rules_of(&t.before), None, "the union is what is applied");
     assert_eq!(rules_of(&t.after), Some(2));
 }
+
+/// A user's route names the host at the Gateway beside a Service parent (Gateway API and
+/// Istio attach it to both): still another team's host there.
+#[test]
+fn a_users_route_with_a_service_and_a_gateway_parent_holds_its_host() {
+    let theirs = Existing::from_json(
+        Kind::HttpRoute,
+        &serde_json::json!({
+            "metadata": {"name": "shop", "namespace": "team-b"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"},
+                    {"name": "public", "namespace": "istio-ingress"}],
+                "hostnames": ["a.example.com"], "rules": []}
+        }),
+        "team-b",
+    );
+    let policies = vec![policy(by_name(), "{mode: strip}")];
+    let (ve, snapshot) = entered(public_gateway("All"), policies, &[theirs]);
+    let plan = plan_namespace(&ve, &snapshot, &settings()).unwrap();
+    assert!(route(&plan, "app-a.gateway").is_none());
+    assert!(plan.gateway_plugins.is_empty());
+    assert!(skipped(&plan).contains("namespace team-b's HTTPRoute shop routes it there already"));
+}
+
+/// Gateways Istio does not deploy as their own: of another class (its proxies run
+/// neither plugin), or naming an existing deployment by address (whose pods may serve
+/// everyone). And pods of another namespace labelled with the Gateway's name are not its.
+#[test]
+fn only_gateways_istio_deploys_as_their_own_are_entered() {
+    let with = |spec: serde_json::Value| {
+        Existing::from_json(
+            Kind::KubernetesGateway,
+            &serde_json::json!({"metadata": {"name": "public", "namespace": "istio-ingress"}, "spec": spec}),
+            NS,
+        )
+    };
+    let listeners = serde_json::json!([{"name": "http", "port": 80, "protocol": "HTTP",
+        "allowedRoutes": {"namespaces": {"from": "All"}}}]);
+    for (spec, why) in [
+        (
+            serde_json::json!({"gatewayClassName": "other", "listeners": listeners}),
+            "gatewayClassName is \"other\"",
+        ),
+        (
+            serde_json::json!({"gatewayClassName": "istio", "listeners": listeners,
+                "addresses": [{"type": "Hostname", "value": "istio-ingressgateway.istio-system.svc.cluster.local"}]}),
+            "spec.addresses of type Hostname",
+        ),
+    ] {
+        let (ve, snapshot) = entered(with(spec), vec![policy(by_name(), "{mode: strip}")], &[]);
+        let plan = plan_namespace(&ve, &snapshot, &settings()).unwrap();
+        assert!(route(&plan, "app-a.gateway").is_none(), "{why}");
+        assert!(plan.gateway_plugins.is_empty(), "{why}");
+        assert!(skipped(&plan).contains(why), "{why}: {}", skipped(&plan));
+    }
+    // A pod in team-x labelled `gateway-name: public` is another Gateway's of that name.
+    let (ve, mut snapshot) = entered(
+        public_gateway("All"),
+        vec![policy(by_name(), "{mode: strip}")],
+        &[],
+    );
+    let mut impostor = public_gateway_pod();
+    impostor.metadata.namespace = Some("team-x".into());
+    let cluster = GatewayCluster::from_objects(
+        snapshot.elsewhere.iter(),
+        snapshot
+            .pods
+            .iter()
+            .chain([&impostor, &public_gateway_pod()]),
+        vec![policy(by_name(), "{mode: strip}")],
+        std::iter::once((&ve, snapshot.services.iter().collect())),
+    );
+    snapshot.cluster = std::sync::Arc::new(cluster);
+    let plan = plan_namespace(&ve, &snapshot, &settings()).unwrap();
+    let at: Vec<Option<String>> = plan.gateway_plugins.iter().map(|p| p.namespace()).collect();
+    assert_eq!(at, [Some("istio-ingress".to_owned())]);
+}
+
+/// When the gateway route cannot be written (its name is a user's), the service is not
+/// entered at all: no host in the gateway's plugin, so nothing routes by env there.
+#[test]
+fn a_service_whose_gateway_route_is_not_written_is_not_entered() {
+    let (ve, mut snapshot) = entered(
+        public_gateway("All"),
+        vec![policy(by_name(), "{mode: strip}")],
+        &[],
+    );
+    snapshot.existing.push(Existing::from_json(
+        Kind::HttpRoute,
+        &serde_json::json!({"metadata": {"name": "app-a.gateway", "namespace": NS},
+            "spec": {"parentRefs": [{"name": "elsewhere"}], "rules": []}}),
+        NS,
+    ));
+    let plan = plan_namespace(&ve, &snapshot, &settings()).unwrap();
+    assert!(
+        plan.gateway_plugins.is_empty(),
+        "{:?}",
+        plan.gateway_plugins
+    );
+    assert!(skipped(&plan).contains("HTTPRoute app-a.gateway exist and are not managed"));
+}
+
+/// A gRPC-only service is entered by an HTTPRoute (every Istio listener takes one) with
+/// the GRPCRoutes' rules, every match given HTTPRoute's every-path match.
+#[test]
+fn a_grpc_service_is_entered_by_an_httproute() {
+    let (ve, mut snapshot) = entered(
+        public_gateway("All"),
+        vec![policy(by_name(), "{mode: strip}")],
+        &[],
+    );
+    for s in &mut snapshot.services {
+        for port in s.spec.as_mut().unwrap().ports.as_mut().unwrap() {
+            port.app_protocol = Some("grpc".into());
+        }
+    }
+    let plan = plan_namespace(&ve, &snapshot, &settings()).unwrap();
+    assert_eq!(route(&plan, "app-a").unwrap().kind(), Kind::GrpcRoute);
+    let entry = route(&plan, "app-a.gateway").unwrap();
+    assert_eq!(entry.kind(), Kind::HttpRoute);
+    let rules = &entry.spec().rules;
+    assert_eq!(rules.len(), 3, "the default and two envs");
+    assert!(rules.iter().all(|r| !r.matches.is_empty()
+        && r.matches
+            .iter()
+            .all(|m| m.path.as_ref().is_some_and(|p| p.value == "/"))));
+}
+
+/// Two services entered through one Gateway: each keeps its own rules across a change,
+/// and a service no longer exposed has its gateway route pruned as its step.
+#[test]
+fn entry_routes_of_two_services_stay_apart_and_go_with_their_exposure() {
+    let policies = || vec![policy(by_name(), "{mode: strip}")];
+    let expose_c = |snapshot: &mut Snapshot| {
+        let c = snapshot
+            .services
+            .iter_mut()
+            .find(|s| s.name_any() == "app-c")
+            .unwrap();
+        c.metadata.annotations = Some(BTreeMap::from([
+            (
+                crate::gateway::GATEWAYS_ANNOTATION.to_owned(),
+                "istio-ingress/public".to_owned(),
+            ),
+            (
+                crate::gateway::HOSTS_ANNOTATION.to_owned(),
+                "c.example.com".to_owned(),
+            ),
+        ]));
+    };
+    let (ve, mut snapshot) = entered(public_gateway("All"), policies(), &[]);
+    expose_c(&mut snapshot);
+    let before = plan_namespace(&ve, &snapshot, &settings()).unwrap();
+    let owned: Vec<Existing> = before
+        .mesh_routes
+        .iter()
+        .map(|r| {
+            let mut value = r.to_value();
+            value["metadata"]["ownerReferences"] = serde_json::json!([{"uid": "ve-uid"}]);
+            Existing::from_json(r.kind(), &value, NS)
+        })
+        .collect();
+    // app-a's dev.proj1 leaves; app-c stays as it was.
+    let (ve, mut snapshot) = entered(public_gateway("All"), policies(), &[]);
+    expose_c(&mut snapshot);
+    snapshot.pods.retain(|p| p.name_any() != "app-a-proj1");
+    let now = plan_namespace(&ve, &snapshot, &settings()).unwrap();
+    let t = transition(&now, &owned);
+    let backends = |steps: &[Step], name: &str| -> Vec<String> {
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::MeshRoute(r) if r.name() == name => Some(r),
+                _ => None,
+            })
+            .flat_map(|r| {
+                r.spec()
+                    .rules
+                    .iter()
+                    .map(|rule| rule.backend_refs[0].name.clone())
+            })
+            .collect()
+    };
+    assert!(backends(&t.after, "app-a.gateway")
+        .iter()
+        .all(|b| b.starts_with("app-a")));
+    assert!(
+        backends(&t.after, "app-c.gateway").is_empty(),
+        "unchanged: not written"
+    );
+    // app-c no longer exposed: its gateway route is pruned, as app-c's step.
+    let (ve, snapshot) = entered(public_gateway("All"), policies(), &[]);
+    let plan = plan_namespace(&ve, &snapshot, &settings().clone());
+    let mut snapshot = snapshot;
+    snapshot.existing = owned;
+    let plan = plan
+        .and_then(|_| plan_namespace(&ve, &snapshot, &settings()))
+        .unwrap();
+    let pruned = plan
+        .prune
+        .iter()
+        .find(|e| e.name == "app-c.gateway")
+        .expect("app-c's gateway route pruned");
+    assert_eq!(
+        Step::Prune(pruned.clone()).service().as_deref(),
+        Some("app-c")
+    );
+}

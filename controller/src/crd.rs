@@ -88,7 +88,9 @@ pub struct GatewayEntry {
     /// Istio Gateways, as a VirtualService names them: `<namespace>/<name>`, or `<name>`
     /// for one in this namespace.
     pub gateways: Vec<String>,
-    /// Hosts the gateways serve the service under (e.g. `demo.example.com`).
+    /// Hosts the gateways serve the service under (e.g. `demo.example.com`). A preview host
+    /// `{env}.preview.example.com` serves every env under its own name
+    /// (`dev--proj1.preview.example.com` for `dev.proj1`), as if the env header had said it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
 }
@@ -481,6 +483,8 @@ impl VirtualEnvironmentSpec {
             services: Default::default(),
             // Both only in gateways' plugin objects, which planning fills in.
             hosts: Default::default(),
+            preview_hosts: Default::default(),
+            preview_trust: None,
             edge_trust: None,
             // Only in a gateway owner's edge guard (see `edge_guard.rs`).
             edge_carriers: Default::default(),

@@ -122,12 +122,41 @@ impl GatewayName {
     }
 }
 
+/// How a preview host is written: `{env}.<suffix>` (see [`Exposure::preview`]).
+pub const PREVIEW_PLACEHOLDER: &str = "{env}.";
+
 /// How one service is entered through gateways.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Exposure {
     pub gateways: BTreeSet<GatewayName>,
-    /// Lower case; exact names and `*.suffix` wildcards.
+    /// Lower case; exact names and `*.suffix` wildcards (a preview host is bound as
+    /// `*.<suffix>`).
     pub hosts: BTreeSet<String>,
+    /// Preview hosts' suffixes: `{env}.preview.example.com` asks for
+    /// `<env>.preview.example.com` to select the env at the gateway (its levels joined by
+    /// `--`, as a wildcard certificate covers one label).
+    pub preview: BTreeSet<String>,
+}
+
+impl Exposure {
+    /// Adds a host as written (lower case): a name, a `*.` wildcard, or a preview host
+    /// (bound as its wildcard); what it is not, in words.
+    fn add_host(&mut self, host: &str) -> Result<(), String> {
+        if let Some(suffix) = host.strip_prefix(PREVIEW_PLACEHOLDER) {
+            if !(is_dns_subdomain(suffix) && suffix.contains('.')) {
+                return Err(format!(
+                    "{host:?} is not a preview host ({{env}}.<domain of two labels or more>)"
+                ));
+            }
+            self.hosts.insert(format!("*.{suffix}"));
+            self.preview.insert(suffix.to_owned());
+        } else if is_gateway_host(host) {
+            self.hosts.insert(host.to_owned());
+        } else {
+            return Err(format!("{host:?} is not a host name"));
+        }
+        Ok(())
+    }
 }
 
 /// The exposures of a namespace's services, from their annotations and `spec.gateways`,
@@ -165,14 +194,8 @@ pub fn exposures(
             }
         }
         for host in hosts {
-            let host = host.to_ascii_lowercase();
-            if is_gateway_host(&host) {
-                exposure.hosts.insert(host);
-            } else {
-                problems.push(Skip::service(
-                    service,
-                    format_args!("{origin}: {host:?} is not a host name"),
-                ));
+            if let Err(why) = exposure.add_host(&host.to_ascii_lowercase()) {
+                problems.push(Skip::service(service, format_args!("{origin}: {why}")));
             }
         }
     };

@@ -322,6 +322,9 @@ pub struct Placement {
     /// The edge policy the routing plugin applies there: none under a GatewayPolicy (its
     /// edge guard judges), else the VirtualEnvironment's.
     pub edge_trust: Option<EdgeTrust>,
+    /// The edge policy in force there (the GatewayPolicy's, else the
+    /// VirtualEnvironment's; `None`: accept), which a preview host's env is judged by.
+    pub preview_trust: Option<EdgeTrust>,
     /// The hosts routed there, each to its service: `host -> service name`.
     pub hosts: BTreeMap<String, String>,
 }
@@ -478,6 +481,16 @@ impl Judging<'_> {
             return None;
         }
         let edge_trust = self.edge_trust_under(policy, &reference);
+        let preview_trust = match policy {
+            Some(policy) => Some(policy.edge_trust()),
+            None => self
+                .tenant
+                .ve
+                .spec
+                .edge_trust
+                .as_ref()
+                .map(|e| e.to_config()),
+        };
         let hosts = self.admit_hosts(gateway, object, policy, pods);
         // Nothing admitted here: no plugin object.
         (!hosts.is_empty()).then(|| Placement {
@@ -486,6 +499,7 @@ impl Judging<'_> {
             selector: selector.clone(),
             own,
             edge_trust,
+            preview_trust,
             hosts,
         })
     }
@@ -588,9 +602,14 @@ impl Judging<'_> {
                     self.ok.contains(&pair) && !self.refused.contains(&pair)
                 })
                 .collect();
-            let Some(binding) = binding(&exposure.gateways, &admitted) else {
+            let Some(mut binding) = binding(&exposure.gateways, &admitted) else {
                 continue;
             };
+            // The preview hosts whose wildcard is bound.
+            binding.preview = (exposure.preview.iter())
+                .filter(|suffix| binding.hosts.contains(&format!("*.{suffix}")))
+                .cloned()
+                .collect();
             for (g, h) in admitted
                 .iter()
                 .filter(|(g, h)| !binding.gateways.contains(g) || !binding.hosts.contains(h))
@@ -650,7 +669,11 @@ fn binding(
         })
         .cloned()
         .collect();
-    Some(Exposure { gateways, hosts })
+    Some(Exposure {
+        gateways,
+        hosts,
+        preview: BTreeSet::new(),
+    })
 }
 
 /// Why `policy`'s edge guard might not run on a Gateway API Gateway's pods: it attaches

@@ -174,6 +174,16 @@ fn gateway_config(
         config
             .services
             .insert(service.fqdn.clone(), service.envs.clone());
+        if let Some(suffix) = host
+            .strip_prefix("*.")
+            .filter(|s| service.exposure.preview.contains(*s))
+        {
+            config
+                .preview_hosts
+                .insert(suffix.to_owned(), service.fqdn.clone());
+            config.preview_trust = placement.preview_trust.clone();
+            continue;
+        }
         if host.starts_with("*.") {
             skipped.push(Skip::service(
                 service.name,

@@ -31,6 +31,8 @@ pub const MAX_CORRELATION_SLOTS: u32 = 1 << 20;
 pub const MAX_CORRELATION_TTL_SECONDS: u32 = 3600;
 /// Entries of a waypoint's `workloads` table.
 pub const MAX_WORKLOADS: usize = 16384;
+/// Preview host suffixes of a gateway's config.
+pub const MAX_PREVIEW_HOSTS: usize = 64;
 
 /// The plugin config, exactly as serialized. Absent fields take the seed CRD's defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +82,15 @@ pub struct PluginConfig {
     /// service's FQDN in `services`. Only gateways' plugin objects carry it.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub hosts: BTreeMap<String, String>,
+    /// Preview hosts (gateways only): `<suffix>` -> a service FQDN of `services`. A request
+    /// for `<label>.<suffix>` is for that service in the env the label spells (the env's
+    /// levels joined by [`crate::routing::PREVIEW_SEPARATOR`]: `dev--proj1`), as if the
+    /// env header said it, when `previewTrust` admits it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub preview_hosts: BTreeMap<String, String>,
+    /// The edge policy a preview host's env is judged by (gateways only; absent: accept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview_trust: Option<EdgeTrust>,
     /// What a gateway does with an env arriving from outside the mesh (see
     /// [`crate::edge`]). Only gateways' plugin objects carry it; absent: accept.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -236,6 +247,8 @@ impl Default for PluginConfig {
             direction: None,
             services: BTreeMap::new(),
             hosts: BTreeMap::new(),
+            preview_hosts: BTreeMap::new(),
+            preview_trust: None,
             edge_trust: None,
             edge_carriers: EdgeCarriers::default(),
             peers: BTreeMap::new(),
@@ -297,6 +310,11 @@ pub enum ConfigError {
     Peer { namespace: String, reason: String },
     #[error("hosts.{host}: {reason}")]
     GatewayHost { host: String, reason: &'static str },
+    #[error("previewHosts.{suffix}: {reason}")]
+    PreviewHost {
+        suffix: String,
+        reason: &'static str,
+    },
     #[error("workloads: {0:?} is not <namespace>/<workload name>")]
     Workload(String),
     #[error("{field}: {value} is out of range 0..={max}")]
@@ -383,6 +401,8 @@ impl PluginConfig {
             direction: self.direction,
             services: BTreeMap::new(),
             hosts: self.hosts.clone(),
+            preview_hosts: self.preview_hosts.clone(),
+            preview_trust: self.preview_trust.clone(),
             edge_trust: self.edge_trust.clone(),
             edge_carriers: self.edge_carriers.clone(),
             peers: BTreeMap::new(),
@@ -584,7 +604,23 @@ impl PluginConfig {
                 });
             }
         }
-        if let Some(edge) = &self.edge_trust {
+        for (suffix, fqdn) in &self.preview_hosts {
+            let reason = if !is_dns_name(suffix) || !suffix.contains('.') {
+                Some("not a lower-case DNS name of two labels or more, without port or wildcard")
+            } else if !self.services.contains_key(fqdn) {
+                Some("names a service that is not in services")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(ConfigError::PreviewHost {
+                    suffix: suffix.clone(),
+                    reason,
+                });
+            }
+        }
+        check_count("previewHosts", self.preview_hosts.len(), MAX_PREVIEW_HOSTS)?;
+        for edge in self.edge_trust.iter().chain(&self.preview_trust) {
             edge.validate(splitter)?;
         }
         self.edge_carriers.validate(&self.route_header)?;

@@ -95,6 +95,36 @@ pub enum Target<'t> {
     Outside,
 }
 
+/// What joins an env's levels in a preview host's first label: DNS allows no `.` in a
+/// label (a wildcard certificate covers one), so `dev.proj1` is `dev--proj1`.
+pub const PREVIEW_SEPARATOR: &str = "--";
+
+/// The env a preview host's first label spells: its parts between
+/// [`PREVIEW_SEPARATOR`]s joined by the splitter, if that is a valid env name.
+pub fn preview_env(label: &str, splitter: char) -> Option<String> {
+    if label.is_empty() || label.len() > 63 {
+        return None;
+    }
+    let env = label
+        .split(PREVIEW_SEPARATOR)
+        .collect::<Vec<_>>()
+        .join(&splitter.to_string());
+    crate::validate_env_name(&env, splitter).ok().map(|()| env)
+}
+
+/// The preview host label of `env`: its levels joined by [`PREVIEW_SEPARATOR`]; `None`
+/// when that is no DNS label (upper case, `--` in a level, over 63 characters).
+pub fn preview_label(env: &str, splitter: char) -> Option<String> {
+    let label = env
+        .split(splitter)
+        .collect::<Vec<_>>()
+        .join(PREVIEW_SEPARATOR);
+    let dns = crate::service::is_dns_label(&label);
+    let round_trip = preview_env(&label, splitter).as_deref() == Some(env);
+    (dns && round_trip && !env.split(splitter).any(|l| l.contains(PREVIEW_SEPARATOR)))
+        .then_some(label)
+}
+
 /// The compiled `services` table of a plugin config.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteTable {
@@ -108,6 +138,8 @@ pub struct RouteTable {
     cluster_domains: Vec<Box<str>>,
     /// Gateway hosts (`hosts`): host -> (namespace, service name).
     gateway_hosts: Map<Box<str>, (Box<str>, Box<str>)>,
+    /// Preview hosts (`previewHosts`): suffix -> (namespace, service name).
+    preview_hosts: Map<Box<str>, (Box<str>, Box<str>)>,
     services: usize,
 }
 
@@ -156,21 +188,38 @@ impl RouteTable {
                 table.insert(ns, name, envs, index);
             }
         }
-        for (gateway_host, fqdn) in &config.hosts {
-            let fqdn = fqdn.to_ascii_lowercase();
-            if let Some(ServiceHost {
-                name,
-                namespace: Some(ns),
-                ..
-            }) = ServiceHost::parse(&fqdn)
-            {
-                table.gateway_hosts.insert(
-                    gateway_host.to_ascii_lowercase().into(),
-                    (ns.into(), name.into()),
-                );
+        for (hosts, into) in [
+            (&config.hosts, &mut table.gateway_hosts),
+            (&config.preview_hosts, &mut table.preview_hosts),
+        ] {
+            for (host, fqdn) in hosts {
+                let fqdn = fqdn.to_ascii_lowercase();
+                if let Some(ServiceHost {
+                    name,
+                    namespace: Some(ns),
+                    ..
+                }) = ServiceHost::parse(&fqdn)
+                {
+                    into.insert(host.to_ascii_lowercase().into(), (ns.into(), name.into()));
+                }
             }
         }
         table
+    }
+
+    /// A request for a preview host (`<label>.<suffix>` of `previewHosts`; `authority` in
+    /// lower case): the service, and the env the label spells if it spells one (its
+    /// levels joined by [`PREVIEW_SEPARATOR`], each a valid env level).
+    pub fn preview(&self, authority: &str) -> Option<(Target<'_>, Option<String>)> {
+        if self.preview_hosts.is_empty() {
+            return None;
+        }
+        let (label, suffix) = host_of(authority)?.split_once('.')?;
+        let (ns, name) = self.preview_hosts.get(suffix)?;
+        let target = (self.namespaces.get(ns))
+            .and_then(|services| services.get(name))
+            .map_or(Target::Unrouted, Target::Service);
+        Some((target, preview_env(label, self.splitter)))
     }
 
     fn insert(&mut self, ns: &str, name: &str, envs: &[String], routing: u32) {
@@ -404,6 +453,93 @@ mod tests {
         );
         // Service names still resolve as before.
         assert_eq!(t.target("a.default", "istio-system"), Target::Service(a));
+    }
+
+    #[test]
+    fn a_preview_host_names_its_service_and_spells_the_env() {
+        let mut config = PluginConfig::default();
+        config
+            .services
+            .insert("a.default.svc.cluster.local".into(), vec!["dev".into()]);
+        config.preview_hosts.insert(
+            "preview.example.com".into(),
+            "a.default.svc.cluster.local".into(),
+        );
+        config.validate().unwrap();
+        let t = RouteTable::new(&config);
+        let a = t.service("a.default").unwrap();
+        for (authority, env) in [
+            ("dev.preview.example.com", Some("dev")),
+            (
+                "dev--proj1--alice.preview.example.com:443",
+                Some("dev.proj1.alice"),
+            ),
+            ("feature-42.preview.example.com", Some("feature-42")),
+            ("dev----x.preview.example.com", None),
+            ("-dev.preview.example.com", None),
+        ] {
+            let (target, spelled) = t.preview(authority).unwrap();
+            assert_eq!(target, Target::Service(a), "{authority}");
+            assert_eq!(spelled.as_deref(), env, "{authority}");
+        }
+        for other in [
+            "preview.example.com",
+            "x.y.preview.example.com",
+            "dev.example.com",
+        ] {
+            assert_eq!(t.preview(other), None, "{other}");
+        }
+        // Not a preview host elsewhere: a sidecar's table has none.
+        assert_eq!(
+            RouteTable::new(&PluginConfig::default()).preview("dev.preview.example.com"),
+            None
+        );
+    }
+
+    #[test]
+    fn an_env_has_a_preview_label_where_dns_allows_one() {
+        for (env, splitter, label) in [
+            ("dev.proj1", '.', Some("dev--proj1")),
+            ("dev-proj1", '-', Some("dev--proj1")),
+            ("dev_proj1", '_', Some("dev--proj1")),
+            ("Dev.proj1", '.', None),
+            ("dev.a--b", '.', None),
+        ] {
+            assert_eq!(preview_label(env, splitter).as_deref(), label, "{env}");
+            if let Some(label) = label {
+                assert_eq!(preview_env(label, splitter).as_deref(), Some(env));
+            }
+        }
+        let deep = ["level"; 12].join(".");
+        assert_eq!(preview_label(&deep, '.'), None, "over 63 characters");
+    }
+
+    #[test]
+    fn preview_hosts_are_checked() {
+        let base = r#""services": {"a.default.svc.cluster.local": ["dev"]}"#;
+        for (hosts, expected) in [
+            (
+                r#"{"example": "a.default.svc.cluster.local"}"#,
+                "two labels",
+            ),
+            (
+                r#"{"*.example.com": "a.default.svc.cluster.local"}"#,
+                "wildcard",
+            ),
+            (
+                r#"{"p.example.com": "b.default.svc.cluster.local"}"#,
+                "not in services",
+            ),
+        ] {
+            let json = format!(r#"{{{base}, "previewHosts": {hosts}}}"#);
+            let err = PluginConfig::from_json(json.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("previewHosts.") && err.contains(expected),
+                "{err}"
+            );
+        }
     }
 
     /// A config of namespace `default` that also carries the table of namespace `pay`.

@@ -182,6 +182,7 @@ fn env_source_metric(source: Option<EnvSource>) -> Metric {
         Some(EnvSource::Trace) => Metric::EnvFromTrace,
         Some(EnvSource::OwnLabel) => Metric::EnvFromOwnLabel,
         Some(EnvSource::CallerWorkload) => Metric::EnvFromCallerWorkload,
+        Some(EnvSource::Host) => Metric::EnvFromHost,
         None => Metric::EnvFromNowhere,
     }
 }

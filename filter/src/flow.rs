@@ -51,6 +51,8 @@ pub enum EnvSource {
     OwnLabel,
     /// In a waypoint: the env of the workload that sent the request (`workloads`).
     CallerWorkload,
+    /// At a gateway: the preview host the request was sent to (`previewHosts`).
+    Host,
 }
 
 /// What the sidecar knows about its own pod, from Envoy's node metadata.
@@ -95,6 +97,8 @@ pub struct FilterConfig {
     trace_from_outside: bool,
     /// The debug requests' slots (with the correlation key; none without randomness).
     slots: Option<Slots>,
+    /// At a gateway: the edge policy a preview host's env is judged by (`None`: accept).
+    preview_trust: Option<EdgeTrust>,
 }
 
 impl FilterConfig {
@@ -168,6 +172,7 @@ impl FilterConfig {
             },
             trace_from_outside: config.edge_trust.as_ref().is_some_and(|e| e.allow_trace),
             slots: correlation_key.map(Slots::new),
+            preview_trust: config.preview_trust.clone(),
         }
     }
 
@@ -288,7 +293,14 @@ impl FilterConfig {
         } else {
             self.route(node, &mut read)
         };
-        decision.edge = edge;
+        // The guard's verdict, and the preview host's env if it was not admitted.
+        decision.edge = match (edge, decision.edge) {
+            (Some(mut guard), Some(preview)) => {
+                guard.envs_removed += preview.envs_removed;
+                Some(guard)
+            }
+            (guard, preview) => guard.or(preview),
+        };
         self.trace_call(&mut read, &mut decision);
         decision.rejected += read.rejected;
         decision.edits.splice(0..0, guarded);
@@ -300,9 +312,18 @@ impl FilterConfig {
         let mut decision = Decision::default();
         let own_route_header = self.route_header.as_str();
         let authority = read.text(":authority");
-        let target = authority.as_deref().map_or(Target::Outside, |authority| {
-            self.routes.target(&lowercase(authority), &node.namespace)
-        });
+        let authority = authority.as_deref().map(lowercase);
+        // A preview host names the service, and the env as if the header had said it.
+        let preview = authority.as_deref().and_then(|a| self.routes.preview(a));
+        let target = match &preview {
+            Some((target, _)) => *target,
+            None => authority.as_deref().map_or(Target::Outside, |authority| {
+                self.routes.target(authority, &node.namespace)
+            }),
+        };
+        let from_host = preview
+            .and_then(|(_, env)| env)
+            .filter(|env| self.preview_admits(env, &mut decision));
         if target == Target::Outside {
             decision.target = Some(Destination::Outside);
             // The route header is ours: whatever the application forwarded never leaves.
@@ -310,8 +331,9 @@ impl FilterConfig {
             decision.route_header = Some((own_route_header.into(), None));
             return decision;
         }
-        let resolved = read
-            .env_from_request()
+        let resolved = from_host
+            .map(|env| (env, EnvSource::Host))
+            .or_else(|| read.env_from_request())
             .or_else(|| read.env_from_trace().map(|env| (env, EnvSource::Trace)))
             .or_else(|| {
                 let own = node.own_env.as_ref().filter(|_| self.auto_inject)?;
@@ -358,6 +380,19 @@ impl FilterConfig {
         }
         decision.route_header = Some((route_header.into(), subset));
         decision
+    }
+
+    /// Whether a preview host's env may enter under the gateway's edge policy; one that
+    /// may not is counted as removed at the edge.
+    fn preview_admits(&self, env: &str, decision: &mut Decision<'_>) -> bool {
+        let admitted = self.preview_trust.as_ref().is_none_or(|t| t.admits(env));
+        if !admitted {
+            decision
+                .edge
+                .get_or_insert_with(EdgeVerdict::default)
+                .envs_removed += 1;
+        }
+        admitted
     }
 
     /// At a gateway that does not accept every env: every line of every carrier is judged

@@ -12,6 +12,7 @@ pub enum Metric {
     EnvFromOwnLabel,
     /// In a waypoint: the env of the workload that sent the request.
     EnvFromCallerWorkload,
+    EnvFromHost,
     EnvFromNowhere,
     /// Outbound routing outcomes for services in the config.
     RouteExact,
@@ -35,13 +36,14 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 18] = [
+    pub const ALL: [Metric; 19] = [
         Metric::EnvFromHeader,
         Metric::EnvFromAlias,
         Metric::EnvFromBaggage,
         Metric::EnvFromTrace,
         Metric::EnvFromOwnLabel,
         Metric::EnvFromCallerWorkload,
+        Metric::EnvFromHost,
         Metric::EnvFromNowhere,
         Metric::RouteExact,
         Metric::RouteFallback,
@@ -64,6 +66,7 @@ impl Metric {
             Metric::EnvFromTrace => "virtual_env.env_source.trace",
             Metric::EnvFromOwnLabel => "virtual_env.env_source.own_label",
             Metric::EnvFromCallerWorkload => "virtual_env.env_source.caller_workload",
+            Metric::EnvFromHost => "virtual_env.env_source.host",
             Metric::EnvFromNowhere => "virtual_env.env_source.none",
             Metric::RouteExact => "virtual_env.route.exact",
             Metric::RouteFallback => "virtual_env.route.fallback",

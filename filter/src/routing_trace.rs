@@ -123,6 +123,7 @@ fn source_name(source: EnvSource) -> &'static str {
         EnvSource::Trace => "trace",
         EnvSource::OwnLabel => "auto-inject",
         EnvSource::CallerWorkload => "caller-workload",
+        EnvSource::Host => "host",
     }
 }
 

@@ -610,3 +610,46 @@ async fn a_debug_request_gets_the_routing_trace_of_every_hop() -> Result<()> {
     assert_eq!(trace, None);
     Ok(())
 }
+
+/// Preview URLs: with `{env}.preview.example.com` among a service's gateway hosts, a
+/// browser opens an env by its name in the URL (`dev--proj1.preview.example.com` for
+/// `dev.proj1`), no header needed: the gateway's plugin selects it as if the header had
+/// said it (over a header's env), writes the env header for the next hops, and the edge
+/// policy holds for it as for a header.
+#[tokio::test]
+async fn preview_urls_open_envs_by_name_within_the_edge_policy() -> Result<()> {
+    let _serial = serial().await;
+    for (edge, proj1_enters) in [
+        ("{mode: accept}", true),
+        ("{mode: allowList, allow: [dev]}", false),
+    ] {
+        let mut topology = topology("gateway.yaml");
+        topology.virtual_environment.gateways[0]
+            .hosts
+            .push("{env}.preview.example.com".into());
+        let policy = &mut topology.gateway_policies[0].spec;
+        policy.tenants[0].hosts.push("*.preview.example.com".into());
+        policy.edge_trust = Some(serde_yaml::from_str(edge)?);
+        let mesh = Mesh::start(topology, options()).await?;
+        let hop = mesh
+            .request_host("dev--proj1.preview.example.com", &[])
+            .await?;
+        let (want, seen) = match proj1_enters {
+            true => (PROJ1_CHAIN, Some("dev.proj1")),
+            false => (DEV_CHAIN, None),
+        };
+        assert_eq!(hop.pods(), want, "{edge}");
+        assert_eq!(hop.chain()[0].received_env.as_deref(), seen, "{edge}");
+        // The other env by its URL, whatever the header says.
+        let hop = mesh
+            .request_host("dev.preview.example.com", &[(ENV, "dev.proj1")])
+            .await?;
+        assert_eq!(hop.pods(), DEV_CHAIN, "{edge}");
+        assert_eq!(
+            hop.chain()[0].received_env.as_deref(),
+            Some("dev"),
+            "{edge}"
+        );
+    }
+    Ok(())
+}

@@ -673,3 +673,57 @@ fn a_host_two_services_claim_goes_to_the_first() {
         plan.skipped
     );
 }
+
+/// A preview host `{env}.preview.example.com`: bound as its wildcard at the gateway and
+/// in the VirtualService, and in the gateway's plugin as a preview suffix judged by the
+/// edge policy in force there (the GatewayPolicy's).
+#[test]
+fn a_preview_host_is_bound_as_its_wildcard_and_judged_by_the_gateways_policy() {
+    let (ve, mut snapshot) = exposed("istio-system/public");
+    let a = snapshot
+        .services
+        .iter_mut()
+        .find(|s| s.name_any() == "app-a")
+        .unwrap();
+    a.metadata.annotations.as_mut().unwrap().insert(
+        HOSTS_ANNOTATION.to_owned(),
+        "a.example.com, {env}.preview.example.com, {env}.nodots".to_owned(),
+    );
+    let policy = ingress_policy(
+        r#"[{namespace: default, hosts: ["*"]}]"#,
+        "{mode: allowList, allow: [dev.proj1.*]}",
+    );
+    with_cluster(&mut snapshot, &ve, vec![policy]);
+    let plan = plan_namespace(&ve, &snapshot, &settings()).unwrap();
+    let vs = route_of_app_a(&plan);
+    assert!(
+        vs.spec.hosts.contains(&"*.preview.example.com".to_owned()),
+        "{:?}",
+        vs.spec.hosts
+    );
+    let plugin = &plan.gateway_plugins[0];
+    let config: virtual_env_core::PluginConfig =
+        serde_json::from_value(plugin.spec.plugin_config.clone()).unwrap();
+    assert_eq!(
+        config.preview_hosts["preview.example.com"],
+        "app-a.default.svc.cluster.local"
+    );
+    assert_eq!(
+        config.preview_trust.as_ref().unwrap().allow,
+        ["dev.proj1.*".to_owned()]
+    );
+    assert!(config.validate().is_ok());
+    let skipped: Vec<String> = plan.skipped.iter().map(|s| s.to_string()).collect();
+    assert!(
+        skipped
+            .iter()
+            .any(|s| s.contains("\"{env}.nodots\" is not a preview host")),
+        "{skipped:?}"
+    );
+    assert!(
+        !skipped
+            .iter()
+            .any(|s| s.contains("wildcard hosts are bound but not routed")),
+        "{skipped:?}"
+    );
+}

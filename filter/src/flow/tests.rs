@@ -713,3 +713,59 @@ fn an_edge_guard_judges_every_namespaces_carriers_on_every_request() {
         "not propagated by the guard"
     );
 }
+
+/// A preview host at a gateway: the first label spells the env (levels joined by `--`),
+/// as if the env header had said it, within the gateway's edge policy; it wins over an
+/// env header, and one the policy does not admit is removed at the edge.
+#[test]
+fn a_preview_host_selects_the_env_within_the_edge_policy() {
+    let gateway = |trust: &str| {
+        config(&format!(
+            r#"{{ "services": {{"app-a.default.svc.cluster.local": ["dev", "dev.proj1"]}},
+                "previewHosts": {{"preview.example.com": "app-a.default.svc.cluster.local"}},
+                "correlationSlots": 0 {trust} }}"#
+        ))
+    };
+    let open = gateway("");
+    for (host, env, route) in [
+        ("dev--proj1.preview.example.com", "dev.proj1", "dev.proj1"),
+        (
+            "DEV--PROJ1.Preview.Example.com:443",
+            "dev.proj1",
+            "dev.proj1",
+        ),
+        (
+            "dev--proj1--alice.preview.example.com",
+            "dev.proj1.alice",
+            "dev.proj1",
+        ),
+        ("dev.preview.example.com", "dev", "dev"),
+    ] {
+        let h = call(&open, host, &[("x-virtual-env", "dev")]);
+        assert_eq!(h.header("x-virtual-env"), Some(env), "{host}");
+        assert_eq!(h.header(ROUTE), Some(route), "{host}");
+        assert_eq!(h.count(Metric::EnvFromHost), 1, "{host}");
+    }
+    // A label that spells no env: the header's env, as for any host of the service.
+    let h = call(
+        &open,
+        "a..b.preview.example.com",
+        &[("x-virtual-env", "dev.proj1")],
+    );
+    assert_eq!(h.header(ROUTE), None, "not a preview host: outside");
+    let h = call(
+        &open,
+        "dev----x.preview.example.com",
+        &[("x-virtual-env", "dev.proj1")],
+    );
+    assert_eq!(h.header(ROUTE), Some("dev.proj1"));
+    assert_eq!(h.count(Metric::EnvFromHeader), 1);
+    // The edge policy: an env it does not admit is removed, counted, and not routed.
+    let strict = gateway(r#", "previewTrust": {"mode": "allowList", "allow": ["dev.proj1.*"]}"#);
+    let h = call(&strict, "dev--proj1.preview.example.com", &[]);
+    assert_eq!(h.header(ROUTE), None);
+    assert_eq!(h.count(Metric::EnvRemovedAtEdge), 1);
+    let h = call(&strict, "dev--proj1--bob.preview.example.com", &[]);
+    assert_eq!(h.header("x-virtual-env"), Some("dev.proj1.bob"));
+    assert_eq!(h.header(ROUTE), Some("dev.proj1"));
+}

@@ -164,9 +164,11 @@ impl Default for EnvHeader {
     }
 }
 
-/// One `envHeader.aliases` entry, in either API version's form.
+/// One `envHeader.aliases` entry, in either API version's form. An object with a field
+/// of neither form (`patern:`) is [`HeaderAlias::Invalid`], reported, never read as a
+/// whole-value alias of its `name`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[serde(untagged)]
+#[serde(untagged, deny_unknown_fields)]
 pub enum HeaderAlias {
     /// A header whose whole value is the env (v1alpha1).
     Name(String),

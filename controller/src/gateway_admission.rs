@@ -79,6 +79,30 @@ pub struct HostClaim {
     pub by: Claimant,
     /// The kind of route that claims it (a Gateway API listener may take one kind only).
     pub route: Kind,
+    /// A preview host's wildcard (`*.<suffix>` of `{env}.<suffix>`): routed by env at the
+    /// gateway for every host under it, so it meets every claim under it.
+    pub preview: bool,
+}
+
+/// One host a namespace asks for at a gateway.
+#[derive(Debug, Clone, Copy)]
+struct Asked<'a> {
+    host: &'a str,
+    /// A preview host's wildcard (see [`HostClaim::preview`]).
+    preview: bool,
+}
+
+impl HostClaim {
+    /// Whether this claim and `asked` want the same requests routed by env at one
+    /// gateway: the same host, or one under a preview wildcard of the other.
+    fn meets(&self, asked: Asked<'_>) -> bool {
+        let under = |wildcard: &str, host: &str| {
+            crate::gateway_policy::host_specificity(wildcard, host).is_some()
+        };
+        self.host.eq_ignore_ascii_case(asked.host)
+            || (asked.preview && under(asked.host, &self.host))
+            || (self.preview && under(&self.host, asked.host))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -138,6 +162,7 @@ fn virtual_environment_claims<'a>(
                             GatewayKind::Istio => Kind::VirtualService,
                             GatewayKind::GatewayApi => Kind::HttpRoute,
                         },
+                        preview: is_preview(exposure, host),
                     });
                 }
             }
@@ -162,6 +187,7 @@ fn user_claims<'a>(routes: impl Iterator<Item = &'a Existing> + Clone) -> Vec<Ho
                     host: host.clone(),
                     by: Claimant::User(route.describe()),
                     route: route.kind,
+                    preview: false,
                 });
             }
         }
@@ -181,11 +207,18 @@ fn user_claims<'a>(routes: impl Iterator<Item = &'a Existing> + Clone) -> Vec<Ho
                     host: host.to_ascii_lowercase(),
                     by: Claimant::User(vs.describe()),
                     route: Kind::VirtualService,
+                    preview: false,
                 });
             }
         }
     }
     claims
+}
+
+/// Whether `host` of `exposure` is a preview host's wildcard.
+fn is_preview(exposure: &Exposure, host: &str) -> bool {
+    host.strip_prefix("*.")
+        .is_some_and(|suffix| exposure.preview.contains(suffix))
 }
 
 /// A route's `hostnames`, lower case.
@@ -556,11 +589,18 @@ impl Judging<'_> {
         let reference = gateway.reference();
         let mut hosts: BTreeMap<String, String> = BTreeMap::new();
         for (service, host) in self.asked_at(gateway) {
+            let asked = Asked {
+                host: &host,
+                preview: self
+                    .wanted
+                    .get(&service)
+                    .is_some_and(|e| is_preview(e, &host)),
+            };
             let why = refusal(
                 self.tenant,
                 object,
                 gateway,
-                &host,
+                asked,
                 policy,
                 pods,
                 self.cluster,
@@ -696,12 +736,12 @@ fn refusal(
     tenant: &Tenant<'_>,
     object: &Existing,
     gateway: &GatewayName,
-    host: &str,
+    asked: Asked<'_>,
     policy: Option<&GatewayPolicy>,
     pods: &GatewayPods<'_>,
     cluster: &GatewayCluster,
 ) -> Option<String> {
-    let ns = tenant.namespace;
+    let (ns, host) = (tenant.namespace, asked.host);
     if !gateway_takes(gateway, &object.spec, ns, host, Kind::HttpRoute) {
         return Some(match gateway.kind {
             GatewayKind::Istio => format!(
@@ -725,9 +765,9 @@ fn refusal(
     let rivals: Vec<&HostClaim> = cluster
         .claims
         .iter()
-        .filter(|c| c.namespace != ns && c.host.eq_ignore_ascii_case(host))
+        .filter(|c| c.namespace != ns && c.meets(asked))
         .filter(|c| same_pods(cluster, &c.gateway, gateway, pods))
-        .filter(|c| could_serve(tenant, c, host, policy, pods, cluster))
+        .filter(|c| could_serve(tenant, c, &c.host, policy, pods, cluster))
         .collect();
     if let Some(user) = rivals.iter().find_map(|c| match &c.by {
         Claimant::User(what) => Some((c.namespace.as_str(), what)),
@@ -747,12 +787,12 @@ fn refusal(
     rivals
         .iter()
         .filter_map(|c| match &c.by {
-            Claimant::VirtualEnvironment(created) => Some((c, rank(created.as_ref(), &c.namespace, policy, host))),
+            Claimant::VirtualEnvironment(created) => Some((c, rank(created.as_ref(), &c.namespace, policy, &c.host))),
             Claimant::User(_) => None,
         })
         .filter(|(c, theirs)| {
             // A rival the policy does not admit has no claim.
-            policy.is_none_or(|p| p.admits(&c.namespace, host).is_some()) && *theirs > ours
+            policy.is_none_or(|p| p.admits(&c.namespace, &c.host).is_some()) && *theirs > ours
         })
         .max_by(|a, b| a.1.cmp(&b.1))
         .map(|(c, _)| match policy {

@@ -181,7 +181,21 @@ fn gateway_config(
             config
                 .preview_hosts
                 .insert(suffix.to_owned(), service.fqdn.clone());
-            config.preview_trust = placement.preview_trust.clone();
+            // Only what judges envs: whether traces may be asked is `edgeTrust`'s.
+            config.preview_trust = placement.preview_trust.clone().map(|mut trust| {
+                trust.allow_trace = false;
+                trust
+            });
+            if placement
+                .preview_trust
+                .as_ref()
+                .is_some_and(|t| t.mode == virtual_env_core::EdgeMode::Strip)
+            {
+                skipped.push(Skip::service(
+                    service.name,
+                    format_args!("preview host {{env}}.{suffix} at gateway {reference}: the gateway's edge policy strips every env from outside, so its URLs open no env (ask for allowList)"),
+                ));
+            }
             continue;
         }
         if host.starts_with("*.") {

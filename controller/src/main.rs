@@ -242,6 +242,9 @@ impl OfflineArgs {
             };
             reader.read(&name, &text)?;
         }
+        for warning in &reader.warnings {
+            eprintln!("virtual-env: warning: {warning}");
+        }
         let mut namespaces = reader.finish(&self.namespace)?;
         if !self.predictable_suffix {
             for ns in &mut namespaces {
@@ -335,7 +338,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("virtual-env: {e:#}");
+            eprintln!("virtual-env: {}", said_once(&e));
             ExitCode::FAILURE
         }
     }
@@ -540,5 +543,42 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate => {}
+    }
+}
+
+/// An error and its causes, each said once: many errors (kube's, thiserror's with
+/// `{0}` in their message) already say their cause, which the chain then gives again.
+fn said_once(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if out.contains(text.trim()) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod said_once_tests {
+    use super::said_once;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {0}")]
+    struct Outer(#[source] Inner);
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner")]
+    struct Inner;
+
+    #[test]
+    fn a_cause_the_message_already_says_is_not_said_again() {
+        let e = anyhow::Error::new(Outer(Inner)).context("connecting");
+        assert_eq!(said_once(&e), "connecting: outer: inner");
+        let plain = anyhow::anyhow!("alone");
+        assert_eq!(said_once(&plain), "alone");
     }
 }

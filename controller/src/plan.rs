@@ -32,6 +32,7 @@ use crate::istio::{
 use crate::peer_namespaces::{add_peers, Published};
 use crate::routable::not_routable;
 use crate::skip::Skip;
+use crate::spec_errors::at_spec_path;
 use crate::subset::SubsetNames;
 use crate::waypoint;
 
@@ -133,8 +134,9 @@ impl Plan {
 
 #[derive(Debug, Error)]
 pub enum PlanError {
+    /// The spec's mistake, at its path (`spec_errors.rs`).
     #[error("invalid spec: {0}")]
-    InvalidSpec(#[from] ConfigError),
+    InvalidSpec(String),
     #[error("the VirtualEnvironment has no namespace")]
     NoNamespace,
     #[error("invalid spec: envHeader.aliases: {0} is neither a header name nor {{name, pattern, placeholder}}")]
@@ -322,9 +324,11 @@ fn resolve<'a>(
         module.validate().map_err(PlanError::InvalidModule)?;
     }
     let mut config = ve.spec.plugin_config();
-    config.validate()?;
+    let invalid = |e: ConfigError| PlanError::InvalidSpec(at_spec_path(&ve.spec, &e));
+    config.validate().map_err(invalid)?;
     if let Some(edge) = &ve.spec.edge_trust {
-        edge.to_config().validate(config.splitter_char())?;
+        (edge.to_config().validate(config.splitter_char()))
+            .map_err(|e| invalid(ConfigError::from(e)))?;
     }
     let owner_uid = ve.uid();
     let (env_services, foreign_services) =

@@ -58,11 +58,17 @@ pub struct Reader {
     /// Namespaces' labels, by name.
     namespace_labels:
         std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    /// The VirtualEnvironments' specs as written, for the unknown fields.
+    raw_specs: Vec<Value>,
+    /// What was read but means nothing (a VirtualEnvironment's unknown fields), each with
+    /// its file and line: said, never fatal.
+    pub warnings: Vec<String>,
 }
 
 impl Reader {
     /// Reads every document of `text` (named `source_name` in errors).
     pub fn read(&mut self, source_name: &str, text: &str) -> Result<(), SnapshotError> {
+        let before = self.raw_specs.len();
         for doc in serde_yaml::Deserializer::from_str(text) {
             let value = Value::deserialize(doc).map_err(|error| SnapshotError::Yaml {
                 source_name: source_name.to_owned(),
@@ -70,7 +76,40 @@ impl Reader {
             })?;
             self.add(source_name, value)?;
         }
+        self.warn_unknown_fields(source_name, text, before);
         Ok(())
+    }
+
+    /// Warns of the unknown fields of the VirtualEnvironments read from `text` (those
+    /// from index `first` on), each at its line.
+    fn warn_unknown_fields(&mut self, source_name: &str, text: &str, first: usize) {
+        let crd = serde_json::to_value(<VirtualEnvironment as kube::CustomResourceExt>::crd())
+            .unwrap_or_default();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        // The k-th VirtualEnvironment of the file starts near its k-th `kind:` line (its
+        // `apiVersion` just before; in a List, after the previous item).
+        let lines: Vec<&str> = text.lines().collect();
+        let starts: Vec<usize> = (lines.iter().enumerate())
+            .filter(|(_, l)| l.trim_start().trim_start_matches("- ") == "kind: VirtualEnvironment")
+            .map(|(i, _)| {
+                let doc = lines[..i].iter().rposition(|l| l.starts_with("---"));
+                doc.unwrap_or(0).max(i.saturating_sub(2))
+            })
+            .collect();
+        for (k, value) in self.raw_specs[first..].iter().enumerate() {
+            for unknown in crate::unknown_fields::unknown_in_spec(schema, value) {
+                let from = starts.get(k).copied().unwrap_or(0);
+                let line = crate::unknown_fields::line_of(text, from, &unknown.path)
+                    .map_or_else(String::new, |l| format!(":{l}"));
+                let meant = unknown
+                    .meant
+                    .map_or_else(String::new, |m| format!(" (did you mean {m}?)"));
+                self.warnings.push(format!(
+                    "{source_name}{line}: {} is not a field of VirtualEnvironment; ignored{meant}",
+                    unknown.path
+                ));
+            }
+        }
     }
 
     fn add(&mut self, source_name: &str, value: Value) -> Result<(), SnapshotError> {
@@ -91,7 +130,11 @@ impl Reader {
             error,
         };
         match kind.as_str() {
-            "VirtualEnvironment" => self.ves.push(serde_json::from_value(value).map_err(error)?),
+            "VirtualEnvironment" => {
+                self.raw_specs
+                    .push(serde_json::json!({"spec": value["spec"].clone()}));
+                self.ves.push(serde_json::from_value(value).map_err(error)?)
+            }
             "Service" => self
                 .services
                 .push(serde_json::from_value(value).map_err(error)?),

@@ -212,6 +212,83 @@ fn bad_input_is_a_clear_error() {
     );
 }
 
+/// `render` of a VirtualEnvironment given on stdin (named `stdin` in what is said).
+fn render_stdin(ve: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_virtual-env"))
+        .args(
+            [
+                &[
+                    "render",
+                    "-f",
+                    "-",
+                    "-f",
+                    "tests/snapshots/seed/cluster.yaml",
+                ][..],
+                &MODULE,
+            ]
+            .concat(),
+        )
+        .current_dir(repo())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(ve.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A new user's mistakes, said once and where they are: fields that do not exist are
+/// warnings at their line with the name meant (the defaults would be silently in force);
+/// an invalid value is one error at the spec's path, not the plugin config's field, and
+/// no part of it twice.
+#[test]
+fn input_mistakes_are_told_once_where_they_are() {
+    let head = "apiVersion: env.alibaba.com/v1alpha1\nkind: VirtualEnvironment\nmetadata: {name: demo}\nspec:\n";
+    let (ok, stderr) = render_stdin(&format!(
+        "{head}  envHeader:\n    nmae: X-Env\n    autoInjct: true\n  envLable:\n    name: virtual-env\n"
+    ));
+    assert!(ok, "{stderr}");
+    for said in [
+        "stdin:6: spec.envHeader.nmae is not a field of VirtualEnvironment; ignored (did you mean name?)",
+        "stdin:7: spec.envHeader.autoInjct is not a field of VirtualEnvironment; ignored (did you mean autoInject?)",
+        "stdin:8: spec.envLable is not a field of VirtualEnvironment; ignored (did you mean envLabel?)",
+    ] {
+        assert!(stderr.contains(said), "{said}\n{stderr}");
+    }
+    for (spec, said) in [
+        (
+            "  envLabel: {splitter: '..'}\n",
+            "invalid spec: spec.envLabel.splitter: \"..\" must be exactly one of '.', '-', '_'\n",
+        ),
+        (
+            "  envHeader: {aliases: [{name: cookie, pattern: 'env=(@', placeholder: '(@)'}]}\n",
+            "invalid spec: spec.envHeader.aliases[0]: the placeholder \"(@)\" is not in the pattern\n",
+        ),
+        (
+            "  traceCorrelation: {slots: 99999999}\n",
+            "invalid spec: spec.traceCorrelation.slots: 99999999 is out of range",
+        ),
+    ] {
+        let (ok, stderr) = render_stdin(&format!("{head}{spec}"));
+        assert!(!ok, "{spec}");
+        assert!(stderr.contains(said), "{said}\n{stderr}");
+        let what = said.split_once(": spec.").unwrap().1;
+        let what = what.split_once(": ").unwrap().1.trim_end();
+        assert_eq!(stderr.matches(what).count(), 1, "said once: {stderr}");
+    }
+}
+
 /// `explain --from` a pod in ambient mode answers through the waypoint of the service it
 /// calls: the caller's env from its workload, a header that wins over it, and a service
 /// without a waypoint said to be passed at L4 only.

@@ -207,6 +207,12 @@ impl RouteTable {
         table
     }
 
+    /// Whether `authority` (lower case) is one of the gateway's `hosts`.
+    pub fn is_gateway_host(&self, authority: &str) -> bool {
+        !self.gateway_hosts.is_empty()
+            && host_of(authority).is_some_and(|h| self.gateway_hosts.contains_key(h))
+    }
+
     /// A request for a preview host (`<label>.<suffix>` of `previewHosts`; `authority` in
     /// lower case): the service, and the env the label spells if it spells one (its
     /// levels joined by [`PREVIEW_SEPARATOR`], each a valid env level).

@@ -139,8 +139,19 @@ impl<'c> Decision<'c> {
             host.increment(Metric::TraceRecorded);
         }
         if let Some((key, value)) = &self.debug_slot {
-            host.set_shared_data(key, value.as_bytes(), None);
-            let until = crate::routing_trace::Slots::active_until(host.now_unix_ms());
+            // Only a free slot is taken (compare-and-swap): a debug request never wipes
+            // another's hops.
+            let now = host.now_unix_ms();
+            let cas = match host.shared_data(key) {
+                Some((current, cas)) => {
+                    crate::routing_trace::Slots::free(&current, now).then_some(cas)
+                }
+                None => Some(0),
+            };
+            if let Some(cas) = cas {
+                host.set_shared_data(key, value.as_bytes(), Some(cas).filter(|c| *c != 0));
+            }
+            let until = crate::routing_trace::Slots::active_until(now);
             host.set_shared_data(crate::routing_trace::ACTIVE_KEY, until.as_bytes(), None);
         }
         if let Some(cas) = self.clear_debug_mark {

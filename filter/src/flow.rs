@@ -166,8 +166,14 @@ impl FilterConfig {
             workloads: config.workloads.clone(),
             proxy: match config.direction {
                 Some(Direction::Waypoint) => Proxy::Waypoint,
-                // A gateway's routing plugin has hosts; its owner's guard an edge policy.
-                _ if !config.hosts.is_empty() || config.edge_trust.is_some() => Proxy::Gateway,
+                // A gateway's routing plugin has hosts or preview hosts; its owner's guard
+                // an edge policy.
+                _ if !config.hosts.is_empty()
+                    || !config.preview_hosts.is_empty()
+                    || config.edge_trust.is_some() =>
+                {
+                    Proxy::Gateway
+                }
                 _ => Proxy::Sidecar,
             },
             trace_from_outside: config.edge_trust.as_ref().is_some_and(|e| e.allow_trace),
@@ -313,8 +319,11 @@ impl FilterConfig {
         let own_route_header = self.route_header.as_str();
         let authority = read.text(":authority");
         let authority = authority.as_deref().map(lowercase);
-        // A preview host names the service, and the env as if the header had said it.
-        let preview = authority.as_deref().and_then(|a| self.routes.preview(a));
+        // A preview host names the service, and the env as if the header had said it; a
+        // host the gateway serves by name is that host's, whatever suffix it has.
+        let preview = (authority.as_deref())
+            .filter(|a| !self.routes.is_gateway_host(a))
+            .and_then(|a| self.routes.preview(a));
         let target = match &preview {
             Some((target, _)) => *target,
             None => authority.as_deref().map_or(Target::Outside, |authority| {

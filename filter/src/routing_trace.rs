@@ -46,8 +46,10 @@ pub const SLOT_PREFIX: &str = "virtual-env.debug.";
 /// request that is not traced costs one shared-data read, not a trace id and a slot.
 pub const ACTIVE_KEY: &str = "virtual-env.debug.active";
 const SLOTS: u64 = 64;
-/// How long a slot waits for the calls of its request.
-const SLOT_TTL_MS: u64 = 60_000;
+/// How long a slot waits for the calls of its request (and keeps the proxy's calling side
+/// looking for slots): long enough for a chain, short so that a debug request now and then
+/// costs little.
+const SLOT_TTL_MS: u64 = 10_000;
 const CUT: &str = "...";
 
 /// Whether a request asks for a trace: the debug header is exactly `1`.
@@ -92,10 +94,20 @@ pub fn call_entry(by: Proxy, to: &str, decision: &Decision<'_>) -> String {
         .as_ref()
         .and_then(|(_, subset)| subset.as_deref())
         .unwrap_or("-");
+    // The host as a token: nothing in it may end the entry or the hop.
+    let to: String = visible(to.as_bytes(), 253)
+        .chars()
+        .map(|c| {
+            if matches!(c, ',' | ';' | '=' | ' ') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
     let mut entry = format!(
-        "call;by={};to={};env={env};from={from};route={route};subset={subset}",
-        by.name(),
-        visible(to.as_bytes(), 253)
+        "call;by={};to={to};env={env};from={from};route={route};subset={subset}",
+        by.name()
     );
     if let Some(edge) = decision
         .edge
@@ -185,6 +197,17 @@ impl Slots {
         format!("{}|{id}|", now_ms.saturating_add(SLOT_TTL_MS))
     }
 
+    /// Whether a slot's `value` may be taken for a new request at `now_ms`: empty, expired or
+    /// garbage; a live slot of another request is left to it.
+    pub fn free(value: &[u8], now_ms: u64) -> bool {
+        let alive = std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.split_once('|'))
+            .and_then(|(expires, _)| expires.parse::<u64>().ok())
+            .is_some_and(|expires| expires > now_ms);
+        !alive
+    }
+
     /// The [`ACTIVE_KEY`] mark of a slot opened at `now_ms`.
     pub fn active_until(now_ms: u64) -> String {
         now_ms.saturating_add(SLOT_TTL_MS).to_string()
@@ -265,7 +288,7 @@ mod tests {
         };
         assert_eq!(
             call_entry(Proxy::Sidecar, "example.com\r\nx: y", &outside),
-            "call;by=sidecar;to=example.comx: y;env=-;from=none;route=outside;subset=-"
+            "call;by=sidecar;to=example.comx:_y;env=-;from=none;route=outside;subset=-"
         );
         assert_eq!(
             served_entry("default", Some("dev")),
@@ -300,7 +323,12 @@ mod tests {
             Some("call;x, call;y")
         );
         assert_eq!(Slots::hops(two.as_bytes(), "another-trace-id", 1_003), None);
-        assert_eq!(Slots::hops(two.as_bytes(), id, 61_000), None, "expired");
+        assert_eq!(Slots::hops(two.as_bytes(), id, 11_000), None, "expired");
+        assert!(
+            !Slots::free(two.as_bytes(), 1_003),
+            "another request's, alive"
+        );
+        assert!(Slots::free(two.as_bytes(), 11_000) && Slots::free(b"", 0) && Slots::free(b"x", 0));
         assert_eq!(Slots::added(two.as_bytes(), "other", "z", 1_003), None);
         for junk in [&b""[..], b"|", b"x|a|b", b"\xff|a|", b"99"] {
             assert_eq!(Slots::hops(junk, "a", 0), None, "{junk:?}");

@@ -727,3 +727,92 @@ fn a_preview_host_is_bound_as_its_wildcard_and_judged_by_the_gateways_policy() {
         "{skipped:?}"
     );
 }
+
+/// A preview wildcard is routed by env at the gateway for every host under it, so it
+/// meets another team's host under it (and theirs meets ours): one of the two is
+/// refused, as for the same host, and never both plugins act on those requests.
+#[test]
+fn a_preview_wildcard_meets_every_other_teams_host_under_it() {
+    let (mut ve, mut snapshot) = exposed("istio-system/public");
+    ve.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(2_000).unwrap(),
+    ));
+    let a = snapshot
+        .services
+        .iter_mut()
+        .find(|s| s.name_any() == "app-a")
+        .unwrap();
+    a.metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert(HOSTS_ANNOTATION.into(), "{env}.preview.example.com".into());
+    let any = || ingress_policy(r#"[{namespace: "*", hosts: ["*"]}]"#, "");
+    // Team b, older, serves one host under our suffix: our preview host is refused.
+    let rivals = [rival("team-b", 1_000, "dev--x.preview.example.com")];
+    snapshot.cluster = cluster_with(&snapshot, &ve, &rivals, &[], vec![any()]);
+    let plan = plan_of_gw(&ve, &snapshot);
+    assert!(plan.gateway_plugins.is_empty(), "{:?}", plan.skipped);
+    assert!(skipped_with(&plan, "host *.preview.example.com at gateway istio-system/public: namespace team-b claims it too"), "{:?}", plan.skipped);
+    // A user's VirtualService for a host under it, too.
+    let user = object(
+        Kind::VirtualService,
+        serde_json::json!({"metadata": {"name": "front", "namespace": "team-c"},
+            "spec": {"hosts": ["shop.preview.example.com"], "gateways": ["istio-system/public"]}}),
+    );
+    snapshot.cluster = cluster_with(&snapshot, &ve, &[], &[user], vec![any()]);
+    assert!(plan_of_gw(&ve, &snapshot).gateway_plugins.is_empty());
+    // Ours is older than team b's: we keep it, and team b's host under it is refused
+    // in team b's plan (the same rule from its side).
+    let rivals = [rival("team-b", 3_000, "dev--x.preview.example.com")];
+    snapshot.cluster = cluster_with(&snapshot, &ve, &rivals, &[], vec![any()]);
+    assert_eq!(plan_of_gw(&ve, &snapshot).gateway_plugins.len(), 1);
+    let (b_ve, b_svc) = rivals[0].clone();
+    let mut b_ve = b_ve;
+    b_ve.metadata.uid = Some("b-uid".into());
+    let b_snapshot = Snapshot {
+        services: vec![b_svc.clone()],
+        elsewhere: snapshot.elsewhere.clone(),
+        pods: vec![
+            crate::plan::fixtures::pod("shop-dev", "shop", Some("dev"), true),
+            {
+                let mut p = crate::plan::fixtures::pod("shop-x", "shop", Some("dev.x"), true);
+                p.metadata.namespace = Some("team-b".into());
+                p
+            },
+        ]
+        .into_iter()
+        .map(|mut p| {
+            p.metadata.namespace = Some("team-b".into());
+            p
+        })
+        .collect(),
+        cluster: cluster_with(
+            &Snapshot {
+                services: vec![b_svc],
+                elsewhere: snapshot.elsewhere.clone(),
+                ..Snapshot::default()
+            },
+            &b_ve,
+            &[(
+                ve.clone(),
+                snapshot
+                    .services
+                    .iter()
+                    .find(|s| s.name_any() == "app-a")
+                    .unwrap()
+                    .clone(),
+            )],
+            &[],
+            vec![any()],
+        ),
+        ..Snapshot::default()
+    };
+    let b_plan = plan_of_gw(&b_ve, &b_snapshot);
+    assert!(b_plan.gateway_plugins.is_empty(), "{:?}", b_plan.skipped);
+    assert!(
+        skipped_with(&b_plan, "host dev--x.preview.example.com at gateway istio-system/public: namespace default claims it too"),
+        "{:?}",
+        b_plan.skipped
+    );
+}

@@ -760,6 +760,25 @@ fn a_preview_host_selects_the_env_within_the_edge_policy() {
     );
     assert_eq!(h.header(ROUTE), Some("dev.proj1"));
     assert_eq!(h.count(Metric::EnvFromHeader), 1);
+    // A host the gateway serves by name is that host's, whatever suffix it has.
+    let both = config(
+        r#"{ "services": {"app-a.default.svc.cluster.local": ["dev", "dev.proj1"],
+                          "app-b.default.svc.cluster.local": ["dev"]},
+            "hosts": {"b.preview.example.com": "app-b.default.svc.cluster.local"},
+            "previewHosts": {"preview.example.com": "app-a.default.svc.cluster.local"},
+            "correlationSlots": 0 }"#,
+    );
+    let h = call(
+        &both,
+        "b.preview.example.com",
+        &[("x-virtual-env", "dev.proj1")],
+    );
+    assert_eq!(
+        h.header(ROUTE),
+        Some("dev"),
+        "app-b's fallback, not app-a's dev.proj1"
+    );
+    assert_eq!(h.count(Metric::EnvFromHost), 0);
     // The edge policy: an env it does not admit is removed, counted, and not routed.
     let strict = gateway(r#", "previewTrust": {"mode": "allowList", "allow": ["dev.proj1.*"]}"#);
     let h = call(&strict, "dev--proj1.preview.example.com", &[]);

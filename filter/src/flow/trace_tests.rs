@@ -226,3 +226,45 @@ fn only_a_debug_request_is_traced_and_hostile_values_are_rejected() {
     assert!(trace.starts_with("call;by=sidecar;to=app-a:8080;env=-;from=none;route=none"));
     assert!(!trace.contains('\u{7f}'));
 }
+
+/// A gateway whose plugin has only preview hosts is a gateway all the same: outside
+/// clients get no trace unless its edge policy lets them ask.
+#[test]
+fn a_gateway_with_only_preview_hosts_shows_no_trace_to_outside_clients() {
+    let gw = config(&format!(
+        r#"{{ {SERVICES}, "previewHosts": {{"preview.example.com": "app-a.default.svc.cluster.local"}}, "correlationSlots": 0 }}"#
+    ));
+    let mut host = request(&[
+        (":authority", "dev.preview.example.com"),
+        (DEBUG_HEADER, "1"),
+    ]);
+    let tracing = pass(&gw, &node(None), Direction::Outbound, &mut host);
+    assert_eq!(tracing, Some(Tracing::Hidden));
+    assert_eq!(host.header(DEBUG_HEADER), None);
+}
+
+/// A debug request never takes a slot another live debug request holds.
+#[test]
+fn a_live_slot_of_another_request_is_not_taken() {
+    let side = sidecar();
+    let other = "00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-00f067aa0ba902b7-01";
+    let mut first = request(&[(DEBUG_HEADER, "1"), ("traceparent", TRACEPARENT)]);
+    pass(&side, &node(None), Direction::Inbound, &mut first);
+    let key = Slots::new(KEY).key_of("4bf92f3577b34da6a3ce929d0e0e4736");
+    let held = first.shared.borrow()[&key].0.clone();
+    // Another trace id that lands in the same slot (64 slots: search one).
+    let colliding = (0..10_000)
+        .map(|i| format!("00-{i:032x}-00f067aa0ba902b7-01"))
+        .find(|tp| Slots::new(KEY).key_of(&tp[3..35]) == key)
+        .unwrap_or_else(|| other.to_owned());
+    let mut second = first
+        .next_request()
+        .with_header(DEBUG_HEADER, "1")
+        .with_header("traceparent", &colliding);
+    pass(&side, &node(None), Direction::Inbound, &mut second);
+    assert_eq!(
+        second.shared.borrow()[&key].0,
+        held,
+        "kept for the first request"
+    );
+}

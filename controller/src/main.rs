@@ -68,6 +68,15 @@ enum Command {
     /// the env it takes (an invalid one is ignored, as the filter does, and the pod's own env
     /// or the default subset applies instead), the fallback walk up the env's hierarchy and
     /// the subset the sidecar chooses.
+    // What explain prints does not depend on where the module is fetched from, nor on the
+    // plugin objects' API: those flags are not offered (still accepted, for scripts that
+    // pass the same flags to render and explain).
+    #[command(
+        mut_arg("wasm_url", |a| a.hide(true)),
+        mut_arg("wasm_sha256", |a| a.hide(true)),
+        mut_arg("public_url", |a| a.hide(true)),
+        mut_arg("extension_api", |a| a.hide(true))
+    )]
     Explain {
         #[command(flatten)]
         input: OfflineArgs,

@@ -211,11 +211,15 @@ pub fn explain(
             )
         },
     );
+    // A gateway host names its service.
+    let host = authority.split(':').next().unwrap_or_default();
+    let fqdn = config.hosts.get(host).cloned().unwrap_or(fqdn);
     request_env(&mut out, question, &outcome, &node, config, &filter);
     let Target::Service(envs) = target else {
+        let why = why_unrouted(namespaces, &plans_of(namespaces, settings)?, &fqdn);
         let _ = writeln!(
             out,
-            "service {fqdn} is not routed by env (it has pods in fewer than two envs and none in the default subset, or it was skipped): requests go to the whole service; the env travels on in the {} header",
+            "service {fqdn} is not routed by env: {why}; requests go to the whole service, and the env travels on in the {} header",
             filter.env_header()
         );
         return Ok(out);
@@ -229,6 +233,55 @@ pub fn explain(
     walk(&mut out, routes, envs, env, &config.splitter);
     chosen(&mut out, &outcome);
     Ok(out)
+}
+
+/// Every namespace's plan (again: `explain` consumed one to decide).
+fn plans_of(
+    namespaces: &[NamespaceSnapshot],
+    settings: &Settings,
+) -> Result<Vec<Plan>, ExplainError> {
+    Ok(plan_namespaces(namespaces, settings)?)
+}
+
+/// Why the service `fqdn` is not routed by env, from the input and the plans: it is not
+/// there (with the names meant), its namespace has no VirtualEnvironment, it was left
+/// alone (the status's reasons), or it has too few envs.
+fn why_unrouted(namespaces: &[NamespaceSnapshot], plans: &[Plan], fqdn: &str) -> String {
+    let Some(host) = ServiceHost::parse(fqdn) else {
+        return "not a service name".to_owned();
+    };
+    let ns = host.namespace.unwrap_or_default();
+    let Some((snapshot, plan)) = namespaces
+        .iter()
+        .zip(plans)
+        .find(|(n, _)| n.virtual_environment.namespace().as_deref() == Some(ns))
+    else {
+        return format!("namespace {ns} has no VirtualEnvironment in the input");
+    };
+    let names: Vec<String> = snapshot
+        .snapshot
+        .services
+        .iter()
+        .map(|s| s.name_any())
+        .collect();
+    if !names.iter().any(|n| n == host.name) {
+        let meant = crate::unknown_fields::closest(host.name, names.iter())
+            .map_or_else(String::new, |m| format!(" (did you mean {m}?)"));
+        return format!(
+            "there is no service {} in namespace {ns} in the input{meant}",
+            host.name
+        );
+    }
+    let prefix = format!("{}: ", host.name);
+    let reasons: Vec<&str> = (plan.skipped.iter())
+        .filter_map(|s| s.strip_prefix(prefix.as_str()))
+        .collect();
+    match reasons.is_empty() {
+        true => {
+            "it has ready pods in fewer than two envs and none in the default subset".to_owned()
+        }
+        false => format!("it is left alone: {}", reasons.join("; ")),
+    }
 }
 
 /// The config, node and place of the filter that decides on the request, said in `out`:
@@ -250,10 +303,52 @@ fn deciding_proxy(
     if let Some(pod) = ambient {
         return Ok(through_waypoint(namespaces, plans, pod, question, out));
     }
+    if question.from.is_none() {
+        if let Some(entry) = through_gateway(plans, question, out) {
+            return Ok(Some(entry));
+        }
+    }
     let config = plans.swap_remove(index).plugin_config;
     let filter = FilterConfig::new(&config, None);
     let node = sender(ns, question, &config, &filter, out)?;
     Ok(Some((config, node, Via::Sidecar)))
+}
+
+/// A request from outside for a host a gateway serves (a gateway host, or a preview host):
+/// decided by that gateway's plugin object, as a client of the mesh with no env of its
+/// own; `None` when no gateway plugin of the input serves the host.
+fn through_gateway(
+    plans: &[Plan],
+    question: &Question<'_>,
+    out: &mut String,
+) -> Option<(PluginConfig, Node, Via)> {
+    let authority = lowercase(question.service);
+    let host = authority.split(':').next().unwrap_or_default();
+    let (plugin, config) = plans
+        .iter()
+        .flat_map(|p| &p.gateway_plugins)
+        .find_map(|p| {
+            let config = crate::plan::plugin_config_of(&p.spec.plugin_config)?;
+            let preview = host
+                .split_once('.')
+                .is_some_and(|(_, suffix)| config.preview_hosts.contains_key(suffix));
+            (config.hosts.contains_key(host) || preview).then_some((p, config))
+        })?;
+    let namespace = plugin.namespace().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "request from outside for {host}: decided at the gateway by plugin object {namespace}/{} (its edge policy: {})",
+        plugin.name_any(),
+        match &config.preview_trust.as_ref().or(config.edge_trust.as_ref()) {
+            Some(trust) => format!("{:?}", trust.mode).to_lowercase(),
+            None => "accept, or its owner's edge guard before it".to_owned(),
+        }
+    );
+    let node = Node {
+        namespace,
+        own_env: None,
+    };
+    Some((config, node, Via::Sidecar))
 }
 
 /// Where the filter decides on the request: the sender's sidecar, or the waypoint of the

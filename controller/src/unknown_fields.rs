@@ -69,7 +69,7 @@ fn walk(schema: &Value, value: &Value, path: &str, out: &mut Vec<UnknownField>) 
 }
 
 /// The name among `known` closest to `key` (case aside, at most two edits), if any.
-fn closest<'k>(key: &str, known: impl Iterator<Item = &'k String>) -> Option<String> {
+pub fn closest<'k>(key: &str, known: impl Iterator<Item = &'k String>) -> Option<String> {
     let key = key.to_ascii_lowercase();
     known
         .map(|k| (edits(&key, &k.to_ascii_lowercase()), k))

@@ -212,6 +212,79 @@ fn bad_input_is_a_clear_error() {
     );
 }
 
+fn explain_says(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_virtual-env"))
+        .args([&["explain"][..], args, &MODULE].concat())
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// `explain` answers what a new user asks: a service that is not there is named as such
+/// with the name meant; a service left alone says why (the status's reason); a gateway
+/// host is followed from the gateway's plugin; flags that do not apply are not offered.
+#[test]
+fn explain_answers_every_question_a_user_brings() {
+    let seed = [
+        "-f",
+        "tests/snapshots/seed/virtualenvironment.yaml",
+        "-f",
+        "tests/snapshots/seed/cluster.yaml",
+    ];
+    let said = explain_says(&[&seed[..], &["--service", "app-x", "--env", "dev.proj1"]].concat());
+    assert!(
+        said.contains(
+            "there is no service app-x in namespace default in the input (did you mean app-a?)"
+        ),
+        "{said}"
+    );
+    let bookinfo = [
+        "-f",
+        "tests/snapshots/seed/virtualenvironment.yaml",
+        "-f",
+        "tests/istio/bookinfo.yaml",
+        "-f",
+        "tests/snapshots/bookinfo/pods.yaml",
+        "-f",
+        "tests/istio/bookinfo-networking/virtual-service-reviews-v3.yaml",
+    ];
+    let said = explain_says(
+        &[
+            &bookinfo[..],
+            &["--service", "reviews", "--env", "dev.proj1"],
+        ]
+        .concat(),
+    );
+    assert!(
+        said.contains("is not routed by env: it is left alone: "),
+        "{said}"
+    );
+    assert!(said.contains("VirtualService reviews"), "{said}");
+    let gateway = [
+        "-f",
+        "tests/snapshots/gateway/entry.yaml",
+        "-f",
+        "tests/snapshots/gateway/virtualenvironment.yaml",
+    ];
+    let said = explain_says(
+        &[
+            &gateway[..],
+            &["--service", "web.example.com", "--env", "dev.proj1"],
+        ]
+        .concat(),
+    );
+    assert!(said.contains("request from outside for web.example.com: decided at the gateway by plugin object istio-system/virtual-env.default.public-gateway"), "{said}");
+    assert!(
+        said.contains("service web.default.svc.cluster.local has ready pods in: dev, dev.proj1"),
+        "{said}"
+    );
+    let help = explain_says(&["--help"]);
+    for flag in ["--wasm-url", "--public-url", "--extension-api"] {
+        assert!(!help.contains(flag), "{flag} offered:\n{help}");
+    }
+}
+
 /// `render` of a VirtualEnvironment given on stdin (named `stdin` in what is said).
 fn render_stdin(ve: &str) -> (bool, String) {
     use std::io::Write;

@@ -8,6 +8,7 @@ pub mod caches;
 pub mod connection;
 pub mod crd;
 pub mod edge_guard;
+pub mod events;
 pub mod existing;
 pub mod extension;
 pub mod gamma;

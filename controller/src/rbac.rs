@@ -93,6 +93,9 @@ pub const CLUSTER: &[ApiUse] = &[
     // edge guard is applied.
     uses("env.alibaba.com", "gatewaypolicies", &["list", "watch"]),
     uses("env.alibaba.com", "gatewaypolicies/status", &["patch"]),
+    // Events on the VirtualEnvironments: what changed in their status (`events.rs`);
+    // repeats are folded into a series by a patch.
+    uses("events.k8s.io", "events", &["create", "patch"]),
 ];
 
 /// Granted by the Role in the controller's own namespace: leader election, on its own

@@ -87,6 +87,9 @@ pub struct Context {
     pub own_writes: OwnWrites,
     /// Consecutive failures per VirtualEnvironment, for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Where the status's changes are said as Events: kept in memory unless
+    /// [`Context::with_events`] says otherwise.
+    pub events: crate::events::Events,
 }
 
 impl Context {
@@ -105,7 +108,13 @@ impl Context {
             peers,
             own_writes: OwnWrites::default(),
             failures: Mutex::new(HashMap::new()),
+            events: crate::events::Events::Kept(Default::default()),
         }
+    }
+
+    /// Events published to the cluster (the controller), not kept in memory (tests).
+    pub fn with_events(self, events: crate::events::Events) -> Self {
+        Self { events, ..self }
     }
 
     fn failures(&self, key: &str, failed: bool) -> u32 {
@@ -261,7 +270,7 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
             "VirtualEnvironment {} already manages namespace {ns}; only one is used per namespace",
             ruler.name_any()
         );
-        patch_status(&api.ves, &ve, not_ready(&ve, "Conflict", &message)).await?;
+        patch_status(ctx, &api.ves, &ve, not_ready(&ve, "Conflict", &message)).await?;
         return Ok(Action::await_change());
     }
 
@@ -289,13 +298,13 @@ async fn reconcile_namespace(ve: Arc<VirtualEnvironment>, ctx: &Context) -> Resu
             failures.join("; ")
         );
         warn!("{message}");
-        patch_status(&api.ves, &ve, not_ready(&ve, "ApplyFailed", &message)).await?;
+        patch_status(ctx, &api.ves, &ve, not_ready(&ve, "ApplyFailed", &message)).await?;
         return Err(Error::Apply {
             failed: failures.len(),
         });
     }
 
-    patch_status(&api.ves, &ve, ready(&ve, &plan)).await?;
+    patch_status(ctx, &api.ves, &ve, ready(&ve, &plan)).await?;
     ctx.failures(&key(&ve), false);
     ctx.metrics.reconciled(started.elapsed());
     info!(
@@ -330,7 +339,7 @@ async fn plan_and_publish(
                 PlanError::ConfigTooLarge { .. } => "ConfigTooLarge",
                 _ => "InvalidSpec",
             };
-            patch_status(&api.ves, ve, not_ready(ve, reason, &e.to_string())).await?;
+            patch_status(ctx, &api.ves, ve, not_ready(ve, reason, &e.to_string())).await?;
             Ok(None)
         }
     }
@@ -813,7 +822,9 @@ where
     }
 }
 
+/// Writes `status` if it changed, then says the change as Events (`events.rs`).
 async fn patch_status(
+    ctx: &Context,
     api: &Api<VirtualEnvironment>,
     ve: &VirtualEnvironment,
     status: VirtualEnvironmentStatus,
@@ -823,7 +834,10 @@ async fn patch_status(
     if ve.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    apply_status(api, &ve.name_any(), "VirtualEnvironment", &status).await
+    apply_status(api, &ve.name_any(), "VirtualEnvironment", &status).await?;
+    let said = crate::events::to_say(ve.status.as_ref(), &status);
+    ctx.events.say(ve, said).await;
+    Ok(())
 }
 
 /// Server-side applies `status` to our resource `kind` named `name`.

@@ -129,13 +129,17 @@ pub async fn run(
     caches.virtual_environments = Some(ve_store);
     let (replan, replans) = futures::channel::mpsc::unbounded();
     let peers = PeerDirectory::new(store.clone(), replan);
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        settings,
-        metrics,
-        caches,
-        peers,
-    ));
+    // Events say the status's changes (`kubectl describe venv`); the pod's name tells
+    // the replicas apart.
+    let reporter = kube::runtime::events::Reporter {
+        controller: "virtual-env-controller".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
+    let ctx = Arc::new(
+        Context::new(client.clone(), settings, metrics, caches, peers)
+            .with_events(crate::events::Events::Api(recorder)),
+    );
     let pods = reflected(&client, writers.pods, slim_pod);
     let services = reflected(&client, writers.services, slim_service);
     // A GatewayPolicy decides which namespaces enter through a gateway; they change rarely.

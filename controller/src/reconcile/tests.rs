@@ -36,6 +36,26 @@ fn mock_context_with(
     (Arc::new(ctx), handle)
 }
 
+/// A context that publishes Events to the mock API server, as the controller does.
+fn mock_context_publishing_events(caches: Caches) -> (Arc<Context>, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, NS);
+    let reporter = kube::runtime::events::Reporter {
+        controller: "virtual-env-controller".into(),
+        instance: Some("virtual-env-controller-0".into()),
+    };
+    let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
+    let ctx = Context::new(
+        client,
+        settings(),
+        Arc::new(Metrics::default()),
+        caches,
+        no_peers(),
+    )
+    .with_events(crate::events::Events::Api(recorder));
+    (Arc::new(ctx), handle)
+}
+
 /// A directory of no other namespaces (the controller knows no VirtualEnvironments).
 fn no_peers() -> PeerDirectory {
     let store = kube::runtime::reflector::store::Writer::default().as_reader();
@@ -648,7 +668,7 @@ async fn a_namespace_with_istios_bookinfo_samples_is_reconciled_around_them() {
         distinct,
         "a sample was lost"
     );
-    let (ctx, handle) = mock_context(caches);
+    let (ctx, handle) = mock_context_publishing_events(caches);
     let server = tokio::spawn(async move {
         let mut api = ApiServerVerifier::new(handle);
         api.list_virtual_environments(&[&seed_ve_from_api()]).await;
@@ -672,7 +692,26 @@ async fn a_namespace_with_istios_bookinfo_samples_is_reconciled_around_them() {
                 .starts_with("reviews: left to DestinationRule reviews, VirtualService reviews,"),
             "{skipped}"
         );
-        // No DELETE of anything the user wrote: the status patch was the last call.
+        // The skip is said as an Event on the VirtualEnvironment (`kubectl describe`).
+        let event = api
+            .answer(
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/default/events",
+                None,
+            )
+            .await;
+        assert_eq!(event["type"], "Warning");
+        assert_eq!(event["reason"], "Skipped");
+        assert_eq!(event["regarding"]["kind"], "VirtualEnvironment");
+        assert_eq!(event["regarding"]["name"], "example-virtualenv");
+        assert!(
+            event["note"]
+                .as_str()
+                .unwrap()
+                .starts_with("reviews: left to"),
+            "{event}"
+        );
+        // No DELETE of anything the user wrote.
         assert!(api.calls.iter().all(|(m, _, _)| m != Method::DELETE));
     });
     reconcile(Arc::new(ve), ctx).await.unwrap();

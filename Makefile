@@ -19,7 +19,7 @@ export ENVOY
 WASM := target/wasm32-wasip1/release/virtual_env_filter.wasm
 export VIRTUAL_ENV_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: all setup rust-target envoy envoys build demo bench bench-controller bench-tools test test-native test-envoy-versions fuzz soak lint fmt crd demo-manifests image demo-app-image wasm-image clean
+.PHONY: all setup rust-target envoy envoys build demo kubectl-plugin bench bench-controller bench-tools test test-native test-envoy-versions fuzz soak lint fmt crd demo-manifests image demo-app-image wasm-image clean
 
 all: build
 
@@ -137,6 +137,15 @@ crd:
 	cargo run -q -p virtual-env-controller -- crd gateway-policy > deploy/crds/env.alibaba.com_gatewaypolicies_crd.yaml
 
 # The demo for a real cluster, generated from the local mesh's seed topology.
+# `kubectl virtual-env status|explain|render`: kubectl runs `kubectl-virtual_env` from the
+# PATH (krew's naming: plugin virtual-env, binary kubectl-virtual_env).
+KUBECTL_PLUGIN_DIR ?= $(HOME)/.local/bin
+kubectl-plugin: build
+	cargo build -q --release -p virtual-env-controller --bin virtual-env
+	mkdir -p $(KUBECTL_PLUGIN_DIR)
+	install -m 0755 target/release/virtual-env $(KUBECTL_PLUGIN_DIR)/kubectl-virtual_env
+	@echo "installed $(KUBECTL_PLUGIN_DIR)/kubectl-virtual_env: try kubectl virtual-env status"
+
 demo-manifests:
 	cargo run -q -p virtual-env-e2e --bin virtual-env-mesh -- manifests > deploy/demo/demo.yaml
 

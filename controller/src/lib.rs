@@ -37,6 +37,7 @@ pub mod server;
 pub mod skip;
 pub mod snapshot;
 pub mod spec_errors;
+pub mod status_view;
 pub mod subset;
 pub mod sweep;
 pub mod transition;

@@ -49,6 +49,20 @@ struct Cli {
 enum Command {
     /// Run the controller in a cluster (or against the current kubeconfig context).
     Run(RunArgs),
+    /// Show, from the cluster (read only, the current kubeconfig context), each namespace's
+    /// env tree and ready pods, where every routed service falls back for each env, what is
+    /// left alone and why, and the plugin objects in force.
+    ///
+    /// As a kubectl plugin (`kubectl virtual-env status`): install this binary as
+    /// `kubectl-virtual_env` on the PATH (`make kubectl-plugin`).
+    Status {
+        /// The namespace to show; every namespace with a VirtualEnvironment when omitted.
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// table, json, yaml, or the env trees as a mermaid or dot graph.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: StatusFormat,
+    },
     /// Print a CustomResourceDefinition as YAML: VirtualEnvironment (the default), or
     /// GatewayPolicy.
     Crd {
@@ -159,6 +173,15 @@ enum GatewayApiArg {
 enum CrdKind {
     VirtualEnvironment,
     GatewayPolicy,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StatusFormat {
+    Table,
+    Json,
+    Yaml,
+    Mermaid,
+    Dot,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -316,6 +339,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Status { namespace, output } => status(namespace.as_deref(), output),
         Command::Crd { kind } => {
             let crd = match kind {
                 CrdKind::VirtualEnvironment => {
@@ -364,6 +388,40 @@ fn explain(input: &OfflineArgs, question: &offline::Question<'_>) -> Result<()> 
     let ns = input.read()?;
     let settings = input.module.settings(FilterModule::embedded().as_ref())?;
     print!("{}", offline::explain(&ns, &settings, question)?);
+    Ok(())
+}
+
+/// `virtual-env status`: reads the cluster, prints the view.
+fn status(namespace: Option<&str>, format: StatusFormat) -> Result<()> {
+    use virtual_env_controller::status_view;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let view = runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API")?;
+        status_view::read(client, namespace)
+            .await
+            .context("reading VirtualEnvironments, pods and plugin objects")
+    })?;
+    if view.is_empty() {
+        bail!(
+            "no VirtualEnvironment {}",
+            namespace.map_or_else(
+                || "in any namespace".to_owned(),
+                |ns| format!("in namespace {ns}")
+            )
+        );
+    }
+    let text = match format {
+        StatusFormat::Table => status_view::table(&view),
+        StatusFormat::Json => serde_json::to_string_pretty(&view)? + "\n",
+        StatusFormat::Yaml => serde_yaml::to_string(&view)?,
+        StatusFormat::Mermaid => status_view::mermaid(&view),
+        StatusFormat::Dot => status_view::dot(&view),
+    };
+    print!("{text}");
     Ok(())
 }
 

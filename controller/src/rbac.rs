@@ -98,6 +98,15 @@ pub const CLUSTER: &[ApiUse] = &[
     uses("events.k8s.io", "events", &["create", "patch"]),
 ];
 
+/// Granted by the read-only ClusterRole `virtual-env-viewer` (`deploy/viewer-rbac.yaml`):
+/// what `virtual-env status` reads.
+pub const VIEWER: &[ApiUse] = &[
+    uses("env.alibaba.com", "virtualenvironments", &["get", "list"]),
+    uses("", "pods", &["list"]),
+    uses("extensions.istio.io", "wasmplugins", &["list"]),
+    uses("extensions.istio.io", "trafficextensions", &["list"]),
+];
+
 /// Granted by the Role in the controller's own namespace: leader election, on its own
 /// Lease only (a compromised replica cannot take over other controllers' leases there).
 pub const OWN_NAMESPACE: &[ApiUse] = &[

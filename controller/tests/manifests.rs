@@ -20,7 +20,7 @@ use serde_json::Value;
 mod common;
 use common::check_schema;
 use virtual_env_controller::crd::VirtualEnvironment;
-use virtual_env_controller::rbac::{ApiUse, CLUSTER, OWN_NAMESPACE};
+use virtual_env_controller::rbac::{ApiUse, CLUSTER, OWN_NAMESPACE, VIEWER};
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -154,6 +154,7 @@ fn the_kustomization_installs_every_install_manifest() {
         "crds/env.alibaba.com_virtualenvironments_crd.yaml",
         "crds/env.alibaba.com_gatewaypolicies_crd.yaml",
         "rbac.yaml",
+        "viewer-rbac.yaml",
         "controller.yaml",
     ]);
     assert_eq!(resources, want);
@@ -240,9 +241,28 @@ fn one<K: DeserializeOwned + Serialize>(kind: &str) -> K {
     typed(file, doc)
 }
 
+/// The deployed object of `kind` named `name`.
+fn named<K: DeserializeOwned + Serialize>(kind: &str, name: &str) -> K {
+    let docs = documents();
+    let (file, doc) = docs
+        .iter()
+        .find(|(f, d)| d["kind"] == kind && d["metadata"]["name"] == name && !f.contains("/demo/"))
+        .unwrap_or_else(|| panic!("no {kind} {name} in deploy/"));
+    typed(file, doc)
+}
+
+#[test]
+fn the_viewer_role_grants_exactly_what_status_reads() {
+    let viewer: ClusterRole = named("ClusterRole", "virtual-env-viewer");
+    assert_eq!(
+        triples_of_rules(viewer.rules.as_deref().unwrap_or_default()),
+        triples_of_uses(VIEWER)
+    );
+}
+
 #[test]
 fn rbac_grants_exactly_what_the_controller_uses() {
-    let cluster_role: ClusterRole = one("ClusterRole");
+    let cluster_role: ClusterRole = named("ClusterRole", "virtual-env-controller");
     assert_eq!(
         triples_of_rules(cluster_role.rules.as_deref().unwrap_or_default()),
         triples_of_uses(CLUSTER)

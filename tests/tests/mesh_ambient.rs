@@ -134,3 +134,40 @@ async fn calls_across_a_sidecar_and_an_ambient_namespace() -> Result<()> {
     }
     Ok(())
 }
+
+/// Entry into an ambient namespace through a Gateway API Gateway under its owner's edge
+/// policy (`tests/topologies/ambient-entry.yaml`): the gateway routes the first hop by
+/// env (its plugin attached by targetRefs), every later hop goes through the waypoint,
+/// and an env the policy does not admit reaches no application in any spelling.
+#[tokio::test]
+async fn entering_an_ambient_namespace_through_a_gateway_api_gateway() -> Result<()> {
+    let _serial = ONE_MESH_AT_A_TIME.lock().await;
+    let topology =
+        Topology::load(&repo_root().join("tests/topologies/ambient-entry.yaml")).unwrap();
+    let mut options = options();
+    options.forward.extend(["cookie".into(), "x-env".into()]);
+    let mesh = Mesh::start(topology, options).await?;
+    let plan = mesh.plan()?;
+    assert_eq!(plan.routing_api, RoutingApi::HttpRoute);
+    assert!(plan.mesh_routes.iter().any(|r| r.name() == "app-a.gateway"));
+    assert!(plan
+        .gateway_plugins
+        .iter()
+        .all(|p| !p.spec.target_refs.is_empty()));
+    let hop = mesh
+        .request_host("shop.example.com", &[(ENV, "dev.proj1")])
+        .await?;
+    assert_eq!(hop.pods(), ["app-a-proj1", "app-b-dev", "app-c-proj1"]);
+    let hop = mesh.request_host("shop.example.com", &[]).await?;
+    assert_eq!(hop.pods(), ["app-a-dev", "app-b-dev", "app-c-dev"]);
+    for headers in virtual_env_e2e::smuggling::attempts("dev.other", "dev.proj1") {
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let hop = mesh.request_host("shop.example.com", &headers).await?;
+        let leak = virtual_env_e2e::smuggling::received(&hop, "dev.other");
+        assert_eq!(leak, None, "{headers:?}");
+    }
+    Ok(())
+}

@@ -104,6 +104,10 @@ enum Command {
         /// names are in its namespace.
         #[arg(long)]
         from: Option<String>,
+        /// Also print the decision as the live routing trace says it
+        /// (`x-virtual-env-trace`), to compare with one a request got.
+        #[arg(long)]
+        trace: bool,
     },
 }
 
@@ -359,12 +363,14 @@ fn main() -> ExitCode {
             env,
             service,
             from,
+            trace,
         } => explain(
             &input,
             &offline::Question {
                 env: env.as_deref(),
                 service: &service,
                 from: from.as_deref(),
+                trace,
             },
         ),
     };

@@ -142,6 +142,8 @@ pub struct Question<'a> {
     pub env: Option<&'a str>,
     pub service: &'a str,
     pub from: Option<&'a str>,
+    /// Also say the decision as the live routing trace says it (`x-virtual-env-trace`).
+    pub trace: bool,
 }
 
 #[derive(Debug, Error)]
@@ -187,9 +189,47 @@ pub fn explain(
         headers.push((filter.env_header(), env.as_bytes()));
     }
     let outcome = match &outcome_of {
-        Via::Sidecar => dry_run::outbound(&filter, &node, &headers),
+        Via::Sidecar | Via::Gateway => dry_run::outbound(&filter, &node, &headers),
         Via::Waypoint(peer) => dry_run::through_waypoint(&filter, &node, peer.clone(), &headers),
     };
+    let out = &mut out;
+    let trace = question.trace.then(|| {
+        let by = match &outcome_of {
+            Via::Sidecar => virtual_env_filter::routing_trace::Proxy::Sidecar,
+            Via::Gateway => virtual_env_filter::routing_trace::Proxy::Gateway,
+            Via::Waypoint(_) => virtual_env_filter::routing_trace::Proxy::Waypoint,
+        };
+        let to = lowercase(question.service);
+        format!(
+            "as a trace: {}\n",
+            virtual_env_filter::routing_trace::call_entry(by, &to, &outcome)
+        )
+    });
+    let said = said_of(
+        out,
+        namespaces,
+        settings,
+        question,
+        (&config, &filter, &node),
+        &outcome,
+    );
+    if let Some(trace) = trace {
+        out.push_str(&trace);
+    }
+    said?;
+    Ok(std::mem::take(out))
+}
+
+/// What `explain` says of the decision `outcome` (after the deciding proxy): the target,
+/// the env, the walk, the choice.
+fn said_of(
+    out: &mut String,
+    namespaces: &[NamespaceSnapshot],
+    settings: &Settings,
+    question: &Question<'_>,
+    (config, filter, node): (&PluginConfig, &FilterConfig, &Node),
+    outcome: &virtual_env_filter::Decision<'_>,
+) -> Result<(), ExplainError> {
     let routes = filter.routes();
     let authority = lowercase(question.service);
     let target = routes.target(&authority, &node.namespace);
@@ -199,7 +239,7 @@ pub fn explain(
             "{} is not a service of the mesh (not in a namespace the plugin config knows, or another cluster domain): the filter leaves the request untouched",
             question.service
         );
-        return Ok(out);
+        return Ok(());
     }
     let fqdn = ServiceHost::parse(&authority).map_or_else(
         || question.service.to_owned(),
@@ -214,7 +254,7 @@ pub fn explain(
     // A gateway host names its service.
     let host = authority.split(':').next().unwrap_or_default();
     let fqdn = config.hosts.get(host).cloned().unwrap_or(fqdn);
-    request_env(&mut out, question, &outcome, &node, config, &filter);
+    request_env(out, question, outcome, node, config, filter);
     let Target::Service(envs) = target else {
         let why = why_unrouted(namespaces, &plans_of(namespaces, settings)?, &fqdn);
         let _ = writeln!(
@@ -222,7 +262,7 @@ pub fn explain(
             "service {fqdn} is not routed by env: {why}; requests go to the whole service, and the env travels on in the {} header",
             filter.env_header()
         );
-        return Ok(out);
+        return Ok(());
     };
     let _ = writeln!(
         out,
@@ -230,9 +270,9 @@ pub fn explain(
         routes.envs_of(envs).join(", ")
     );
     let env = outcome.env.as_ref().map(|(env, _)| env.as_str());
-    walk(&mut out, routes, envs, env, &config.splitter);
-    chosen(&mut out, &outcome);
-    Ok(out)
+    walk(out, routes, envs, env, &config.splitter);
+    chosen(out, outcome);
+    Ok(())
 }
 
 /// Every namespace's plan (again: `explain` consumed one to decide).
@@ -348,13 +388,15 @@ fn through_gateway(
         namespace,
         own_env: None,
     };
-    Some((config, node, Via::Sidecar))
+    Some((config, node, Via::Gateway))
 }
 
 /// Where the filter decides on the request: the sender's sidecar, or the waypoint of the
 /// service called, for a caller it knows as this peer.
 enum Via {
     Sidecar,
+    /// A gateway's plugin object, for a request from outside.
+    Gateway,
     Waypoint(virtual_env_filter::host::Peer),
 }
 
@@ -595,8 +637,26 @@ mod tests {
             env,
             service,
             from: None,
+            trace: false,
         };
         explain(&[seed()], &settings(), &question).unwrap()
+    }
+
+    /// `--trace` says the decision as the live routing trace does, the same entry the
+    /// filter writes in `x-virtual-env-trace`.
+    #[test]
+    fn explain_says_the_decision_as_the_live_trace_does() {
+        let question = Question {
+            env: Some("dev.proj1.alice"),
+            service: "app-b",
+            from: None,
+            trace: true,
+        };
+        let text = explain(&[seed()], &settings(), &question).unwrap();
+        assert!(
+            text.ends_with("as a trace: call;by=sidecar;to=app-b;env=dev.proj1.alice;from=header;route=fallback;subset=dev\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -686,6 +746,7 @@ mod tests {
             env: Some("dev.proj1"),
             service: "ledger.pay",
             from: Some("app-c-proj1"),
+            trace: false,
         };
         let text = explain(&seed_and_pay(), &settings(), &question).unwrap();
         assert!(

@@ -210,7 +210,7 @@ pub fn explain(
         namespaces,
         settings,
         question,
-        (&config, &filter, &node),
+        (config, &filter, &node),
         &outcome,
     );
     if let Some(trace) = trace {

@@ -330,6 +330,10 @@ impl FilterConfig {
                 self.routes.target(authority, &node.namespace)
             }),
         };
+        // A label that spells no env is a bad value, like a bad env header.
+        if matches!(preview, Some((_, None))) {
+            decision.rejected += 1;
+        }
         let from_host = preview
             .and_then(|(_, env)| env)
             .filter(|env| self.preview_admits(env, &mut decision));

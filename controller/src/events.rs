@@ -1,16 +1,21 @@
 //! Kubernetes Events on the VirtualEnvironment (`kubectl describe venv`, `kubectl events`):
 //! what changed in its status, said once when it changes, not at every reconcile: each
 //! service or gateway newly left alone (with the reason and what to do, as the status
-//! says it), and a condition that turns to a failure (`Conflict`, `InvalidSpec`,
-//! `ConfigTooLarge`, `ApplyFailed`, `ReconcileError`) or back to applied.
+//! says it) and each no longer left alone (`Resolved`), and a condition that turns to a
+//! failure (`Conflict`, `InvalidSpec`, `ConfigTooLarge`, `ApplyFailed`) or back to
+//! applied.
 //!
-//! `to_say` is pure; [`Events`] publishes through kube-runtime's `Recorder` (which folds
-//! repeats into an Event series), or keeps them in memory for tests.
+//! `to_say` is pure; [`Events`] creates `events.k8s.io/v1` Events itself (kube-runtime's
+//! `Recorder` folds Events of one object, type and reason into one series for minutes,
+//! keeping the first note: two services skipped at once would be said as one), or keeps
+//! them in memory for tests.
 
 use std::sync::{Arc, Mutex};
 
-use kube::runtime::events::{Event, EventType, Recorder};
-use kube::Resource;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::{Resource, ResourceExt};
 use tracing::warn;
 
 use crate::crd::{VirtualEnvironment, VirtualEnvironmentStatus};
@@ -53,6 +58,12 @@ pub fn to_say(old: Option<&VirtualEnvironmentStatus>, new: &VirtualEnvironmentSt
     for skip in new.skipped.iter().filter(|s| !had.contains(s)) {
         out.push(said(true, "Skipped", skip));
     }
+    // Gone from the list while applied (a failure keeps the last list).
+    if now.as_ref().is_some_and(|(status, _, _)| status == "True") {
+        for skip in had.iter().filter(|s| !new.skipped.contains(s)) {
+            out.push(said(false, "Resolved", &format!("no longer: {skip}")));
+        }
+    }
     out
 }
 
@@ -73,11 +84,14 @@ fn said(warning: bool, reason: &str, note: &str) -> Said {
     }
 }
 
+/// Who reports the Events (`reportingController`, `reportingInstance`).
+pub const REPORTER: &str = "virtual-env-controller";
+
 /// Where the Events go.
 #[derive(Clone)]
 pub enum Events {
-    /// The Events API, through kube-runtime's recorder.
-    Api(Recorder),
+    /// The Events API: a client, and this replica's name.
+    Api(kube::Client, String),
     /// Kept in memory (tests).
     Kept(Arc<Mutex<Vec<Said>>>),
 }
@@ -92,26 +106,38 @@ impl Events {
                     kept.extend(said);
                 }
             }
-            Events::Api(recorder) => {
-                let reference = ve.object_ref(&());
-                for s in said {
-                    let event = Event {
-                        type_: if s.warning {
-                            EventType::Warning
-                        } else {
-                            EventType::Normal
-                        },
-                        reason: s.reason.clone(),
-                        note: Some(s.note.clone()),
-                        action: "Reconcile".into(),
-                        secondary: None,
-                    };
-                    if let Err(e) = recorder.publish(&event, &reference).await {
+            Events::Api(client, instance) => {
+                let ns = ve.namespace().unwrap_or_default();
+                let api: Api<Event> = Api::namespaced(client.clone(), &ns);
+                for (i, s) in said.into_iter().enumerate() {
+                    let event = event_of(ve, &s, instance, i);
+                    if let Err(e) = api.create(&PostParams::default(), &event).await {
                         warn!(reason = %s.reason, "could not publish an Event: {e}");
                     }
                 }
             }
         }
+    }
+}
+
+/// The Event saying `s` about `ve`, the `i`-th of its batch (names must differ).
+fn event_of(ve: &VirtualEnvironment, s: &Said, instance: &str, i: usize) -> Event {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    Event {
+        metadata: ObjectMeta {
+            name: Some(format!("{}.{:x}{i:02x}", ve.name_any(), now.as_nanosecond())),
+            namespace: ve.namespace(),
+            ..ObjectMeta::default()
+        },
+        event_time: Some(MicroTime(now)),
+        type_: Some(if s.warning { "Warning" } else { "Normal" }.into()),
+        reason: Some(s.reason.clone()),
+        note: Some(s.note.clone()),
+        action: Some("Reconcile".into()),
+        regarding: Some(ve.object_ref(&())),
+        reporting_controller: Some(REPORTER.into()),
+        reporting_instance: Some(instance.to_owned()),
+        ..Event::default()
     }
 }
 
@@ -179,6 +205,14 @@ mod tests {
                 note: "1 service".into()
             }]
         );
+        // Two services newly left alone: two Events, each named; one of them fixed: said.
+        let two = status(true, "AppliedWithSkips", "", &[skip, "ratings: its only port is TCP"]);
+        let said = to_say(Some(&back), &two);
+        assert_eq!(said.len(), 1);
+        assert_eq!(said[0].note, "ratings: its only port is TCP");
+        let fixed = status(true, "Applied", "", &[skip]);
+        let said = to_say(Some(&two), &fixed);
+        assert_eq!(said, [Said { warning: false, reason: "Resolved".into(), note: "no longer: ratings: its only port is TCP".into() }]);
         // A long note is cut within the Events API's bound.
         let long = status(false, "ApplyFailed", &"x".repeat(5000), &[]);
         assert!(to_say(None, &long)[0].note.len() <= MAX_NOTE);

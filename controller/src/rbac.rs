@@ -93,9 +93,8 @@ pub const CLUSTER: &[ApiUse] = &[
     // edge guard is applied.
     uses("env.alibaba.com", "gatewaypolicies", &["list", "watch"]),
     uses("env.alibaba.com", "gatewaypolicies/status", &["patch"]),
-    // Events on the VirtualEnvironments: what changed in their status (`events.rs`);
-    // repeats are folded into a series by a patch.
-    uses("events.k8s.io", "events", &["create", "patch"]),
+    // Events on the VirtualEnvironments: what changed in their status (`events.rs`).
+    uses("events.k8s.io", "events", &["create"]),
 ];
 
 /// Granted by the read-only ClusterRole `virtual-env-viewer` (`deploy/viewer-rbac.yaml`):

@@ -131,14 +131,11 @@ pub async fn run(
     let peers = PeerDirectory::new(store.clone(), replan);
     // Events say the status's changes (`kubectl describe venv`); the pod's name tells
     // the replicas apart.
-    let reporter = kube::runtime::events::Reporter {
-        controller: "virtual-env-controller".into(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
-    let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
+    let instance =
+        std::env::var("POD_NAME").unwrap_or_else(|_| crate::events::REPORTER.to_owned());
     let ctx = Arc::new(
         Context::new(client.clone(), settings, metrics, caches, peers)
-            .with_events(crate::events::Events::Api(recorder)),
+            .with_events(crate::events::Events::Api(client.clone(), instance)),
     );
     let pods = reflected(&client, writers.pods, slim_pod);
     let services = reflected(&client, writers.services, slim_service);

@@ -40,11 +40,7 @@ fn mock_context_with(
 fn mock_context_publishing_events(caches: Caches) -> (Arc<Context>, Handle) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, NS);
-    let reporter = kube::runtime::events::Reporter {
-        controller: "virtual-env-controller".into(),
-        instance: Some("virtual-env-controller-0".into()),
-    };
-    let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
+    let events = crate::events::Events::Api(client.clone(), "virtual-env-controller-0".into());
     let ctx = Context::new(
         client,
         settings(),
@@ -52,7 +48,7 @@ fn mock_context_publishing_events(caches: Caches) -> (Arc<Context>, Handle) {
         caches,
         no_peers(),
     )
-    .with_events(crate::events::Events::Api(recorder));
+    .with_events(events);
     (Arc::new(ctx), handle)
 }
 

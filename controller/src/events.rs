@@ -125,7 +125,11 @@ fn event_of(ve: &VirtualEnvironment, s: &Said, instance: &str, i: usize) -> Even
     let now = k8s_openapi::jiff::Timestamp::now();
     Event {
         metadata: ObjectMeta {
-            name: Some(format!("{}.{:x}{i:02x}", ve.name_any(), now.as_nanosecond())),
+            name: Some(format!(
+                "{}.{:x}{i:02x}",
+                ve.name_any(),
+                now.as_nanosecond()
+            )),
             namespace: ve.namespace(),
             ..ObjectMeta::default()
         },
@@ -206,13 +210,25 @@ mod tests {
             }]
         );
         // Two services newly left alone: two Events, each named; one of them fixed: said.
-        let two = status(true, "AppliedWithSkips", "", &[skip, "ratings: its only port is TCP"]);
+        let two = status(
+            true,
+            "AppliedWithSkips",
+            "",
+            &[skip, "ratings: its only port is TCP"],
+        );
         let said = to_say(Some(&back), &two);
         assert_eq!(said.len(), 1);
         assert_eq!(said[0].note, "ratings: its only port is TCP");
         let fixed = status(true, "Applied", "", &[skip]);
         let said = to_say(Some(&two), &fixed);
-        assert_eq!(said, [Said { warning: false, reason: "Resolved".into(), note: "no longer: ratings: its only port is TCP".into() }]);
+        assert_eq!(
+            said,
+            [Said {
+                warning: false,
+                reason: "Resolved".into(),
+                note: "no longer: ratings: its only port is TCP".into()
+            }]
+        );
         // A long note is cut within the Events API's bound.
         let long = status(false, "ApplyFailed", &"x".repeat(5000), &[]);
         assert!(to_say(None, &long)[0].note.len() <= MAX_NOTE);

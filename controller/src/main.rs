@@ -625,7 +625,10 @@ fn said_once(error: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in error.chain() {
         let text = cause.to_string();
-        if out.contains(text.trim()) {
+        // Said already: the message so far ends with it (a `: {source}` message), or
+        // holds it whole (kube's `(…)`), unless it is too short to be sure.
+        let text_said = text.trim();
+        if out.ends_with(text_said) || (text_said.len() >= 16 && out.contains(text_said)) {
             continue;
         }
         if !out.is_empty() {

@@ -232,7 +232,14 @@ fn said_of(
 ) -> Result<(), ExplainError> {
     let routes = filter.routes();
     let authority = lowercase(question.service);
-    let target = routes.target(&authority, &node.namespace);
+    // A preview host names its service (as the filter reads it).
+    let preview = (!routes.is_gateway_host(&authority))
+        .then(|| routes.preview(&authority))
+        .flatten();
+    let target = match &preview {
+        Some((target, _)) => *target,
+        None => routes.target(&authority, &node.namespace),
+    };
     if outcome.target == Some(Destination::Outside) {
         let _ = writeln!(
             out,
@@ -251,9 +258,20 @@ fn said_of(
             )
         },
     );
-    // A gateway host names its service.
+    // A gateway host (or a preview host's suffix) names its service.
     let host = authority.split(':').next().unwrap_or_default();
-    let fqdn = config.hosts.get(host).cloned().unwrap_or(fqdn);
+    let suffix = host.split_once('.').map_or("", |(_, s)| s);
+    let fqdn = (config.hosts.get(host))
+        .or_else(|| preview.as_ref().and(config.preview_hosts.get(suffix)))
+        .cloned()
+        .unwrap_or(fqdn);
+    if let Some(edge) = outcome.edge.filter(|e| e.envs_removed > 0) {
+        let _ = writeln!(
+            out,
+            "the gateway's edge policy removed {} env(s) the request carried (not admitted from outside)",
+            edge.envs_removed
+        );
+    }
     request_env(out, question, outcome, node, config, filter);
     let Target::Service(envs) = target else {
         let why = why_unrouted(namespaces, &plans_of(namespaces, settings)?, &fqdn);
@@ -344,7 +362,7 @@ fn deciding_proxy(
         return Ok(through_waypoint(namespaces, plans, pod, question, out));
     }
     if question.from.is_none() {
-        if let Some(entry) = through_gateway(plans, question, out) {
+        if let Some(entry) = through_gateway(namespaces, plans, question, out) {
             return Ok(Some(entry));
         }
     }
@@ -358,13 +376,14 @@ fn deciding_proxy(
 /// decided by that gateway's plugin object, as a client of the mesh with no env of its
 /// own; `None` when no gateway plugin of the input serves the host.
 fn through_gateway(
+    namespaces: &[NamespaceSnapshot],
     plans: &[Plan],
     question: &Question<'_>,
     out: &mut String,
 ) -> Option<(PluginConfig, Node, Via)> {
     let authority = lowercase(question.service);
     let host = authority.split(':').next().unwrap_or_default();
-    let (plugin, config) = plans
+    let (plugin, mut config) = plans
         .iter()
         .flat_map(|p| &p.gateway_plugins)
         .find_map(|p| {
@@ -375,20 +394,54 @@ fn through_gateway(
             (config.hosts.contains_key(host) || preview).then_some((p, config))
         })?;
     let namespace = plugin.namespace().unwrap_or_default();
+    // The gateway owner's edge guard runs before the routing plugin: its policy judges
+    // the request here as it does there (the routing plugin has none of its own then).
+    let guard = namespaces.first().and_then(|ns| {
+        (ns.snapshot.cluster.policies.iter()).find(|p| guards(p, plugin, &namespace))
+    });
+    if let Some(policy) = guard {
+        config.edge_trust = Some(policy.edge_trust());
+    }
+    let mode = |t: &virtual_env_core::EdgeTrust| format!("{:?}", t.mode).to_lowercase();
+    let edge = match (guard, &config.edge_trust) {
+        (Some(policy), Some(trust)) => {
+            format!(
+                "{}, GatewayPolicy {}'s edge guard",
+                mode(trust),
+                policy.name_any()
+            )
+        }
+        (None, Some(trust)) => mode(trust),
+        (_, None) => "accept".to_owned(),
+    };
     let _ = writeln!(
         out,
-        "request from outside for {host}: decided at the gateway by plugin object {namespace}/{} (its edge policy: {})",
+        "request from outside for {host}: decided at the gateway by plugin object {namespace}/{} (edge policy: {edge})",
         plugin.name_any(),
-        match &config.preview_trust.as_ref().or(config.edge_trust.as_ref()) {
-            Some(trust) => format!("{:?}", trust.mode).to_lowercase(),
-            None => "accept, or its owner's edge guard before it".to_owned(),
-        }
     );
     let node = Node {
         namespace,
         own_env: None,
     };
     Some((config, node, Via::Gateway))
+}
+
+/// Whether `policy`'s edge guard runs on the pods `plugin` (a gateway's plugin object in
+/// `namespace`) reaches: the same namespace, and its selector's labels all the plugin's,
+/// or the Gateway its `targetRefs` names.
+fn guards(
+    policy: &crate::gateway_policy::GatewayPolicy,
+    plugin: &crate::istio::WasmPlugin,
+    namespace: &str,
+) -> bool {
+    let workload = &policy.spec.workload;
+    let by_labels = plugin.spec.selector.as_ref().is_some_and(|s| {
+        !workload.selector.is_empty()
+            && (workload.selector.iter()).all(|(k, v)| s.match_labels.get(k) == Some(v))
+    });
+    let by_name = (plugin.spec.target_refs.iter())
+        .any(|t| workload.selector.get(crate::gateway::GATEWAY_NAME_LABEL) == Some(&t.name));
+    workload.namespace == namespace && (by_labels || by_name)
 }
 
 /// Where the filter decides on the request: the sender's sidecar, or the waypoint of the
@@ -538,6 +591,10 @@ fn request_env(
             out,
             "request env {env}: the sending pod's own env (autoInject is on), written into the {} header",
             filter.env_header()
+        ),
+        Some((env, EnvSource::Host)) => writeln!(
+            out,
+            "request env {env} (from the preview host's first label, its levels joined by --)"
         ),
         Some((env, source)) => writeln!(out, "request env {env} (from {source:?})"),
         None => {

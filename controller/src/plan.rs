@@ -13,7 +13,7 @@ use virtual_env_core::{
     lowercase, service_fqdn, validate_env_name, ConfigError, Direction, PluginConfig,
 };
 
-use crate::crd::{HeaderAlias, RoutingApi, VirtualEnvironment, ROUTE_HEADER_SUFFIX_LEN};
+use crate::crd::{RoutingApi, VirtualEnvironment, ROUTE_HEADER_SUFFIX_LEN};
 use crate::existing::{Existing, Kind};
 use crate::extension::ExtensionApi;
 use crate::gamma::{
@@ -139,7 +139,8 @@ pub enum PlanError {
     InvalidSpec(String),
     #[error("the VirtualEnvironment has no namespace")]
     NoNamespace,
-    #[error("invalid spec: envHeader.aliases: {0} is neither a header name nor {{name, pattern, placeholder}}")]
+    /// An alias entry of neither form, said at its path (`spec_errors.rs`).
+    #[error("invalid spec: {0}")]
     InvalidAlias(String),
     #[error("a {2} named {1} exists in namespace {0} and is not managed by this VirtualEnvironment; rename or remove it")]
     WasmPluginTaken(String, &'static str, &'static str),
@@ -311,14 +312,8 @@ fn resolve<'a>(
     settings: &'a Settings,
 ) -> Result<Resolved<'a>, PlanError> {
     let namespace = ve.namespace().ok_or(PlanError::NoNamespace)?;
-    if let Some(HeaderAlias::Invalid(entry)) = ve
-        .spec
-        .env_header
-        .aliases
-        .iter()
-        .find(|a| matches!(a, HeaderAlias::Invalid(_)))
-    {
-        return Err(PlanError::InvalidAlias(entry.to_string()));
+    if let Some(said) = crate::spec_errors::invalid_alias(&ve.spec) {
+        return Err(PlanError::InvalidAlias(said));
     }
     if let Some(module) = &ve.spec.wasm_module {
         module.validate().map_err(PlanError::InvalidModule)?;

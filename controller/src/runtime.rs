@@ -131,8 +131,7 @@ pub async fn run(
     let peers = PeerDirectory::new(store.clone(), replan);
     // Events say the status's changes (`kubectl describe venv`); the pod's name tells
     // the replicas apart.
-    let instance =
-        std::env::var("POD_NAME").unwrap_or_else(|_| crate::events::REPORTER.to_owned());
+    let instance = std::env::var("POD_NAME").unwrap_or_else(|_| crate::events::REPORTER.to_owned());
     let ctx = Arc::new(
         Context::new(client.clone(), settings, metrics, caches, peers)
             .with_events(crate::events::Events::Api(client.clone(), instance)),

@@ -90,7 +90,13 @@ impl Reader {
         // `apiVersion` just before; in a List, after the previous item).
         let lines: Vec<&str> = text.lines().collect();
         let starts: Vec<usize> = (lines.iter().enumerate())
-            .filter(|(_, l)| l.trim_start().trim_start_matches("- ") == "kind: VirtualEnvironment")
+            .filter(|(_, l)| {
+                let line = l
+                    .trim_start()
+                    .trim_start_matches("- ")
+                    .replace(['"', '\''], "");
+                line.trim_end() == "kind: VirtualEnvironment"
+            })
             .map(|(i, _)| {
                 let doc = lines[..i].iter().rposition(|l| l.starts_with("---"));
                 doc.unwrap_or(0).max(i.saturating_sub(2))

@@ -23,6 +23,32 @@ pub fn at_spec_path(spec: &VirtualEnvironmentSpec, error: &ConfigError) -> Strin
     format!("{path}: {what}")
 }
 
+/// The first alias entry of neither form, at its path, with the field meant for a
+/// misspelt one (`{name: cookie, patern: ...}`).
+pub fn invalid_alias(spec: &VirtualEnvironmentSpec) -> Option<String> {
+    let (i, entry) = (spec.env_header.aliases.iter().enumerate()).find_map(|(i, a)| match a {
+        HeaderAlias::Invalid(entry) => Some((i, entry)),
+        _ => None,
+    })?;
+    let known = ["name", "pattern", "placeholder"].map(String::from);
+    let meant: Vec<String> = (entry.as_object().into_iter().flatten())
+        .filter(|(k, _)| !known.contains(k))
+        .map(
+            |(k, _)| match crate::unknown_fields::closest(k, known.iter()) {
+                Some(m) => format!("{k} is not a field (did you mean {m}?)"),
+                None => format!("{k} is not a field"),
+            },
+        )
+        .collect();
+    let why = match meant.is_empty() {
+        true => String::new(),
+        false => format!(": {}", meant.join(", ")),
+    };
+    Some(format!(
+        "spec.envHeader.aliases[{i}]: {entry} is neither a header name nor {{name, pattern, placeholder}}{why}"
+    ))
+}
+
 fn spec_path(spec: &VirtualEnvironmentSpec, error: &ConfigError) -> Option<String> {
     let alias = |name: &str| {
         let i = spec.env_header.aliases.iter().position(|a| match a {
@@ -85,6 +111,20 @@ mod tests {
         let spec: VirtualEnvironmentSpec = serde_yaml::from_str(spec_yaml).unwrap();
         let error = spec.plugin_config().validate().unwrap_err();
         at_spec_path(&spec, &error)
+    }
+
+    #[test]
+    fn a_misspelt_alias_is_named_with_the_field_meant() {
+        let spec: VirtualEnvironmentSpec = serde_yaml::from_str(
+            "envHeader: {aliases: [x-env, {name: cookie, patern: 'env=(@)'}]}",
+        )
+        .unwrap();
+        let said = invalid_alias(&spec).unwrap();
+        assert!(said.starts_with("spec.envHeader.aliases[1]: "), "{said}");
+        assert!(
+            said.ends_with("patern is not a field (did you mean pattern?)"),
+            "{said}"
+        );
     }
 
     #[test]

@@ -103,7 +103,7 @@ pub fn namespace_status(objects: NamespaceObjects<'_>) -> NamespaceStatus {
         pods.sort();
         pods
     };
-    let env_status = envs
+    let env_status: Vec<EnvStatus> = envs
         .iter()
         .map(|env| EnvStatus {
             env: env.clone(),
@@ -114,6 +114,8 @@ pub fn namespace_status(objects: NamespaceObjects<'_>) -> NamespaceStatus {
             pods: pods_in(env),
         })
         .collect();
+    // Each env right after its parent, so that the tree reads as one.
+    let env_status = in_tree_order(env_status);
     let routes = RouteTable::new(config);
     let services = (config.services.keys())
         .filter_map(|fqdn| {
@@ -149,6 +151,19 @@ pub fn namespace_status(objects: NamespaceObjects<'_>) -> NamespaceStatus {
         skipped: status.map(|s| s.skipped.clone()).unwrap_or_default(),
         plugin_objects: objects.plugin_objects,
     }
+}
+
+/// `envs` (parents before children) depth first: each under its parent.
+fn in_tree_order(envs: Vec<EnvStatus>) -> Vec<EnvStatus> {
+    fn visit(envs: &[EnvStatus], parent: Option<&str>, out: &mut Vec<EnvStatus>) {
+        for env in envs.iter().filter(|e| e.parent.as_deref() == parent) {
+            out.push(env.clone());
+            visit(envs, Some(&env.env), out);
+        }
+    }
+    let mut out = Vec::with_capacity(envs.len());
+    visit(&envs, None, &mut out);
+    out
 }
 
 /// As a table, namespace by namespace.
@@ -227,8 +242,10 @@ fn ancestors(envs: &[EnvStatus], env: &EnvStatus) -> usize {
 /// The env trees as a Mermaid flowchart (`graph TD`), one subgraph per namespace.
 pub fn mermaid(namespaces: &[NamespaceStatus]) -> String {
     let mut out = String::from("graph TD\n");
-    for ns in namespaces {
-        let id = |env: &str| format!("{}_{}", ns.namespace, env).replace(['.', '-'], "_");
+    for (n, ns) in namespaces.iter().enumerate() {
+        // Ids by position: env names may differ only in `.`, `-`, `_`.
+        let index = |env: &str| ns.envs.iter().position(|e| e.env == env).unwrap_or(0);
+        let id = |env: &str| format!("n{n}e{}", index(env));
         let _ = writeln!(out, "  subgraph {}", ns.namespace);
         for env in &ns.envs {
             let _ = writeln!(

@@ -68,14 +68,26 @@ fn walk(schema: &Value, value: &Value, path: &str, out: &mut Vec<UnknownField>) 
     }
 }
 
-/// The name among `known` closest to `key` (case aside, at most two edits), if any.
+/// The names among `known` closest to `key` (case aside, at most two edits), as a
+/// user reads them (`a`, `a or b`, `a, b or c`); `None` when none is close.
 pub fn closest<'k>(key: &str, known: impl Iterator<Item = &'k String>) -> Option<String> {
     let key = key.to_ascii_lowercase();
-    known
+    let near: Vec<(usize, &String)> = known
         .map(|k| (edits(&key, &k.to_ascii_lowercase()), k))
         .filter(|(d, _)| *d <= 2)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k.clone())
+        .collect();
+    let best = near.iter().map(|(d, _)| *d).min()?;
+    let mut names: Vec<&str> = (near.iter())
+        .filter(|(d, _)| *d == best)
+        .map(|(_, k)| k.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    Some(match names.split_last() {
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => return None,
+    })
 }
 
 /// Levenshtein distance (with adjacent swaps as one edit).
@@ -102,24 +114,63 @@ fn edits(a: &str, b: &str) -> usize {
     d[a.len()][b.len()]
 }
 
-/// The 1-based line where the field at the end of `path` is written in `text`, looking
-/// from line `from` (the object's document): the first line after it that names the key.
+/// The 1-based line where the field at `path` (`spec.envHeader.nmae`) is written in
+/// `text`, in the document that starts at line `from` (0-based): each key of the path
+/// found in turn, inside its parent's block (deeper than the parent's key, before the
+/// block ends), or in the parent's inline mapping (`{nmae: X}`) on its line; comments
+/// are not keys.
 pub fn line_of(text: &str, from: usize, path: &str) -> Option<usize> {
-    let key = path.rsplit('.').next()?;
-    let key = key.split('[').next()?;
-    text.lines()
-        .enumerate()
-        .skip(from)
-        .find(|(_, line)| {
-            let line = line.trim_start().trim_start_matches("- ").trim_start();
-            // (`\u{7b}`: an inline mapping opens there.)
-            let line = line.trim_start_matches('\u{7b}').trim_start();
-            line.strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with(':'))
-                || line.contains(&format!(" {key}:"))
-                || line.contains(&format!("{}{key}:", '\u{7b}'))
-        })
-        .map(|(i, _)| i + 1)
+    let lines: Vec<&str> = text.lines().collect();
+    let keys: Vec<&str> = path
+        .split('.')
+        .map(|k| k.split('[').next().unwrap_or(k))
+        .collect();
+    let (mut at, mut parent_indent, mut line) = (from, None::<usize>, None::<usize>);
+    for key in keys {
+        // In the parent's inline mapping, on its own line.
+        if let Some(n) = line.filter(|&n| inline_has(lines[n], key)) {
+            return Some(n + 1);
+        }
+        let mut hit = None;
+        for (n, text) in lines.iter().enumerate().skip(at) {
+            if n > from && text.starts_with("---") {
+                break;
+            }
+            let trimmed = text.trim_start();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let indent = text.len() - trimmed.len();
+            if parent_indent.is_some_and(|p| indent <= p && !trimmed.starts_with("- ")) {
+                break;
+            }
+            if key_of(trimmed) == Some(key) {
+                hit = Some((n, indent));
+                break;
+            }
+        }
+        let (n, indent) = hit?;
+        (at, parent_indent, line) = (n + 1, Some(indent), Some(n));
+    }
+    line.map(|n| n + 1)
+}
+
+/// The key of a `key: value` line (after list markers, without quotes).
+fn key_of(line: &str) -> Option<&str> {
+    let line = line.trim_start_matches("- ").trim_start();
+    let (key, _) = line.split_once(':')?;
+    let key = key.trim().trim_matches(|c| c == '"' || c == '\'');
+    (!key.is_empty() && !key.contains(' ')).then_some(key)
+}
+
+/// Whether `line` holds an inline mapping (`\u{7b}...`) with `key`.
+fn inline_has(line: &str, key: &str) -> bool {
+    line.split_once('\u{7b}').is_some_and(|(_, inline)| {
+        inline
+            .split([',', '\u{7b}'])
+            .filter_map(|part| part.split_once(':'))
+            .any(|(k, _)| k.trim().trim_matches(|c| c == '"' || c == '\'') == key)
+    })
 }
 
 #[cfg(test)]

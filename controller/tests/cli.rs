@@ -232,10 +232,10 @@ fn explain_answers_every_question_a_user_brings() {
         "-f",
         "tests/snapshots/seed/cluster.yaml",
     ];
-    let said = explain_says(&[&seed[..], &["--service", "app-x", "--env", "dev.proj1"]].concat());
+    let said = explain_says(&[&seed[..], &["--service", "ap-a", "--env", "dev.proj1"]].concat());
     assert!(
         said.contains(
-            "there is no service app-x in namespace default in the input (did you mean app-a?)"
+            "there is no service ap-a in namespace default in the input (did you mean app-a?)"
         ),
         "{said}"
     );
@@ -274,13 +274,38 @@ fn explain_answers_every_question_a_user_brings() {
         ]
         .concat(),
     );
-    assert!(said.contains("request from outside for web.example.com: decided at the gateway by plugin object istio-system/virtual-env.default.public-gateway"), "{said}");
+    assert!(said.contains("request from outside for web.example.com: decided at the gateway by plugin object istio-system/virtual-env.default.public-gateway (edge policy: allowlist, GatewayPolicy public-ingress's edge guard)"), "{said}");
     assert!(
         said.contains("service web.default.svc.cluster.local has ready pods in: dev, dev.proj1"),
         "{said}"
     );
+    // The owner's guard admits dev.proj1.* only: dev.proj1 itself is removed there.
+    assert!(
+        said.contains("the gateway's edge policy removed 1 env(s)"),
+        "{said}"
+    );
+    assert!(said.contains("chosen: dev (default subset)"), "{said}");
+    let said = explain_says(
+        &[
+            &gateway[..],
+            &[
+                "--service",
+                "web.example.com",
+                "--env",
+                "dev.proj1.alice",
+                "--trace",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(said.contains("as a trace: call;by=gateway;to=web.example.com;env=dev.proj1.alice;from=header;route=fallback;subset=dev.proj1"), "{said}");
     let help = explain_says(&["--help"]);
-    for flag in ["--wasm-url", "--public-url", "--extension-api"] {
+    for flag in [
+        "--wasm-url",
+        "--wasm-sha256",
+        "--public-url",
+        "--extension-api",
+    ] {
         assert!(!help.contains(flag), "{flag} offered:\n{help}");
     }
 }

@@ -143,3 +143,22 @@ async fn status_reads_the_cluster_and_prints_every_format_as_the_golden() {
     let expected = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(expected == out, "{} differs:\n{out}", path.display());
 }
+
+/// Several roots: each env is listed right under its own parent.
+#[test]
+fn the_tree_lists_each_env_under_its_parent() {
+    let env = |e: &str, p: Option<&str>| EnvStatus {
+        env: e.into(),
+        parent: p.map(Into::into),
+        pods: Vec::new(),
+    };
+    let sorted = vec![
+        env("dev", None),
+        env("qa", None),
+        env("dev.a", Some("dev")),
+        env("qa.b", Some("qa")),
+        env("dev.a.x", Some("dev.a")),
+    ];
+    let order: Vec<String> = in_tree_order(sorted).into_iter().map(|e| e.env).collect();
+    assert_eq!(order, ["dev", "dev.a", "dev.a.x", "qa", "qa.b"]);
+}

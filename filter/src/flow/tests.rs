@@ -760,7 +760,11 @@ fn a_preview_host_selects_the_env_within_the_edge_policy() {
     );
     assert_eq!(h.header(ROUTE), Some("dev.proj1"));
     assert_eq!(h.count(Metric::EnvFromHeader), 1);
-    assert_eq!(h.count(Metric::HeaderRejected), 1, "the label is counted as rejected");
+    assert_eq!(
+        h.count(Metric::HeaderRejected),
+        1,
+        "the label is counted as rejected"
+    );
     // A host the gateway serves by name is that host's, whatever suffix it has.
     let both = config(
         r#"{ "services": {"app-a.default.svc.cluster.local": ["dev", "dev.proj1"],

@@ -333,8 +333,9 @@ pub async fn read(
                 Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &kind.api_resource());
             match api.list(&ours).await {
                 Ok(found) => plugins.extend(found.items.into_iter().map(|o| (kind, o))),
-                // Not served (TrafficExtension before Istio 1.30): none of that kind.
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                // Not served (TrafficExtension before Istio 1.30), or not readable for
+                // this user (a viewer role without it): none of that kind shown.
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 403 => {}
                 Err(e) => return Err(e),
             }
         }

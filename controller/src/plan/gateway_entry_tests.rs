@@ -75,6 +75,17 @@ fn entered(
     (ve, snapshot)
 }
 
+/// The routes of `plan` as read back once applied (owned by the VirtualEnvironment).
+fn applied_routes(plan: &Plan) -> Vec<Existing> {
+    (plan.mesh_routes.iter())
+        .map(|r| {
+            let mut value = r.to_value();
+            value["metadata"]["ownerReferences"] = serde_json::json!([{"uid": "ve-uid"}]);
+            Existing::from_json(r.kind(), &value, NS)
+        })
+        .collect()
+}
+
 fn skipped(plan: &Plan) -> String {
     plan.skipped
         .iter()
@@ -225,15 +236,7 @@ fn a_leaving_env_keeps_its_gateway_rule_until_the_plugin_config_drops_it() {
     let policies = || vec![policy(by_name(), "{mode: strip}")];
     let (ve, snapshot) = entered(public_gateway("All"), policies(), &[]);
     let before = plan_namespace(&ve, &snapshot, &settings()).unwrap();
-    let owned: Vec<Existing> = before
-        .mesh_routes
-        .iter()
-        .map(|r| {
-            let mut value = r.to_value();
-            value["metadata"]["ownerReferences"] = serde_json::json!([{"uid": "ve-uid"}]);
-            Existing::from_json(r.kind(), &value, NS)
-        })
-        .collect();
+    let owned = applied_routes(&before);
     let (ve, mut snapshot) = entered(public_gateway("All"), policies(), &[]);
     snapshot.pods.retain(|p| p.name_any() != "app-a-proj1");
     let now = plan_namespace(&ve, &snapshot, &settings()).unwrap();
@@ -400,15 +403,7 @@ fn entry_routes_of_two_services_stay_apart_and_go_with_their_exposure() {
     let (ve, mut snapshot) = entered(public_gateway("All"), policies(), &[]);
     expose_c(&mut snapshot);
     let before = plan_namespace(&ve, &snapshot, &settings()).unwrap();
-    let owned: Vec<Existing> = before
-        .mesh_routes
-        .iter()
-        .map(|r| {
-            let mut value = r.to_value();
-            value["metadata"]["ownerReferences"] = serde_json::json!([{"uid": "ve-uid"}]);
-            Existing::from_json(r.kind(), &value, NS)
-        })
-        .collect();
+    let owned = applied_routes(&before);
     // app-a's dev.proj1 leaves; app-c stays as it was.
     let (ve, mut snapshot) = entered(public_gateway("All"), policies(), &[]);
     expose_c(&mut snapshot);

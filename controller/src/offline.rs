@@ -164,7 +164,7 @@ pub fn explain(
     settings: &Settings,
     question: &Question<'_>,
 ) -> Result<String, ExplainError> {
-    let mut plans = plan_namespaces(namespaces, settings)?;
+    let plans = plan_namespaces(namespaces, settings)?;
     // The sender's namespace: the pod's, else the first.
     let index = match question.from {
         Some(name) => namespaces
@@ -178,7 +178,7 @@ pub fn explain(
     }
     let mut out = String::new();
     let Some((config, node, outcome_of)) =
-        deciding_proxy(namespaces, &mut plans, index, question, &mut out)?
+        deciding_proxy(namespaces, &plans, index, question, &mut out)?
     else {
         return Ok(out);
     };
@@ -205,9 +205,9 @@ pub fn explain(
             virtual_env_filter::routing_trace::call_entry(by, &to, &outcome)
         )
     });
-    let said = said_of(
+    said_of(
         out,
-        namespaces,
+        (namespaces, &plans),
         settings,
         question,
         (config, &filter, &node),
@@ -216,7 +216,6 @@ pub fn explain(
     if let Some(trace) = trace {
         out.push_str(&trace);
     }
-    said?;
     Ok(std::mem::take(out))
 }
 
@@ -224,12 +223,12 @@ pub fn explain(
 /// the env, the walk, the choice.
 fn said_of(
     out: &mut String,
-    namespaces: &[NamespaceSnapshot],
+    (namespaces, plans): (&[NamespaceSnapshot], &[Plan]),
     settings: &Settings,
     question: &Question<'_>,
     (config, filter, node): (&PluginConfig, &FilterConfig, &Node),
     outcome: &virtual_env_filter::Decision<'_>,
-) -> Result<(), ExplainError> {
+) {
     let routes = filter.routes();
     let authority = lowercase(question.service);
     // A preview host names its service (as the filter reads it).
@@ -246,7 +245,7 @@ fn said_of(
             "{} is not a service of the mesh (not in a namespace the plugin config knows, or another cluster domain): the filter leaves the request untouched",
             question.service
         );
-        return Ok(());
+        return;
     }
     let fqdn = ServiceHost::parse(&authority).map_or_else(
         || question.service.to_owned(),
@@ -274,13 +273,13 @@ fn said_of(
     }
     request_env(out, question, outcome, node, config, filter);
     let Target::Service(envs) = target else {
-        let why = why_unrouted(namespaces, &plans_of(namespaces, settings)?, &fqdn);
+        let why = why_unrouted(namespaces, plans, &fqdn);
         let _ = writeln!(
             out,
             "service {fqdn} is not routed by env: {why}; requests go to the whole service, and the env travels on in the {} header",
             filter.env_header()
         );
-        return Ok(());
+        return;
     };
     let _ = writeln!(
         out,
@@ -290,15 +289,6 @@ fn said_of(
     let env = outcome.env.as_ref().map(|(env, _)| env.as_str());
     walk(out, routes, envs, env, &config.splitter);
     chosen(out, outcome);
-    Ok(())
-}
-
-/// Every namespace's plan (again: `explain` consumed one to decide).
-fn plans_of(
-    namespaces: &[NamespaceSnapshot],
-    settings: &Settings,
-) -> Result<Vec<Plan>, ExplainError> {
-    Ok(plan_namespaces(namespaces, settings)?)
 }
 
 /// Why the service `fqdn` is not routed by env, from the input and the plans: it is not
@@ -348,7 +338,7 @@ fn why_unrouted(namespaces: &[NamespaceSnapshot], plans: &[Plan], fqdn: &str) ->
 /// no filter of ours decides (said in `out`).
 fn deciding_proxy(
     namespaces: &[NamespaceSnapshot],
-    plans: &mut Vec<Plan>,
+    plans: &[Plan],
     index: usize,
     question: &Question<'_>,
     out: &mut String,
@@ -366,7 +356,7 @@ fn deciding_proxy(
             return Ok(Some(entry));
         }
     }
-    let config = plans.swap_remove(index).plugin_config;
+    let config = plans[index].plugin_config.clone();
     let filter = FilterConfig::new(&config, None);
     let node = sender(ns, question, &config, &filter, out)?;
     Ok(Some((config, node, Via::Sidecar)))

@@ -589,35 +589,19 @@ impl PluginConfig {
             }
             check_env(format!("workloads.{key}"), env, splitter)?;
         }
-        for (host, fqdn) in &self.hosts {
-            let reason = if !is_dns_name(host) {
-                Some("not a lower-case DNS name without port or wildcard")
-            } else if !self.services.contains_key(fqdn) {
-                Some("names a service that is not in services")
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                return Err(ConfigError::GatewayHost {
-                    host: host.clone(),
-                    reason,
-                });
-            }
+        if let Some((host, reason)) = self.host_table_error(
+            &self.hosts,
+            is_dns_name,
+            "not a lower-case DNS name without port or wildcard",
+        ) {
+            return Err(ConfigError::GatewayHost { host, reason });
         }
-        for (suffix, fqdn) in &self.preview_hosts {
-            let reason = if !is_dns_name(suffix) || !suffix.contains('.') {
-                Some("not a lower-case DNS name of two labels or more, without port or wildcard")
-            } else if !self.services.contains_key(fqdn) {
-                Some("names a service that is not in services")
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                return Err(ConfigError::PreviewHost {
-                    suffix: suffix.clone(),
-                    reason,
-                });
-            }
+        if let Some((suffix, reason)) = self.host_table_error(
+            &self.preview_hosts,
+            |s| is_dns_name(s) && s.contains('.'),
+            "not a lower-case DNS name of two labels or more, without port or wildcard",
+        ) {
+            return Err(ConfigError::PreviewHost { suffix, reason });
         }
         check_count("previewHosts", self.preview_hosts.len(), MAX_PREVIEW_HOSTS)?;
         for edge in self.edge_trust.iter().chain(&self.preview_trust) {
@@ -625,6 +609,27 @@ impl PluginConfig {
         }
         self.edge_carriers.validate(&self.route_header)?;
         self.validate_peers(splitter, &keys)
+    }
+
+    /// The first entry of a gateway's host table (`hosts`, `previewHosts`: host -> service
+    /// FQDN) that is wrong, and why: a host `valid` refuses (`not_valid` says how), or a
+    /// service not in `services`.
+    fn host_table_error(
+        &self,
+        table: &BTreeMap<String, String>,
+        valid: impl Fn(&str) -> bool,
+        not_valid: &'static str,
+    ) -> Option<(String, &'static str)> {
+        table.iter().find_map(|(host, fqdn)| {
+            let reason = if !valid(host) {
+                not_valid
+            } else if !self.services.contains_key(fqdn) {
+                "names a service that is not in services"
+            } else {
+                return None;
+            };
+            Some((host.clone(), reason))
+        })
     }
 
     /// Each peer: a namespace name that the own table does not use, a route header that

@@ -87,20 +87,7 @@ fn render_reads_stdin_as_kubectl_pipes_it() {
         std::fs::read_to_string(repo().join(SEED[3])).unwrap(),
     ]
     .join("---\n");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_virtual-env"))
-        .args([&["render"][..], &MODULE].concat())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(snapshot.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = with_stdin(&[&["render"][..], &MODULE].concat(), &snapshot);
     assert!(out.status.success());
     let from_files = virtual_env(&[&["render"][..], &SEED, &MODULE].concat());
     assert_eq!(String::from_utf8(out.stdout).unwrap(), from_files);
@@ -310,26 +297,14 @@ fn explain_answers_every_question_a_user_brings() {
     }
 }
 
-/// `render` of a VirtualEnvironment given on stdin (named `stdin` in what is said).
-fn render_stdin(ve: &str) -> (bool, String) {
+/// The binary run with `args` in the repository, `input` on its stdin.
+fn with_stdin(args: &[&str], input: &str) -> std::process::Output {
     use std::io::Write;
     let mut child = Command::new(env!("CARGO_BIN_EXE_virtual-env"))
-        .args(
-            [
-                &[
-                    "render",
-                    "-f",
-                    "-",
-                    "-f",
-                    "tests/snapshots/seed/cluster.yaml",
-                ][..],
-                &MODULE,
-            ]
-            .concat(),
-        )
+        .args(args)
         .current_dir(repo())
         .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -337,9 +312,27 @@ fn render_stdin(ve: &str) -> (bool, String) {
         .stdin
         .take()
         .unwrap()
-        .write_all(ve.as_bytes())
+        .write_all(input.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `render` of a VirtualEnvironment given on stdin (named `stdin` in what is said).
+fn render_stdin(ve: &str) -> (bool, String) {
+    let out = with_stdin(
+        &[
+            &[
+                "render",
+                "-f",
+                "-",
+                "-f",
+                "tests/snapshots/seed/cluster.yaml",
+            ][..],
+            &MODULE,
+        ]
+        .concat(),
+        ve,
+    );
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -316,6 +316,17 @@ impl ApiServerVerifier {
         self.expect(Method::PATCH, STATUS, reply).await
     }
 
+    /// A first reconcile of the seed's namespace up to its routes: the one list, the route
+    /// header recorded, each service's DestinationRule then VirtualService.
+    async fn seed_read_and_routed(&mut self) {
+        self.list_virtual_environments(&[&seed_ve_from_api()]).await;
+        self.record_route_header(&seed_ve_from_api()).await;
+        for name in ["app-a", "app-b", "app-c"] {
+            self.apply(DR, name).await;
+            self.apply(VS, name).await;
+        }
+    }
+
     /// The two plugin objects, the called side's first; returns the calling side's.
     async fn apply_plugins(&mut self) -> Value {
         let inbound = self.apply(WP, "virtual-env-inbound").await;
@@ -598,12 +609,7 @@ async fn with_traffic_extension_the_plugins_switch_api_and_the_old_ones_go_after
     const TE: &str = "/apis/extensions.istio.io/v1alpha1/namespaces/default/trafficextensions";
     let server = tokio::spawn(async move {
         let mut api = ApiServerVerifier::new(handle);
-        api.list_virtual_environments(&[&seed_ve_from_api()]).await;
-        api.record_route_header(&seed_ve_from_api()).await;
-        for name in ["app-a", "app-b", "app-c"] {
-            api.apply(DR, name).await;
-            api.apply(VS, name).await;
-        }
+        api.seed_read_and_routed().await;
         let inbound = api.apply(TE, "virtual-env-inbound").await;
         assert_eq!(inbound["kind"], "TrafficExtension");
         assert_eq!(inbound["spec"]["match"], json!([{"mode": "SERVER"}]));
@@ -667,12 +673,7 @@ async fn a_namespace_with_istios_bookinfo_samples_is_reconciled_around_them() {
     let (ctx, handle) = mock_context_publishing_events(caches);
     let server = tokio::spawn(async move {
         let mut api = ApiServerVerifier::new(handle);
-        api.list_virtual_environments(&[&seed_ve_from_api()]).await;
-        api.record_route_header(&seed_ve_from_api()).await;
-        for name in ["app-a", "app-b", "app-c"] {
-            api.apply(DR, name).await;
-            api.apply(VS, name).await;
-        }
+        api.seed_read_and_routed().await;
         let wp = api.apply_plugins().await;
         let services = &wp["spec"]["pluginConfig"]["services"];
         assert!(services.get("reviews.default.svc.cluster.local").is_none());
@@ -1469,12 +1470,7 @@ async fn a_waypoints_plugin_object_is_written_after_the_calling_side() {
     let ve = seed_ve_from_api();
     let server = tokio::spawn(async move {
         let mut api = ApiServerVerifier::new(handle);
-        api.list_virtual_environments(&[&seed_ve_from_api()]).await;
-        api.record_route_header(&seed_ve_from_api()).await;
-        for name in ["app-a", "app-b", "app-c"] {
-            api.apply(DR, name).await;
-            api.apply(VS, name).await;
-        }
+        api.seed_read_and_routed().await;
         let outbound = api.apply_plugins().await;
         let waypoint = api.apply(WP, "virtual-env-waypoint-waypoint").await;
         assert_eq!(
